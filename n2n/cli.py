@@ -1,0 +1,244 @@
+"""The ``n2n`` command. Each subcommand loads its YAML config, applies flag overrides,
+validates again, and (with ``--dry-run``) prints the resolved config without running."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from pydantic import BaseModel
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+app = typer.Typer(
+    name="n2n",
+    help="n2n-live: Noise2Noise denoising for live fluorescence microscopy.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+out = Console()
+log = logging.getLogger("n2n")
+
+#: Options that take one or more values (``--data A.tif B.tif``).
+MULTI_VALUE_OPTIONS = ("--data", "--reference")
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file (see configs/).")]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print the resolved config and exit.")]
+
+
+def expand_multi_value(argv: Sequence[str]) -> list[str]:
+    """Turn ``--data A B`` into ``--data A --data B`` so options take several files."""
+    result: list[str] = []
+    current: str | None = None
+    for arg in argv:
+        if arg.startswith("-"):
+            current = arg if arg in MULTI_VALUE_OPTIONS else None
+            result.append(arg)
+        elif current is not None and result[-1] != current:
+            result += [current, arg]
+        else:
+            result.append(arg)
+    return result
+
+
+def _fail(message: str) -> NoReturn:
+    console.print(f"[bold red]error:[/bold red] {message}", highlight=False)
+    raise typer.Exit(code=2)
+
+
+def _setup_logging(verbose: bool) -> None:
+    logger = logging.getLogger("n2n")
+    if not logger.handlers:
+        logger.addHandler(RichHandler(console=console, show_path=False, rich_tracebacks=False))
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    logger.propagate = False
+
+
+def _load(cls: type[BaseModel], path: Path | None, dry_run: bool, **overrides: Any) -> Any:
+    from trainer.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(cls, path, **overrides)
+    except ConfigError as exc:
+        _fail(str(exc))
+    if dry_run:
+        import yaml
+
+        out.print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="", highlight=False)
+        raise typer.Exit(code=0)
+    return cfg
+
+
+_EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, RuntimeError, OSError)
+
+
+@app.callback()
+def _root(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+    _setup_logging(verbose)
+
+
+@app.command()
+def simulate(
+    out_path: Annotated[Path, typer.Option("--out", help="Raw frames (OME-TIFF, uint16, TYX).")],
+    truth: Annotated[Path | None, typer.Option("--truth", help="Noise-free truth (OME-TIFF, float32 ADU).")] = None,
+    frames: Annotated[int | None, typer.Option(help="Number of frames.")] = None,
+    size: Annotated[int | None, typer.Option(help="Frame height and width in pixels.")] = None,
+    exposure_ms: Annotated[float | None, typer.Option("--exposure-ms", help="Exposure time (sets the SNR).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for sample and noise.")] = None,
+    config: ConfigOpt = None,
+    dry_run: DryRunOpt = False,
+) -> None:
+    """Record frames from the simulated fluorescence camera."""
+    from trainer.config import SimulateConfig
+
+    cfg = _load(SimulateConfig, config, dry_run, frames=frames, **{
+        "camera.height": size, "camera.width": size, "camera.exposure_ms": exposure_ms, "camera.seed": seed})
+    import tifffile
+
+    from streamer.sources import simulate_stack
+
+    raw, gt = simulate_stack(cfg.camera, cfg.frames)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(out_path, raw, ome=True, metadata={"axes": "TYX"})
+    sidecar = {"camera": cfg.camera.model_dump(mode="json"), "frames": cfg.frames, "raw": out_path.name}
+    if truth is not None:
+        truth.parent.mkdir(parents=True, exist_ok=True)
+        tifffile.imwrite(truth, gt, ome=True, metadata={"axes": "TYX"})
+        sidecar["truth"] = truth.name
+    out_path.with_suffix(".json").write_text(json.dumps(sidecar, indent=2) + "\n")
+    console.print(f"wrote {cfg.frames} frames of {raw.shape[1]}x{raw.shape[2]} to {out_path}"
+                  + (f" and truth to {truth}" if truth else ""))
+
+
+@app.command()
+def train(
+    out_dir: Annotated[Path, typer.Option("--out", help="Run folder to write (runs/NAME).")],
+    data: Annotated[list[Path] | None, typer.Option("--data", help="Noisy stack(s), TIFF/OME-TIFF (T, H, W). "
+                                                     "Without it: the simulated camera.")] = None,
+    reference: Annotated[list[Path] | None, typer.Option("--reference", help="Clean reference per stack: "
+                                                          "targets in supervised mode, else only scored.")] = None,
+    mode: Annotated[str | None, typer.Option(help="n2n or supervised.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Override optim.epochs.")] = None,
+    steps_per_epoch: Annotated[int | None, typer.Option(help="Override optim.steps_per_epoch.")] = None,
+    max_minutes: Annotated[float | None, typer.Option(help="Stop after this many minutes.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Override optim.seed.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the run folder's checkpoint.")] = False,
+    config: ConfigOpt = None,
+    dry_run: DryRunOpt = False,
+) -> None:
+    """Fit a Noise2Noise (or supervised) U-Net and export it to ONNX."""
+    from trainer.config import TrainConfig
+
+    cfg = _load(TrainConfig, config, dry_run, mode=mode, **{
+        "optim.epochs": epochs, "optim.steps_per_epoch": steps_per_epoch, "optim.max_minutes": max_minutes,
+        "optim.device": device, "optim.seed": seed, "data.source": "files" if data else None})
+    from trainer.run import run_training
+
+    try:
+        card = run_training(cfg, out_dir, data or [], reference or [], resume=resume, console=console)
+    except KeyboardInterrupt:
+        _fail(f"interrupted; resume with: n2n train --resume --out {out_dir} (same config and data)")
+    except _EXPECTED_ERRORS as exc:
+        _fail(str(exc))
+    t = card["training"]
+    table = Table(title=f"trained {out_dir}", show_header=False)
+    table.add_row("mode", t["mode"])
+    table.add_row("epochs (best)", f"{t['epochs']} ({t['best_epoch']}), {t['stopped']}")
+    table.add_row("time", f"{t['seconds']:.0f} s on {t['device']} ({t['precision']})")
+    for k, v in card["metrics"].items():
+        table.add_row(k, f"{v:.4g}")
+    table.add_row("files", ", ".join(sorted(p.name for p in out_dir.iterdir() if p.is_file())))
+    out.print(table)
+
+
+@app.command()
+def export(
+    model: Annotated[Path, typer.Option("--model", help="Run folder made by `n2n train`.")],
+    format: Annotated[str | None, typer.Option("--format", help="onnx or torchscript.")] = None,
+    opset: Annotated[int | None, typer.Option(help="ONNX opset (>= 17).")] = None,
+    config: ConfigOpt = None,
+    dry_run: DryRunOpt = False,
+) -> None:
+    """Export a trained model (checked against PyTorch; refused beyond the error limit)."""
+    from trainer.config import ExportConfig
+
+    cfg = _load(ExportConfig, config, dry_run, format=format, opset=opset)
+    from trainer.export import ONNX_NAME, TORCHSCRIPT_NAME, export_onnx, export_torchscript
+    from trainer.inference import load_run
+    from trainer.run import add_artifact
+
+    try:
+        m = load_run(model)
+        if cfg.format == "onnx":
+            info = export_onnx(m.net, model / ONNX_NAME, cfg.opset, cfg.check_size, cfg.max_rel_error)
+        else:
+            info = export_torchscript(m.net, model / TORCHSCRIPT_NAME, cfg.check_size, cfg.max_rel_error)
+        add_artifact(model, info)
+    except _EXPECTED_ERRORS as exc:  # ExportError is a RuntimeError
+        _fail(str(exc))
+    out.print(f"wrote {model / info['path']} (relative error vs PyTorch {info['parity_rel_error']:.2g})")
+
+
+@app.command()
+def evaluate(
+    model: Annotated[Path, typer.Option("--model", help="Run folder made by `n2n train`.")],
+    data: Annotated[Path, typer.Option("--data", help="Noisy stack to denoise (T, H, W).")],
+    reference: Annotated[Path, typer.Option("--reference", help="Clean reference, (H, W) or (T, H, W).")],
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
+    figure: Annotated[Path | None, typer.Option("--figure", help="PNG: raw | denoised | reference.")] = None,
+    max_frames: Annotated[int | None, typer.Option(help="Only the first N frames.")] = None,
+    config: ConfigOpt = None,
+    dry_run: DryRunOpt = False,
+) -> None:
+    """Score a model against a reference, beside Gaussian and frame-averaging baselines."""
+    from trainer.config import EvaluateConfig
+
+    cfg = _load(EvaluateConfig, config, dry_run, max_frames=max_frames)
+    from rich.progress import Progress
+
+    from streamer.sources import read_stack
+    from trainer.evaluate import evaluate as run_eval
+    from trainer.evaluate import save_figure
+    from trainer.inference import load_run
+
+    try:
+        m = load_run(model)
+        raw = read_stack(data, allow_2d=False)
+        ref = read_stack(reference)
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task("denoising", total=len(raw))
+            report, den = run_eval(m, raw, ref, cfg, lambda done, _: progress.update(task, completed=done))
+    except _EXPECTED_ERRORS as exc:
+        _fail(str(exc))
+    report = {"model": str(model), "data": str(data), "reference": str(reference), **report}
+    table = Table(title=f"{data.name} vs {reference.name} ({report['frames']} frames)")
+    for col in ("method", "PSNR (dB)", "SSIM"):
+        table.add_column(col)
+    rows = [("raw", "raw"), ("n2n-live model", "denoised"), (f"Gaussian σ={report['gaussian_sigma']}", "gaussian"),
+            ("average of 2", "average2"), ("average of 4", "average4")]
+    for label, key in rows:
+        if report.get(f"psnr_{key}") is not None:
+            table.add_row(label, f"{report[f'psnr_{key}']:.2f}", f"{report[f'ssim_{key}']:.4f}")
+    out.print(table)
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(report, indent=2) + "\n")
+    if figure:
+        figure.parent.mkdir(parents=True, exist_ok=True)
+        t = 0
+        save_figure(figure, raw[t], den[t], ref[t] if ref.ndim == 3 else ref, report)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console entry point (``n2n``)."""
+    args = expand_multi_value(sys.argv[1:] if argv is None else argv)
+    app(args=args, prog_name="n2n")

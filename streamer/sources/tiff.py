@@ -1,0 +1,124 @@
+"""Replay a TIFF / OME-TIFF stack as a frame source, and read stacks with clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._base import BaseSource, EndOfStream
+
+__all__ = ["StackError", "TiffSource", "read_stack"]
+
+
+class StackError(ValueError):
+    """A file is missing, unreadable or not a usable single-channel image stack."""
+
+
+def _open(path: Path):  # type: ignore[no-untyped-def]
+    import tifffile
+
+    if not path.exists():
+        raise StackError(f"{path}: no such file")
+    if path.is_dir():
+        raise StackError(f"{path}: is a directory, expected a TIFF file")
+    try:
+        return tifffile.TiffFile(path)
+    except Exception as exc:  # tifffile raises several types for corrupt files
+        raise StackError(f"{path}: not a readable TIFF file ({exc})") from None
+
+
+def _squeeze_axes(shape: tuple[int, ...], axes: str) -> tuple[tuple[int, ...], str]:
+    keep = [(n, a) for n, a in zip(shape, axes) if n != 1 or a in "YX"]
+    return tuple(n for n, _ in keep), "".join(a for _, a in keep)
+
+
+def read_stack(path: str | Path, *, min_frames: int = 1, allow_2d: bool = True) -> np.ndarray:
+    """Read a single-channel image or time series from a TIFF / OME-TIFF file.
+
+    Returns (T, H, W) for a stack or (H, W) for a single image (when ``allow_2d``).
+    Raises :class:`StackError` naming what was expected and what the file holds.
+    """
+    path = Path(path)
+    with _open(path) as tif:
+        if not tif.series:
+            raise StackError(f"{path}: holds no image data")
+        series = tif.series[0]
+        shape, _ = _squeeze_axes(tuple(series.shape), series.axes)
+        try:
+            data = series.asarray().reshape(shape)
+        except Exception as exc:
+            raise StackError(f"{path}: could not decode pixel data ({exc})") from None
+    if data.size == 0:
+        raise StackError(f"{path}: is empty (shape {tuple(series.shape)})")
+    if data.ndim == 2 and not allow_2d:
+        data = data[None]
+    if data.ndim not in (2, 3):
+        raise StackError(
+            f"{path}: expected a single-channel 2-D image or a (T, H, W) stack, "
+            f"got shape {tuple(series.shape)} with axes {series.axes!r}"
+        )
+    if np.iscomplexobj(data) or data.dtype == bool or data.dtype.kind not in "uif":
+        raise StackError(f"{path}: expected integer or float pixels, got dtype {data.dtype}")
+    if data.dtype.kind == "f" and not np.isfinite(data).all():
+        bad = int(np.count_nonzero(~np.isfinite(data)))
+        raise StackError(f"{path}: contains {bad} NaN or infinite pixel values")
+    n = data.shape[0] if data.ndim == 3 else 1
+    if n < min_frames:
+        raise StackError(
+            f"{path}: expected at least {min_frames} frames, got {n} (shape {data.shape})"
+        )
+    if min(data.shape[-2:]) < 8:
+        raise StackError(f"{path}: frames of {data.shape[-2:]} are too small (minimum 8×8)")
+    return data
+
+
+class TiffSource(BaseSource):
+    """Replays the frames of a TIFF / OME-TIFF stack, optionally paced and looped.
+
+    Frames are decoded lazily one page at a time, so long stacks do not fill memory.
+    """
+
+    def __init__(self, path: str | Path, fps: float = 0.0, loop: bool = False) -> None:
+        super().__init__(fps)
+        self.path = Path(path)
+        self.loop = loop
+        self._tif = _open(self.path)
+        series = self._tif.series[0] if self._tif.series else None
+        if series is None:
+            self._tif.close()
+            raise StackError(f"{self.path}: holds no image data")
+        shape, _ = _squeeze_axes(tuple(series.shape), series.axes)
+        if len(shape) not in (2, 3):
+            self._tif.close()
+            raise StackError(
+                f"{self.path}: expected a (T, H, W) stack, got shape {tuple(series.shape)} "
+                f"with axes {series.axes!r}"
+            )
+        self._series = series
+        self._n = shape[0] if len(shape) == 3 else 1
+        self._shape = (int(shape[-2]), int(shape[-1]))
+        self._dtype = np.dtype(series.dtype)
+
+    def __len__(self) -> int:
+        return self._n
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self._shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._dtype
+
+    def _next_frame(self, index: int) -> tuple[np.ndarray, dict[str, Any]]:
+        if index >= self._n and not self.loop:
+            raise EndOfStream(f"{self.path}: end of stack after {self._n} frames")
+        i = index % self._n
+        pixels = self._series.asarray(key=i) if self._n > 1 else self._series.asarray()
+        return np.ascontiguousarray(pixels.reshape(self._shape)), {"file": str(self.path), "page": i}
+
+    def close(self) -> None:
+        super().close()
+        self._tif.close()

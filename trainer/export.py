@@ -1,0 +1,114 @@
+"""Export a trained U-Net to ONNX or TorchScript, refusing exports that disagree with PyTorch."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .card import file_digest
+from .unet import UNet
+
+__all__ = ["ExportError", "export_onnx", "export_torchscript", "ONNX_NAME", "TORCHSCRIPT_NAME", "relative_error"]
+
+log = logging.getLogger("n2n.trainer")
+ONNX_NAME = "model.onnx"
+TORCHSCRIPT_NAME = "model.ts"
+
+
+class ExportError(RuntimeError):
+    """An export failed or its output disagrees with the PyTorch model."""
+
+
+def relative_error(out: np.ndarray, ref: np.ndarray) -> float:
+    """‖out − ref‖₂ / ‖ref‖₂."""
+    scale = max(float(np.linalg.norm(ref.astype(np.float64))), 1e-30)
+    return float(np.linalg.norm(out.astype(np.float64) - ref)) / scale
+
+
+def _check_frame(net: UNet, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A random normalised frame of an odd, non-square size (proves dynamic H/W and padding)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, 1, size + 3, size + net.size_multiple + 1, generator=g)
+    with torch.no_grad():
+        ref = net.eval()(x).numpy()
+    return x.numpy(), ref
+
+
+def _refuse(path: Path, what: str, err: float, limit: float) -> None:
+    path.unlink(missing_ok=True)
+    raise ExportError(
+        f"{what} export refused: relative error {err:.3g} against PyTorch on a random frame "
+        f"exceeds {limit:.3g}; {path.name} was not written"
+    )
+
+
+def export_onnx(net: UNet, path: str | Path, opset: int = 18, check_size: int = 256,
+                max_rel_error: float = 1e-4) -> dict[str, Any]:
+    """Write ``net`` as ONNX with dynamic batch, height and width; check it with ONNX Runtime."""
+    import onnx
+    import onnxruntime as ort
+
+    path = Path(path)
+    net = net.cpu().eval().float()
+    example = torch.randn(1, 1, 4 * net.size_multiple, 4 * net.size_multiple)
+    dims = {0: torch.export.Dim("batch", min=1, max=1024),
+            2: torch.export.Dim("height", min=net.size_multiple, max=16384),
+            3: torch.export.Dim("width", min=net.size_multiple, max=16384)}
+    tmp = path.with_suffix(".onnx.tmp")
+    try:
+        quiet = logging.getLogger("torch.onnx")
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(net, (example,), dynamo=True, opset_version=opset,
+                                        input_names=["input"], output_names=["output"],
+                                        dynamic_shapes={"x": dims}, verbose=False)
+            if program is None:
+                raise ExportError("torch.onnx.export returned no program")
+            program.save(str(tmp))
+        onnx.checker.check_model(str(tmp))
+    except Exception as exc:
+        tmp.unlink(missing_ok=True)
+        raise ExportError(f"ONNX export failed: {exc}") from exc
+    finally:
+        quiet.setLevel(level)
+    tmp.replace(path)
+    x, ref = _check_frame(net, check_size)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    out = session.run(None, {session.get_inputs()[0].name: x})[0]
+    err = relative_error(out, ref) if out.shape == ref.shape else float("inf")
+    if err > max_rel_error:
+        _refuse(path, "ONNX", err, max_rel_error)
+    log.info("wrote %s (opset %d, parity %.2g)", path, opset, err)
+    return {"path": path.name, "format": "onnx", "opset": opset, "input": "input", "output": "output",
+            "layout": "NCHW float32, normalised", "parity_rel_error": err, "sha256": file_digest(path)}
+
+
+def export_torchscript(net: UNet, path: str | Path, check_size: int = 256,
+                       max_rel_error: float = 1e-4) -> dict[str, Any]:
+    """Write ``net`` as a scripted TorchScript module; check it against the eager model."""
+    path = Path(path)
+    net = net.cpu().eval().float()
+    try:
+        scripted = torch.jit.script(net)
+        scripted.save(str(path))
+    except Exception as exc:
+        path.unlink(missing_ok=True)
+        raise ExportError(f"TorchScript export failed: {exc}") from exc
+    x, ref = _check_frame(net, check_size)
+    with torch.no_grad():
+        out = torch.jit.load(str(path))(torch.from_numpy(x)).numpy()
+    err = relative_error(out, ref)
+    if err > max_rel_error:
+        _refuse(path, "TorchScript", err, max_rel_error)
+    log.info("wrote %s (parity %.2g)", path, err)
+    return {"path": path.name, "format": "torchscript", "layout": "NCHW float32, normalised",
+            "parity_rel_error": err, "sha256": file_digest(path)}

@@ -1,0 +1,92 @@
+"""Load a trained run and denoise frames with PyTorch (the trainer's own reference path)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .card import read_card
+from .normalization import Normalization
+from .unet import UNet
+
+__all__ = ["WEIGHTS_NAME", "TrainedModel", "load_run", "load_weights", "save_weights", "pick_device", "denoise"]
+
+WEIGHTS_NAME = "model.pt"
+
+
+def pick_device(preference: str = "auto") -> torch.device:
+    """'auto' → CUDA when available, else CPU; 'cuda' without a GPU is an error."""
+    if preference == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was asked for, but PyTorch sees no CUDA GPU")
+    if preference in ("auto", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+@dataclass
+class TrainedModel:
+    """A U-Net with the normalisation it was trained with, and its card."""
+
+    net: UNet
+    normalization: Normalization
+    card: dict[str, Any]
+    run_dir: Path
+
+
+def save_weights(run_dir: Path, net: UNet, norm: Normalization) -> Path:
+    path = run_dir / WEIGHTS_NAME
+    arch = {"depth": net.depth, "base_filters": net.base_filters, "residual": net.residual}
+    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    tmp = path.with_suffix(".pt.tmp")
+    torch.save({"architecture": arch, "state_dict": state, "normalization": norm.to_dict()}, tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_weights(run_dir: Path) -> tuple[UNet, Normalization]:
+    """The network (eval mode) and normalisation saved in ``run_dir/model.pt``."""
+    weights = run_dir / WEIGHTS_NAME
+    if not weights.exists():
+        raise FileNotFoundError(f"{weights}: missing; the run may not have finished training")
+    blob = torch.load(weights, map_location="cpu", weights_only=True)
+    net = UNet(**blob["architecture"])
+    net.load_state_dict(blob["state_dict"])
+    return net.eval(), Normalization.from_dict(blob["normalization"])
+
+
+def load_run(run_dir: str | Path) -> TrainedModel:
+    """Load the final weights (``model.pt``) and card (``model.json``) of a run folder."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"{run_dir}: no such run folder (make one with `n2n train`)")
+    card = read_card(run_dir)
+    net, norm = load_weights(run_dir)
+    return TrainedModel(net, norm, card, run_dir)
+
+
+@torch.no_grad()
+def denoise(
+    net: UNet,
+    norm: Normalization,
+    frames: np.ndarray,
+    device: torch.device | str = "cpu",
+    batch_size: int = 4,
+) -> np.ndarray:
+    """Denoise (H, W) or (N, H, W) frames; returns float32 in the input's intensity units."""
+    single = frames.ndim == 2
+    stack = frames[None] if single else frames
+    if stack.ndim != 3:
+        raise ValueError(f"Expected a (H, W) frame or (N, H, W) stack, got shape {frames.shape}")
+    device = torch.device(device)
+    was_training = net.training
+    net.eval().to(device)
+    out = np.empty(stack.shape, dtype=np.float32)
+    for i in range(0, len(stack), batch_size):
+        x = torch.from_numpy(norm.normalize(stack[i : i + batch_size])[:, None]).to(device)
+        out[i : i + batch_size] = norm.denormalize(net(x)[:, 0].float().cpu().numpy())
+    net.train(was_training)
+    return out[0] if single else out

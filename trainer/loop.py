@@ -1,0 +1,290 @@
+"""The training loop: Adam with warm-up and cosine decay, validation, early stopping,
+checkpoints and resume, a rich progress bar."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from .config import TrainConfig
+from .inference import denoise, pick_device, save_weights
+from .metrics import data_range_of, psnr, ssim
+from .normalization import Normalization
+from .pairs import PairSampler, split_rows
+from .unet import UNet
+
+__all__ = ["TrainResult", "train", "CHECKPOINT_NAME", "pick_precision", "check_stacks"]
+
+log = logging.getLogger("n2n.trainer")
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced and why it stopped."""
+
+    run_dir: Path
+    epochs: int
+    steps: int
+    seconds: float
+    stopped: str
+    best_epoch: int
+    metrics: dict[str, float]
+    history: list[dict[str, float]] = field(default_factory=list)
+    device: str = "cpu"
+    precision: str = "fp32"
+
+
+def pick_precision(preference: str, device: torch.device) -> str:
+    """'auto' → bf16 autocast where the hardware has native bf16, else fp32."""
+    if preference != "auto":
+        return preference
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    try:
+        native = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    except (AttributeError, RuntimeError):
+        native = False
+    return "bf16" if native else "fp32"
+
+
+def check_stacks(
+    stacks: Sequence[np.ndarray], mode: str, references: Sequence[np.ndarray] | None
+) -> None:
+    """Refuse data the trainer cannot learn from, saying what was expected."""
+    if not stacks:
+        raise ValueError("Expected at least one training stack, got none")
+    for i, s in enumerate(stacks):
+        if s.ndim != 3:
+            raise ValueError(f"Stack {i}: expected a (T, H, W) time series, got shape {s.shape}")
+        if mode == "n2n" and s.shape[0] < 2:
+            raise ValueError(
+                f"Stack {i}: Noise2Noise needs at least 2 consecutive frames, got {s.shape[0]}"
+            )
+        if s.dtype.kind == "f" and not np.isfinite(s).all():
+            raise ValueError(f"Stack {i}: contains NaN or infinite values")
+    if mode == "supervised":
+        if references is None or len(references) != len(stacks):
+            n = 0 if references is None else len(references)
+            raise ValueError(
+                f"Supervised mode needs one clean reference per stack: {len(stacks)} stacks, {n} references"
+            )
+    if references is not None:
+        for i, (s, r) in enumerate(zip(stacks, references)):
+            if r.shape[-2:] != s.shape[-2:] or (r.ndim == 3 and r.shape[0] != s.shape[0]) or r.ndim not in (2, 3):
+                raise ValueError(
+                    f"Reference {i}: expected (H, W) = {s.shape[-2:]} or (T, H, W) = {s.shape}, got {r.shape}"
+                )
+
+
+_RESUMABLE = {"epochs", "max_minutes", "early_stopping_patience", "device", "num_threads"}
+
+
+def _incompatible_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys that differ between two config dumps, other than the resumable ones."""
+    changed = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changed += _incompatible_changes(a, b, f"{prefix}{key}.")
+        elif a != b and not (prefix == "optim." and key in _RESUMABLE):
+            changed.append(prefix + key)
+    return changed
+
+
+def _lr_factor(step: int, total: int, cfg: Any) -> float:
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    frac = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+    lo = cfg.min_learning_rate / cfg.learning_rate
+    return lo + (1 - lo) * 0.5 * (1 + math.cos(math.pi * frac))
+
+
+class _Validator:
+    """Held-out bottom strips: N2N loss (or supervised loss) and PSNR/SSIM vs a reference."""
+
+    def __init__(self, raw: Sequence[np.ndarray], norm: Normalization, splits: Sequence[int],
+                 references: Sequence[np.ndarray] | None, mode: str, n_pairs: int) -> None:
+        self.items: list[tuple[np.ndarray, np.ndarray | None, np.ndarray | None, float]] = []
+        self.norm = norm
+        for i, stack in enumerate(raw):
+            t = stack.shape[0]
+            ref = None if references is None else references[i]
+            rng = data_range_of(ref) if ref is not None else 0.0
+            last = t - 1 if mode == "n2n" else t
+            idx = np.unique(np.linspace(0, max(last - 1, 0), min(n_pairs, max(last, 1))).round().astype(int))
+            for k in idx:
+                x = stack[k, splits[i]:]
+                r = None if ref is None else (ref[k] if ref.ndim == 3 else ref)[splits[i]:]
+                y = stack[k + 1, splits[i]:] if mode == "n2n" else r
+                self.items.append((x, y, r, rng))
+
+    def __call__(self, net: UNet, device: torch.device) -> dict[str, float]:
+        losses, psnrs, ssims = [], [], []
+        for x, y, ref, rng in self.items:
+            pred = denoise(net, self.norm, x, device)
+            assert y is not None  # supervised mode always has references (check_stacks)
+            losses.append(float(np.mean((self.norm.normalize(pred) - self.norm.normalize(y)) ** 2)))
+            if ref is not None:
+                psnrs.append(psnr(pred, ref, rng))
+                ssims.append(ssim(pred, ref, rng))
+        out = {"val_loss": float(np.mean(losses))}
+        if psnrs:
+            out |= {"val_psnr": float(np.mean(psnrs)), "val_ssim": float(np.mean(ssims))}
+        return out
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def train(
+    config: TrainConfig,
+    stacks: Sequence[np.ndarray],
+    run_dir: str | Path,
+    references: Sequence[np.ndarray] | None = None,
+    resume: bool = False,
+    console: Console | None = None,
+) -> TrainResult:
+    """Fit a U-Net on ``stacks`` ((T, H, W) arrays) and write weights to ``run_dir``.
+
+    Noise2Noise mode learns frame t → frame t±1; supervised mode learns frame → reference.
+    References, when given in N2N mode, are used only to report validation PSNR/SSIM.
+    Writes ``checkpoint.pt`` after every epoch (``resume=True`` continues from it) and
+    ``model.pt`` (the best validation epoch's weights) at the end.
+    """
+    check_stacks(stacks, config.mode, references)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    oc, dc = config.optim, config.data
+    if oc.num_threads:
+        torch.set_num_threads(oc.num_threads)
+    device = pick_device(oc.device)
+    precision = pick_precision(oc.precision, device)
+    torch.manual_seed(oc.seed)
+
+    ckpt_path = run_dir / CHECKPOINT_NAME
+    ckpt: dict[str, Any] | None = None
+    if resume:
+        if not ckpt_path.exists():
+            raise FileNotFoundError(f"{ckpt_path}: nothing to resume from")
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        changed = _incompatible_changes(ckpt["config"], config.model_dump(mode="json"))
+        if changed:
+            raise ValueError(f"{ckpt_path}: was made with a different configuration ({', '.join(changed)} "
+                             "changed); resume allows changing only optim.epochs, max_minutes, "
+                             "early_stopping_patience, device and num_threads")
+    norm = Normalization.from_dict(ckpt["normalization"]) if ckpt else Normalization.fit(stacks)
+
+    net = UNet(config.model.depth, config.model.base_filters, config.model.residual)
+    mult = net.size_multiple
+    splits = [split_rows(s.shape[1], dc.val_fraction, mult, dc.patch_size) for s in stacks]
+    normed = [norm.normalize(s) for s in stacks]
+    targets = [norm.normalize(r) for r in references] if config.mode == "supervised" and references else None
+    sampler = PairSampler(normed, dc.patch_size, splits, targets, seed=oc.seed)
+    validate = _Validator(stacks, norm, splits, references, config.mode, dc.val_pairs)
+
+    net.to(device)
+    if device.type == "cpu":
+        net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    opt = torch.optim.Adam(net.parameters(), lr=oc.learning_rate)
+    total = oc.epochs * oc.steps_per_epoch
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, total, oc))
+    start_epoch, best, best_epoch, history, elapsed_before = 0, math.inf, -1, [], 0.0
+    best_state = None
+    if ckpt:
+        net.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        sampler.rng.bit_generator.state = ckpt["sampler_rng"]
+        torch.set_rng_state(ckpt["torch_rng"])
+        start_epoch, best, best_epoch = ckpt["epoch"], ckpt["best_val_loss"], ckpt["best_epoch"]
+        history, elapsed_before = ckpt["history"], ckpt["seconds"]
+        best_state = ckpt["best_model"]
+        log.info("resuming %s at epoch %d", run_dir, start_epoch)
+
+    console = console or Console(stderr=True)
+    t0 = time.perf_counter()
+    stopped, epoch, bad_epochs = "completed all epochs", start_epoch, 0
+    if history:
+        bad_epochs = len(history) - 1 - best_epoch
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task(f"train {config.mode}", total=total,
+                                 completed=start_epoch * oc.steps_per_epoch, status="")
+        try:
+            for epoch in range(start_epoch, oc.epochs):
+                net.train()
+                run_loss = 0.0
+                for step in range(oc.steps_per_epoch):
+                    xb, yb = sampler.sample(oc.batch_size)
+                    x = torch.from_numpy(xb).to(device)
+                    y = torch.from_numpy(yb).to(device)
+                    if device.type == "cpu":
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                        pred = net(x)
+                    loss = torch.mean((pred.float() - y) ** 2)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    sched.step()
+                    run_loss += float(loss.detach())
+                    if step % 10 == 9:
+                        progress.update(task, advance=10, status=f"loss {run_loss / (step + 1):.4f}")
+                progress.update(task, completed=(epoch + 1) * oc.steps_per_epoch)
+                metrics: dict[str, float] = {"epoch": epoch + 1, "train_loss": run_loss / oc.steps_per_epoch,
+                           "lr": float(sched.get_last_lr()[0]), **validate(net, device)}
+                history.append(metrics)
+                if metrics["val_loss"] < best:
+                    best, best_epoch, bad_epochs = metrics["val_loss"], epoch, 0
+                    best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+                else:
+                    bad_epochs += 1
+                status = f"loss {metrics['train_loss']:.4f} val {metrics['val_loss']:.4f}"
+                if "val_psnr" in metrics:
+                    status += f" {metrics['val_psnr']:.2f} dB"
+                progress.update(task, status=status)
+                log.info("epoch %d %s", epoch + 1, status)
+                elapsed = elapsed_before + time.perf_counter() - t0
+                _save_checkpoint(ckpt_path, {
+                    "config": config.model_dump(mode="json"), "epoch": epoch + 1,
+                    "model": net.state_dict(), "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(), "sampler_rng": sampler.rng.bit_generator.state,
+                    "torch_rng": torch.get_rng_state(), "normalization": norm.to_dict(),
+                    "best_val_loss": best, "best_epoch": best_epoch, "best_model": best_state,
+                    "history": history, "seconds": elapsed})
+                if bad_epochs >= oc.early_stopping_patience:
+                    stopped = f"early stopping: no better validation loss for {bad_epochs} epochs"
+                    break
+                if oc.max_minutes is not None and elapsed > oc.max_minutes * 60:
+                    stopped = f"time limit of {oc.max_minutes} min reached"
+                    break
+        except KeyboardInterrupt:
+            console.print(f"[yellow]interrupted: last complete epoch saved in {ckpt_path}; "
+                          "continue with --resume[/yellow]")
+            raise
+    if best_state is None:
+        raise RuntimeError("training ended before the first epoch completed; nothing to save")
+    final = UNet(config.model.depth, config.model.base_filters, config.model.residual)
+    final.load_state_dict(best_state)
+    final.eval()
+    save_weights(run_dir, final, norm)
+    best_metrics = {k: v for k, v in history[best_epoch].items() if k != "epoch"}
+    return TrainResult(run_dir=run_dir, epochs=len(history), steps=len(history) * oc.steps_per_epoch,
+                       seconds=elapsed_before + time.perf_counter() - t0, stopped=stopped,
+                       best_epoch=best_epoch + 1, metrics=best_metrics, history=history,
+                       device=str(device), precision=precision)

@@ -1,0 +1,118 @@
+"""Training pairs: consecutive noisy frames (Noise2Noise) or noisy → clean (supervised CARE)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = ["n2n_pair_indices", "PairSampler", "split_rows"]
+
+
+def n2n_pair_indices(n_frames: int) -> np.ndarray:
+    """All (input, target) frame indices of consecutive frames, in both directions.
+
+    >>> n2n_pair_indices(3).tolist()
+    [[0, 1], [1, 0], [1, 2], [2, 1]]
+    """
+    if n_frames < 2:
+        raise ValueError(
+            f"Noise2Noise needs at least 2 consecutive frames per stack, got {n_frames}"
+        )
+    t = np.arange(n_frames - 1)
+    fwd = np.stack([t, t + 1], axis=1)
+    pairs = np.empty((2 * (n_frames - 1), 2), dtype=np.int64)
+    pairs[0::2] = fwd
+    pairs[1::2] = fwd[:, ::-1]
+    return pairs
+
+
+def split_rows(height: int, val_fraction: float, multiple: int, min_rows: int) -> int:
+    """First row of the held-out validation strip at the bottom of each frame.
+
+    The strip is ``val_fraction`` of the rows, rounded up to ``multiple``; the training part
+    above it keeps at least ``min_rows`` rows (one patch).
+    """
+    val = int(np.ceil(height * val_fraction / multiple)) * multiple
+    val = max(val, multiple)
+    split = height - val
+    if split < min_rows:
+        raise ValueError(
+            f"Frames of height {height} are too small to hold out {val} validation rows and "
+            f"still draw {min_rows}-pixel patches; use larger frames or a smaller patch_size"
+        )
+    return split
+
+
+class PairSampler:
+    """Draws random (input, target) patch batches with random flips and 90° rotations.
+
+    ``inputs``: normalised (T, H, W) float32 stacks. ``targets``: None for Noise2Noise
+    (targets are the neighbouring frames of the same stack), else one normalised clean
+    reference per stack, (H, W) or (T, H, W). Patches come from rows ``[0, row_limit)``.
+    """
+
+    def __init__(
+        self,
+        inputs: Sequence[np.ndarray],
+        patch_size: int,
+        row_limit: Sequence[int],
+        targets: Sequence[np.ndarray] | None = None,
+        seed: int = 0,
+    ) -> None:
+        if not inputs:
+            raise ValueError("Expected at least one training stack, got none")
+        self.inputs = list(inputs)
+        self.targets = list(targets) if targets is not None else None
+        self.patch = patch_size
+        self.row_limit = list(row_limit)
+        self.rng = np.random.default_rng(seed)
+        self._pairs: list[np.ndarray] = []
+        weights = []
+        for i, stack in enumerate(self.inputs):
+            t, h, w = stack.shape
+            if self.row_limit[i] < patch_size or w < patch_size:
+                raise ValueError(
+                    f"Stack {i}: training area {self.row_limit[i]}×{w} is smaller than "
+                    f"patch_size {patch_size}"
+                )
+            if self.targets is None:
+                pairs = n2n_pair_indices(t)
+            else:
+                ref = self.targets[i]
+                if ref.shape[-2:] != (h, w) or (ref.ndim == 3 and ref.shape[0] != t):
+                    raise ValueError(
+                        f"Stack {i}: reference shape {ref.shape} does not match frames {stack.shape}"
+                    )
+                idx = np.arange(t)
+                pairs = np.stack([idx, idx if ref.ndim == 3 else np.zeros_like(idx)], axis=1)
+            self._pairs.append(pairs)
+            weights.append(len(pairs) * self.row_limit[i] * w)
+        self._p = np.asarray(weights, dtype=np.float64) / sum(weights)
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self._pairs)
+
+    def sample(self, batch: int) -> tuple[np.ndarray, np.ndarray]:
+        """A batch (B, 1, P, P) of inputs and the matching targets."""
+        p = self.patch
+        x = np.empty((batch, 1, p, p), dtype=np.float32)
+        y = np.empty_like(x)
+        stacks = self.rng.choice(len(self.inputs), size=batch, p=self._p)
+        for b, s in enumerate(stacks):
+            src, dst = self._pairs[s][self.rng.integers(len(self._pairs[s]))]
+            w = self.inputs[s].shape[2]
+            r = self.rng.integers(0, self.row_limit[s] - p + 1)
+            c = self.rng.integers(0, w - p + 1)
+            a = self.inputs[s][src, r : r + p, c : c + p]
+            if self.targets is None:
+                t = self.inputs[s][dst, r : r + p, c : c + p]
+            else:
+                ref = self.targets[s]
+                t = (ref[dst] if ref.ndim == 3 else ref)[r : r + p, c : c + p]
+            k = int(self.rng.integers(4))
+            if self.rng.integers(2):
+                a, t = a[:, ::-1], t[:, ::-1]
+            x[b, 0] = np.rot90(a, k)
+            y[b, 0] = np.rot90(t, k)
+        return x, y

@@ -1,0 +1,108 @@
+"""A training run end to end: gather frames, train, export ONNX, write the model card."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+
+from streamer.sources import read_stack, simulate_stack
+
+from .card import file_digest, read_card, versions, write_card
+from .config import TrainConfig, save_config
+from .export import ONNX_NAME, export_onnx
+from .inference import load_weights
+from .loop import train
+
+__all__ = ["gather_data", "run_training", "add_artifact"]
+
+log = logging.getLogger("n2n.trainer")
+
+
+def _describe_file(path: Path, array: np.ndarray) -> dict[str, Any]:
+    return {"path": str(path.resolve()), "sha256": file_digest(path), "shape": list(array.shape),
+            "dtype": str(array.dtype)}
+
+
+def gather_data(
+    config: TrainConfig,
+    data: Sequence[Path],
+    references: Sequence[Path],
+    run_dir: Path,
+) -> tuple[list[np.ndarray], list[np.ndarray] | None, dict[str, Any]]:
+    """Stacks, references and a provenance record, from files or from the simulated camera.
+
+    Simulated frames and their truth are saved in ``run_dir`` (nothing the model was trained
+    on is lost); the truth is the reference for validation metrics.
+    """
+    if config.data.source == "simulated" and not data:
+        cam = config.data.camera
+        log.info("grabbing %d frames of %dx%d from the simulated camera (%.1f ms exposure)",
+                 config.data.frames, cam.height, cam.width, cam.exposure_ms)
+        raw, truth = simulate_stack(cam, config.data.frames)
+        import tifffile
+
+        tifffile.imwrite(run_dir / "frames.tif", raw, ome=True, metadata={"axes": "TYX"})
+        tifffile.imwrite(run_dir / "truth.tif", truth, ome=True, metadata={"axes": "TYX"})
+        prov = {"source": "simulated", "camera": cam.model_dump(mode="json"), "frames": config.data.frames,
+                "saved": ["frames.tif", "truth.tif"]}
+        return [raw], [truth], prov
+    if not data:
+        raise ValueError("No training data: give one or more stacks with --data, or set data.source: simulated")
+    if references and len(references) != len(data):
+        raise ValueError(f"Expected one --reference per --data stack: {len(data)} stacks, {len(references)} references")
+    min_frames = 2 if config.mode == "n2n" else 1
+    stacks = [read_stack(p, min_frames=min_frames, allow_2d=False) for p in data]
+    refs = [read_stack(p) for p in references] if references else None
+    prov = {"source": "files", "data": [_describe_file(p, s) for p, s in zip(data, stacks)],
+            "references": [_describe_file(p, r) for p, r in zip(references, refs)] if refs else [],
+            "references_used_for": ("targets" if config.mode == "supervised"
+                                    else "validation metrics only" if refs else None)}
+    return stacks, refs, prov
+
+
+def add_artifact(run_dir: Path, info: dict[str, Any]) -> None:
+    """Record an exported file in the run's model card."""
+    card = read_card(run_dir)
+    card.setdefault("artifacts", {})[info["format"]] = info
+    write_card(run_dir, card)
+
+
+def run_training(
+    config: TrainConfig,
+    run_dir: Path,
+    data: Sequence[Path] = (),
+    references: Sequence[Path] = (),
+    resume: bool = False,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    """Train into ``run_dir`` and leave ``model.pt``, ``model.onnx`` and ``model.json`` there."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    stacks, refs, provenance = gather_data(config, data, references, run_dir)
+    save_config(config, run_dir / "config.yaml")
+    result = train(config, stacks, run_dir, references=refs, resume=resume, console=console)
+    net, norm = load_weights(run_dir)
+    card: dict[str, Any] = {
+        "name": run_dir.name,
+        "architecture": {"name": "unet2d", **config.model.model_dump(), "in_channels": 1, "out_channels": 1},
+        "size_multiple": 2**config.model.depth,
+        "normalization": norm.to_dict(),
+        "input": {"dtype": str(stacks[0].dtype), "shape_hint": list(stacks[0].shape[1:])},
+        "tile": {"size": max(256, config.data.patch_size * 4), "overlap": 2 ** (config.model.depth + 3)},
+        "training": {"mode": config.mode, "data": provenance, "config": config.model_dump(mode="json"),
+                     "epochs": result.epochs, "best_epoch": result.best_epoch, "steps": result.steps,
+                     "seconds": round(result.seconds, 1), "stopped": result.stopped,
+                     "device": result.device, "precision": result.precision},
+        "metrics": result.metrics,
+        "history": result.history,
+        "versions": versions(),
+        "artifacts": {},
+    }
+    write_card(run_dir, card)
+    info = export_onnx(net, run_dir / ONNX_NAME, opset=config.onnx_opset)
+    add_artifact(run_dir, info)
+    return read_card(run_dir)
