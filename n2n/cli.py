@@ -27,20 +27,24 @@ console = Console(stderr=True)
 out = Console()
 log = logging.getLogger("n2n")
 
-#: Options that take one or more values (``--data A.tif B.tif``).
-MULTI_VALUE_OPTIONS = ("--data", "--reference")
+#: Options that take one or more values (``n2n train --data A.tif B.tif``), per subcommand.
+MULTI_VALUE_OPTIONS = {"train": ("--data", "--reference")}
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file (see configs/).")]
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print the resolved config and exit.")]
 
 
 def expand_multi_value(argv: Sequence[str]) -> list[str]:
-    """Turn ``--data A B`` into ``--data A --data B`` so options take several files."""
+    """Turn ``--data A B`` into ``--data A --data B`` for the subcommands whose options
+    take several files; other subcommands' arguments pass unchanged (so a stray second
+    file is an error there, not silently dropped)."""
+    command = next((a for a in argv if not a.startswith("-")), None)
+    multi = MULTI_VALUE_OPTIONS.get(command or "", ())
     result: list[str] = []
     current: str | None = None
     for arg in argv:
         if arg.startswith("-"):
-            current = arg if arg in MULTI_VALUE_OPTIONS else None
+            current = arg if arg in multi else None
             result.append(arg)
         elif current is not None and result[-1] != current:
             result += [current, arg]

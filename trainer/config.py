@@ -114,8 +114,8 @@ class TrainConfig(_Versioned):
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     optim: OptimConfig = OptimConfig()
-    onnx_opset: int = Field(18, ge=17)
-    """ONNX opset of the model.onnx written after training."""
+    onnx_opset: int = Field(18, ge=18)
+    """ONNX opset of the model.onnx written after training (18 is the oldest PyTorch's exporter writes)."""
 
     @model_validator(mode="after")
     def _patch_fits_model(self) -> TrainConfig:
@@ -133,8 +133,8 @@ class ExportConfig(_Versioned):
 
     format: Literal["onnx", "torchscript"] = "onnx"
     """Output format."""
-    opset: int = Field(18, ge=17)
-    """ONNX opset."""
+    opset: int = Field(18, ge=18)
+    """ONNX opset (18 is the oldest PyTorch's exporter writes; a newer one must be supported by it)."""
     max_rel_error: float = Field(1e-4, gt=0)
     """Refuse the export if ‖exported − PyTorch‖ / ‖PyTorch‖ on a random frame exceeds this."""
     check_size: int = Field(256, ge=16)
@@ -193,8 +193,14 @@ def load_config(cls: type[C], path: str | Path | None, **overrides: object) -> C
             continue
         node = data
         *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
+        for i, p in enumerate(parents):
+            if p not in node:
+                node[p] = {}
+            child = node[p]
+            if not isinstance(child, dict):
+                where = ".".join(parents[: i + 1])
+                raise ConfigError(f"{path}: '{where}' must be a mapping to set {key}, got {child!r}")
+            node = child
         node[leaf] = value
     try:
         return cls.model_validate(data)

@@ -107,10 +107,10 @@ def evaluate(
 def _zoom_box(reference: np.ndarray, frac: float = 0.25) -> tuple[slice, slice]:
     """The crop (``frac`` of each side) with the most structure (local variance) in it."""
     h, w = reference.shape
-    ch, cw = max(8, int(h * frac)), max(8, int(w * frac))
+    ch, cw = min(h, max(8, int(h * frac))), min(w, max(8, int(w * frac)))
     var = ndimage.uniform_filter(reference.astype(np.float64) ** 2, (ch, cw)) - ndimage.uniform_filter(
         reference.astype(np.float64), (ch, cw)) ** 2
-    inner = var[ch // 2 : h - ch // 2, cw // 2 : w - cw // 2]
+    inner = var[ch // 2 : ch // 2 + h - ch + 1, cw // 2 : cw // 2 + w - cw + 1]  # centres of full crops
     cy, cx = np.unravel_index(np.argmax(inner), inner.shape)
     return slice(int(cy), int(cy) + ch), slice(int(cx), int(cx) + cw)
 

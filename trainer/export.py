@@ -41,12 +41,15 @@ def _check_frame(net: UNet, size: int, seed: int = 0) -> tuple[np.ndarray, np.nd
     return x.numpy(), ref
 
 
-def _refuse(path: Path, what: str, err: float, limit: float) -> None:
-    path.unlink(missing_ok=True)
-    raise ExportError(
-        f"{what} export refused: relative error {err:.3g} against PyTorch on a random frame "
-        f"exceeds {limit:.3g}; {path.name} was not written"
-    )
+def _accept(tmp: Path, path: Path, what: str, err: float, limit: float) -> None:
+    """Move a checked export into place, or delete it and refuse (an older file stays)."""
+    if not err <= limit:
+        tmp.unlink(missing_ok=True)
+        raise ExportError(
+            f"{what} export refused: relative error {err:.3g} against PyTorch on a random frame "
+            f"exceeds {limit:.3g}; {path.name} was not written"
+        )
+    tmp.replace(path)
 
 
 def export_onnx(net: UNet, path: str | Path, opset: int = 18, check_size: int = 256,
@@ -61,7 +64,7 @@ def export_onnx(net: UNet, path: str | Path, opset: int = 18, check_size: int = 
     dims = {0: torch.export.Dim("batch", min=1, max=1024),
             2: torch.export.Dim("height", min=net.size_multiple, max=16384),
             3: torch.export.Dim("width", min=net.size_multiple, max=16384)}
-    tmp = path.with_suffix(".onnx.tmp")
+    tmp = path.with_name(path.name + ".tmp")
     try:
         quiet = logging.getLogger("torch.onnx")
         level = quiet.level
@@ -75,18 +78,22 @@ def export_onnx(net: UNet, path: str | Path, opset: int = 18, check_size: int = 
                 raise ExportError("torch.onnx.export returned no program")
             program.save(str(tmp))
         onnx.checker.check_model(str(tmp))
+        proto = onnx.load(str(tmp), load_external_data=False)
+        written = {o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")}
     except Exception as exc:
         tmp.unlink(missing_ok=True)
         raise ExportError(f"ONNX export failed: {exc}") from exc
     finally:
         quiet.setLevel(level)
-    tmp.replace(path)
+    if written != {opset}:
+        tmp.unlink(missing_ok=True)
+        raise ExportError(f"ONNX export asked for opset {opset} but PyTorch wrote opset {sorted(written)}; "
+                          "use an opset the exporter supports (18 or newer)")
     x, ref = _check_frame(net, check_size)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
     out = session.run(None, {session.get_inputs()[0].name: x})[0]
     err = relative_error(out, ref) if out.shape == ref.shape else float("inf")
-    if err > max_rel_error:
-        _refuse(path, "ONNX", err, max_rel_error)
+    _accept(tmp, path, "ONNX", err, max_rel_error)
     log.info("wrote %s (opset %d, parity %.2g)", path, opset, err)
     return {"path": path.name, "format": "onnx", "opset": opset, "input": "input", "output": "output",
             "layout": "NCHW float32, normalised", "parity_rel_error": err, "sha256": file_digest(path)}
@@ -96,19 +103,19 @@ def export_torchscript(net: UNet, path: str | Path, check_size: int = 256,
                        max_rel_error: float = 1e-4) -> dict[str, Any]:
     """Write ``net`` as a scripted TorchScript module; check it against the eager model."""
     path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
     net = net.cpu().eval().float()
     try:
         scripted = torch.jit.script(net)
-        scripted.save(str(path))
+        scripted.save(str(tmp))
     except Exception as exc:
-        path.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise ExportError(f"TorchScript export failed: {exc}") from exc
     x, ref = _check_frame(net, check_size)
     with torch.no_grad():
-        out = torch.jit.load(str(path))(torch.from_numpy(x)).numpy()
+        out = torch.jit.load(str(tmp))(torch.from_numpy(x)).numpy()
     err = relative_error(out, ref)
-    if err > max_rel_error:
-        _refuse(path, "TorchScript", err, max_rel_error)
+    _accept(tmp, path, "TorchScript", err, max_rel_error)
     log.info("wrote %s (parity %.2g)", path, err)
     return {"path": path.name, "format": "torchscript", "layout": "NCHW float32, normalised",
             "parity_rel_error": err, "sha256": file_digest(path)}

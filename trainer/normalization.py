@@ -29,6 +29,9 @@ class Normalization:
         """Mean and standard deviation over all pixels of all stacks (float64 accumulation)."""
         if not stacks:
             raise ValueError("Expected at least one stack to compute normalisation from, got none")
+        for i, s in enumerate(stacks):
+            if s.dtype.kind == "f" and not np.isfinite(s).all():
+                raise ValueError(f"Stack {i} contains NaN or infinite values; cannot normalise")
         n = sum(s.size for s in stacks)
         mean = sum(float(s.sum(dtype=np.float64)) for s in stacks) / n
         # frame by frame: no float64 copy of a whole (possibly multi-GB) stack

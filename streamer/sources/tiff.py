@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,8 @@ import numpy as np
 from ._base import BaseSource, EndOfStream
 
 __all__ = ["StackError", "TiffSource", "read_stack"]
+
+log = logging.getLogger("n2n.streamer")
 
 
 class StackError(ValueError):
@@ -29,9 +32,31 @@ def _open(path: Path):  # type: ignore[no-untyped-def]
         raise StackError(f"{path}: not a readable TIFF file ({exc})") from None
 
 
-def _squeeze_axes(shape: tuple[int, ...], axes: str) -> tuple[tuple[int, ...], str]:
+#: Axis letters (tifffile's) accepted as the frame axis: time, or generic/unlabelled stacks.
+_TIME_AXES = "TQI"
+
+
+def _frame_axes(path: Path, shape: tuple[int, ...], axes: str) -> tuple[int, ...]:
+    """Shape without singleton axes, checked to be (Y, X) or (frames, Y, X).
+
+    Channels or RGB samples are refused (training would pair channel 0 with channel 1 as if
+    they were consecutive frames); a Z axis is read as frames with a warning, since plain
+    ImageJ stacks label every stack Z.
+    """
+    if 0 in shape:
+        raise StackError(f"{path}: is empty (shape {tuple(shape)})")
     keep = [(n, a) for n, a in zip(shape, axes) if n != 1 or a in "YX"]
-    return tuple(n for n, _ in keep), "".join(a for _, a in keep)
+    kept_shape, kept_axes = tuple(n for n, _ in keep), "".join(a for _, a in keep)
+    if kept_axes.endswith("YX") and len(kept_axes) == 2:
+        return kept_shape
+    if len(kept_axes) == 3 and kept_axes.endswith("YX") and kept_axes[0] in _TIME_AXES + "Z":
+        if kept_axes[0] == "Z":
+            log.warning("%s: axis Z read as consecutive frames (time)", path)
+        return kept_shape
+    raise StackError(
+        f"{path}: expected a single-channel image (Y, X) or time series (T, Y, X), got shape "
+        f"{tuple(shape)} with axes {axes!r}; save one channel as an OME-TIFF with axes 'TYX'"
+    )
 
 
 def read_stack(path: str | Path, *, min_frames: int = 1, allow_2d: bool = True) -> np.ndarray:
@@ -45,7 +70,7 @@ def read_stack(path: str | Path, *, min_frames: int = 1, allow_2d: bool = True) 
         if not tif.series:
             raise StackError(f"{path}: holds no image data")
         series = tif.series[0]
-        shape, _ = _squeeze_axes(tuple(series.shape), series.axes)
+        shape = _frame_axes(path, tuple(series.shape), series.axes)
         try:
             data = series.asarray().reshape(shape)
         except Exception as exc:
@@ -54,11 +79,6 @@ def read_stack(path: str | Path, *, min_frames: int = 1, allow_2d: bool = True) 
         raise StackError(f"{path}: is empty (shape {tuple(series.shape)})")
     if data.ndim == 2 and not allow_2d:
         data = data[None]
-    if data.ndim not in (2, 3):
-        raise StackError(
-            f"{path}: expected a single-channel 2-D image or a (T, H, W) stack, "
-            f"got shape {tuple(series.shape)} with axes {series.axes!r}"
-        )
     if np.iscomplexobj(data) or data.dtype == bool or data.dtype.kind not in "uif":
         raise StackError(f"{path}: expected integer or float pixels, got dtype {data.dtype}")
     if data.dtype.kind == "f" and not np.isfinite(data).all():
@@ -89,13 +109,11 @@ class TiffSource(BaseSource):
         if series is None:
             self._tif.close()
             raise StackError(f"{self.path}: holds no image data")
-        shape, _ = _squeeze_axes(tuple(series.shape), series.axes)
-        if len(shape) not in (2, 3):
+        try:
+            shape = _frame_axes(self.path, tuple(series.shape), series.axes)
+        except StackError:
             self._tif.close()
-            raise StackError(
-                f"{self.path}: expected a (T, H, W) stack, got shape {tuple(series.shape)} "
-                f"with axes {series.axes!r}"
-            )
+            raise
         self._series = series
         self._n = shape[0] if len(shape) == 3 else 1
         self._shape = (int(shape[-2]), int(shape[-1]))

@@ -1,0 +1,137 @@
+"""Shared fixtures: tiny simulated stacks on disk, the FMD data folder, one tiny trained run."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from streamer.sources import SimulatedCameraConfig, simulate_stack
+from trainer.config import TrainConfig
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+FMD_DIR = (REPO_ROOT / ".." / "shared" / "data" / "fmd-confocal-bpae-b").resolve()
+
+
+def _tensorrt_missing() -> str | None:
+    """Why TensorRT tests cannot run here, or None when they can."""
+    if not torch.cuda.is_available():
+        return "TensorRT needs a CUDA GPU; none found"
+    try:
+        import tensorrt  # noqa: F401
+    except Exception as exc:
+        return f"TensorRT not importable ({type(exc).__name__}: {exc})"
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    no_gpu = not torch.cuda.is_available()
+    trt_reason: str | None = None
+    trt_checked = False
+    for item in items:
+        if no_gpu and "gpu" in item.keywords:
+            item.add_marker(pytest.mark.skip(reason="no CUDA GPU"))
+        if "tensorrt" in item.keywords:
+            if not trt_checked:
+                trt_reason, trt_checked = _tensorrt_missing(), True
+            if trt_reason:
+                item.add_marker(pytest.mark.skip(reason=trt_reason))
+
+
+def write_tiff(path: Path, array: np.ndarray) -> Path:
+    """Write a (T, H, W) stack as OME-TIFF (axes TYX) and return the path."""
+    tifffile.imwrite(path, array, ome=True, metadata={"axes": "TYX"})
+    return path
+
+
+TINY_CAMERA: dict[str, Any] = {"height": 64, "width": 64, "exposure_ms": 10.0, "seed": 3}
+
+
+def tiny_train_dict(**sections: dict[str, Any]) -> dict[str, Any]:
+    """A tiny, fast, deterministic TrainConfig as a dict; ``sections`` update its sub-dicts."""
+    cfg: dict[str, Any] = {
+        "version": 1,
+        "mode": "n2n",
+        "model": {"depth": 1, "base_filters": 8, "residual": True},
+        "data": {"patch_size": 32, "val_pairs": 2, "frames": 6, "camera": dict(TINY_CAMERA)},
+        "optim": {"batch_size": 4, "epochs": 2, "steps_per_epoch": 5, "warmup_steps": 2,
+                  "precision": "fp32", "device": "cpu", "num_threads": 1, "seed": 0},
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict):
+            cfg[key] = {**cfg.get(key, {}), **value}
+        else:
+            cfg[key] = value
+    return cfg
+
+
+@pytest.fixture
+def tiny_config() -> Callable[..., TrainConfig]:
+    """Factory: a validated tiny TrainConfig, e.g. ``tiny_config(optim={"epochs": 3})``."""
+
+    def make(**sections: dict[str, Any]) -> TrainConfig:
+        return TrainConfig.model_validate(tiny_train_dict(**sections))
+
+    return make
+
+
+@pytest.fixture
+def tiny_config_dict() -> Callable[..., dict[str, Any]]:
+    """Factory: the tiny TrainConfig as a plain dict (for YAML files and CLI tests)."""
+    return tiny_train_dict
+
+
+@pytest.fixture
+def write_stack() -> Callable[[Path, np.ndarray], Path]:
+    """Function that writes an array as an OME-TIFF (axes TYX) and returns its path."""
+    return write_tiff
+
+
+@pytest.fixture
+def sim_stack() -> tuple[np.ndarray, np.ndarray]:
+    """Six 64×64 frames (uint16) from the simulated camera and their truth (float32)."""
+    return simulate_stack(SimulatedCameraConfig(**TINY_CAMERA), 6)
+
+
+@pytest.fixture
+def sim_tiff(tmp_path: Path, sim_stack: tuple[np.ndarray, np.ndarray]) -> tuple[Path, Path]:
+    """The tiny simulated stack and its truth written as OME-TIFF files in tmp_path."""
+    raw, truth = sim_stack
+    return write_tiff(tmp_path / "raw.ome.tif", raw), write_tiff(tmp_path / "truth.ome.tif", truth)
+
+
+@pytest.fixture
+def fmd_dir() -> Path:
+    """The FMD confocal data folder beside the checkout; skips the test when it is absent."""
+    if not FMD_DIR.is_dir():
+        pytest.skip(f"FMD data not found at {FMD_DIR}; it lives in ../shared/data beside the checkout")
+    return FMD_DIR
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny run trained once per session on simulated frames (do not modify: use run_copy)."""
+    from trainer.run import run_training
+
+    base = tmp_path_factory.mktemp("trained")
+    raw, truth = simulate_stack(SimulatedCameraConfig(**TINY_CAMERA), 6)
+    raw_path = write_tiff(base / "raw.ome.tif", raw)
+    truth_path = write_tiff(base / "truth.ome.tif", truth)
+    config = TrainConfig.model_validate(tiny_train_dict())
+    run_dir = base / "run"
+    run_training(config, run_dir, [raw_path], [truth_path])
+    return {"run": run_dir, "raw": raw_path, "truth": truth_path}
+
+
+@pytest.fixture
+def run_copy(tmp_path: Path, trained_run: dict[str, Path]) -> Path:
+    """A private copy of the session's trained run folder that a test may change."""
+    dst = tmp_path / "run"
+    shutil.copytree(trained_run["run"], dst)
+    return dst
