@@ -106,10 +106,13 @@ def simulate(
     cfg = _load(SimulateConfig, config, dry_run, frames=frames, **{
         "camera.height": size, "camera.width": size, "camera.exposure_ms": exposure_ms, "camera.seed": seed})
     import tifffile
+    from rich.progress import Progress
 
     from streamer.sources import simulate_stack
 
-    raw, gt = simulate_stack(cfg.camera, cfg.frames)
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("simulating", total=cfg.frames)
+        raw, gt = simulate_stack(cfg.camera, cfg.frames, lambda done, _: progress.update(task, completed=done))
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tifffile.imwrite(out_path, raw, ome=True, metadata={"axes": "TYX"})
     sidecar = {"camera": cfg.camera.model_dump(mode="json"), "frames": cfg.frames, "raw": out_path.name}

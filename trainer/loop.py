@@ -117,6 +117,7 @@ class _Validator:
                  references: Sequence[np.ndarray] | None, mode: str, n_pairs: int) -> None:
         self.items: list[tuple[np.ndarray, np.ndarray | None, np.ndarray | None, float]] = []
         self.norm = norm
+        self.raw_psnr: list[float] = []
         for i, stack in enumerate(raw):
             t = stack.shape[0]
             ref = None if references is None else references[i]
@@ -128,6 +129,8 @@ class _Validator:
                 r = None if ref is None else (ref[k] if ref.ndim == 3 else ref)[splits[i]:]
                 y = stack[k + 1, splits[i]:] if mode == "n2n" else r
                 self.items.append((x, y, r, rng))
+                if r is not None:
+                    self.raw_psnr.append(psnr(x, r, rng))
 
     def __call__(self, net: UNet, device: torch.device) -> dict[str, float]:
         losses, psnrs, ssims = [], [], []
@@ -140,7 +143,8 @@ class _Validator:
                 ssims.append(ssim(pred, ref, rng))
         out = {"val_loss": float(np.mean(losses))}
         if psnrs:
-            out |= {"val_psnr": float(np.mean(psnrs)), "val_ssim": float(np.mean(ssims))}
+            out |= {"val_psnr": float(np.mean(psnrs)), "val_ssim": float(np.mean(ssims)),
+                    "val_psnr_raw": float(np.mean(self.raw_psnr))}
         return out
 
 
@@ -256,7 +260,7 @@ def train(
                     bad_epochs += 1
                 status = f"loss {metrics['train_loss']:.4f} val {metrics['val_loss']:.4f}"
                 if "val_psnr" in metrics:
-                    status += f" {metrics['val_psnr']:.2f} dB"
+                    status += f" {metrics['val_psnr']:.2f} dB (raw {metrics['val_psnr_raw']:.2f})"
                 progress.update(task, status=status)
                 log.info("epoch %d %s", epoch + 1, status)
                 elapsed = elapsed_before + time.perf_counter() - t0

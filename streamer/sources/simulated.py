@@ -15,13 +15,14 @@ PSF) and optionally drifts slowly and photobleaches from frame to frame.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy import ndimage
 
-from ._base import BaseSource, grab
+from ._base import BaseSource
 
 __all__ = ["SimulatedCameraConfig", "SimulatedCamera", "render_sample", "simulate_stack"]
 
@@ -184,10 +185,20 @@ class SimulatedCamera(BaseSource):
 
 
 def simulate_stack(
-    config: SimulatedCameraConfig, frames: int
+    config: SimulatedCameraConfig, frames: int, progress: Callable[[int, int], None] | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``frames`` consecutive frames (uint16) and their noise-free truth (float32 ADU)."""
+    """``frames`` consecutive frames (uint16) and their noise-free truth (float32 ADU).
+
+    ``progress(done, total)`` is called after each frame.
+    """
+    if frames < 1:
+        raise ValueError(f"Expected at least 1 frame to simulate, got {frames}")
     cam = SimulatedCamera(config)
-    raw = grab(cam, frames)
-    truth = np.stack([cam.expected(i) for i in range(frames)])
+    raw = np.empty((frames, config.height, config.width), dtype=np.uint16)
+    truth = np.empty(raw.shape, dtype=np.float32)
+    for i in range(frames):
+        raw[i] = cam.read().pixels
+        truth[i] = cam.expected(i)
+        if progress:
+            progress(i + 1, frames)
     return raw, truth
