@@ -184,7 +184,7 @@ def train(
     if resume:
         if not ckpt_path.exists():
             raise FileNotFoundError(f"{ckpt_path}: nothing to resume from")
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)  # plain data only, no pickle code
         changed = _incompatible_changes(ckpt["config"], config.model_dump(mode="json"))
         if changed:
             raise ValueError(f"{ckpt_path}: was made with a different configuration ({', '.join(changed)} "
