@@ -67,7 +67,7 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _load(cls: type[BaseModel], path: Path | None, dry_run: bool, **overrides: Any) -> Any:
-    from trainer.config import ConfigError, load_config
+    from streamer.config import ConfigError, load_config
 
     try:
         cfg = load_config(cls, path, **overrides)
@@ -243,6 +243,64 @@ def evaluate(
         figure.parent.mkdir(parents=True, exist_ok=True)
         t = 0
         save_figure(figure, raw[t], den[t], ref[t] if ref.ndim == 3 else ref, report)
+
+
+@app.command()
+def serve(
+    model: Annotated[Path, typer.Option("--model", help="Model folder made by `n2n train` (model.json + exports).")],
+    engine: Annotated[str | None, typer.Option(help="auto, openvino, onnxruntime or torch.")] = None,
+    mode: Annotated[str | None, typer.Option(help="live (latest frame wins) or lossless (every frame).")] = None,
+    precision: Annotated[str | None, typer.Option(help="auto, fp32, bf16 or fp16 (checked against fp32).")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for the engine.")] = None,
+    output_dtype: Annotated[str | None, typer.Option("--output-dtype", help="same or float32.")] = None,
+    input_addr: Annotated[str | None, typer.Option("--input", help="PULL address for frames.")] = None,
+    output_addr: Annotated[str | None, typer.Option("--output", help="PUB address for denoised frames.")] = None,
+    request_addr: Annotated[str | None, typer.Option("--request", help="ROUTER address for requests.")] = None,
+    stats_addr: Annotated[str | None, typer.Option("--stats", help="PUB address for statistics.")] = None,
+    control_addr: Annotated[str | None, typer.Option("--control", help="REP address for commands.")] = None,
+    ready_file: Annotated[Path | None, typer.Option("--ready-file", help="Write the bound addresses here "
+                                                     "(JSON) once the engine is compiled.")] = None,
+    config: ConfigOpt = None,
+    dry_run: DryRunOpt = False,
+) -> None:
+    """Denoise frames streamed over ZeroMQ until Ctrl-C, SIGTERM or a shutdown command."""
+    from streamer.config import ServeConfig
+
+    cfg = _load(ServeConfig, config, dry_run, engine=engine, mode=mode, precision=precision, device=device,
+                num_threads=threads, output_dtype=output_dtype, **{
+                    "endpoints.input": input_addr, "endpoints.output": output_addr,
+                    "endpoints.request": request_addr, "endpoints.stats": stats_addr,
+                    "endpoints.control": control_addr})
+    import signal
+
+    from streamer.server import Server
+
+    try:
+        server = Server(model, cfg)
+        endpoints = server.start()
+    except _EXPECTED_ERRORS as exc:  # EngineUnavailable is a RuntimeError
+        _fail(str(exc))
+
+    def _on_signal(signum: int, _frame: Any) -> None:
+        log.info("%s received: stopping", signal.Signals(signum).name)
+        server.stop()
+
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+    info = server.denoiser.info()
+    console.print(f"serving [bold]{info['model']}[/bold] with {info['engine']} ({info['device']}, "
+                  f"{info['precision']}) in {cfg.mode} mode", highlight=False)
+    for name, addr in endpoints.items():
+        console.print(f"  {name:8s} {addr}", highlight=False)
+    if ready_file is not None:
+        tmp = ready_file.with_name(ready_file.name + ".tmp")
+        tmp.write_text(json.dumps({"endpoints": endpoints, **info}, indent=2) + "\n")
+        tmp.replace(ready_file)
+    server.serve_forever()
+    st = server.stats
+    console.print(f"stopped: {st.frames_in} frames in, {st.frames_out} out, {st.drops} dropped, "
+                  f"{sum(st.errors.values())} errors", highlight=False)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

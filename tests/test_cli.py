@@ -87,7 +87,7 @@ def test_train_on_files(tmp_path: Path, tiny_yaml: Path, sim_stack, write_stack)
     result = n2n("train", "--config", tiny_yaml, "--out", out, "--data", a, b, "--epochs", 1)
 
     assert_ok(result)
-    for name in ("model.pt", "model.onnx", "model.json", "config.yaml", "checkpoint.pt"):
+    for name in ("model.pt", "model.onnx", "model.ts", "model.json", "config.yaml", "checkpoint.pt"):
         assert (out / name).is_file(), name
     card = read_card(out)
     assert [Path(d["path"]).name for d in card["training"]["data"]["data"]] == ["a.tif", "b.tif"]
@@ -112,7 +112,8 @@ def test_train_dry_run(tmp_path: Path, tiny_yaml: Path) -> None:
 
 
 def test_export_torchscript(run_copy: Path) -> None:
-    """export --format torchscript writes model.ts and records it beside onnx in model.json."""
+    """export --format torchscript (re)writes model.ts and records it beside onnx in model.json."""
+    (run_copy / "model.ts").unlink()
     result = n2n("export", "--model", run_copy, "--format", "torchscript")
 
     assert_ok(result)

@@ -8,6 +8,7 @@ import pytest
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from streamer.config import ServeConfig
 from streamer.sources import SimulatedCameraConfig
 from trainer.config import (
     ConfigError,
@@ -29,6 +30,7 @@ PREFIXES: dict[str, type[BaseModel]] = {
     "simulate": SimulateConfig,
     "export": ExportConfig,
     "evaluate": EvaluateConfig,
+    "serve": ServeConfig,
 }
 
 

@@ -128,14 +128,15 @@ def test_relative_error() -> None:
 
 
 def test_card_is_self_contained(trained_run: dict[str, Path]) -> None:
-    """model.json holds what a streamer needs: architecture, normalisation, size multiple, artifacts."""
+    """model.json holds what a streamer needs: architecture, normalisation, size multiple, tiling, artifacts."""
     card = json.loads((trained_run["run"] / "model.json").read_text())
 
     assert card["card_version"] == 1
     assert card["architecture"]["depth"] == 1 and card["architecture"]["base_filters"] == 8
     assert card["size_multiple"] == 2
     assert card["normalization"]["std"] > 0
-    assert set(card["artifacts"]) == {"onnx"}
+    assert set(card["artifacts"]) == {"onnx", "torchscript"}
+    assert card["tile"] == {"size": 2048, "overlap": 2 ** (1 + 3)}  # depth 1: margin of the U-Net's reach
     assert card["training"]["epochs"] == len(card["history"]) == 2
     assert card["training"]["data"]["source"] == "files"
     assert card["training"]["data"]["references_used_for"] == "validation metrics only"

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
+from streamer.config import CONFIG_VERSION, ConfigError, _Strict, _Versioned, load_config, save_config
 from streamer.sources.simulated import SimulatedCameraConfig
 
 __all__ = [
@@ -23,21 +22,6 @@ __all__ = [
     "load_config",
     "save_config",
 ]
-
-CONFIG_VERSION = 1
-
-
-class ConfigError(ValueError):
-    """A configuration file is missing, malformed or invalid."""
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
-
-
-class _Versioned(_Strict):
-    version: Literal[1] = 1
-    """Configuration schema version."""
 
 
 class ModelConfig(_Strict):
@@ -165,50 +149,3 @@ class SimulateConfig(_Versioned):
     camera: SimulatedCameraConfig = SimulatedCameraConfig()
     frames: int = Field(50, ge=1)
     """Number of frames to record."""
-
-
-C = TypeVar("C", bound=BaseModel)
-
-
-def load_config(cls: type[C], path: str | Path | None, **overrides: object) -> C:
-    """Load ``cls`` from a YAML file (or defaults), apply dotted-key overrides, validate."""
-    data: dict = {}
-    if path is not None:
-        path = Path(path)
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
-        try:
-            loaded = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping at top level, got {type(loaded).__name__}")
-        data = loaded
-    for key, value in overrides.items():
-        if value is None:
-            continue
-        node = data
-        *parents, leaf = key.split(".")
-        for i, p in enumerate(parents):
-            if p not in node:
-                node[p] = {}
-            child = node[p]
-            if not isinstance(child, dict):
-                where = ".".join(parents[: i + 1])
-                raise ConfigError(f"{path}: '{where}' must be a mapping to set {key}, got {child!r}")
-            node = child
-        node[leaf] = value
-    try:
-        return cls.model_validate(data)
-    except ValidationError as exc:
-        where = f"{path}" if path is not None else "defaults"
-        raise ConfigError(f"invalid {cls.__name__} ({where}):\n{exc}") from None
-
-
-def save_config(config: BaseModel, path: str | Path) -> None:
-    """Write a config as YAML that :func:`load_config` reads back unchanged."""
-    Path(path).write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))

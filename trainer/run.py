@@ -14,7 +14,7 @@ from streamer.sources import read_stack, simulate_stack
 
 from .card import file_digest, read_card, versions, write_card
 from .config import TrainConfig, save_config
-from .export import ONNX_NAME, export_onnx
+from .export import ONNX_NAME, TORCHSCRIPT_NAME, export_onnx, export_torchscript
 from .inference import load_weights
 from .loop import train
 
@@ -80,7 +80,7 @@ def run_training(
     resume: bool = False,
     console: Console | None = None,
 ) -> dict[str, Any]:
-    """Train into ``run_dir`` and leave ``model.pt``, ``model.onnx`` and ``model.json`` there."""
+    """Train into ``run_dir`` and leave ``model.pt``, ``model.onnx``, ``model.ts`` and ``model.json`` there."""
     run_dir.mkdir(parents=True, exist_ok=True)
     stacks, refs, provenance = gather_data(config, data, references, run_dir)
     save_config(config, run_dir / "config.yaml")
@@ -92,7 +92,8 @@ def run_training(
         "size_multiple": 2**config.model.depth,
         "normalization": norm.to_dict(),
         "input": {"dtype": str(stacks[0].dtype), "shape_hint": list(stacks[0].shape[1:])},
-        "tile": {"size": max(256, config.data.patch_size * 4), "overlap": 2 ** (config.model.depth + 3)},
+        # frames up to 2048 px run whole; larger ones are tiled with a margin of the U-Net's reach
+        "tile": {"size": 2048, "overlap": 2 ** (config.model.depth + 3)},
         "training": {"mode": config.mode, "data": provenance, "config": config.model_dump(mode="json"),
                      "epochs": result.epochs, "best_epoch": result.best_epoch, "steps": result.steps,
                      "seconds": round(result.seconds, 1), "stopped": result.stopped,
@@ -103,6 +104,6 @@ def run_training(
         "artifacts": {},
     }
     write_card(run_dir, card)
-    info = export_onnx(net, run_dir / ONNX_NAME, opset=config.onnx_opset)
-    add_artifact(run_dir, info)
+    add_artifact(run_dir, export_onnx(net, run_dir / ONNX_NAME, opset=config.onnx_opset))
+    add_artifact(run_dir, export_torchscript(net, run_dir / TORCHSCRIPT_NAME))
     return read_card(run_dir)

@@ -1,0 +1,186 @@
+"""``StreamClient``: talk to ``n2n serve`` from Python (every wait has a timeout).
+
+::
+
+    with StreamClient() as client:                    # the default 127.0.0.1 addresses
+        denoised = client.request(frame).pixels       # synchronous: one frame in, one out
+        client.send(frame)                            # push into the stream ...
+        result = client.receive(timeout=1.0)          # ... and take results from the output
+        print(client.stats()["latency_ms"])
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import zmq
+
+from .config import Endpoints
+from .protocol import TOPIC_ERROR, TOPIC_FRAME, TOPIC_STATS, decode_header, encode_frame
+
+__all__ = ["StreamClient", "Result", "ServerError"]
+
+
+class ServerError(RuntimeError):
+    """The server answered with an error message (``code`` is its kind, e.g. ``bad_shape``)."""
+
+    def __init__(self, header: dict[str, Any]) -> None:
+        super().__init__(f"{header.get('error')}: {header.get('message')}")
+        self.code = header.get("error")
+        self.header = header
+
+
+@dataclass
+class Result:
+    """A denoised frame and its header (seq, meta, per-stage timestamps)."""
+
+    pixels: np.ndarray
+    header: dict[str, Any]
+
+    @property
+    def seq(self) -> int | None:
+        return self.header.get("seq")
+
+
+def _decode_result(parts: list[bytes]) -> Result:
+    header = decode_header(parts[0])
+    if header.get("type") == "error":
+        raise ServerError(header)
+    if len(parts) != 2:
+        raise ValueError(f"expected 2 parts (header, pixels) from the server, got {len(parts)}")
+    pixels = np.frombuffer(parts[1], dtype=np.dtype(header["dtype"]).newbyteorder("<")).reshape(header["shape"])
+    return Result(pixels, header)
+
+
+class StreamClient:
+    """Sockets to a running server, opened lazily: input (PUSH), request (REQ), output and
+    stats (SUB), control (REQ). ``endpoints`` takes the server's addresses (an
+    :class:`Endpoints` or a dict, e.g. a server's ``.endpoints``); ``timeout`` (s) bounds every wait."""
+
+    def __init__(self, endpoints: Endpoints | Mapping[str, str] | None = None, timeout: float = 10.0,
+                 errors: bool = False) -> None:
+        if endpoints is None:
+            endpoints = Endpoints()
+        self.endpoints = dict(endpoints.model_dump() if isinstance(endpoints, Endpoints) else endpoints)
+        self.timeout = timeout
+        self.errors = errors
+        self._ctx = zmq.Context()
+        self._sockets: dict[str, zmq.Socket] = {}
+        self._seq = 0
+
+    def __enter__(self) -> StreamClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for sock in self._sockets.values():
+            sock.close(linger=0)
+        self._sockets.clear()
+        self._ctx.term()
+
+    def _socket(self, name: str) -> zmq.Socket:
+        sock = self._sockets.get(name)
+        if sock is None:
+            kind = {"input": zmq.PUSH, "request": zmq.REQ, "output": zmq.SUB, "stats": zmq.SUB,
+                    "control": zmq.REQ}[name]
+            sock = self._ctx.socket(kind)
+            sock.setsockopt(zmq.LINGER, 0)
+            if kind == zmq.REQ:  # a timed-out request must not wedge the socket
+                sock.setsockopt(zmq.REQ_RELAXED, 1)
+                sock.setsockopt(zmq.REQ_CORRELATE, 1)
+            if name == "output":
+                sock.setsockopt(zmq.SUBSCRIBE, TOPIC_FRAME)
+                if self.errors:
+                    sock.setsockopt(zmq.SUBSCRIBE, TOPIC_ERROR)
+            if name == "stats":
+                sock.setsockopt(zmq.SUBSCRIBE, TOPIC_STATS)
+            sock.connect(self.endpoints[name])
+            self._sockets[name] = sock
+        return sock
+
+    def _wait(self, sock: zmq.Socket, timeout: float | None, flags: int, what: str) -> None:
+        t = self.timeout if timeout is None else timeout
+        if not sock.poll(int(t * 1000), flags):
+            raise TimeoutError(f"no {what} within {t:g} s from {sock.getsockopt_string(zmq.LAST_ENDPOINT)} "
+                               "(is `n2n serve` running there?)")
+
+    # --- sending -------------------------------------------------------------------------------------
+    def send(self, pixels: np.ndarray, seq: int | None = None, meta: Mapping[str, Any] | None = None,
+             ts_ns: int | None = None, timeout: float | None = None) -> int:
+        """Push one frame into the stream; returns its sequence number. Blocks (up to
+        ``timeout``) when a lossless server applies backpressure."""
+        seq = self._next_seq(seq)
+        sock = self._socket("input")
+        self._wait(sock, timeout, zmq.POLLOUT, "room to send (the server is not taking frames)")
+        sock.send_multipart(encode_frame(pixels, seq, ts_ns, meta), copy=False)
+        return seq
+
+    def request(self, pixels: np.ndarray, meta: Mapping[str, Any] | None = None, seq: int | None = None,
+                timeout: float | None = None) -> Result:
+        """Send one frame on the request path and wait for its denoised frame."""
+        seq = self._next_seq(seq)
+        sock = self._socket("request")
+        sock.send_multipart(encode_frame(pixels, seq, None, meta), copy=False)
+        self._wait(sock, timeout, zmq.POLLIN, "reply")
+        return _decode_result(sock.recv_multipart())
+
+    def _next_seq(self, seq: int | None) -> int:
+        if seq is None:
+            seq = self._seq
+        self._seq = seq + 1
+        return seq
+
+    # --- receiving -----------------------------------------------------------------------------------
+    def subscribe(self) -> None:
+        """Connect to the output now (a subscriber only sees frames published after it joined)."""
+        self._socket("output")
+
+    def receive(self, timeout: float | None = None) -> Result:
+        """The next denoised frame from the output (raises :class:`ServerError` for an error
+        message when constructed with ``errors=True``)."""
+        sock = self._socket("output")
+        self._wait(sock, timeout, zmq.POLLIN, "denoised frame")
+        return _decode_result(sock.recv_multipart()[1:])
+
+    def frames(self, timeout: float | None = None) -> Iterator[Result]:
+        """Iterate over denoised frames; stops with TimeoutError when none comes within ``timeout``."""
+        while True:
+            yield self.receive(timeout)
+
+    def stats(self, timeout: float | None = None) -> dict[str, Any]:
+        """The next statistics message (published twice a second)."""
+        sock = self._socket("stats")
+        self._wait(sock, timeout, zmq.POLLIN, "statistics")
+        return json.loads(sock.recv_multipart()[1])
+
+    # --- control -------------------------------------------------------------------------------------
+    def control(self, cmd: str, timeout: float | None = None, **args: Any) -> dict[str, Any]:
+        """Send a control command (``status``, ``swap``, ``shutdown``); returns the reply,
+        raising RuntimeError when it says ``ok: false``."""
+        sock = self._socket("control")
+        sock.send(json.dumps({"cmd": cmd, **args}).encode())
+        self._wait(sock, timeout, zmq.POLLIN, f"reply to {cmd!r}")
+        reply = json.loads(sock.recv())
+        if not reply.get("ok"):
+            raise RuntimeError(f"server refused {cmd!r}: {reply.get('error')}")
+        return reply
+
+    def status(self, timeout: float | None = None) -> dict[str, Any]:
+        return self.control("status", timeout)["status"]
+
+    def wait_subscribed(self, n: int = 1, timeout: float | None = None) -> None:
+        """Connect the output and wait until the server counts ``n`` frame subscribers."""
+        self.subscribe()
+        t = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + t
+        while self.status(timeout=t)["subscribers"] < n:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the server saw fewer than {n} subscribers within {t:g} s")
+            time.sleep(0.01)

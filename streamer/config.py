@@ -1,0 +1,153 @@
+"""Configuration: pydantic v2 models read from YAML files in ``configs/``.
+
+The loader and base classes live here (the streamer never imports the trainer, while the
+trainer's own configs build on these), with the streamer's :class:`ServeConfig`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = [
+    "CONFIG_VERSION",
+    "ConfigError",
+    "Endpoints",
+    "ServeConfig",
+    "load_config",
+    "save_config",
+]
+
+CONFIG_VERSION = 1
+
+
+class ConfigError(ValueError):
+    """A configuration file is missing, malformed or invalid."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+
+
+class _Versioned(_Strict):
+    version: Literal[1] = 1
+    """Configuration schema version."""
+
+
+_SCHEMES = ("tcp://", "ipc://", "inproc://")
+
+
+class Endpoints(_Strict):
+    """ZeroMQ addresses the server binds (clients connect to the same strings).
+
+    ``tcp://127.0.0.1:*`` binds a free port (the server reports the one it got);
+    ``ipc:///tmp/n2n-input`` is fastest for large frames on one host.
+    """
+
+    input: str = "tcp://127.0.0.1:5555"
+    """PULL: producers push frames here."""
+    output: str = "tcp://127.0.0.1:5556"
+    """PUB: denoised frames (topic ``frame``) and errors (topic ``error``) for any subscriber."""
+    request: str = "tcp://127.0.0.1:5557"
+    """ROUTER: a synchronous caller (REQ) sends a frame and gets its denoised frame back."""
+    stats: str = "tcp://127.0.0.1:5558"
+    """PUB: statistics as JSON (topic ``stats``), twice a second."""
+    control: str = "tcp://127.0.0.1:5559"
+    """REP: status, model swap, shutdown (JSON commands)."""
+
+    @field_validator("input", "output", "request", "stats", "control")
+    @classmethod
+    def _scheme(cls, v: str) -> str:
+        if not v.startswith(_SCHEMES):
+            raise ValueError(f"expected an address starting with one of {', '.join(_SCHEMES)}, got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _distinct(self) -> Endpoints:
+        addrs = [a for a in self.model_dump().values() if not a.endswith(":*")]
+        dup = {a for a in addrs if addrs.count(a) > 1}
+        if dup:
+            raise ValueError(f"each socket needs its own address; used twice: {', '.join(sorted(dup))}")
+        return self
+
+
+class ServeConfig(_Versioned):
+    """``n2n serve``: the ZeroMQ denoising service."""
+
+    engine: Literal["auto", "openvino", "onnxruntime", "torch"] = "auto"
+    """Inference engine. 'auto': PyTorch on CUDA with a GPU, else OpenVINO, else ONNX Runtime, else PyTorch."""
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """'auto': the engine's fastest precision, kept only if it matches float32 (see min_precision_psnr_db)."""
+    min_precision_psnr_db: float = Field(50.0, gt=0)
+    """Reduced precision is used only if its output on a calibration frame is this close to float32."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where the engine runs ('auto': CUDA when the engine and a GPU allow it)."""
+    num_threads: int | None = Field(None, ge=1)
+    """CPU threads for the engine; None: the engine's default (all cores)."""
+    mode: Literal["live", "lossless"] = "live"
+    """'live': latest frame wins, drops counted; 'lossless': every frame in order, backpressure to the producer."""
+    output_dtype: Literal["same", "float32"] = "same"
+    """'same': the input's dtype, clipped and rounded; 'float32': unrounded intensities."""
+    tile_size: int | None = Field(None, ge=16)
+    """Frames larger than this (either side) are tiled; None: the model card's tile size."""
+    tile_overlap: int | None = Field(None, ge=0)
+    """Margin each tile shares with its neighbours; None: the model card's (>= the U-Net's reach)."""
+    queue_size: int = Field(4, ge=1)
+    """Lossless mode: frames held in the server before the producer is made to wait."""
+    max_message_bytes: int = Field(256 * 2**20, ge=1024)
+    """Largest frame message accepted; larger ones get an error (oversized beyond twice this: disconnected)."""
+    stats_interval_s: float = Field(0.5, gt=0)
+    """Seconds between statistics messages."""
+    latency_window: int = Field(1000, ge=10)
+    """Frames in the rolling window for latency percentiles."""
+    endpoints: Endpoints = Endpoints()
+
+
+C = TypeVar("C", bound=BaseModel)
+
+
+def load_config(cls: type[C], path: str | Path | None, **overrides: object) -> C:
+    """Load ``cls`` from a YAML file (or defaults), apply dotted-key overrides, validate."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping at top level, got {type(loaded).__name__}")
+        data = loaded
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        node = data
+        *parents, leaf = key.split(".")
+        for i, p in enumerate(parents):
+            if p not in node:
+                node[p] = {}
+            child = node[p]
+            if not isinstance(child, dict):
+                where = ".".join(parents[: i + 1])
+                raise ConfigError(f"{path}: '{where}' must be a mapping to set {key}, got {child!r}")
+            node = child
+        node[leaf] = value
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        where = f"{path}" if path is not None else "defaults"
+        raise ConfigError(f"invalid {cls.__name__} ({where}):\n{exc}") from None
+
+
+def save_config(config: BaseModel, path: str | Path) -> None:
+    """Write a config as YAML that :func:`load_config` reads back unchanged."""
+    Path(path).write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))

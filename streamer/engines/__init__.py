@@ -1,0 +1,77 @@
+"""Inference engines behind one interface, and the one place that picks among them.
+
+``auto`` order: PyTorch on CUDA when a GPU is present (TensorRT joins first when its issue
+lands), else OpenVINO on the CPU, else ONNX Runtime, else PyTorch on the CPU.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from typing import Any
+
+from ..model import ModelCard
+from ._base import Engine, EngineUnavailable, calibration_batch, psnr_between
+
+__all__ = ["ENGINES", "Engine", "EngineUnavailable", "available_engines", "calibration_batch", "create_engine",
+           "psnr_between"]
+
+log = logging.getLogger("n2n.streamer")
+
+ENGINES = ("openvino", "onnxruntime", "torch")
+
+
+def _cuda_available() -> bool:
+    if importlib.util.find_spec("torch") is None:
+        return False
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def available_engines() -> list[str]:
+    """Engines whose library is importable here (whether a model has their file is separate)."""
+    found = {"openvino": "openvino", "onnxruntime": "onnxruntime", "torch": "torch"}
+    return [name for name in ENGINES if importlib.util.find_spec(found[name]) is not None]
+
+
+def _make(name: str, card: ModelCard, **kwargs: Any) -> Engine:
+    if name == "openvino":
+        from .openvino import OpenVINOEngine
+
+        return OpenVINOEngine(card.artifact("onnx", "model.onnx"), **kwargs)
+    if name == "onnxruntime":
+        from .onnxruntime import OnnxRuntimeEngine
+
+        return OnnxRuntimeEngine(card.artifact("onnx", "model.onnx"), **kwargs)
+    if name == "torch":
+        from .torch import TorchEngine
+
+        return TorchEngine(card.artifact("torchscript", "model.ts"), **kwargs)
+    raise ValueError(f"expected an engine in auto, {', '.join(ENGINES)}; got {name!r}")
+
+
+def create_engine(name: str, card: ModelCard, precision: str = "auto", device: str = "auto",
+                  num_threads: int | None = None, min_psnr_db: float = 50.0) -> Engine:
+    """The engine ``name`` for the model ``card``; ``auto`` takes the first that works here."""
+    kwargs = {"precision": precision, "num_threads": num_threads, "min_psnr_db": min_psnr_db}
+    if name != "auto":
+        dev = device
+        if name in ("openvino",) and device == "auto":
+            dev = "cpu"
+        return _make(name, card, device=dev, **kwargs)
+    order: list[tuple[str, str]] = []
+    if device in ("auto", "cuda") and _cuda_available():
+        order.append(("torch", "cuda"))
+    if device == "cuda" and not order:
+        raise EngineUnavailable("device 'cuda' was asked for, but no CUDA GPU is visible to PyTorch")
+    if device != "cuda":
+        order += [("openvino", "cpu"), ("onnxruntime", "cpu"), ("torch", "cpu")]
+    reasons = []
+    for engine, dev in order:
+        try:
+            return _make(engine, card, device=dev, **kwargs)
+        except (EngineUnavailable, FileNotFoundError, ImportError) as exc:
+            reasons.append(f"{engine} ({dev}): {exc}")
+            log.info("engine %s on %s not usable: %s", engine, dev, exc)
+    raise EngineUnavailable("no engine could run this model:\n  " + "\n  ".join(reasons))

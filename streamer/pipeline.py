@@ -1,0 +1,203 @@
+"""Frame → denoised frame around an engine: fixed normalisation, tiling, output dtype.
+
+The normalisation is the model card's (computed on the training data), never per-frame
+statistics, so a frame's brightness is kept and the hot path is two multiply-adds.
+Frames larger than the tile size are padded to the model's size multiple, cut into tiles
+whose origins fall on that multiple (so the U-Net's pooling grid is the same as for the
+whole frame) and that share a margin at least the network's reach; each output pixel is
+taken from the tile in which it lies furthest from a cut, so the stitched frame equals the
+whole-frame result: no seams.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from itertools import pairwise
+from typing import Any
+
+import numpy as np
+
+from .engines import Engine
+from .model import ModelCard, unet_reach
+
+__all__ = ["Denoiser", "TilePlan", "plan_axis", "Timings"]
+
+
+def plan_axis(length: int, tile: int, margin: int, multiple: int) -> list[tuple[int, int, int]]:
+    """Tiles along one axis of a (padded) ``length``: ``(origin, keep_from, keep_to)`` each.
+
+    ``length`` and ``tile`` are multiples of ``multiple``; ``keep_from:keep_to`` (absolute
+    coordinates) partition ``0:length``; each kept pixel is ``>= margin`` from its tile's
+    inner borders when ``tile > 2 * margin``."""
+    if length <= tile:
+        return [(0, 0, length)]
+    step = (tile - 2 * margin) // multiple * multiple  # tile origins stay on the size multiple
+    if step < multiple:
+        raise ValueError(f"tile size {tile} must exceed twice the overlap {margin} by at least {multiple}")
+    n = 1 + -(-(length - tile) // step)  # ceil
+    span = length - tile
+    origins = sorted({min(span, (round(i * span / (n - 1)) // multiple) * multiple) for i in range(n)})
+    origins[-1] = span
+    cuts = [0] + [(a + b + tile) // 2 for a, b in pairwise(origins)] + [length]
+    return [(o, cuts[i], cuts[i + 1]) for i, o in enumerate(origins)]
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """How one frame shape is cut: padding to the size multiple, then tiles along each axis."""
+
+    shape: tuple[int, int]
+    padded: tuple[int, int]
+    tile: tuple[int, int]
+    rows: list[tuple[int, int, int]]
+    cols: list[tuple[int, int, int]]
+
+    @property
+    def batch_shape(self) -> tuple[int, int, int, int]:
+        return (len(self.rows) * len(self.cols), 1, *self.tile)
+
+    @property
+    def tiled(self) -> bool:
+        return len(self.rows) * len(self.cols) > 1
+
+    @classmethod
+    def make(cls, shape: tuple[int, int], tile_size: int, margin: int, multiple: int) -> TilePlan:
+        h, w = shape
+        if h <= tile_size and w <= tile_size:  # whole frame; the network pads odd sizes itself
+            return cls(shape, shape, shape, [(0, 0, h)], [(0, 0, w)])
+        tile_size = max(multiple, tile_size // multiple * multiple)
+        ph, pw = -(-h // multiple) * multiple, -(-w // multiple) * multiple
+        th, tw = min(tile_size, ph), min(tile_size, pw)
+        return cls(shape, (ph, pw), (th, tw), plan_axis(ph, th, margin, multiple), plan_axis(pw, tw, margin, multiple))
+
+
+@dataclass
+class Timings:
+    """Stage timestamps of one frame (ns since the epoch)."""
+
+    start: int = 0
+    preprocessed: int = 0
+    inferred: int = 0
+    postprocessed: int = 0
+
+
+def _float32_range(t: type) -> tuple[np.float32, np.float32]:
+    """The integer type's range as float32 bounds that lie inside it: float32 rounds 2**31 - 1 and
+    2**32 - 1 up to 2**31 and 2**32, which would overflow (wrap) in the cast back."""
+    info = np.iinfo(t)
+    lo, hi = np.float32(info.min), np.float32(info.max)
+    if int(hi) > info.max:
+        hi = np.nextafter(hi, np.float32(0))
+    if int(lo) < info.min:
+        lo = np.nextafter(lo, np.float32(0))
+    return lo, hi
+
+
+_INT_RANGE = {np.dtype(t): _float32_range(t) for t in (np.uint8, np.uint16, np.int16, np.uint32, np.int32)}
+
+
+class Denoiser:
+    """Normalise → (tile) → engine → (stitch) → denormalise → output dtype."""
+
+    def __init__(self, card: ModelCard, engine: Engine, tile_size: int | None = None,
+                 tile_overlap: int | None = None, output_dtype: str = "same") -> None:
+        if output_dtype not in ("same", "float32"):
+            raise ValueError(f"expected output_dtype 'same' or 'float32', got {output_dtype!r}")
+        self.card = card
+        self.engine = engine
+        self.tile_size = int(tile_size or card.tile_size)
+        self.margin = int(card.tile_overlap if tile_overlap is None else tile_overlap)
+        if self.margin < unet_reach(card.depth):
+            # fewer pixels than the network's reach would leave seams; say so, but obey
+            import logging
+
+            logging.getLogger("n2n.streamer").warning(
+                "tile overlap %d is below the U-Net's reach %d: tile borders may show", self.margin,
+                unet_reach(card.depth))
+        self.output_dtype = output_dtype
+        self._scale = np.float32(1.0 / card.std)
+        self._offset = np.float32(-card.mean / card.std)
+        self._plans: dict[tuple[int, int], TilePlan] = {}
+
+    @property
+    def min_side(self) -> int:
+        return self.card.size_multiple
+
+    def plan(self, shape: tuple[int, int]) -> TilePlan:
+        plan = self._plans.get(shape)
+        if plan is None:
+            plan = TilePlan.make(shape, self.tile_size, self.margin, self.card.size_multiple)
+            self._plans[shape] = plan
+        return plan
+
+    def prepare(self, shape: tuple[int, int], sample: np.ndarray | None = None) -> TilePlan:
+        """Compile the engine for frames of ``shape`` (a real ``sample`` frame calibrates precision)."""
+        plan = self.plan(shape)
+        calib = self.preprocess(sample, plan) if sample is not None else None
+        self.engine.prepare(plan.batch_shape, calib)
+        return plan
+
+    def preprocess(self, pixels: np.ndarray, plan: TilePlan | None = None) -> np.ndarray:
+        plan = plan or self.plan(pixels.shape)  # type: ignore[arg-type]
+        x = np.multiply(pixels, self._scale, dtype=np.float32)
+        x += self._offset
+        if not plan.tiled:
+            return x[None, None]
+        (h, w), (ph, pw) = plan.shape, plan.padded
+        if (ph, pw) != (h, w):
+            x = np.pad(x, ((0, ph - h), (0, pw - w)), mode="reflect")
+        th, tw = plan.tile
+        batch = np.empty(plan.batch_shape, np.float32)
+        k = 0
+        for r0, _, _ in plan.rows:
+            for c0, _, _ in plan.cols:
+                batch[k, 0] = x[r0 : r0 + th, c0 : c0 + tw]
+                k += 1
+        return batch
+
+    def stitch(self, out: np.ndarray, plan: TilePlan) -> np.ndarray:
+        if not plan.tiled:
+            return out[0, 0]
+        frame = np.empty(plan.padded, np.float32)
+        k = 0
+        for r0, r1, r2 in plan.rows:
+            for c0, c1, c2 in plan.cols:
+                frame[r1:r2, c1:c2] = out[k, 0, r1 - r0 : r2 - r0, c1 - c0 : c2 - c0]
+                k += 1
+        h, w = plan.shape
+        return frame[:h, :w]
+
+    def postprocess(self, y: np.ndarray, dtype: np.dtype) -> np.ndarray:
+        """Back to intensities; integer inputs are clipped to their range and rounded."""
+        y = y * np.float32(self.card.std)
+        y += np.float32(self.card.mean)
+        if self.output_dtype == "float32" or dtype.kind == "f":
+            return y.astype(np.float32 if self.output_dtype == "float32" else dtype, copy=False)
+        lo, hi = _INT_RANGE[np.dtype(dtype)]
+        np.clip(y, lo, hi, out=y)
+        np.rint(y, out=y)
+        return y.astype(dtype)
+
+    def __call__(self, pixels: np.ndarray, timings: Timings | None = None) -> np.ndarray:
+        """Denoise one 2-D frame (any supported dtype); fills ``timings`` if given."""
+        if pixels.ndim != 2:
+            raise ValueError(f"expected a 2-D frame (height, width), got shape {pixels.shape}")
+        if min(pixels.shape) < self.min_side:
+            raise ValueError(f"expected height and width >= {self.min_side}, got shape {pixels.shape}")
+        t = timings or Timings()
+        t.start = time.time_ns()
+        plan = self.plan(pixels.shape)  # type: ignore[arg-type]
+        if plan.batch_shape != self.engine._current:
+            self.prepare(pixels.shape, pixels)  # type: ignore[arg-type]
+        batch = self.preprocess(pixels, plan)
+        t.preprocessed = time.time_ns()
+        out = self.engine.infer(batch)
+        t.inferred = time.time_ns()
+        result = self.postprocess(self.stitch(out, plan), pixels.dtype)
+        t.postprocessed = time.time_ns()
+        return result
+
+    def info(self) -> dict[str, Any]:
+        return {"model": self.card.name, "model_dir": str(self.card.run_dir), **self.engine.info(),
+                "tile_size": self.tile_size, "tile_overlap": self.margin, "output_dtype": self.output_dtype}

@@ -1,0 +1,415 @@
+"""The ZeroMQ denoising server (``n2n serve``).
+
+One thread runs one loop over five sockets (see :class:`~streamer.config.Endpoints`): frames
+pushed to ``input`` (PULL), synchronous requests on ``request`` (ROUTER, for REQ callers),
+commands on ``control`` (REP); denoised frames go out on ``output`` (XPUB: any number of
+subscribers) and statistics on ``stats`` (PUB). No locks, no per-frame threads: on the CPU
+the engine is the only thing that takes time, and ZeroMQ's own I/O thread moves the bytes.
+
+* live mode: each turn drains everything that arrived, keeps the latest frame and counts
+  the rest as dropped, so latency stays one frame deep whatever the producer does;
+* lossless mode: frames are taken in order into a small queue; when it is full the server
+  stops reading, ZeroMQ's high-water marks fill, and the producer's send blocks
+  (backpressure). Output then blocks on slow subscribers instead of dropping.
+
+Bad input never stops the loop: it gets an error reply (request path) or an ``error``
+message on the output socket (push path), a counter in the stats and a log line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+
+from .config import ServeConfig
+from .engines import create_engine
+from .model import ModelCard
+from .pipeline import Denoiser, Timings
+from .protocol import (
+    PROTOCOL_VERSION,
+    TOPIC_ERROR,
+    TOPIC_FRAME,
+    TOPIC_STATS,
+    Message,
+    ProtocolError,
+    decode_frame,
+    encode_error,
+)
+from .stats import ServerStats
+
+__all__ = ["Server", "running_server", "load_denoiser"]
+
+log = logging.getLogger("n2n.streamer")
+
+_DRAIN_LIMIT = 10_000  # messages read in one turn at most (a flood cannot starve the loop)
+
+
+def load_denoiser(model_dir: str | Path, config: ServeConfig, engine: str | None = None) -> Denoiser:
+    """The model card, an engine for it and the pre/post-processing around it."""
+    card = ModelCard.load(model_dir)
+    eng = create_engine(engine or config.engine, card, precision=config.precision, device=config.device,
+                        num_threads=config.num_threads, min_psnr_db=config.min_precision_psnr_db)
+    return Denoiser(card, eng, config.tile_size, config.tile_overlap, config.output_dtype)
+
+
+class Server:
+    """Denoise frames arriving over ZeroMQ. ``start()`` binds and compiles, ``serve_forever()``
+    runs until :meth:`stop` (any thread), a ``shutdown`` command, or a signal handled by the caller."""
+
+    def __init__(self, model_dir: str | Path, config: ServeConfig | None = None,
+                 denoiser: Denoiser | None = None) -> None:
+        self.config = config or ServeConfig()
+        self.denoiser = denoiser or load_denoiser(model_dir, self.config)
+        self.stats = ServerStats(self.config.latency_window)
+        self.endpoints: dict[str, str] = {}
+        self.subscribers = 0
+        self._ctx = zmq.Context()
+        self._sockets: dict[str, zmq.Socket] = {}
+        self._queue: deque[tuple[Message, list[Any] | None]] = deque()
+        self._stop = threading.Event()
+        self._closed = False
+        self._error_logs: dict[str, int] = {}
+        self._warned_dtypes: set[str] = set()
+
+    # --- life cycle --------------------------------------------------------------------------
+    def start(self, warmup_shape: tuple[int, int] | None = None) -> dict[str, str]:
+        """Bind the sockets and compile the engine for the expected frame shape; return the
+        bound addresses (a ``:*`` port resolved to the one the system gave)."""
+        if self._sockets:
+            return self.endpoints
+        cfg = self.config
+        hard_max = 2 * cfg.max_message_bytes + 65536
+        spec = {"input": zmq.PULL, "output": zmq.XPUB, "request": zmq.ROUTER, "stats": zmq.PUB,
+                "control": zmq.REP}
+        try:
+            for name, kind in spec.items():
+                sock = self._ctx.socket(kind)
+                sock.setsockopt(zmq.LINGER, 0)
+                if name in ("input", "request"):
+                    sock.setsockopt(zmq.MAXMSGSIZE, hard_max)
+                if name == "input":
+                    sock.setsockopt(zmq.RCVHWM, cfg.queue_size if cfg.mode == "lossless" else 1000)
+                if name == "output":
+                    sock.setsockopt(zmq.SNDHWM, 64 if cfg.mode == "lossless" else 16)
+                    sock.setsockopt(zmq.XPUB_NODROP, 1 if cfg.mode == "lossless" else 0)
+                    # every (un)subscription, duplicates included: otherwise a second subscriber to
+                    # 'frame' is never seen and the subscriber count stays at 1
+                    sock.setsockopt(zmq.XPUB_VERBOSER, 1)
+                self._sockets[name] = sock
+                address = getattr(cfg.endpoints, name)
+                if address.startswith("tcp://") and not address.startswith(("tcp://127.", "tcp://localhost")):
+                    log.warning("%s socket binds %s: reachable from other machines", name, address)
+                try:
+                    sock.bind(address)
+                except zmq.ZMQError as exc:
+                    raise OSError(f"cannot bind {name} socket to {address}: {exc}") from None
+                self.endpoints[name] = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        except Exception:
+            self.close()
+            raise
+        shape = warmup_shape or self._shape_hint()
+        if shape is not None:
+            t0 = time.perf_counter()
+            self.denoiser.prepare(shape)
+            log.info("compiled %s for %dx%d in %.1f s (%s)", self.denoiser.engine.name, *shape,
+                     time.perf_counter() - t0, self.denoiser.engine.precision)
+        return self.endpoints
+
+    def _shape_hint(self) -> tuple[int, int] | None:
+        hint = self.denoiser.card.raw.get("input", {}).get("shape_hint")
+        if isinstance(hint, list) and len(hint) == 2 and all(isinstance(v, int) and v > 0 for v in hint):
+            return (hint[0], hint[1])
+        return None
+
+    def stop(self) -> None:
+        """Ask the loop to end (safe from any thread or a signal handler)."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def close(self) -> None:
+        """Close every socket at once (linger 0) and the ZeroMQ context."""
+        if self._closed:
+            return
+        self._closed = True
+        for sock in self._sockets.values():
+            sock.close(linger=0)
+        self._sockets.clear()
+        self._ctx.term()
+        self.denoiser.engine.close()
+
+    def serve_forever(self) -> None:
+        """Run the loop until stopped, then close everything."""
+        self.start()
+        try:
+            self._loop()
+        finally:
+            self.close()
+
+    # --- the loop --------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        s = self._sockets
+        poller = zmq.Poller()
+        for name in ("control", "request", "input", "output"):
+            poller.register(s[name], zmq.POLLIN)
+        interval = self.config.stats_interval_s
+        next_stats = time.monotonic() + interval
+        log.info("serving %s (%s mode) on %s", self.denoiser.card.name, self.config.mode, self.endpoints["input"])
+        while not self._stop.is_set():
+            now = time.monotonic()
+            wait_ms = 0 if self._queue else max(0, min(100, int((next_stats - now) * 1000)))
+            events = dict(poller.poll(wait_ms))
+            if s["control"] in events:
+                self._on_control()
+            if s["output"] in events:
+                self._on_subscription()
+            if s["request"] in events:
+                for _ in range(64):  # answer waiting callers first; they block on us
+                    if not self._on_request():
+                        break
+            if s["input"] in events:
+                self._drain_input()
+            if self._queue and not self._stop.is_set():
+                msg, _ = self._queue.popleft()
+                self.stats.queue_depth = len(self._queue)
+                self._process(msg, None)
+            if time.monotonic() >= next_stats:
+                self._publish_stats()
+                next_stats = time.monotonic() + interval
+        if self.config.mode == "lossless" and self._queue:
+            log.info("finishing %d frames already accepted before stopping", len(self._queue))
+            while self._queue:
+                self._process(self._queue.popleft()[0], None)
+        st = self.stats
+        log.info("stopped: %d frames in, %d out, %d dropped, %d errors", st.frames_in, st.frames_out, st.drops,
+                 sum(st.errors.values()))
+        self._publish_stats()
+
+    # --- input ------------------------------------------------------------------------------------
+    def _decode(self, parts: list[Any]) -> Message:
+        msg = decode_frame(parts, self.config.max_message_bytes, min_side=self.denoiser.min_side)
+        expected = self.denoiser.card.input_dtype
+        dtype = msg.pixels.dtype.name
+        if expected and dtype != expected and dtype not in self._warned_dtypes:
+            self._warned_dtypes.add(dtype)
+            log.warning("frames arrive as %s but the model was trained on %s: check the camera's bit depth",
+                        dtype, expected)
+        return msg
+
+    def _drain_input(self) -> None:
+        sock = self._sockets["input"]
+        lossless = self.config.mode == "lossless"
+        for _ in range(_DRAIN_LIMIT):
+            if lossless and len(self._queue) >= self.config.queue_size:
+                break  # backpressure: leave the rest in ZeroMQ's queues
+            try:
+                parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            self.stats.on_received()
+            try:
+                msg = self._decode(parts)
+            except ProtocolError as exc:
+                self._reject(exc, None)
+                continue
+            if not lossless and self._queue:
+                self._queue.clear()  # latest frame wins
+                self.stats.on_dropped()
+            self._queue.append((msg, None))
+        self.stats.queue_depth = len(self._queue)
+
+    def _on_request(self) -> bool:
+        sock = self._sockets["request"]
+        try:
+            parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return False
+        # envelope: routing id(s) up to and including the empty delimiter frame
+        split = next((i for i, p in enumerate(parts) if len(p.buffer) == 0), None)
+        if split is None:
+            self.stats.on_error("bad_envelope")
+            self._log_error("bad_envelope", "request without an empty delimiter frame (use a REQ or DEALER socket)")
+            return True
+        envelope, body = parts[: split + 1], parts[split + 1 :]
+        self.stats.on_received()
+        try:
+            msg = self._decode(body)
+        except ProtocolError as exc:
+            self._reject(exc, envelope)
+            return True
+        self._process(msg, envelope)
+        return True
+
+    # --- processing -----------------------------------------------------------------------------
+    def _process(self, msg: Message, envelope: list[Any] | None) -> None:
+        t = Timings()
+        try:
+            out = self.denoiser(msg.pixels, t)
+        except Exception as exc:  # an engine failure must not take the server down
+            log.exception("denoising frame seq=%s failed", msg.seq)
+            self._reject(ProtocolError("engine_error", f"denoising failed: {type(exc).__name__}: {exc}", msg.seq),
+                         envelope)
+            return
+        h = msg.header
+        stages = {"received": msg.received_ns, "start": t.start, "preprocessed": t.preprocessed,
+                  "inferred": t.inferred, "postprocessed": t.postprocessed}
+        header: dict[str, Any] = {"v": PROTOCOL_VERSION, "type": "frame", "seq": msg.seq,
+                                  "shape": list(out.shape), "dtype": out.dtype.name, "ts_ns": h.get("ts_ns"),
+                                  "meta": h.get("meta", {}), "engine": self.denoiser.engine.name,
+                                  "model": self.denoiser.card.name}
+        sent = time.time_ns()
+        header["stages"] = {"received": msg.received_ns, "preprocessed": t.preprocessed, "inferred": t.inferred,
+                            "sent": sent}
+        head = json.dumps(header, separators=(",", ":")).encode()
+        body = np.ascontiguousarray(out).data
+        if envelope is not None:
+            self._sockets["request"].send_multipart([*envelope, head, body], copy=False)
+        published = self._send_output([TOPIC_FRAME, head, body])
+        if not published and envelope is None:
+            self.stats.on_dropped()  # denoised but never delivered (stopping with a stalled subscriber)
+            return
+        stages["sent"] = sent
+        self.stats.on_done(stages, h.get("ts_ns"), request=envelope is not None)
+
+    def _send_output(self, parts: list[Any]) -> bool:
+        """Publish; in lossless mode wait for a slow subscriber (answering control meanwhile).
+        False when the server is stopping and the subscriber still has no room."""
+        sock = self._sockets["output"]
+        poller: zmq.Poller | None = None
+        while True:
+            try:
+                sock.send_multipart(parts, zmq.NOBLOCK, copy=False)
+                return True
+            except zmq.Again:  # lossless: a subscriber is behind; wait for it (not forever if stopping)
+                if self._stop.is_set():
+                    return False
+                if poller is None:  # while waiting, keep answering commands (status, shutdown)
+                    poller = zmq.Poller()
+                    poller.register(sock, zmq.POLLOUT)
+                    poller.register(self._sockets["control"], zmq.POLLIN)
+                if self._sockets["control"] in dict(poller.poll(100)):
+                    self._on_control()
+
+    def _reject(self, exc: ProtocolError, envelope: list[Any] | None) -> None:
+        self.stats.on_error(exc.code)
+        self._log_error(exc.code, f"seq={exc.seq}: {exc}")
+        head = encode_error(exc.code, str(exc), exc.seq)
+        if envelope is not None:
+            self._sockets["request"].send_multipart([*envelope, head, b""], copy=False)
+        try:
+            self._sockets["output"].send_multipart([TOPIC_ERROR, head], zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # errors are never worth blocking for
+
+    def _log_error(self, code: str, text: str) -> None:
+        n = self._error_logs[code] = self._error_logs.get(code, 0) + 1
+        if n <= 10 or n % 100 == 0:
+            log.warning("bad input (%s, #%d): %s", code, n, text)
+
+    # --- control, subscriptions, stats ---------------------------------------------------------
+    def _on_subscription(self) -> None:
+        sock = self._sockets["output"]
+        while True:
+            try:
+                event = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            # a (un)subscription to frames ('' or a prefix of 'frame'); XPUB also passes up any other
+            # message an XSUB peer sends, which must not move the count
+            if event[:1] in (b"\x00", b"\x01") and TOPIC_FRAME.startswith(event[1:]):
+                self.subscribers += 1 if event[:1] == b"\x01" else -1
+
+    def _on_control(self) -> None:
+        sock = self._sockets["control"]
+        try:
+            raw = sock.recv(zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        try:
+            request = json.loads(raw)
+            if not isinstance(request, dict):
+                raise ValueError(f"expected a JSON object, got a JSON {type(request).__name__}")
+            reply = self._command(request)
+        except (ValueError, UnicodeDecodeError) as exc:
+            self.stats.on_error("bad_control")
+            reply = {"ok": False, "error": f"bad control message: {exc}"}
+        except Exception as exc:  # a failed swap etc.: say why, keep serving
+            log.warning("control command failed: %s", exc)
+            reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        sock.send(json.dumps(reply).encode())
+
+    def _command(self, request: dict[str, Any]) -> dict[str, Any]:
+        cmd = request.get("cmd")
+        if cmd in ("status", "stats"):
+            return {"ok": True, "status": self.status()}
+        if cmd == "shutdown":
+            log.info("shutdown requested over the control socket")
+            self.stop()
+            return {"ok": True}
+        if cmd == "swap":
+            model = request.get("model")
+            if not isinstance(model, str):
+                raise ValueError(f"swap needs 'model': a model folder path, got {model!r}")
+            self.swap(model, request.get("engine"))
+            return {"ok": True, "status": self.status()}
+        raise ValueError(f"unknown command {cmd!r}; expected one of status, swap, shutdown")
+
+    def swap(self, model_dir: str | Path, engine: str | None = None) -> None:
+        """Load another model (compiled for the shapes seen so far); the next frame uses it.
+        On any error the current model stays."""
+        t0 = time.perf_counter()
+        new = load_denoiser(model_dir, self.config, engine)
+        for shape in list(self.denoiser._plans) or [s for s in [self._shape_hint()] if s]:
+            new.prepare(shape)
+        old, self.denoiser = self.denoiser, new
+        old.engine.close()
+        self.stats.swaps += 1
+        log.info("swapped to model %s (%s) in %.1f s", new.card.name, new.engine.name, time.perf_counter() - t0)
+
+    def status(self) -> dict[str, Any]:
+        info = self.denoiser.info()
+        return self.stats.snapshot(mode=self.config.mode, subscribers=self.subscribers,
+                                   engine=info["engine"], precision=info["precision"],
+                                   precision_note=info["precision_note"], device=info["device"],
+                                   model=info["model"], shapes=info["shapes"], endpoints=self.endpoints)
+
+    def _publish_stats(self) -> None:
+        try:
+            self._sockets["stats"].send_multipart([TOPIC_STATS, json.dumps(self.status()).encode()], zmq.NOBLOCK)
+        except zmq.Again:
+            pass
+
+
+@contextmanager
+def running_server(model_dir: str | Path, config: ServeConfig | None = None,
+                   denoiser: Denoiser | None = None, warmup_shape: tuple[int, int] | None = None,
+                   ) -> Iterator[Server]:
+    """A server in a background thread of this process (tests, notebooks, the bench)."""
+    server = Server(model_dir, config, denoiser)
+    try:
+        server.start(warmup_shape)
+    except Exception:
+        server.close()
+        raise
+    thread = threading.Thread(target=server.serve_forever, name="n2n-server", daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        thread.join(timeout=30)
+        if thread.is_alive():
+            raise RuntimeError("server thread did not stop within 30 s")
+

@@ -1,0 +1,118 @@
+"""Rolling statistics of the server: frame rates, latency percentiles, per-stage times, counters."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, deque
+from typing import Any
+
+import numpy as np
+
+__all__ = ["RateMeter", "ServerStats", "percentiles"]
+
+
+def percentiles(values: Any, qs: tuple[float, ...] = (50, 95, 99)) -> dict[str, float | None]:
+    """``{"p50": ..., "p95": ..., "p99": ...}`` of ``values`` (None when there are none)."""
+    arr = np.asarray(list(values), dtype=np.float64)
+    if arr.size == 0:
+        return {f"p{q:g}": None for q in qs}
+    return {f"p{q:g}": float(v) for q, v in zip(qs, np.percentile(arr, qs))}
+
+
+class RateMeter:
+    """Events per second over the last ``window_s`` seconds."""
+
+    def __init__(self, window_s: float = 2.0) -> None:
+        self.window_s = window_s
+        self.created = time.monotonic()
+        self._times: deque[float] = deque()
+
+    def tick(self, now: float | None = None, n: int = 1) -> None:
+        now = time.monotonic() if now is None else now
+        self._times.extend([now] * n)
+        self._trim(now)
+
+    def _trim(self, now: float) -> None:
+        while self._times and self._times[0] < now - self.window_s:
+            self._times.popleft()
+
+    def rate(self, now: float | None = None) -> float:
+        """Events in the window divided by the window (or by the meter's age while younger)."""
+        now = time.monotonic() if now is None else now
+        self._trim(now)
+        return len(self._times) / max(min(self.window_s, now - self.created), 1e-3)
+
+
+class ServerStats:
+    """What the stats socket publishes; the server calls the ``on_*`` methods."""
+
+    STAGES = ("queue", "preprocess", "infer", "postprocess", "send")
+
+    def __init__(self, window: int = 1000) -> None:
+        self.started = time.monotonic()
+        self.frames_in = 0
+        self.frames_out = 0
+        self.requests = 0
+        self.drops = 0
+        self.errors: Counter[str] = Counter()
+        self.queue_depth = 0
+        self.swaps = 0
+        self.latency_ms: deque[float] = deque(maxlen=window)
+        self.server_ms: deque[float] = deque(maxlen=window)
+        self.stage_ms: dict[str, deque[float]] = {s: deque(maxlen=window) for s in self.STAGES}
+        self.rate_in = RateMeter()
+        self.rate_out = RateMeter()
+
+    def on_received(self, n: int = 1) -> None:
+        self.frames_in += n
+        self.rate_in.tick(n=n)
+
+    def on_dropped(self, n: int = 1) -> None:
+        self.drops += n
+
+    def on_error(self, code: str) -> None:
+        self.errors[code] += 1
+
+    def on_done(self, stages: dict[str, int], capture_ns: int | None, request: bool = False) -> None:
+        """Record one denoised frame from its stage timestamps (ns)."""
+        self.frames_out += 1
+        if request:
+            self.requests += 1
+        self.rate_out.tick()
+        ms = 1e-6
+        self.stage_ms["queue"].append((stages["start"] - stages["received"]) * ms)
+        self.stage_ms["preprocess"].append((stages["preprocessed"] - stages["start"]) * ms)
+        self.stage_ms["infer"].append((stages["inferred"] - stages["preprocessed"]) * ms)
+        self.stage_ms["postprocess"].append((stages["postprocessed"] - stages["inferred"]) * ms)
+        self.stage_ms["send"].append((stages["sent"] - stages["postprocessed"]) * ms)
+        self.server_ms.append((stages["sent"] - stages["received"]) * ms)
+        # capture → sent, when the producer's clock is this host's (same machine); else server time
+        if capture_ns is not None and 0 <= stages["sent"] - capture_ns < 3_600 * 10**9:
+            self.latency_ms.append((stages["sent"] - capture_ns) * ms)
+        else:
+            self.latency_ms.append((stages["sent"] - stages["received"]) * ms)
+
+    def snapshot(self, **extra: Any) -> dict[str, Any]:
+        now = time.monotonic()
+        seen = self.frames_out + self.drops
+        return {
+            "v": 1,
+            "type": "stats",
+            "time_ns": time.time_ns(),
+            "uptime_s": round(now - self.started, 3),
+            "frames_in": self.frames_in,
+            "frames_out": self.frames_out,
+            "requests": self.requests,
+            "fps_in": round(self.rate_in.rate(now), 2),
+            "fps_out": round(self.rate_out.rate(now), 2),
+            "latency_ms": percentiles(self.latency_ms),
+            "server_ms": percentiles(self.server_ms),
+            "stages_ms": {s: percentiles(v, (50,))["p50"] for s, v in self.stage_ms.items()},
+            "drops": self.drops,
+            "drop_fraction": round(self.drops / seen, 4) if seen else 0.0,
+            "errors": sum(self.errors.values()),
+            "errors_by_kind": dict(self.errors),
+            "queue_depth": self.queue_depth,
+            "swaps": self.swaps,
+            **extra,
+        }
