@@ -303,6 +303,183 @@ def serve(
                   f"{sum(st.errors.values())} errors", highlight=False)
 
 
+def _load_mm(config: Path | None, dry_run: bool, **overrides: Any) -> Any:
+    from streamer.config import MicroManagerConfig
+
+    return _load(MicroManagerConfig, config, dry_run, **overrides)
+
+
+MMConfigFileOpt = Annotated[str | None, typer.Option(
+    "--mm-config", help="Micro-Manager .cfg for an in-process core ('sim': the simulated camera).")]
+GuiOpt = Annotated[bool, typer.Option("--gui", help="Attach to a running Micro-Manager GUI (pycromanager).")]
+
+
+@app.command()
+def grab(
+    frames: Annotated[int | None, typer.Option(help="Consecutive frames to record.")] = None,
+    out_path: Annotated[Path | None, typer.Option("--out", help="OME-TIFF to write.")] = None,
+    exposure_ms: Annotated[float | None, typer.Option("--exposure-ms", help="Set the camera exposure first.")] = None,
+    mm_config: MMConfigFileOpt = None,
+    gui: GuiOpt = False,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
+    config: ConfigOpt = None,
+    dry_run: DryRunOpt = False,
+) -> None:
+    """Record consecutive frames from Micro-Manager for Noise2Noise training (then `n2n train --data`)."""
+    overrides: dict[str, Any] = {"grab.frames": frames, "grab.out": str(out_path) if out_path else None,
+                                 "source.exposure_ms": exposure_ms, "source.config_file": mm_config}
+    cfg = _load_mm(config, dry_run, **overrides)
+    if gui:
+        cfg.source.config_file = None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from streamer.micromanager import MicroManagerUnavailable, open_source
+    from streamer.micromanager.grab import analyse_pairs, record
+
+    base_dir = config.resolve().parent if config else None
+    try:
+        with open_source(cfg.source, base_dir) as source:
+            console.print(f"grabbing {cfg.grab.frames} frames of {source.shape[1]}x{source.shape[0]} "
+                          f"{source.dtype.name} from {source.camera!r} at {source.exposure_ms:g} ms"
+                          + (" (following Micro-Manager's live stream)" if source.following else ""),
+                          highlight=False)
+            with Progress(TextColumn("grab"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                          console=console, transient=True) as bar:
+                task = bar.add_task("grab", total=cfg.grab.frames)
+                report = record(source, cfg.grab.frames, cfg.grab.out,
+                                progress=lambda done, total: bar.update(task, completed=done))
+            max_value = float(2**source.bit_depth - 1) if source.dtype.kind == "u" else float("inf")
+    except KeyboardInterrupt:
+        _fail(f"interrupted; the frames recorded so far are in {cfg.grab.out}")
+    except (MicroManagerUnavailable, TimeoutError, ValueError, OSError, RuntimeError) as exc:
+        _fail(str(exc))
+    if report.frames < 2:
+        _fail(f"only {report.frames} frame(s) recorded; Noise2Noise needs at least 2")
+    analysis = analyse_pairs(report.path, max_value, cfg.grab.saturation_fraction, cfg.grab.max_shift_px)
+    report.saturated_fraction = analysis["saturated_fraction"]
+    report.correlation = analysis["correlation"]
+    report.shift_px = analysis["shift_px"]
+    report.warnings = analysis["warnings"]
+    if not report.consecutive or report.missed:
+        report.warnings.insert(0, f"{report.missed} frame(s) were overwritten in Micro-Manager's buffer before "
+                               "they were read: the recording has gaps (pairs across a gap are not consecutive)")
+    import numpy as np
+
+    table = Table(title=f"grabbed {report.path}", show_header=False)
+    corr = np.asarray(report.correlation)
+    rows = [
+        ("frames", f"{report.frames} ({report.shape[1]}x{report.shape[0]} {report.dtype}), image numbers "
+                   f"{report.first_image_number}…{(report.first_image_number or 0) + report.frames - 1}"
+                   + (" consecutive" if report.consecutive else " WITH GAPS")),
+        ("rate", f"{report.fps:.1f} frames/s over {report.seconds:.1f} s at {report.exposure_ms:g} ms exposure"),
+        ("saturated", f"max {max(report.saturated_fraction):.3%} of pixels per frame"),
+        ("pair correlation", f"median {np.median(corr):.3f}, min {corr.min():.3f}"),
+        ("pair shift", f"max {max(report.shift_px):.2f} px (limit {cfg.grab.max_shift_px:g})"),
+    ]
+    for k, v in rows:
+        table.add_row(k, v)
+    out.print(table)
+    for warning in report.warnings:
+        console.print(f"[bold yellow]warning:[/bold yellow] {warning}", highlight=False)
+    if json_path is not None:
+        json_path.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    console.print(f"train on it: n2n train --data {report.path} --out runs/NAME", highlight=False)
+
+
+@app.command()
+def bridge(
+    model: Annotated[Path | None, typer.Option("--model", help="Model folder to serve (starts a server here).")] = None,
+    connect: Annotated[Path | None, typer.Option(
+        "--connect", help="Use a running `n2n serve` instead: its --ready-file.")] = None,
+    frames: Annotated[int | None, typer.Option(help="Frames to bridge; 0 runs until Ctrl-C.")] = None,
+    out_path: Annotated[Path | None, typer.Option("--out", help="OME-TIFF of raw + denoised.")] = None,
+    no_save: Annotated[bool, typer.Option("--no-save", help="Do not write an OME-TIFF.")] = False,
+    mode: Annotated[str | None, typer.Option(help="live (latest frame wins) or lossless (every frame).")] = None,
+    engine: Annotated[str | None, typer.Option(help="auto, openvino, onnxruntime or torch.")] = None,
+    exposure_ms: Annotated[float | None, typer.Option("--exposure-ms", help="Set the camera exposure first.")] = None,
+    mm_config: MMConfigFileOpt = None,
+    gui: GuiOpt = False,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the counts here.")] = None,
+    config: ConfigOpt = None,
+    dry_run: DryRunOpt = False,
+) -> None:
+    """Denoise Micro-Manager's live frames through the server; save raw + denoised, publish for viewers."""
+    overrides: dict[str, Any] = {"bridge.model": str(model) if model else None,
+                                 "bridge.connect": str(connect) if connect else None,
+                                 "bridge.out": str(out_path) if out_path else None,
+                                 "serve.mode": mode, "serve.engine": engine,
+                                 "source.exposure_ms": exposure_ms, "source.config_file": mm_config}
+    cfg = _load_mm(config, dry_run, **overrides)
+    if frames is not None:
+        cfg.bridge.frames = frames or None
+    if no_save:
+        cfg.bridge.out = None
+    if gui:
+        cfg.source.config_file = None
+    if cfg.bridge.model is None and cfg.bridge.connect is None:
+        _fail("give a model to serve (--model runs/NAME) or a running server (--connect READY_FILE)")
+    import contextlib
+    import signal
+    import threading
+
+    from streamer.micromanager import MicroManagerUnavailable, open_source
+    from streamer.micromanager.bridge import run_bridge
+    from streamer.server import running_server
+
+    stop = threading.Event()
+
+    def _on_signal(signum: int, _frame: Any) -> None:
+        log.info("%s received: finishing", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+    base_dir = config.resolve().parent if config else None
+    try:
+        with contextlib.ExitStack() as stack:
+            if cfg.bridge.connect:
+                try:
+                    endpoints = json.loads(Path(cfg.bridge.connect).read_text())["endpoints"]
+                except (OSError, ValueError, KeyError) as exc:
+                    _fail(f"{cfg.bridge.connect}: expected a `n2n serve --ready-file` JSON with 'endpoints' ({exc})")
+            else:
+                server = stack.enter_context(running_server(cfg.bridge.model, cfg.serve))
+                endpoints = server.endpoints
+                info = server.denoiser.info()
+                console.print(f"serving {info['model']} with {info['engine']} ({info['precision']}) in "
+                              f"{cfg.serve.mode} mode; viewers subscribe to {endpoints['output']}", highlight=False)
+            source = stack.enter_context(open_source(cfg.source, base_dir))
+            if not cfg.bridge.connect:
+                server.denoiser.prepare(source.shape)  # compile for the camera's frames before they flow
+            total = cfg.bridge.frames
+            console.print(f"bridging {total or 'until Ctrl-C'} frames of {source.shape[1]}x{source.shape[0]} from "
+                          f"{source.camera!r}", highlight=False)
+
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            with Progress(TextColumn("denoised"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+                          TimeElapsedColumn(), console=console, transient=True) as bar:
+                task = bar.add_task("", total=total)
+
+                def _progress(r: Any) -> None:
+                    bar.update(task, completed=r.frames_denoised, description=f"(seen {r.frames_seen})")
+
+                report = run_bridge(source, endpoints, total, cfg.bridge.out, cfg.source.timeout_s, stop, _progress)
+    except (MicroManagerUnavailable, TimeoutError, ValueError, OSError, RuntimeError) as exc:
+        _fail(str(exc))
+    table = Table(title="bridge", show_header=False)
+    for k, v in (("frames seen", report.frames_seen), ("denoised", report.frames_denoised),
+                 ("dropped", f"{report.frames_dropped} by the server ({report.mode} mode), "
+                             f"{report.missed_in_micromanager} overwritten in Micro-Manager's buffer"),
+                 ("rate", f"{report.fps_in:.1f} frames/s in, {report.fps_out:.1f} out"),
+                 ("latency", f"p50 {report.latency_ms_p50} ms, p99 {report.latency_ms_p99} ms (read → denoised)"),
+                 ("engine", report.engine), ("saved", report.out or "not saved")):
+        table.add_row(k, str(v))
+    out.print(table)
+    if json_path is not None:
+        json_path.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point (``n2n``)."""
     args = expand_multi_value(sys.argv[1:] if argv is None else argv)

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from streamer.config import ServeConfig
+from streamer.config import MicroManagerConfig, ServeConfig
 from streamer.sources import SimulatedCameraConfig
 from trainer.config import (
     ConfigError,
@@ -31,6 +31,7 @@ PREFIXES: dict[str, type[BaseModel]] = {
     "export": ExportConfig,
     "evaluate": EvaluateConfig,
     "serve": ServeConfig,
+    "micromanager": MicroManagerConfig,
 }
 
 

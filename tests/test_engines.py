@@ -11,6 +11,7 @@ from conftest import TINY_CAMERA
 
 from streamer.engines import ENGINES, Engine, available_engines, create_engine, psnr_between
 from streamer.engines.onnxruntime import OnnxRuntimeEngine
+from streamer.engines.openvino import import_openvino
 from streamer.model import ModelCard
 from streamer.sources import SimulatedCameraConfig, simulate_stack
 
@@ -48,7 +49,7 @@ def need(name: str) -> None:
 def openvino_bf16_missing() -> str | None:
     """Why OpenVINO cannot run bf16 on this CPU, or None when it can."""
     try:
-        import openvino as ov
+        ov = import_openvino()
     except ImportError as exc:
         return f"openvino is not installed ({exc})"
     if "BF16" not in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):

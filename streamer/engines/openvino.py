@@ -9,9 +9,27 @@ import numpy as np
 
 from ._base import Engine, EngineUnavailable
 
-__all__ = ["OpenVINOEngine"]
+__all__ = ["OpenVINOEngine", "import_openvino"]
 
 _OV_PRECISION = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+
+
+def import_openvino() -> Any:
+    """``import openvino`` without its usage telemetry.
+
+    Importing openvino sends a usage event to Google Analytics from a background thread unless
+    the user opted out with ``opt_in_out --opt_out``. A microscope PC is often offline and a lab
+    tool should not phone home: when ``openvino_telemetry`` is not yet loaded it is hidden during
+    the import, so openvino falls back to its own no-op telemetry stub. Set
+    ``N2N_OPENVINO_TELEMETRY=1`` to leave openvino's default alone."""
+    import os
+    import sys
+
+    if "openvino" not in sys.modules and os.environ.get("N2N_OPENVINO_TELEMETRY") != "1":
+        sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]
+    import openvino
+
+    return openvino
 
 
 class OpenVINOEngine(Engine):
@@ -21,7 +39,7 @@ class OpenVINOEngine(Engine):
 
     def __init__(self, onnx_path: str | Path, **kwargs: Any) -> None:
         try:
-            import openvino as ov
+            ov = import_openvino()
         except ImportError as exc:
             raise EngineUnavailable(f"openvino is not installed ({exc}); pip install openvino") from None
         if kwargs.get("device", "cpu") not in ("cpu", "auto"):

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tifffile
 
 from ._base import BaseSource, EndOfStream
 
-__all__ = ["StackError", "TiffSource", "read_stack"]
+__all__ = ["OmeTiffWriter", "StackError", "TiffSource", "read_frame_metadata", "read_stack"]
 
 log = logging.getLogger("n2n.streamer")
 
@@ -140,3 +142,97 @@ class TiffSource(BaseSource):
     def close(self) -> None:
         super().close()
         self._tif.close()
+
+
+class OmeTiffWriter:
+    """Write frames one at a time into an OME-TIFF (T[C]YX), with per-frame metadata.
+
+    Frames go to disk as they come (a long recording never sits in memory); :meth:`close`
+    writes the OME-XML for however many frames were written, so an interrupted recording is
+    still a valid file. Per plane: ``DeltaT`` and ``ExposureTime`` (ms) when the metadata has
+    ``ElapsedTime-ms`` / ``Exposure-ms``; every frame's full metadata is kept as JSON in a
+    ``CommentAnnotation`` (namespace :data:`METADATA_NAMESPACE`), read back by :func:`read_frame_metadata`.
+    """
+
+    METADATA_NAMESPACE = "n2n-live:frame-metadata"
+
+    def __init__(self, path: str | Path, frame_shape: tuple[int, int], dtype: np.dtype | str,
+                 channels: tuple[str, ...] = (), name: str = "") -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.frame_shape = tuple(int(v) for v in frame_shape)
+        self.dtype = np.dtype(dtype)
+        self.channels = tuple(channels)
+        self.name = name or self.path.name.split(".")[0]
+        self.metadata: list[dict[str, Any]] = []
+        self._tif = tifffile.TiffWriter(self.path, bigtiff=True)
+        self._closed = False
+
+    def __len__(self) -> int:
+        return len(self.metadata)
+
+    def write(self, planes: np.ndarray | list[np.ndarray], metadata: dict[str, Any] | None = None) -> None:
+        """One time point: a 2-D frame, or one frame per channel."""
+        if self._closed:
+            raise RuntimeError(f"{self.path}: writer is closed")
+        items = [planes] if isinstance(planes, np.ndarray) and planes.ndim == 2 else list(planes)
+        if len(items) != max(1, len(self.channels)):
+            raise ValueError(f"expected {max(1, len(self.channels))} plane(s) per frame, got {len(items)}")
+        for plane in items:
+            if plane.shape != self.frame_shape:
+                raise ValueError(f"expected frames of shape {self.frame_shape}, got {plane.shape}")
+            self._tif.write(np.ascontiguousarray(plane, dtype=self.dtype), contiguous=True, metadata=None,
+                            description=" " * 16)
+        self.metadata.append(dict(metadata or {}))
+
+    def close(self) -> None:
+        """Finish the file: the OME-XML for the frames written so far."""
+        if self._closed:
+            return
+        self._closed = True
+        self._tif.close()
+        n = len(self.metadata)
+        if n == 0:
+            self.path.unlink(missing_ok=True)
+            return
+        nc = max(1, len(self.channels))
+        h, w = self.frame_shape
+        shape: tuple[int, ...] = (n, nc, h, w) if self.channels else (n, h, w)
+        planes: dict[str, list[Any]] = {}
+        elapsed = [m.get("ElapsedTime-ms") for m in self.metadata]
+        if all(isinstance(v, (int, float)) for v in elapsed):
+            planes["DeltaT"] = [float(v) for v in elapsed for _ in range(nc)]  # type: ignore[arg-type]
+            planes["DeltaTUnit"] = ["ms"] * (n * nc)
+        exposure = [m.get("Exposure-ms") for m in self.metadata]
+        if all(isinstance(v, (int, float)) for v in exposure):
+            planes["ExposureTime"] = [float(v) for v in exposure for _ in range(nc)]  # type: ignore[arg-type]
+            planes["ExposureTimeUnit"] = ["ms"] * (n * nc)
+        ome = tifffile.OmeXml()
+        kwargs: dict[str, Any] = {"Name": self.name, "CommentAnnotation": {
+            "Namespace": self.METADATA_NAMESPACE, "Value": json.dumps(self.metadata, default=str)}}
+        if planes:
+            kwargs["Plane"] = planes
+        if self.channels:
+            kwargs["Channel"] = {"Name": list(self.channels)}
+        ome.addimage(self.dtype, shape, (n * nc, 1, 1, h, w, 1), axes="TCYX" if self.channels else "TYX", **kwargs)
+        tifffile.tiffcomment(self.path, ome.tostring())
+
+    def __enter__(self) -> OmeTiffWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_frame_metadata(path: str | Path) -> list[dict[str, Any]]:
+    """The per-frame metadata :class:`OmeTiffWriter` stored (empty for other files)."""
+    with tifffile.TiffFile(path) as tif:
+        xml = tif.ome_metadata
+    if not xml:
+        return []
+    tree = tifffile.xml2dict(xml)
+    notes = tree.get("OME", {}).get("StructuredAnnotations", {}).get("CommentAnnotation", [])
+    for note in notes if isinstance(notes, list) else [notes]:
+        if isinstance(note, dict) and note.get("Namespace") == OmeTiffWriter.METADATA_NAMESPACE:
+            return list(json.loads(note["Value"]))
+    return []

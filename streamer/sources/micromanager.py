@@ -1,0 +1,165 @@
+"""Frames from a Micro-Manager core: a running GUI's (pycromanager, Java bridge) or an in-process
+one (pymmcore-plus, a ``.cfg`` file). Only calls both offer are used (see
+:mod:`streamer.micromanager.core`).
+
+If the core is already streaming (the user pressed Live), the source follows that stream and
+leaves it running on close; otherwise it starts its own continuous acquisition and stops it on
+close (its own acquisition starts at the first :meth:`read`). Frames are popped in order from
+the core's circular buffer; an empty buffer is polled
+with a short sleep (never a busy spin, which starves a 2-core machine). Pixels come back 2-D in
+the camera's dtype; tags become plain metadata (numbers as numbers).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+
+from ._base import BaseSource, EndOfStream, Frame
+
+__all__ = ["MicroManagerSource", "normalize_tagged_image", "FrameTimeout"]
+
+log = logging.getLogger("n2n.micromanager")
+
+_INT_TAGS = ("ImageNumber", "Width", "Height", "Binning", "ROI-X-start", "ROI-Y-start", "CameraChannelIndex",
+             "SimulatorFrame")
+_FLOAT_TAGS = ("ElapsedTime-ms", "Exposure-ms")
+
+
+class FrameTimeout(TimeoutError):
+    """No frame arrived from the Micro-Manager core in time."""
+
+
+def _dtype_for(pixel_type: str, itemsize: int) -> np.dtype:
+    if pixel_type in ("GRAY8",) or itemsize == 1:
+        return np.dtype(np.uint8)
+    if pixel_type in ("GRAY16",) or itemsize == 2:
+        return np.dtype(np.uint16)
+    if pixel_type in ("GRAY32",) or itemsize == 4:
+        return np.dtype(np.float32)
+    raise ValueError(f"unsupported Micro-Manager pixel type {pixel_type!r} ({itemsize} bytes per pixel); "
+                     "expected GRAY8, GRAY16 or GRAY32 (colour cameras are not supported)")
+
+
+def normalize_tagged_image(pix: Any, tags: dict[str, Any] | None,
+                           dtype: np.dtype | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """2-D pixels and typed metadata from a tagged image of either core.
+
+    Over the Java bridge pixels arrive flat and tags hold Height/Width as text; pymmcore-plus gives
+    2-D arrays. Java has no unsigned types, so 16-bit pixels may come as int16: they are
+    reinterpreted as uint16 (the same bits)."""
+    meta: dict[str, Any] = {}
+    for key, value in (tags or {}).items():
+        if key in _INT_TAGS:
+            try:
+                value = int(float(value))
+            except (TypeError, ValueError):
+                pass
+        elif key in _FLOAT_TAGS:
+            try:
+                value = float(value)
+            except (TypeError, ValueError):
+                pass
+        meta[str(key)] = value
+    arr = np.asarray(pix)
+    if arr.ndim == 1:
+        h, w = meta.get("Height"), meta.get("Width")
+        if not isinstance(h, int) or not isinstance(w, int) or h * w != arr.size:
+            raise ValueError(f"a flat image of {arr.size} pixels with tags Height={h!r}, Width={w!r}: "
+                             "expected Height × Width to equal the pixel count")
+        arr = arr.reshape(h, w)
+    if arr.ndim != 2:
+        raise ValueError(f"expected a 2-D grayscale image, got shape {arr.shape}")
+    if dtype is not None and arr.dtype != dtype:
+        if arr.dtype.itemsize == dtype.itemsize and arr.dtype.kind in "iu" and dtype.kind in "iu":
+            arr = arr.view(dtype)
+        else:
+            arr = arr.astype(dtype)
+    return arr, meta
+
+
+class MicroManagerSource(BaseSource):
+    """Consecutive frames from a Micro-Manager core's sequence acquisition.
+
+    ``core`` is a pycromanager ``Core()`` or a :class:`~streamer.micromanager.core.SnakeCaseCore`.
+    ``exposure_ms`` sets the camera's exposure first (None: leave it). ``timeout_s`` bounds the
+    wait for each frame. ``missed`` counts frames the core overwrote before they were read
+    (image numbers that were skipped).
+    """
+
+    def __init__(self, core: Any, exposure_ms: float | None = None, timeout_s: float = 10.0,
+                 poll_interval_s: float = 0.0005) -> None:
+        super().__init__(0.0)
+        self.core = core
+        self.timeout_s = timeout_s
+        self.poll_interval_s = poll_interval_s
+        self.camera = str(core.get_camera_device())
+        if not self.camera:
+            raise ValueError("the Micro-Manager core has no camera selected (Core-Camera is empty)")
+        self.following = bool(core.is_sequence_running())
+        if exposure_ms is not None:
+            if self.following:
+                log.warning("Micro-Manager is already streaming: exposure_ms=%s is not applied; "
+                            "keeping the live exposure of %s ms", exposure_ms, core.get_exposure())
+            else:
+                core.set_exposure(float(exposure_ms))
+        self._shape = (int(core.get_image_height()), int(core.get_image_width()))
+        bits = int(core.get_image_bit_depth()) if hasattr(core, "get_image_bit_depth") else 0
+        self._dtype = _dtype_for("", int(core.get_bytes_per_pixel()))
+        self.bit_depth = bits or 8 * self._dtype.itemsize
+        self.exposure_ms = float(core.get_exposure())
+        self.missed = 0
+        self._last_number: int | None = None
+        if self.following:
+            log.info("following Micro-Manager's running live stream (%s)", self.camera)
+        self._started = False  # our own acquisition starts at the first read (after any warm-up)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self._shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._dtype
+
+    def read(self) -> Frame:
+        if self._closed:
+            raise RuntimeError("MicroManagerSource is closed")
+        core = self.core
+        if not self.following and not self._started:
+            core.start_continuous_sequence_acquisition(0.0)
+            self._started = True
+        deadline = time.monotonic() + self.timeout_s
+        while core.get_remaining_image_count() == 0:
+            if not core.is_sequence_running() and core.get_remaining_image_count() == 0:
+                raise EndOfStream("Micro-Manager's sequence acquisition stopped")
+            if time.monotonic() > deadline:
+                raise FrameTimeout(f"no frame from Micro-Manager camera {self.camera!r} within {self.timeout_s:g} s "
+                                   f"(exposure {self.exposure_ms:g} ms)")
+            time.sleep(self.poll_interval_s)
+        tagged = core.pop_next_tagged_image()
+        pixels, meta = normalize_tagged_image(tagged.pix, tagged.tags, self._dtype)
+        number = meta.get("ImageNumber")
+        if isinstance(number, int):
+            if self._last_number is not None and number > self._last_number + 1:
+                gap = number - self._last_number - 1
+                self.missed += gap
+                log.warning("Micro-Manager overwrote %d frame(s) before they were read (image %d after %d)",
+                            gap, number, self._last_number)
+            self._last_number = number
+        frame = Frame(pixels, number if isinstance(number, int) else self._index, time.time_ns(), meta)
+        self._index += 1
+        return frame
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._started:
+            try:
+                self.core.stop_sequence_acquisition()
+            except Exception as exc:  # the core may already be gone
+                log.debug("stopping the sequence: %s", exc)
