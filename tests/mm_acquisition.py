@@ -37,10 +37,8 @@ def main(model: str, out: Path, n: int) -> dict:
         use_as_pycromanager_core(core)
         with running_server(model, cfg, warmup_shape=(64, 64)) as server:
             hook = denoise_hook(server.endpoints, keep_raw=out / "raw.ome.tif")
-            acq = Acquisition(directory=str(out), name="hooked", image_process_fn=hook)
-            acq.acquire(multi_d_acquisition_events(num_time_points=n))
-            acq.mark_finished()
-            acq.await_completion()
+            with Acquisition(directory=str(out), name="hooked", image_process_fn=hook) as acq:
+                acq.acquire(multi_d_acquisition_events(num_time_points=n, time_interval_s=0))
             hook.close()
             dataset = acq.get_dataset()
             try:

@@ -325,7 +325,8 @@ def test_open_source_shuts_down_its_core(tmp_path: Path) -> None:
     with open_source(MicroManagerSourceConfig(config_file=cfg.name), base_dir=tmp_path) as source:
         assert source.read().pixels.shape == (512, 512)
         mmc = source.core
-    assert mmc.getLoadedDevices() == ("Core",) or list(mmc.getLoadedDevices()) == ["Core"]
+    assert list(mmc.getLoadedDevices()) == ["Core"] and source.core is None
+    del mmc
 
 
 def test_shipped_yaml_finds_its_cfg_file() -> None:

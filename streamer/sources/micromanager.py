@@ -163,3 +163,5 @@ class MicroManagerSource(BaseSource):
                 self.core.stop_sequence_acquisition()
             except Exception as exc:  # the core may already be gone
                 log.debug("stopping the sequence: %s", exc)
+        # drop the reference: an in-process core must be released before the interpreter exits
+        self.core = None
