@@ -76,7 +76,7 @@ def bare_engine(model: Path, cfg: ServeConfig, frame: np.ndarray, frames: int, w
         den.engine.close()
     stats = _summary(times)
     return {"engine": info["engine"], "precision": info["precision"], "device": info["device"],
-            "ms": stats, "fps": frames / total, "precision_note": info["precision_note"]}
+            "ms": stats, "fps": frames / total, "precision_note": info["precision_note"], "samples_ms": times}
 
 
 def _start_server(model: Path, engine: str, precision: str, threads: int | None, transport: str,
@@ -147,7 +147,7 @@ def end_to_end(endpoints: dict[str, str], frame: np.ndarray, frames: int, warmup
             raise sent_err[0]
         status = client.status()
     fps = (frames - 1) / (t_last - t_first) if frames > 1 and t_last > t_first else float("nan")
-    return {"ms": _summary(lat), "stages_ms": {k: _summary(v)["p50"] for k, v in stages.items()},
+    return {"ms": _summary(lat), "samples_ms": lat, "stages_ms": {k: _summary(v)["p50"] for k, v in stages.items()},
             "lossless_fps": fps, "server": {k: status[k] for k in ("engine", "precision", "device", "drops",
                                                                    "errors", "frames_out")}}
 

@@ -480,6 +480,84 @@ def bridge(
         json_path.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
 
 
+@app.command()
+def demo(
+    quick: Annotated[bool, typer.Option("--quick", help="Under a minute: small frames, a few seconds of training.")]
+    = False,
+    out_dir: Annotated[Path, typer.Option("--out", help="Report folder.")] = Path("runs/demo"),
+    dash: Annotated[bool, typer.Option("--dash/--no-dash", help="Show the live dashboard while bridging.")] = True,
+) -> None:
+    """The whole product on the simulated Micro-Manager session: grab, train, serve, bridge live, report."""
+    from n2n.demo import FULL, QUICK, run_demo
+
+    settings = QUICK if quick else FULL
+    try:
+        report = run_demo(out_dir, settings, console=console, dashboard=dash)
+    except KeyboardInterrupt:
+        console.print(f"[yellow]interrupted: everything was shut down; partial results in {out_dir}[/yellow]")
+        raise typer.Exit(code=130) from None
+    except (TimeoutError, ValueError, FileNotFoundError, RuntimeError, OSError) as exc:
+        _fail(str(exc))
+    q, st, lv = report["quality"], report["stream"], report["live"]
+    table = Table(title=f"n2n demo ({'quick' if quick else 'full'}) in {report['seconds']:.0f} s", show_header=False)
+    rows = [
+        ("grab", f"{report['grab']['frames']} frames at {report['grab']['fps']:.1f} frames/s "
+                 f"({settings.size}×{settings.size}, {settings.exposure_ms:g} ms exposure)"),
+        ("training", f"{report['train']['seconds']:.0f} s, exported {', '.join(report['train']['artifacts'])}"),
+        ("PSNR vs truth", f"raw {q['psnr_raw_db']:.2f} dB → denoised {q['psnr_denoised_db']:.2f} dB "
+                          f"({q['frames_scored']} bridged frames)"),
+        ("engine", f"{st['engine']} ({st['device']}, {st['precision']})"),
+        ("live stream", f"{lv['frames_seen']} seen at {lv['fps_in']:.1f} frames/s, {lv['frames_denoised']} denoised "
+                        f"({lv['fps_out']:.1f} frames/s), {lv['frames_dropped']} dropped; latency p50 "
+                        f"{lv['latency_ms_p50']} ms, p99 {lv['latency_ms_p99']} ms"),
+        ("lossless", f"{st['frames_seen']} seen, {st['frames_denoised']} denoised, {st['frames_dropped']} dropped; "
+                     f"{st['fps_in']:.1f} frames/s in, {st['fps_out']:.1f} out; latency p50 {st['latency_ms_p50']} ms,"
+                     f" p95 {st['latency_ms_p95']} ms, p99 {st['latency_ms_p99']} ms (includes the queue)"),
+        ("report", f"{out_dir}/: {', '.join(report['files'])}"),
+    ]
+    for k, v in rows:
+        table.add_row(k, v)
+    out.print(table)
+
+
+@app.command()
+def bench(
+    model: Annotated[Path, typer.Option("--model", help="Model folder made by `n2n train` (or runs/demo/model).")],
+    size: Annotated[int, typer.Option(help="Square frame side in pixels.")] = 512,
+    engines: Annotated[str, typer.Option(help="'all' or a comma list of openvino, onnxruntime, torch.")] = "all",
+    precisions: Annotated[str, typer.Option(help="Comma list of fp32, auto, bf16, fp16.")] = "fp32,auto",
+    frames: Annotated[int, typer.Option(help="Frames per measurement.")] = 100,
+    overload_s: Annotated[float, typer.Option("--overload-s", help="Seconds of live-mode overload.")] = 10.0,
+    transport: Annotated[str, typer.Option(help="tcp or ipc.")] = "tcp",
+    threads: Annotated[int | None, typer.Option(help="CPU threads per engine.")] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
+    report_dir: Annotated[Path | None, typer.Option("--report", help="Folder for report.json/.md and plots.")]
+    = None,
+) -> None:
+    """Transport floor, each engine bare, end to end (lossless) and live overload, side by side."""
+    from bench.suite import main as suite_main
+
+    argv = ["--model", str(model), "--size", str(size), "--engines", engines, "--precisions", precisions,
+            "--frames", str(frames), "--overload-s", str(overload_s), "--transport", transport]
+    if threads:
+        argv += ["--threads", str(threads)]
+    if json_path:
+        argv += ["--json", str(json_path)]
+    if report_dir:
+        argv += ["--report", str(report_dir)]
+    raise typer.Exit(code=suite_main(argv))
+
+
+@app.command()
+def dash(
+    stats: Annotated[str, typer.Option("--stats", help="The server's stats address.")] = "tcp://127.0.0.1:5558",
+) -> None:
+    """Live terminal dashboard for a running `n2n serve` (Ctrl-C quits)."""
+    from streamer.dashboard import run_dashboard
+
+    raise typer.Exit(code=run_dashboard(stats, console=out))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point (``n2n``)."""
     args = expand_multi_value(sys.argv[1:] if argv is None else argv)

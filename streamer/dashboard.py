@@ -1,0 +1,501 @@
+"""Live terminal dashboard for a running denoising server (``n2n dash``).
+
+::
+
+    n2n dash --stats tcp://127.0.0.1:5558      # the server's stats address (the default)
+
+It subscribes to the server's stats socket (PUB, topic ``stats``, see :mod:`streamer.stats`)
+and redraws a compact panel a few times a second: frame rates in and out, latency p50/p95/p99
+with a sparkline of the last minute, per-stage medians, drops, errors by kind, queue depth,
+the engine, precision, device, model and mode, and this machine's CPU load (and GPU load when
+``pynvml`` is installed). It fits an 80 × 24 terminal, uses plain unicode text (no mouse, no
+images, no alternate screen), so it works over ssh; Ctrl-C quits cleanly.
+
+When nothing is listening yet it shows "waiting for server at <address>"; when the server
+goes away it keeps the last figures and warns "no stats for N s".
+
+From Python::
+
+    from streamer.dashboard import run_dashboard
+    run_dashboard("tcp://127.0.0.1:5558", duration_s=10)
+
+:func:`render` is a pure function of one stats message (tests render it to a recording console).
+This module never imports torch (slow to import); ``pynvml`` is optional.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+import warnings
+from collections import deque
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import zmq
+from rich import box
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from .protocol import TOPIC_STATS
+
+__all__ = [
+    "STALE_AFTER_S",
+    "SPARK_CHARS",
+    "CpuMeter",
+    "GpuMeter",
+    "History",
+    "read_cpu_percent",
+    "render",
+    "run_dashboard",
+    "sparkline",
+]
+
+SPARK_CHARS = "▁▂▃▄▅▆▇█"
+#: Stats older than this are shown with a "no stats for N s" warning (the server publishes
+#: every 0.5 s by default, so this is several missed messages).
+STALE_AFTER_S = 2.0
+#: Cells of the last-minute sparklines (80 columns leave room for a label and the range).
+SPARK_WIDTH = 44
+STAGES = ("queue", "preprocess", "infer", "postprocess", "send")
+DASH = "–"
+_LABEL_WIDTH = 11
+
+
+# --- number formatting --------------------------------------------------------------------------------
+def _number(value: Any) -> float | None:
+    """``value`` as a finite float, or None (null, missing, a string, NaN, a bool)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _fmt(value: Any, unit: str = "", digits: int = 1) -> str:
+    """``12.3 ms``; ``–`` for a missing value."""
+    v = _number(value)
+    if v is None:
+        return DASH
+    return f"{v:.{digits}f}" + (f" {unit}" if unit else "")
+
+
+def _count(value: Any) -> str:
+    v = _number(value)
+    return DASH if v is None else str(int(v))
+
+
+def _uptime(value: Any) -> str:
+    v = _number(value)
+    if v is None or v < 0:
+        return DASH
+    s = int(v)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def _get(stats: Mapping[str, Any], key: str, sub: str) -> Any:
+    inner = stats.get(key)
+    return inner.get(sub) if isinstance(inner, Mapping) else None
+
+
+# --- sparkline and history ---------------------------------------------------------------------------
+def sparkline(values: Sequence[float | None], width: int) -> str:
+    """``values`` as ``width`` block characters, lowest ``▁`` to highest ``█`` (None: a space).
+
+    Longer series are averaged into ``width`` buckets, shorter ones stretched; a constant
+    series is drawn as ``▁``.
+    """
+    if width <= 0:
+        return ""
+    n = len(values)
+    if n == 0:
+        return " " * width
+    cells: list[float | None] = []
+    for i in range(width):
+        lo, hi = i * n // width, (i + 1) * n // width
+        bucket = [_number(v) for v in values[lo:max(hi, lo + 1)]]
+        known = [v for v in bucket if v is not None]
+        cells.append(sum(known) / len(known) if known else None)
+    known = [v for v in cells if v is not None]
+    if not known:
+        return " " * width
+    low, high = min(known), max(known)
+    span = high - low
+    top = len(SPARK_CHARS) - 1
+    out = []
+    for v in cells:
+        if v is None:
+            out.append(" ")
+        elif span <= 0:
+            out.append(SPARK_CHARS[0])
+        else:
+            out.append(SPARK_CHARS[min(top, max(0, round((v - low) / span * top)))])
+    return "".join(out)
+
+
+class History:
+    """The last ``window_s`` seconds of (time, latency p50 in ms, output frame rate)."""
+
+    FIELDS = ("latency_p50", "fps_out")
+
+    def __init__(self, window_s: float = 60.0) -> None:
+        self.window_s = window_s
+        self._samples: deque[tuple[float, float | None, float | None]] = deque()
+
+    def add(self, stats: Mapping[str, Any], now: float) -> None:
+        """Record one stats message received at ``now`` (monotonic seconds)."""
+        self._samples.append((now, _number(_get(stats, "latency_ms", "p50")), _number(stats.get("fps_out"))))
+        while self._samples and self._samples[0][0] < now - self.window_s:
+            self._samples.popleft()
+
+    def __len__(self) -> int:
+        return len(self._samples)
+
+    @property
+    def times(self) -> list[float]:
+        return [s[0] for s in self._samples]
+
+    @property
+    def latency_p50(self) -> list[float | None]:
+        return [s[1] for s in self._samples]
+
+    @property
+    def fps_out(self) -> list[float | None]:
+        return [s[2] for s in self._samples]
+
+    def series(self, name: str, width: int, now: float | None = None) -> list[float | None]:
+        """``name`` (``latency_p50`` or ``fps_out``) over the window ending at ``now`` (default:
+        the latest sample) in ``width`` equal time bins: the mean of each, None where empty."""
+        if name not in self.FIELDS:
+            raise ValueError(f"unknown series {name!r}; expected one of {', '.join(self.FIELDS)}")
+        if width <= 0 or not self._samples:
+            return [None] * max(width, 0)
+        col = 1 + self.FIELDS.index(name)
+        end = self._samples[-1][0] if now is None else now
+        start = end - self.window_s
+        sums = [0.0] * width
+        counts = [0] * width
+        for sample in self._samples:
+            t, v = sample[0], sample[col]
+            if v is None or t < start or t > end:
+                continue
+            i = min(width - 1, max(0, int((t - start) / self.window_s * width)))
+            sums[i] += v
+            counts[i] += 1
+        return [s / c if c else None for s, c in zip(sums, counts)]
+
+    def range(self, name: str) -> tuple[float, float] | None:
+        """(min, max) of ``name`` over the window, None without values."""
+        values = [v for v in getattr(self, name) if v is not None]
+        return (min(values), max(values)) if values else None
+
+
+# --- machine load ----------------------------------------------------------------------------------------
+class CpuMeter:
+    """Whole-machine CPU busy percentage from the deltas of ``/proc/stat`` between calls."""
+
+    def __init__(self, path: str = "/proc/stat") -> None:
+        self.path = path
+        self._last: tuple[int, int] | None = None
+
+    def _read(self) -> tuple[int, int] | None:
+        """(total, idle) jiffies, None when unreadable."""
+        try:
+            with open(self.path) as f:
+                fields = f.readline().split()
+        except OSError:
+            return None
+        if len(fields) < 5 or fields[0] != "cpu":
+            return None
+        try:
+            # user nice system idle iowait irq softirq steal (guest time is already in user)
+            values = [int(v) for v in fields[1:9]]
+        except ValueError:
+            return None
+        idle = values[3] + (values[4] if len(values) > 4 else 0)
+        return sum(values), idle
+
+    def percent(self) -> float | None:
+        """Busy % since the previous call; None on the first call or where /proc/stat is missing."""
+        now = self._read()
+        last, self._last = self._last, now
+        if now is None or last is None:
+            return None
+        total, idle = now[0] - last[0], now[1] - last[1]
+        if total <= 0:
+            return None
+        return max(0.0, min(100.0, 100.0 * (total - idle) / total))
+
+
+_CPU = CpuMeter()
+
+
+def read_cpu_percent() -> float | None:
+    """Whole-machine CPU busy % since the previous call (None the first time, or off Linux)."""
+    return _CPU.percent()
+
+
+class GpuMeter:
+    """GPU utilisation and memory through NVML when ``pynvml`` is importable; otherwise nothing."""
+
+    def __init__(self) -> None:
+        self._nvml: Any = None
+        self._tried = False
+
+    def _init(self) -> Any:
+        if not self._tried:
+            self._tried = True
+            try:
+                with warnings.catch_warnings():  # some pynvml releases warn on import
+                    warnings.simplefilter("ignore")
+                    import pynvml  # type: ignore[import-not-found]
+
+                pynvml.nvmlInit()
+                self._nvml = pynvml
+            except Exception:
+                self._nvml = None
+        return self._nvml
+
+    def read(self) -> str | None:
+        """E.g. ``GPU 45 % 1.2/79.6 GiB`` (each GPU), None without NVML or a GPU."""
+        nvml = self._init()
+        if nvml is None:
+            return None
+        try:
+            parts = []
+            for i in range(nvml.nvmlDeviceGetCount()):
+                handle = nvml.nvmlDeviceGetHandleByIndex(i)
+                util = nvml.nvmlDeviceGetUtilizationRates(handle).gpu
+                mem = nvml.nvmlDeviceGetMemoryInfo(handle)
+                parts.append(f"{util:.0f} % {mem.used / 2**30:.1f}/{mem.total / 2**30:.1f} GiB")
+        except Exception:
+            return None
+        if not parts:
+            return None
+        return "GPU " + ", ".join(parts)
+
+    def close(self) -> None:
+        if self._nvml is not None:
+            try:
+                self._nvml.nvmlShutdown()
+            except Exception:
+                pass
+            self._nvml = None
+
+
+# --- rendering ----------------------------------------------------------------------------------------------
+def _waiting(address: str, seconds: float | None) -> Panel:
+    line = Text(f"waiting for server at {address}", style="bold yellow", no_wrap=True, overflow="ellipsis")
+    if seconds is not None:
+        line.append(f" … {seconds:.0f} s", style="yellow")
+    body = Group(
+        line,
+        Text(""),
+        Text("start one with `n2n serve --model RUN_DIR`", style="dim",
+             no_wrap=True, overflow="ellipsis"),
+        Text("Ctrl-C quits", style="dim"),
+    )
+    return Panel(body, title=f"n2n dash · {address}", title_align="left", box=box.ROUNDED, padding=(0, 1),
+                 border_style="yellow")
+
+
+def _pairs(*items: tuple[str, str], gap: str = "   ") -> Text:
+    text = Text(no_wrap=True, overflow="ellipsis")
+    for i, (label, value) in enumerate(items):
+        if i:
+            text.append(gap)
+        text.append(f"{label} ", style="dim")
+        text.append(value, style="bold")
+    return text
+
+
+def _spark_row(history: History, name: str, unit: str) -> Text:
+    text = Text(no_wrap=True, overflow="ellipsis")
+    text.append(sparkline(history.series(name, SPARK_WIDTH), SPARK_WIDTH), style="cyan")
+    span = history.range(name)
+    if span is not None:
+        text.append(f"  {_fmt(span[0])}–{_fmt(span[1], unit)}", style="dim")
+    return text
+
+
+def _stage_table(stages: Any) -> Table:
+    stages = stages if isinstance(stages, Mapping) else {}
+    table = Table(box=None, show_header=True, header_style="dim", padding=(0, 1), pad_edge=False,
+                  show_edge=False, expand=False)
+    for name in STAGES:
+        table.add_column(name, justify="right", no_wrap=True)
+    table.add_row(*(_fmt(stages.get(name)) for name in STAGES))
+    return table
+
+
+def _errors(stats: Mapping[str, Any]) -> Text:
+    total = _number(stats.get("errors"))
+    kinds = stats.get("errors_by_kind")
+    kinds = {str(k): n for k, v in kinds.items() if (n := _number(v))} if isinstance(kinds, Mapping) else {}
+    text = Text(no_wrap=True, overflow="ellipsis")
+    text.append(_count(total), style="bold red" if total else "bold")
+    ranked = sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0]))
+    if ranked:
+        shown = ", ".join(f"{k} {int(n)}" for k, n in ranked[:3])
+        more = f", +{len(ranked) - 3} more kinds" if len(ranked) > 3 else ""
+        text.append(f"   ({shown}{more})", style="red")
+    return text
+
+
+def render(stats: Mapping[str, Any] | None, history: History, address: str, *,
+           seconds_since_last: float | None = None, cpu_percent: float | None = None, gpu: str | None = None,
+           bad_messages: int = 0) -> RenderableType:
+    """The dashboard for one stats message (None: nothing received yet), fitting 80 × 24.
+
+    ``seconds_since_last``: age of ``stats`` (or time waited when None); older than
+    :data:`STALE_AFTER_S` adds a "no stats for N s" warning. ``cpu_percent`` and ``gpu``:
+    this machine's load (see :class:`CpuMeter`, :class:`GpuMeter`); ``bad_messages``:
+    undecodable messages ignored so far.
+    """
+    if stats is None:
+        return _waiting(address, seconds_since_last)
+    stale = seconds_since_last is not None and seconds_since_last > STALE_AFTER_S
+
+    header = Text(no_wrap=True, overflow="ellipsis")
+    header.append(str(stats.get("model", DASH)), style="bold")
+    header.append("  ·  ")
+    header.append(f"{stats.get('engine', DASH)} {stats.get('precision', DASH)} on {stats.get('device', DASH)}",
+                  style="bold cyan")
+    header.append(f"  ·  {stats.get('mode', DASH)} mode  ·  up {_uptime(stats.get('uptime_s'))}")
+
+    lines: list[RenderableType] = [header]
+    note = stats.get("precision_note")
+    if note:
+        lines.append(Text(str(note), style="dim", no_wrap=True, overflow="ellipsis"))
+    if stale:
+        lines.append(Text(f"no stats for {seconds_since_last:.0f} s: is the server still running? "
+                          "(showing the last figures)", style="bold reverse red", no_wrap=True,
+                          overflow="ellipsis"))
+
+    grid = Table.grid(padding=(0, 1))
+    grid.add_column(width=_LABEL_WIDTH, no_wrap=True, style="dim")
+    grid.add_column(no_wrap=True, overflow="ellipsis")
+    grid.add_row("frame rate", _pairs(("in", _fmt(stats.get("fps_in"), "fps")),
+                                      ("out", _fmt(stats.get("fps_out"), "fps"))))
+    for label, key in (("latency", "latency_ms"), ("in server", "server_ms")):
+        grid.add_row(label, _pairs(*((q, _fmt(_get(stats, key, q), "ms")) for q in ("p50", "p95", "p99"))))
+    grid.add_row("p50, 1 min", _spark_row(history, "latency_p50", "ms"))
+    grid.add_row("fps, 1 min", _spark_row(history, "fps_out", "fps"))
+    grid.add_row("stages ms", _stage_table(stats.get("stages_ms")))
+    grid.add_row("", "")
+    grid.add_row("frames", _pairs(("in", _count(stats.get("frames_in"))), ("out", _count(stats.get("frames_out"))),
+                                  ("requests", _count(stats.get("requests"))), ("swaps", _count(stats.get("swaps")))))
+    drops = _number(stats.get("drops"))
+    fraction = _number(stats.get("drop_fraction"))
+    drop_text = Text(no_wrap=True, overflow="ellipsis")
+    drop_text.append(f"{_count(drops)} ({_fmt(None if fraction is None else fraction * 100, '%')})",
+                     style="bold yellow" if drops else "bold")
+    drop_text.append("   ")
+    drop_text.append_text(_pairs(("queue depth", _count(stats.get("queue_depth"))),
+                                 ("subscribers", _count(stats.get("subscribers")))))
+    grid.add_row("drops", drop_text)
+    grid.add_row("errors", _errors(stats))
+    load = [("CPU", _fmt(cpu_percent, "%", 0))]
+    load_text = _pairs(*load)
+    if gpu:
+        load_text.append("   ")
+        load_text.append(gpu, style="bold")
+    grid.add_row("load", load_text)
+    lines += [Text(""), grid]
+
+    footer = Text(no_wrap=True, overflow="ellipsis", style="dim")
+    if seconds_since_last is not None:
+        footer.append(f"updated {seconds_since_last:.1f} s ago   ")
+    if bad_messages:
+        footer.append(f"{bad_messages} bad messages ignored   ", style="yellow")
+    footer.append("Ctrl-C quits")
+    lines += [Text(""), footer]
+    return Panel(Group(*lines), title=f"n2n dash · {address}", title_align="left", box=box.ROUNDED,
+                 padding=(0, 1), border_style="red" if stale else "cyan")
+
+
+# --- the live loop ------------------------------------------------------------------------------------------
+def _decode(parts: list[bytes]) -> dict[str, Any] | None:
+    """A stats message's JSON object, None for anything else."""
+    if len(parts) != 2 or parts[0] != TOPIC_STATS:
+        return None
+    try:
+        data = json.loads(parts[1])
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def run_dashboard(address: str, *, console: Console | None = None, refresh_per_second: float = 4,
+                  duration_s: float | None = None, stop: threading.Event | None = None) -> int:
+    """Show the dashboard for the server publishing stats at ``address`` until Ctrl-C,
+    ``duration_s`` seconds, or ``stop`` is set. Returns the exit code: 0, or 2 when
+    ``address`` is not a valid ZeroMQ address."""
+    console = console or Console()
+    period = 1.0 / max(refresh_per_second, 0.1)
+    history = History()
+    cpu, gpu = CpuMeter(), GpuMeter()
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.SUB)
+    try:
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SUBSCRIBE, TOPIC_STATS)
+        try:
+            sock.connect(address)
+        except zmq.ZMQError as exc:
+            console.print(f"[red]cannot connect to {address!r}: {exc}[/red]")
+            return 2
+        started = time.monotonic()
+        deadline = None if duration_s is None else started + duration_s
+        stats: dict[str, Any] | None = None
+        last: float | None = None
+        bad = 0
+        cpu_pct: float | None = None
+        gpu_text: str | None = None
+        cpu.percent()  # the first reading only sets the baseline
+        next_load = started + 1.0
+
+        def view(now: float) -> RenderableType:
+            since = now - (started if last is None else last)
+            return render(stats, history, address, seconds_since_last=since, cpu_percent=cpu_pct, gpu=gpu_text,
+                          bad_messages=bad)
+
+        with Live(view(started), console=console, auto_refresh=False, screen=False, transient=False,
+                  redirect_stdout=False, redirect_stderr=False) as live:
+            next_refresh = started + period
+            while not (stop is not None and stop.is_set()):
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    break
+                if now >= next_refresh:
+                    if now >= next_load:
+                        cpu_pct, gpu_text = cpu.percent(), gpu.read()
+                        next_load = now + 1.0
+                    live.update(view(now), refresh=True)
+                    next_refresh = now + period
+                wait = next_refresh - now if deadline is None else min(next_refresh, deadline) - now
+                if sock.poll(max(0, int(wait * 1000)), zmq.POLLIN):
+                    while True:
+                        try:
+                            parts = sock.recv_multipart(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        message = _decode(parts)
+                        if message is None:
+                            bad += 1
+                            continue
+                        stats, last = message, time.monotonic()
+                        history.add(message, last)
+            live.update(view(time.monotonic()), refresh=True)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        sock.close(linger=0)
+        ctx.term()
+        gpu.close()
+    return 0
+
