@@ -283,9 +283,9 @@ def memcpy(frame: np.ndarray, reps: int = 200) -> dict[str, Any]:
 
 
 def _bare(model: Path, cfg: ServeConfig, frame: np.ndarray, frames: int,
-          repeats: int) -> tuple[dict[str, Any], list[float]]:
+          repeats: int, warmup: int = 10) -> tuple[dict[str, Any], list[float]]:
     """``bench.latency.bare_engine`` ``repeats`` times (each warms up first); medians over the repeats."""
-    runs = [bare_engine(model, cfg, frame, frames) for _ in range(repeats)]
+    runs = [bare_engine(model, cfg, frame, frames, warmup) for _ in range(repeats)]
     p50s = [r["ms"]["p50"] for r in runs]
     ms: dict[str, float] = {k: float(np.median([r["ms"][k] for r in runs])) for k in ("p50", "p95", "p99", "mean")}
     ms["n"] = sum(r["ms"]["n"] for r in runs)
@@ -307,12 +307,13 @@ def _auto_is_fp32(model: Path, engine: str, threads: int | None) -> bool:
 
 
 def _lossless(model: Path, entry: dict[str, Any], threads: int | None, transport: str, workdir: Path,
-              frame: np.ndarray, frames: int, logs: Path | None) -> tuple[dict[str, Any], list[float]]:
+              frame: np.ndarray, frames: int, logs: Path | None,
+              warmup: int = 10) -> tuple[dict[str, Any], list[float]]:
     """``bench.latency.end_to_end`` through a ``n2n serve --mode lossless`` process (stopped in any case)."""
     workdir.mkdir(parents=True, exist_ok=True)
     proc, endpoints = _start_server(model, entry["engine"], entry["precision"], threads, transport, workdir)
     try:
-        e2e = end_to_end(endpoints, frame, frames)
+        e2e = end_to_end(endpoints, frame, frames, warmup)
         return e2e, e2e.pop("samples_ms")
     finally:
         _stop_process(proc)
@@ -474,7 +475,7 @@ def _clean(obj: Any) -> Any:
 def run_suite(model: Path, size: int = 512, engines: Sequence[str] | None = None,
               precisions: Sequence[str] = ("fp32", "auto"), frames: int = 100, overload_s: float = 10.0,
               report_dir: Path | None = None, transport: str = "tcp", threads: int | None = None,
-              progress: Progress | None = None, repeats: int = 3) -> dict[str, Any]:
+              progress: Progress | None = None, repeats: int = 3, warmup: int = 10) -> dict[str, Any]:
     """Run every measurement (see the module docstring); returns the report, and writes it with its
     table and plots to ``report_dir`` when given."""
     say: Progress = progress or (lambda _s: None)
@@ -507,7 +508,7 @@ def run_suite(model: Path, size: int = 512, engines: Sequence[str] | None = None
     with tempfile.TemporaryDirectory(prefix="n2n-suite-") as tmp_name:
         tmp = Path(tmp_name)
         say(f"transport floor: zeromq echo over {transport}, {frames} round trips of {size}x{size} {frame.dtype}")
-        floor, samples["echo"] = transport_floor(frame, frames, transport, tmp / "echo")
+        floor, samples["echo"] = transport_floor(frame, frames, transport, tmp / "echo", warmup)
         _keep_log(tmp / "echo" / "echo.log", logs, "echo.log")
         copy = memcpy(frame)
         say(f"  echo median {floor['ms']['p50']:.3f} ms, p99 {floor['ms']['p99']:.3f} ms; "
@@ -524,7 +525,7 @@ def run_suite(model: Path, size: int = 512, engines: Sequence[str] | None = None
                         continue
                     say(f"bare {name} ({prec}): {repeats} x {frames} frames")
                     cfg = ServeConfig(engine=name, precision=prec, num_threads=threads)  # type: ignore[arg-type]
-                    bare, bare_samples = _bare(model, cfg, frame, frames, repeats)
+                    bare, bare_samples = _bare(model, cfg, frame, frames, repeats, warmup)
                 except (RuntimeError, OSError, ImportError, ValueError) as exc:  # EngineUnavailable: RuntimeError
                     skipped.append({"engine": name, "precision": prec, "reason": f"{type(exc).__name__}: {exc}"})
                     say(f"  {name} ({prec}) skipped: {exc}")
@@ -553,7 +554,7 @@ def run_suite(model: Path, size: int = 512, engines: Sequence[str] | None = None
         for e in best.values():
             say(f"end to end: n2n serve --mode lossless --engine {e['engine']} --precision {e['precision']}")
             e2e, e2e_samples = _lossless(model, e, threads, transport, tmp / f"lossless-{e['engine']}", frame,
-                                         frames, logs)
+                                         frames, logs, warmup)
             e["e2e"] = e2e
             e.update(e2e_ms_p50=e2e["ms"]["p50"], e2e_ms_p99=e2e["ms"]["p99"], lossless_fps=e2e["lossless_fps"])
             samples[f"e2e:{e['engine']}:{e['precision']}"] = e2e_samples
@@ -564,7 +565,7 @@ def run_suite(model: Path, size: int = 512, engines: Sequence[str] | None = None
         rate = OVERLOAD_FACTOR * top["bare_fps"]
         say(f"live overload: n2n serve --mode live --engine {top['engine']}, {rate:.0f} frames/s for {overload_s:g} s")
         live = live_overload(model, top["engine"], top["precision"], frame, rate, overload_s, tmp / "live",
-                             threads, transport, logs=logs)
+                             threads, transport, warmup=warmup, logs=logs)
         live["bounded"] = bool(live["ms_p50_last_third"] <= 2 * live["ms_p50_first_third"] + top["bare_ms_p50"])
         say(f"  p99 {live['ms']['p99']:.2f} ms, drops {100 * live['drop_fraction']:.1f}%, "
             f"memory {live['rss_growth_mb'] if live['rss_growth_mb'] is not None else float('nan'):+.2f} MB")
@@ -718,6 +719,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--overload-s", type=float, default=10.0, help="seconds of live-mode overload")
     p.add_argument("--transport", default="tcp", choices=["tcp", "ipc"])
     p.add_argument("--threads", type=int, default=None, help="CPU threads per engine")
+    p.add_argument("--repeats", type=int, default=3, help="bare-engine repeats (medians reported)")
+    p.add_argument("--warmup", type=int, default=10, help="frames run before each timing")
     p.add_argument("--json", type=Path, default=None, help="write the report here")
     p.add_argument("--report", type=Path, default=None, help="folder for report.json, report.md and plots")
     a = p.parse_args(argv)
@@ -725,7 +728,8 @@ def main(argv: list[str] | None = None) -> int:
     precisions = [s.strip() for s in a.precisions.split(",") if s.strip()]
     try:
         report = run_suite(a.model, a.size, engines, precisions, a.frames, a.overload_s, a.report, a.transport,
-                           a.threads, progress=lambda s: print(s, file=sys.stderr, flush=True))
+                           a.threads, progress=lambda s: print(s, file=sys.stderr, flush=True), repeats=a.repeats,
+                           warmup=a.warmup)
     except (FileNotFoundError, ValueError, RuntimeError, TimeoutError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

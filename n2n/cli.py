@@ -530,6 +530,8 @@ def bench(
     overload_s: Annotated[float, typer.Option("--overload-s", help="Seconds of live-mode overload.")] = 10.0,
     transport: Annotated[str, typer.Option(help="tcp or ipc.")] = "tcp",
     threads: Annotated[int | None, typer.Option(help="CPU threads per engine.")] = None,
+    repeats: Annotated[int, typer.Option(help="Bare-engine repeats (medians reported).")] = 3,
+    warmup: Annotated[int, typer.Option(help="Frames run before each timing.")] = 10,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
     report_dir: Annotated[Path | None, typer.Option("--report", help="Folder for report.json/.md and plots.")]
     = None,
@@ -538,7 +540,8 @@ def bench(
     from bench.suite import main as suite_main
 
     argv = ["--model", str(model), "--size", str(size), "--engines", engines, "--precisions", precisions,
-            "--frames", str(frames), "--overload-s", str(overload_s), "--transport", transport]
+            "--frames", str(frames), "--overload-s", str(overload_s), "--transport", transport,
+            "--repeats", str(repeats), "--warmup", str(warmup)]
     if threads:
         argv += ["--threads", str(threads)]
     if json_path:
