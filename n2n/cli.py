@@ -350,26 +350,34 @@ def grab(
                                 progress=lambda done, total: bar.update(task, completed=done))
             max_value = float(2**source.bit_depth - 1) if source.dtype.kind == "u" else float("inf")
     except KeyboardInterrupt:
-        _fail(f"interrupted; the frames recorded so far are in {cfg.grab.out}")
+        kept = Path(cfg.grab.out)
+        _fail(f"interrupted; the frames recorded so far are in {kept}" if kept.exists()
+              else "interrupted before the first frame; nothing written")
     except (MicroManagerUnavailable, TimeoutError, ValueError, OSError, RuntimeError) as exc:
         _fail(str(exc))
     if report.frames < 2:
         _fail(f"only {report.frames} frame(s) recorded; Noise2Noise needs at least 2")
-    analysis = analyse_pairs(report.path, max_value, cfg.grab.saturation_fraction, cfg.grab.max_shift_px)
+    try:
+        analysis = analyse_pairs(report.path, max_value, cfg.grab.saturation_fraction, cfg.grab.max_shift_px)
+    except (ValueError, OSError) as exc:
+        _fail(f"{report.path} was written but could not be checked: {exc}")
     report.saturated_fraction = analysis["saturated_fraction"]
     report.correlation = analysis["correlation"]
     report.shift_px = analysis["shift_px"]
     report.warnings = analysis["warnings"]
-    if not report.consecutive or report.missed:
+    if report.missed:
         report.warnings.insert(0, f"{report.missed} frame(s) were overwritten in Micro-Manager's buffer before "
                                "they were read: the recording has gaps (pairs across a gap are not consecutive)")
+    elif not report.consecutive:
+        report.warnings.insert(0, "the image numbers are not consecutive (the camera or Micro-Manager skipped "
+                               "frames): pairs across a gap are not consecutive")
     import numpy as np
 
     table = Table(title=f"grabbed {report.path}", show_header=False)
     corr = np.asarray(report.correlation)
     rows = [
         ("frames", f"{report.frames} ({report.shape[1]}x{report.shape[0]} {report.dtype}), image numbers "
-                   f"{report.first_image_number}…{(report.first_image_number or 0) + report.frames - 1}"
+                   f"{report.first_image_number}…{report.last_image_number}"
                    + (" consecutive" if report.consecutive else " WITH GAPS")),
         ("rate", f"{report.fps:.1f} frames/s over {report.seconds:.1f} s at {report.exposure_ms:g} ms exposure"),
         ("saturated", f"max {max(report.saturated_fraction):.3%} of pixels per frame"),
@@ -409,6 +417,8 @@ def bridge(
                                  "bridge.out": str(out_path) if out_path else None,
                                  "serve.mode": mode, "serve.engine": engine,
                                  "source.exposure_ms": exposure_ms, "source.config_file": mm_config}
+    if frames is not None and frames < 0:
+        _fail(f"--frames must be 0 (until Ctrl-C) or more, got {frames}")
     cfg = _load_mm(config, dry_run, **overrides)
     if frames is not None:
         cfg.bridge.frames = frames or None
@@ -421,6 +431,8 @@ def bridge(
     import contextlib
     import signal
     import threading
+
+    import zmq
 
     from streamer.micromanager import MicroManagerUnavailable, open_source
     from streamer.micromanager.bridge import run_bridge
@@ -437,20 +449,24 @@ def bridge(
     base_dir = config.resolve().parent if config else None
     try:
         with contextlib.ExitStack() as stack:
+            endpoints: dict[str, str] = {}
             if cfg.bridge.connect:
                 try:
                     endpoints = json.loads(Path(cfg.bridge.connect).read_text())["endpoints"]
-                except (OSError, ValueError, KeyError) as exc:
-                    _fail(f"{cfg.bridge.connect}: expected a `n2n serve --ready-file` JSON with 'endpoints' ({exc})")
-            else:
-                server = stack.enter_context(running_server(cfg.bridge.model, cfg.serve))
+                    missing = {"input", "output", "control"} - set(endpoints)
+                    if missing:
+                        raise KeyError(", ".join(sorted(missing)))
+                except (OSError, ValueError, KeyError, TypeError) as exc:
+                    _fail(f"{cfg.bridge.connect}: expected a `n2n serve --ready-file` JSON with 'endpoints' "
+                          f"(input, output, control): {exc}")
+            # the camera first: the server then compiles for its frame size before frames flow
+            source = stack.enter_context(open_source(cfg.source, base_dir))
+            if not cfg.bridge.connect:
+                server = stack.enter_context(running_server(cfg.bridge.model, cfg.serve, warmup_shape=source.shape))
                 endpoints = server.endpoints
                 info = server.denoiser.info()
                 console.print(f"serving {info['model']} with {info['engine']} ({info['precision']}) in "
                               f"{cfg.serve.mode} mode; viewers subscribe to {endpoints['output']}", highlight=False)
-            source = stack.enter_context(open_source(cfg.source, base_dir))
-            if not cfg.bridge.connect:
-                server.denoiser.prepare(source.shape)  # compile for the camera's frames before they flow
             total = cfg.bridge.frames
             console.print(f"bridging {total or 'until Ctrl-C'} frames of {source.shape[1]}x{source.shape[0]} from "
                           f"{source.camera!r}", highlight=False)
@@ -465,12 +481,13 @@ def bridge(
                     bar.update(task, completed=r.frames_denoised, description=f"(seen {r.frames_seen})")
 
                 report = run_bridge(source, endpoints, total, cfg.bridge.out, cfg.source.timeout_s, stop, _progress)
-    except (MicroManagerUnavailable, TimeoutError, ValueError, OSError, RuntimeError) as exc:
+    except (MicroManagerUnavailable, TimeoutError, ValueError, OSError, RuntimeError, zmq.ZMQError) as exc:
         _fail(str(exc))
     table = Table(title="bridge", show_header=False)
     for k, v in (("frames seen", report.frames_seen), ("denoised", report.frames_denoised),
                  ("dropped", f"{report.frames_dropped} by the server ({report.mode} mode), "
                              f"{report.missed_in_micromanager} overwritten in Micro-Manager's buffer"),
+                 ("refused / unaccounted", f"{report.frames_failed} / {report.frames_unaccounted}"),
                  ("rate", f"{report.fps_in:.1f} frames/s in, {report.fps_out:.1f} out"),
                  ("latency", f"p50 {report.latency_ms_p50} ms, p99 {report.latency_ms_p99} ms (read → denoised)"),
                  ("engine", report.engine), ("saved", report.out or "not saved")):

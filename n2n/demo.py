@@ -181,16 +181,21 @@ def run_demo(out: Path, settings: DemoSettings = FULL, console: Console | None =
                     if dashboard:
                         from streamer.dashboard import run_dashboard
 
+                        # returns when the bridge is done, or early on Ctrl-C (which it catches)
                         run_dashboard(server.endpoints["stats"], console=console, stop=done)
                     else:
-                        done.wait()
+                        while not done.wait(0.2) and not stop.is_set():
+                            pass
+                    if not done.is_set():  # Ctrl-C in the dashboard, or a stop from the caller
+                        stop.set()
                 except KeyboardInterrupt:
                     stop.set()
-                    halt.set()
                 finally:
+                    if stop.is_set():
+                        halt.set()
                     if timer is not None:
                         timer.cancel()
-                    worker.join()
+                    worker.join(timeout=60)
             status = server.status()
         if "error" in result:
             raise result["error"]

@@ -63,12 +63,13 @@ class StreamClient:
     :class:`Endpoints` or a dict, e.g. a server's ``.endpoints``); ``timeout`` (s) bounds every wait."""
 
     def __init__(self, endpoints: Endpoints | Mapping[str, str] | None = None, timeout: float = 10.0,
-                 errors: bool = False) -> None:
+                 errors: bool = False, send_hwm: int | None = None) -> None:
         if endpoints is None:
             endpoints = Endpoints()
         self.endpoints = dict(endpoints.model_dump() if isinstance(endpoints, Endpoints) else endpoints)
         self.timeout = timeout
         self.errors = errors
+        self.send_hwm = send_hwm  # frames the input socket queues before send() waits (None: ZeroMQ's 1000)
         self._ctx = zmq.Context()
         self._sockets: dict[str, zmq.Socket] = {}
         self._seq = 0
@@ -92,6 +93,8 @@ class StreamClient:
                     "control": zmq.REQ}[name]
             sock = self._ctx.socket(kind)
             sock.setsockopt(zmq.LINGER, 0)
+            if name == "input" and self.send_hwm is not None:
+                sock.setsockopt(zmq.SNDHWM, self.send_hwm)
             if kind == zmq.REQ:  # a timed-out request must not wedge the socket
                 sock.setsockopt(zmq.REQ_RELAXED, 1)
                 sock.setsockopt(zmq.REQ_CORRELATE, 1)

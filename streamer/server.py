@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import threading
 import time
 from collections import deque
@@ -411,5 +412,8 @@ def running_server(model_dir: str | Path, config: ServeConfig | None = None,
         server.stop()
         thread.join(timeout=30)
         if thread.is_alive():
-            raise RuntimeError("server thread did not stop within 30 s")
+            if sys.exc_info()[0] is not None:  # do not hide the error that is already on its way out
+                log.error("server thread did not stop within 30 s")
+            else:
+                raise RuntimeError("server thread did not stop within 30 s")
 

@@ -59,12 +59,10 @@ def main(model: str, out: Path, n: int) -> dict:
                 "server_frames_out": server.stats.frames_out,
             }
     finally:
-        close_core(core)
-        engine = Engine.get_instance()
-        if engine is not None:
-            engine.shutdown()
+        close_core(core)  # also stops pycromanager's acquisition engine, which was driving this core
         del core
         gc.collect()
+    result["engine_released"] = Engine.get_instance() is None
     result["threads_left"] = sorted(t.name for t in threading.enumerate() if t is not threading.main_thread())
     return result
 

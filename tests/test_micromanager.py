@@ -9,6 +9,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -200,6 +202,25 @@ def test_source_times_out_with_a_clear_error(core: SnakeCaseCore) -> None:
         source.close()
 
 
+def test_source_counts_frames_micromanager_overwrote(core: SnakeCaseCore) -> None:
+    """A reader slower than the camera with a tiny circular buffer: the skipped image numbers are counted."""
+    core.setProperty("Camera", "Width", 512)
+    core.setProperty("Camera", "Height", 512)  # 0.5 MB per frame: a 1 MB buffer holds two
+    core.setProperty("Camera", "ReplayFrames", 4)
+    core.setExposure(1.0)
+    core.setCircularBufferMemoryFootprint(1)
+    source = MicroManagerSource(core)
+    try:
+        numbers = []
+        for _ in range(6):
+            numbers.append(source.read().index)
+            time.sleep(0.05)  # 50 frames' worth
+    finally:
+        source.close()
+    gaps = sum(b - a - 1 for a, b in itertools.pairwise(numbers))
+    assert gaps > 0 and source.missed == gaps
+
+
 # --- grab -------------------------------------------------------------------------------------------------
 def test_grab_200_consecutive_frames(core: SnakeCaseCore, tmp_path: Path) -> None:
     """200 frames on disk, strictly consecutive image numbers, each frame's metadata kept; then readable for
@@ -318,6 +339,43 @@ def test_bridge_live_accounts_for_every_frame(core: SnakeCaseCore, run: Path) ->
     assert report.frames_denoised + report.frames_dropped == 60
 
 
+def test_bridge_stops_in_bounded_time_and_accounts_for_every_frame(core: SnakeCaseCore, run: Path,
+                                                                    tmp_path: Path) -> None:
+    """An open-ended lossless bridge stopped after a second returns promptly; every frame it sent is counted
+    (denoised, dropped, refused or unaccounted) and the recording is valid."""
+    stop = threading.Event()
+    with running_server(run, serve_config(mode="lossless"), warmup_shape=(SIZE, SIZE)) as server:
+        source = MicroManagerSource(core)
+        timer = threading.Timer(1.0, stop.set)
+        timer.start()
+        t0 = time.monotonic()
+        try:
+            report = run_bridge(source, server.endpoints, frames=None, out=tmp_path / "b.ome.tif", timeout_s=5,
+                                stop=stop)
+        finally:
+            timer.cancel()
+            source.close()
+    assert time.monotonic() - t0 < 1.0 + 5 + 3
+    assert report.interrupted and report.frames_seen > 0
+    assert report.frames_seen == (report.frames_denoised + report.frames_dropped + report.frames_failed
+                                  + report.frames_unaccounted)
+    assert tifffile.imread(tmp_path / "b.ome.tif").shape[0] == report.frames_denoised
+
+
+def test_bridge_saves_float_output_in_the_camera_dtype(core: SnakeCaseCore, run: Path, tmp_path: Path) -> None:
+    """A server sending float32 frames: the denoised channel is clipped and rounded into uint16, not wrapped."""
+    with running_server(run, serve_config(mode="lossless", output_dtype="float32"),
+                        warmup_shape=(SIZE, SIZE)) as server:
+        source = MicroManagerSource(core)
+        try:
+            run_bridge(source, server.endpoints, frames=5, out=tmp_path / "f.ome.tif")
+        finally:
+            source.close()
+        saved = tifffile.imread(tmp_path / "f.ome.tif")
+        expected = [np.clip(np.rint(server.denoiser(raw)), 0, 65535).astype(np.uint16) for raw in saved[:, 0]]
+    assert saved.dtype == np.uint16 and all(np.array_equal(saved[i, 1], expected[i]) for i in range(5))
+
+
 def test_open_source_shuts_down_its_core(tmp_path: Path) -> None:
     """open_source on a config file yields a working source and releases the core afterwards."""
     cfg = tmp_path / "s.cfg"
@@ -402,4 +460,4 @@ def test_pycromanager_acquisition_with_the_hook(run: Path, tmp_path: Path) -> No
     assert result["stored"] == result["raw_saved"] == result["raw_metadata"] == result["flagged"] == 50
     assert result["dtypes"] == ["uint16"] and result["identical"] and result["differs_from_raw"]
     assert result["server_frames_out"] == 50
-    assert result["threads_left"] == []
+    assert result["threads_left"] == [] and result["engine_released"]

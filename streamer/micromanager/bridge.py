@@ -9,9 +9,11 @@ the server in live mode, or overwritten in Micro-Manager's buffer before they we
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ..client import StreamClient
+from ..client import ServerError, StreamClient
 from ..sources import EndOfStream, OmeTiffWriter
 from ..sources.micromanager import MicroManagerSource
 
@@ -33,6 +35,8 @@ class BridgeReport:
     frames_seen: int = 0
     frames_denoised: int = 0
     frames_dropped: int = 0
+    frames_failed: int = 0
+    frames_unaccounted: int = 0
     missed_in_micromanager: int = 0
     seconds: float = 0.0
     fps_in: float = 0.0
@@ -51,14 +55,19 @@ class BridgeReport:
         return {k: v for k, v in asdict(self).items() if k != "latencies_ms"}
 
 
+#: frames the producer's socket may hold before its send blocks: with the server's own small queue,
+#: a lossless server's backpressure reaches the camera loop after a handful of frames (not 1000)
+SEND_HWM = 4
+
+
 class _Producer(threading.Thread):
     """Micro-Manager → server input, until ``frames`` were sent or stopped."""
 
     def __init__(self, source: MicroManagerSource, endpoints: dict[str, str], frames: int | None,
-                 pending: dict[int, np.ndarray] | None, timeout_s: float) -> None:
+                 pending: deque[tuple[int, np.ndarray]] | None, lock: threading.Lock, timeout_s: float) -> None:
         super().__init__(name="n2n-bridge-producer", daemon=True)
         self.source, self.endpoints, self.frames = source, endpoints, frames
-        self.pending = pending
+        self.pending, self.lock = pending, lock
         self.timeout_s = timeout_s
         self.sent = 0
         self.error: BaseException | None = None
@@ -70,25 +79,23 @@ class _Producer(threading.Thread):
 
     def run(self) -> None:
         try:
-            with StreamClient(self.endpoints, timeout=self.timeout_s) as client:
+            with StreamClient(self.endpoints, timeout=self.timeout_s, send_hwm=SEND_HWM) as client:
                 self.started_at = time.perf_counter()
                 while not self.stop.is_set() and (self.frames is None or self.sent < self.frames):
                     try:
                         frame = self.source.read()
                     except EndOfStream:
                         break
-                    if self.pending is not None:
-                        self.pending[self.sent] = frame.pixels
                     keys = ("ImageNumber", "ElapsedTime-ms", "Exposure-ms", "SimulatorFrame")
                     meta: dict[str, Any] = {k: frame.metadata[k] for k in keys if k in frame.metadata}
-                    while True:  # lossless backpressure: wait for room, but notice a stop
-                        try:
-                            client.send(frame.pixels, seq=self.sent, ts_ns=frame.timestamp_ns, meta=meta,
-                                        timeout=0.5)
-                            break
-                        except TimeoutError:
-                            if self.stop.is_set():
-                                return
+                    if self.pending is not None:  # before sending: the denoised frame may come back at once
+                        with self.lock:
+                            self.pending.append((self.sent, frame.pixels))
+                    if not self._send(client, frame.pixels, frame.timestamp_ns, meta):
+                        if self.pending is not None:
+                            with self.lock:
+                                self.pending.pop()  # never sent
+                        break
                     self.sent += 1
                 self.finished_at = time.perf_counter()
                 self.done.set()
@@ -101,47 +108,84 @@ class _Producer(threading.Thread):
             self.finished_at = self.finished_at or time.perf_counter()
             self.done.set()
 
+    def _send(self, client: StreamClient, pixels: np.ndarray, ts_ns: int, meta: dict[str, Any]) -> bool:
+        """Send, waiting for room as long as needed (lossless backpressure); False if stopped first."""
+        while True:
+            try:
+                client.send(pixels, seq=self.sent, ts_ns=ts_ns, meta=meta, timeout=0.5)
+                return True
+            except TimeoutError:
+                if self.stop.is_set():
+                    return False
+
+
+def _as_dtype(pixels: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """The denoised frame in the camera's dtype (a server may send float32): clipped and rounded."""
+    if pixels.dtype == dtype:
+        return pixels
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        return np.clip(np.rint(pixels), info.min, info.max).astype(dtype)
+    return pixels.astype(dtype)
+
 
 def run_bridge(source: MicroManagerSource, endpoints: dict[str, str], frames: int | None = None,
                out: str | Path | None = None, timeout_s: float = 10.0, stop: threading.Event | None = None,
                progress: Callable[[BridgeReport], None] | None = None) -> BridgeReport:
     """Bridge ``frames`` frames (None: until ``stop`` is set) from ``source`` through the server at
-    ``endpoints``; write raw + denoised to ``out``. Returns the counts."""
+    ``endpoints``; write raw + denoised to ``out``. Returns the counts.
+
+    Every frame sent is accounted for: denoised, dropped by a live server, refused by the server
+    (``frames_failed``, with its error logged), or, when the server stops answering or a stop
+    leaves no time to wait, ``frames_unaccounted``. After ``stop`` the frames already sent get at
+    most ``timeout_s`` to come back."""
     stop = stop or threading.Event()
     report = BridgeReport(out=str(out) if out else None)
-    pending: dict[int, np.ndarray] | None = {} if out else None
-    writer = OmeTiffWriter(out, source.shape, source.dtype, channels=("raw", "denoised"),
-                           name="n2n bridge") if out else None
+    pending: deque[tuple[int, np.ndarray]] | None = deque() if out else None
+    lock = threading.Lock()
     latencies: list[float] = []
     t0 = time.perf_counter()
-    with StreamClient(endpoints, timeout=timeout_s) as client:
+    producer: _Producer | None = None
+    last_received = 0.0
+    base_drops = 0
+    with StreamClient(endpoints, timeout=timeout_s, errors=True) as client, contextlib.ExitStack() as files:
         client.wait_subscribed()
         status = client.status()
         report.mode, report.engine = status["mode"], status["engine"]
         base_drops = status["drops"]
-        producer = _Producer(source, endpoints, frames, pending, timeout_s)
+        writer = files.enter_context(OmeTiffWriter(out, source.shape, source.dtype, channels=("raw", "denoised"),
+                                                   name="n2n bridge")) if out else None
+        producer = _Producer(source, endpoints, frames, pending, lock, timeout_s)
         producer.start()
         last_progress = 0.0
-        last_received = 0.0
         idle_since: float | None = None
+        drain_deadline: float | None = None
         try:
             while True:
-                if stop.is_set():
+                if stop.is_set() and drain_deadline is None:
                     producer.stop.set()
                     report.interrupted = True
+                    drain_deadline = time.monotonic() + timeout_s
+                if drain_deadline is not None and time.monotonic() > drain_deadline:
+                    log.warning("stopped: gave up waiting for frames still in the server after %g s", timeout_s)
+                    break
                 done_sending = producer.done.is_set()
                 try:
                     result = client.receive(timeout=0.1)
                 except TimeoutError:
                     if done_sending:
                         # all sent: finished once the server has accounted for every frame
-                        st = client.status()
-                        if report.frames_denoised + st["drops"] - base_drops >= producer.sent:
+                        dropped = client.status()["drops"] - base_drops
+                        if report.frames_denoised + report.frames_failed + dropped >= producer.sent:
                             break
                         idle_since = idle_since or time.monotonic()
                         if time.monotonic() - idle_since > timeout_s:
                             log.warning("the server still holds frames after %g s; stopping", timeout_s)
                             break
+                    continue
+                except ServerError as exc:  # the server refused a frame we sent
+                    report.frames_failed += 1
+                    log.warning("the server refused frame %s: %s", exc.header.get("seq"), exc)
                     continue
                 idle_since = None
                 last_received = time.perf_counter()
@@ -152,11 +196,14 @@ def run_bridge(source: MicroManagerSource, endpoints: dict[str, str], frames: in
                 if isinstance(ts, int) and "sent" in stages:
                     latencies.append((time.time_ns() - ts) / 1e6)
                 if writer is not None and pending is not None:
-                    for old in [s for s in pending if s < seq]:  # dropped by a live server
-                        del pending[old]
-                    raw = pending.pop(seq, None)
+                    raw = None
+                    with lock:
+                        while pending and pending[0][0] < seq:  # dropped by a live server, or refused
+                            pending.popleft()
+                        if pending and pending[0][0] == seq:
+                            raw = pending.popleft()[1]
                     if raw is not None:
-                        writer.write([raw, result.pixels.astype(source.dtype, copy=False)],
+                        writer.write([raw, _as_dtype(result.pixels, source.dtype)],
                                      {**result.header.get("meta", {}), "seq": seq})
                 now = time.perf_counter()
                 if progress is not None and now - last_progress > 0.25:
@@ -167,17 +214,15 @@ def run_bridge(source: MicroManagerSource, endpoints: dict[str, str], frames: in
             producer.stop.set()
             producer.release.set()
             producer.join(timeout=timeout_s + 5)
-            if writer is not None:
-                writer.close()
             try:
-                st = client.status(timeout=2)
-                report.frames_dropped = st["drops"] - base_drops
-                report.fps_in = st["fps_in"]
+                report.frames_dropped = client.status(timeout=2)["drops"] - base_drops
             except TimeoutError:
                 pass
     if producer.error is not None and not isinstance(producer.error, EndOfStream):
         raise producer.error
     report.frames_seen = producer.sent
+    report.frames_unaccounted = max(0, producer.sent - report.frames_denoised - report.frames_failed
+                                    - report.frames_dropped)
     report.missed_in_micromanager = source.missed
     report.seconds = round(time.perf_counter() - t0, 3)
     span = (producer.finished_at - producer.started_at) if producer.finished_at else 0.0

@@ -234,3 +234,13 @@ def release_pycromanager_core(core: Any) -> None:
         return
     while core in launcher._PYMMCORES:
         launcher._PYMMCORES.remove(core)
+    try:
+        from pycromanager.acquisition.acq_eng_py.internal.engine import Engine
+    except ImportError:  # pragma: no cover
+        return
+    engine = getattr(Engine, "singleton", None)
+    if engine is not None and getattr(engine, "core", None) is core:
+        # the engine is a process-wide singleton holding this core and two worker threads: stop them,
+        # and forget it so that a later use_as_pycromanager_core starts a fresh one
+        engine.shutdown()
+        del Engine.singleton

@@ -37,6 +37,7 @@ class GrabReport:
     fps: float
     missed: int
     first_image_number: int | None
+    last_image_number: int | None
     consecutive: bool
     saturated_fraction: list[float] = field(default_factory=list)
     correlation: list[float] = field(default_factory=list)
@@ -74,6 +75,7 @@ def record(source: MicroManagerSource, frames: int, out: str | Path,
         path=str(out), frames=n, shape=source.shape, dtype=source.dtype.name, exposure_ms=source.exposure_ms,
         seconds=round(seconds, 3), fps=round((n - 1) / seconds, 2) if n > 1 and seconds > 0 else 0.0,
         missed=source.missed, first_image_number=numbers[0] if numbers else None,
+        last_image_number=numbers[-1] if numbers else None,
         consecutive=all(b - a == 1 for a, b in itertools.pairwise(numbers)))
 
 

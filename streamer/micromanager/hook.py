@@ -46,6 +46,7 @@ class DenoiseHook:
         self.frames = 0
         self.denoised = 0
         self.errors = 0
+        self.raw_errors = 0  # raw frames that could not be saved (keep_raw)
         self.last_error: str | None = None
         self._client: StreamClient | None = None
         self._raw: OmeTiffWriter | None = None
@@ -62,9 +63,15 @@ class DenoiseHook:
             meta = dict(metadata) if metadata is not None else {}
             image = np.asarray(image)
             if self.keep_raw is not None:
-                if self._raw is None:
-                    self._raw = OmeTiffWriter(self.keep_raw, image.shape[-2:], image.dtype, name="raw")
-                self._raw.write(image.reshape(image.shape[-2:]), _plain(meta))
+                try:
+                    if self._raw is None:
+                        self._raw = OmeTiffWriter(self.keep_raw, image.shape[-2:], image.dtype, name="raw")
+                    self._raw.write(image.reshape(image.shape[-2:]), _plain(meta))
+                except (OSError, ValueError) as exc:  # disk full, a new ROI size: never abort the acquisition
+                    self.raw_errors += 1
+                    if self.raw_errors <= 10:
+                        log.warning("raw frame %d not saved to %s: %s", self.frames, self.keep_raw, exc)
+                    meta["n2n-raw-saved"] = False
             small: dict[str, Any] = {k: meta[k] for k in ("ImageNumber", "Axes", "Camera") if k in meta}
             t0 = time.perf_counter()
             try:

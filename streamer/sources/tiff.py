@@ -178,9 +178,10 @@ class OmeTiffWriter:
         items = [planes] if isinstance(planes, np.ndarray) and planes.ndim == 2 else list(planes)
         if len(items) != max(1, len(self.channels)):
             raise ValueError(f"expected {max(1, len(self.channels))} plane(s) per frame, got {len(items)}")
-        for plane in items:
+        for plane in items:  # all checked before any is written: channels never get out of step
             if plane.shape != self.frame_shape:
                 raise ValueError(f"expected frames of shape {self.frame_shape}, got {plane.shape}")
+        for plane in items:
             self._tif.write(np.ascontiguousarray(plane, dtype=self.dtype), contiguous=True, metadata=None,
                             description=" " * 16)
         self.metadata.append(dict(metadata or {}))
