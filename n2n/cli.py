@@ -499,17 +499,24 @@ def bridge(
 
 @app.command()
 def demo(
-    quick: Annotated[bool, typer.Option("--quick", help="Under a minute: small frames, a few seconds of training.")]
-    = False,
-    out_dir: Annotated[Path, typer.Option("--out", help="Report folder.")] = Path("runs/demo"),
-    dash: Annotated[bool, typer.Option("--dash/--no-dash", help="Show the live dashboard while bridging.")] = True,
+    quick: Annotated[bool | None, typer.Option("--quick/--full", help="--quick: under a minute, small frames and "
+                                                                       "a few seconds of training.")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Report folder (default runs/demo).")] = None,
+    dash: Annotated[bool | None, typer.Option("--dash/--no-dash", help="Show the live dashboard while bridging.")]
+    = None,
+    config: ConfigOpt = None,
+    dry_run: DryRunOpt = False,
 ) -> None:
     """The whole product on the simulated Micro-Manager session: grab, train, serve, bridge live, report."""
     from n2n.demo import FULL, QUICK, run_demo
+    from streamer.config import DemoConfig
 
+    cfg = _load(DemoConfig, config, dry_run, quick=quick, out=str(out_dir) if out_dir else None, dash=dash)
+    quick = cfg.quick
+    out_dir = Path(cfg.out)
     settings = QUICK if quick else FULL
     try:
-        report = run_demo(out_dir, settings, console=console, dashboard=dash)
+        report = run_demo(out_dir, settings, console=console, dashboard=cfg.dash)
     except KeyboardInterrupt:
         console.print(f"[yellow]interrupted: everything was shut down; partial results in {out_dir}[/yellow]")
         raise typer.Exit(code=130) from None
@@ -539,43 +546,59 @@ def demo(
 
 @app.command()
 def bench(
-    model: Annotated[Path, typer.Option("--model", help="Model folder made by `n2n train` (or runs/demo/model).")],
-    size: Annotated[int, typer.Option(help="Square frame side in pixels.")] = 512,
-    engines: Annotated[str, typer.Option(help="'all' or a comma list of openvino, onnxruntime, torch.")] = "all",
-    precisions: Annotated[str, typer.Option(help="Comma list of fp32, auto, bf16, fp16.")] = "fp32,auto",
-    frames: Annotated[int, typer.Option(help="Frames per measurement.")] = 100,
-    overload_s: Annotated[float, typer.Option("--overload-s", help="Seconds of live-mode overload.")] = 10.0,
-    transport: Annotated[str, typer.Option(help="tcp or ipc.")] = "tcp",
+    model: Annotated[Path | None, typer.Option("--model", help="Model folder made by `n2n train` "
+                                                               "(or runs/demo/model).")] = None,
+    size: Annotated[int | None, typer.Option(help="Square frame side in pixels (default 512).")] = None,
+    engines: Annotated[str | None, typer.Option(help="'all' or a comma list of openvino, onnxruntime, torch.")]
+    = None,
+    precisions: Annotated[str | None, typer.Option(help="Comma list of fp32, auto, bf16, fp16.")] = None,
+    frames: Annotated[int | None, typer.Option(help="Frames per measurement (default 100).")] = None,
+    overload_s: Annotated[float | None, typer.Option("--overload-s", help="Seconds of live-mode overload.")] = None,
+    transport: Annotated[str | None, typer.Option(help="tcp or ipc.")] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads per engine.")] = None,
-    repeats: Annotated[int, typer.Option(help="Bare-engine repeats (medians reported).")] = 3,
-    warmup: Annotated[int, typer.Option(help="Frames run before each timing.")] = 10,
+    repeats: Annotated[int | None, typer.Option(help="Bare-engine repeats (medians reported).")] = None,
+    warmup: Annotated[int | None, typer.Option(help="Frames run before each timing.")] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
     report_dir: Annotated[Path | None, typer.Option("--report", help="Folder for report.json/.md and plots.")]
     = None,
+    config: ConfigOpt = None,
+    dry_run: DryRunOpt = False,
 ) -> None:
     """Transport floor, each engine bare, end to end (lossless) and live overload, side by side."""
     from bench.suite import main as suite_main
+    from streamer.config import BenchConfig
 
-    argv = ["--model", str(model), "--size", str(size), "--engines", engines, "--precisions", precisions,
-            "--frames", str(frames), "--overload-s", str(overload_s), "--transport", transport,
-            "--repeats", str(repeats), "--warmup", str(warmup)]
-    if threads:
-        argv += ["--threads", str(threads)]
-    if json_path:
-        argv += ["--json", str(json_path)]
-    if report_dir:
-        argv += ["--report", str(report_dir)]
+    cfg = _load(BenchConfig, config, dry_run, model=str(model) if model else None, size=size, engines=engines,
+                precisions=precisions, frames=frames, overload_s=overload_s, transport=transport, threads=threads,
+                repeats=repeats, warmup=warmup, json_path=str(json_path) if json_path else None,
+                report=str(report_dir) if report_dir else None)
+    if cfg.model is None:
+        _fail("give the model to measure: --model runs/NAME (or model: in the config)")
+    argv = ["--model", cfg.model, "--size", str(cfg.size), "--engines", cfg.engines, "--precisions",
+            cfg.precisions, "--frames", str(cfg.frames), "--overload-s", str(cfg.overload_s), "--transport",
+            cfg.transport, "--repeats", str(cfg.repeats), "--warmup", str(cfg.warmup)]
+    if cfg.threads:
+        argv += ["--threads", str(cfg.threads)]
+    if cfg.json_path:
+        argv += ["--json", cfg.json_path]
+    if cfg.report:
+        argv += ["--report", cfg.report]
     raise typer.Exit(code=suite_main(argv))
 
 
 @app.command()
 def dash(
-    stats: Annotated[str, typer.Option("--stats", help="The server's stats address.")] = "tcp://127.0.0.1:5558",
+    stats: Annotated[str | None, typer.Option("--stats", help="The server's stats address "
+                                                              "(default tcp://127.0.0.1:5558).")] = None,
+    config: ConfigOpt = None,
+    dry_run: DryRunOpt = False,
 ) -> None:
     """Live terminal dashboard for a running `n2n serve` (Ctrl-C quits)."""
+    from streamer.config import DashConfig
     from streamer.dashboard import run_dashboard
 
-    raise typer.Exit(code=run_dashboard(stats, console=out))
+    cfg = _load(DashConfig, config, dry_run, stats=stats)
+    raise typer.Exit(code=run_dashboard(cfg.stats, console=out))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -204,3 +204,50 @@ class MicroManagerConfig(_Versioned):
     bridge: BridgeConfig = BridgeConfig()
     serve: ServeConfig = ServeConfig()
     """The server the bridge starts (mode, engine, precision, addresses)."""
+
+
+# --- the tools around the server (n2n dash, n2n bench, n2n demo) -------------------------------------------
+class DashConfig(_Versioned):
+    """``n2n dash``: the live terminal dashboard."""
+
+    stats: str = "tcp://127.0.0.1:5558"
+    """The server's stats address (its ``endpoints.stats``)."""
+
+
+class BenchConfig(_Versioned):
+    """``n2n bench``: transport floor, engines bare, end to end, live overload."""
+
+    model: str | None = None
+    """Model folder (``n2n train`` output, e.g. runs/demo/model)."""
+    size: int = Field(512, ge=16)
+    """Square frame side in pixels."""
+    engines: str = "all"
+    """'all' or a comma list of openvino, onnxruntime, torch."""
+    precisions: str = "fp32,auto"
+    """Comma list of fp32, auto, bf16, fp16."""
+    frames: int = Field(100, ge=2)
+    """Frames per measurement."""
+    overload_s: float = Field(10.0, gt=0)
+    """Seconds of live-mode overload at twice the engine's rate."""
+    transport: Literal["tcp", "ipc"] = "tcp"
+    threads: int | None = Field(None, ge=1)
+    """CPU threads per engine (None: the engine's default)."""
+    repeats: int = Field(3, ge=1)
+    """Bare-engine repeats (medians reported; more than 10% apart: 'noisy')."""
+    warmup: int = Field(10, ge=0)
+    """Frames run before each timing."""
+    json_path: str | None = None
+    """Write the report here."""
+    report: str | None = None
+    """Folder for report.json, report.md and the plots."""
+
+
+class DemoConfig(_Versioned):
+    """``n2n demo``: the whole product on the simulated Micro-Manager session."""
+
+    quick: bool = False
+    """Under a minute: 128² frames and a small model trained for seconds."""
+    out: str = "runs/demo"
+    """Report folder."""
+    dash: bool = True
+    """Show the live dashboard while bridging."""

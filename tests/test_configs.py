@@ -8,7 +8,7 @@ import pytest
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from streamer.config import MicroManagerConfig, ServeConfig
+from streamer.config import BenchConfig, DashConfig, DemoConfig, MicroManagerConfig, ServeConfig
 from streamer.sources import SimulatedCameraConfig
 from trainer.config import (
     ConfigError,
@@ -32,6 +32,9 @@ PREFIXES: dict[str, type[BaseModel]] = {
     "evaluate": EvaluateConfig,
     "serve": ServeConfig,
     "micromanager": MicroManagerConfig,
+    "demo": DemoConfig,
+    "bench": BenchConfig,
+    "dash": DashConfig,
 }
 
 
