@@ -441,11 +441,11 @@ def bridge(
     stop = threading.Event()
 
     def _on_signal(signum: int, _frame: Any) -> None:
-        log.info("%s received: finishing", signal.Signals(signum).name)
+        log.info("%s received: finishing the frames already sent (Ctrl-C again to abort)",
+                 signal.Signals(signum).name)
         stop.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C interrupts at once
 
-    signal.signal(signal.SIGINT, _on_signal)
-    signal.signal(signal.SIGTERM, _on_signal)
     base_dir = config.resolve().parent if config else None
     try:
         with contextlib.ExitStack() as stack:
@@ -480,9 +480,18 @@ def bridge(
                 def _progress(r: Any) -> None:
                     bar.update(task, completed=r.frames_denoised, description=f"(seen {r.frames_seen})")
 
+                # until now Ctrl-C interrupts (compiling, connecting); from here it finishes cleanly
+                signal.signal(signal.SIGINT, _on_signal)
+                signal.signal(signal.SIGTERM, _on_signal)
                 report = run_bridge(source, endpoints, total, cfg.bridge.out, cfg.source.timeout_s, stop, _progress)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted: Micro-Manager released, server stopped[/yellow]")
+        raise typer.Exit(code=130) from None
     except (MicroManagerUnavailable, TimeoutError, ValueError, OSError, RuntimeError, zmq.ZMQError) as exc:
         _fail(str(exc))
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     table = Table(title="bridge", show_header=False)
     for k, v in (("frames seen", report.frames_seen), ("denoised", report.frames_denoised),
                  ("dropped", f"{report.frames_dropped} by the server ({report.mode} mode), "

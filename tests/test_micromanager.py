@@ -7,6 +7,7 @@ import gc
 import itertools
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -419,6 +420,42 @@ def test_bridge_command(run: Path, tmp_path: Path) -> None:
     assert report["frames_seen"] == report["frames_denoised"] == 25 and report["frames_dropped"] == 0
     assert tifffile.imread(tmp_path / "b.ome.tif").shape == (25, 2, SIZE, SIZE)
     assert "frames seen" in proc.stdout and "lossless" in proc.stdout
+
+
+def test_bridge_command_runs_until_ctrl_c(run: Path, tmp_path: Path) -> None:
+    """`n2n bridge --frames 0` runs until Ctrl-C, then finishes cleanly: exit 0, counts printed, file valid."""
+    import yaml
+
+    cfg_file = tmp_path / "sim64.cfg"
+    cfg_file.write_text(SIM_CFG.replace("Width,512", f"Width,{SIZE}").replace("Height,512", f"Height,{SIZE}"))
+    mm = tmp_path / "mm.yaml"
+    mm.write_text(yaml.safe_dump({"version": 1, "source": {"config_file": str(cfg_file), "timeout_s": 5},
+                                  "bridge": {"model": str(run), "out": str(tmp_path / "b.ome.tif")},
+                                  "serve": {"mode": "live", "num_threads": 1, "precision": "fp32",
+                                            "endpoints": LOCAL.model_dump()}}))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+    proc = subprocess.Popen([sys.executable, "-m", "n2n", "bridge", "--config", str(mm), "--frames", "0", "--json",
+                             str(tmp_path / "b.json")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
+    try:
+        deadline = time.monotonic() + 90
+        while not (tmp_path / "b.ome.tif").exists():  # frames are flowing once the recording exists
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.1)
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, stderr[-3000:]
+    report = json.loads((tmp_path / "b.json").read_text())
+    assert report["interrupted"] and report["frames_seen"] > 0
+    assert report["frames_seen"] == (report["frames_denoised"] + report["frames_dropped"] + report["frames_failed"]
+                                     + report["frames_unaccounted"])
+    assert tifffile.imread(tmp_path / "b.ome.tif").shape[0] == report["frames_denoised"]
+    assert "frames seen" in stdout
 
 
 # --- the pycromanager hook --------------------------------------------------------------------------------
