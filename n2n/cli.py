@@ -333,7 +333,7 @@ def grab(
         cfg.source.config_file = None
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from streamer.micromanager import MicroManagerUnavailable, open_source
+    from streamer.micromanager import open_source
     from streamer.micromanager.grab import analyse_pairs, record
 
     base_dir = config.resolve().parent if config else None
@@ -353,7 +353,7 @@ def grab(
         kept = Path(cfg.grab.out)
         _fail(f"interrupted; the frames recorded so far are in {kept}" if kept.exists()
               else "interrupted before the first frame; nothing written")
-    except (MicroManagerUnavailable, TimeoutError, ValueError, OSError, RuntimeError) as exc:
+    except _EXPECTED_ERRORS as exc:  # MicroManagerUnavailable is a RuntimeError, TimeoutError an OSError
         _fail(str(exc))
     if report.frames < 2:
         _fail(f"only {report.frames} frame(s) recorded; Noise2Noise needs at least 2")
@@ -434,7 +434,7 @@ def bridge(
 
     import zmq
 
-    from streamer.micromanager import MicroManagerUnavailable, open_source
+    from streamer.micromanager import open_source
     from streamer.micromanager.bridge import run_bridge
     from streamer.server import running_server
 
@@ -447,6 +447,7 @@ def bridge(
         signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C interrupts at once
 
     base_dir = config.resolve().parent if config else None
+    errors: tuple[type[BaseException], ...] = (*_EXPECTED_ERRORS, zmq.ZMQError)
     try:
         with contextlib.ExitStack() as stack:
             endpoints: dict[str, str] = {}
@@ -487,7 +488,7 @@ def bridge(
     except KeyboardInterrupt:
         console.print("[yellow]interrupted: Micro-Manager released, server stopped[/yellow]")
         raise typer.Exit(code=130) from None
-    except (MicroManagerUnavailable, TimeoutError, ValueError, OSError, RuntimeError, zmq.ZMQError) as exc:
+    except errors as exc:
         _fail(str(exc))
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -529,7 +530,7 @@ def demo(
     except KeyboardInterrupt:
         console.print(f"[yellow]interrupted: everything was shut down; partial results in {out_dir}[/yellow]")
         raise typer.Exit(code=130) from None
-    except (TimeoutError, ValueError, FileNotFoundError, RuntimeError, OSError) as exc:
+    except _EXPECTED_ERRORS as exc:
         _fail(str(exc))
     q, st, lv = report["quality"], report["stream"], report["live"]
     table = Table(title=f"n2n demo ({'quick' if quick else 'full'}) in {report['seconds']:.0f} s", show_header=False)

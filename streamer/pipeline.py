@@ -97,6 +97,20 @@ def _float32_range(t: type) -> tuple[np.float32, np.float32]:
 _INT_RANGE = {np.dtype(t): _float32_range(t) for t in (np.uint8, np.uint16, np.int16, np.uint32, np.int32)}
 
 
+def to_dtype(y: np.ndarray, dtype: np.dtype | type, inplace: bool = False) -> np.ndarray:
+    """Float intensities in ``dtype``: integer types are clipped to their range and rounded (never
+    wrapped), float types are cast. ``inplace`` lets the clipping and rounding reuse ``y``."""
+    dtype = np.dtype(dtype)
+    if y.dtype == dtype:
+        return y
+    if dtype.kind not in "iu":
+        return y.astype(dtype, copy=False)
+    lo, hi = _INT_RANGE.get(dtype) or _float32_range(dtype.type)
+    y = np.clip(y, lo, hi, out=y if inplace else None)
+    np.rint(y, out=y)
+    return y.astype(dtype)
+
+
 class Denoiser:
     """Normalise → (tile) → engine → (stitch) → denormalise → output dtype."""
 
@@ -174,10 +188,7 @@ class Denoiser:
         y += np.float32(self.card.mean)
         if self.output_dtype == "float32" or dtype.kind == "f":
             return y.astype(np.float32 if self.output_dtype == "float32" else dtype, copy=False)
-        lo, hi = _INT_RANGE[np.dtype(dtype)]
-        np.clip(y, lo, hi, out=y)
-        np.rint(y, out=y)
-        return y.astype(dtype)
+        return to_dtype(y, dtype, inplace=True)
 
     def __call__(self, pixels: np.ndarray, timings: Timings | None = None) -> np.ndarray:
         """Denoise one 2-D frame (any supported dtype); fills ``timings`` if given."""

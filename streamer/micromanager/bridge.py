@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..client import ServerError, StreamClient
+from ..pipeline import to_dtype
 from ..sources import EndOfStream, OmeTiffWriter
 from ..sources.micromanager import MicroManagerSource
 
@@ -119,16 +120,6 @@ class _Producer(threading.Thread):
                     return False
 
 
-def _as_dtype(pixels: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """The denoised frame in the camera's dtype (a server may send float32): clipped and rounded."""
-    if pixels.dtype == dtype:
-        return pixels
-    if dtype.kind in "iu":
-        info = np.iinfo(dtype)
-        return np.clip(np.rint(pixels), info.min, info.max).astype(dtype)
-    return pixels.astype(dtype)
-
-
 def run_bridge(source: MicroManagerSource, endpoints: dict[str, str], frames: int | None = None,
                out: str | Path | None = None, timeout_s: float = 10.0, stop: threading.Event | None = None,
                progress: Callable[[BridgeReport], None] | None = None) -> BridgeReport:
@@ -203,7 +194,7 @@ def run_bridge(source: MicroManagerSource, endpoints: dict[str, str], frames: in
                         if pending and pending[0][0] == seq:
                             raw = pending.popleft()[1]
                     if raw is not None:
-                        writer.write([raw, _as_dtype(result.pixels, source.dtype)],
+                        writer.write([raw, to_dtype(result.pixels, source.dtype)],
                                      {**result.header.get("meta", {}), "seq": seq})
                 now = time.perf_counter()
                 if progress is not None and now - last_progress > 0.25:

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..client import ServerError, StreamClient
+from ..pipeline import to_dtype
 from ..sources import OmeTiffWriter
 
 __all__ = ["DenoiseHook", "denoise_hook"]
@@ -86,10 +87,7 @@ class DenoiseHook:
                     self._client = None
                 meta.update({"n2n-denoised": False, "n2n-error": str(exc)})
                 return image, meta
-            if out.dtype != image.dtype:  # a server set to float32 output: back to the camera's type
-                info = np.iinfo(image.dtype) if image.dtype.kind in "iu" else None
-                out = np.clip(np.rint(out), info.min, info.max) if info else out
-                out = out.astype(image.dtype)
+            out = to_dtype(out, image.dtype)  # a server set to float32 output: back to the camera's type
             self.denoised += 1
             meta.update({"n2n-denoised": True, "n2n-latency-ms": round((time.perf_counter() - t0) * 1000, 3)})
             return out.reshape(image.shape), meta

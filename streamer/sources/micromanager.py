@@ -33,15 +33,13 @@ class FrameTimeout(TimeoutError):
     """No frame arrived from the Micro-Manager core in time."""
 
 
-def _dtype_for(pixel_type: str, itemsize: int) -> np.dtype:
-    if pixel_type in ("GRAY8",) or itemsize == 1:
-        return np.dtype(np.uint8)
-    if pixel_type in ("GRAY16",) or itemsize == 2:
-        return np.dtype(np.uint16)
-    if pixel_type in ("GRAY32",) or itemsize == 4:
-        return np.dtype(np.float32)
-    raise ValueError(f"unsupported Micro-Manager pixel type {pixel_type!r} ({itemsize} bytes per pixel); "
-                     "expected GRAY8, GRAY16 or GRAY32 (colour cameras are not supported)")
+def _dtype_for(itemsize: int) -> np.dtype:
+    """The grayscale dtype of a camera with ``itemsize`` bytes per pixel (MMCore's GRAY8/16/32)."""
+    dtypes: dict[int, np.dtype] = {1: np.dtype(np.uint8), 2: np.dtype(np.uint16), 4: np.dtype(np.float32)}
+    if itemsize not in dtypes:
+        raise ValueError(f"unsupported Micro-Manager pixel size: {itemsize} bytes per pixel; expected 1, 2 or 4 "
+                         "(GRAY8, GRAY16 or GRAY32; colour cameras are not supported)")
+    return dtypes[itemsize]
 
 
 def normalize_tagged_image(pix: Any, tags: dict[str, Any] | None,
@@ -108,7 +106,7 @@ class MicroManagerSource(BaseSource):
                 core.set_exposure(float(exposure_ms))
         self._shape = (int(core.get_image_height()), int(core.get_image_width()))
         bits = int(core.get_image_bit_depth()) if hasattr(core, "get_image_bit_depth") else 0
-        self._dtype = _dtype_for("", int(core.get_bytes_per_pixel()))
+        self._dtype = _dtype_for(int(core.get_bytes_per_pixel()))
         self.bit_depth = bits or 8 * self._dtype.itemsize
         self.exposure_ms = float(core.get_exposure())
         self.missed = 0
