@@ -11,7 +11,7 @@ Per size it reports:
   frames (``ReplayFrames``), which stands in for a real camera that costs the host nothing;
 * grab: ``n2n grab``'s recording rate (pop from Micro-Manager → OME-TIFF on disk), replayed frames;
 * bridge: ``n2n bridge`` in lossless mode (every frame denoised and saved, raw + denoised) and in
-  live mode (latest frame wins): frames/s in and out, drops, latency (read → denoised back).
+  live mode (latest frame wins): frames/s in and out, drops, latency (capture → denoised back).
 """
 
 from __future__ import annotations

@@ -499,7 +499,7 @@ def bridge(
                              f"{report.missed_in_micromanager} overwritten in Micro-Manager's buffer"),
                  ("refused / unaccounted", f"{report.frames_failed} / {report.frames_unaccounted}"),
                  ("rate", f"{report.fps_in:.1f} frames/s in, {report.fps_out:.1f} out"),
-                 ("latency", f"p50 {report.latency_ms_p50} ms, p99 {report.latency_ms_p99} ms (read → denoised)"),
+                 ("latency", f"p50 {report.latency_ms_p50} ms, p99 {report.latency_ms_p99} ms (capture → denoised)"),
                  ("engine", report.engine), ("saved", report.out or "not saved")):
         table.add_row(k, str(v))
     out.print(table)

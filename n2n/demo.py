@@ -76,7 +76,7 @@ def _latency_plot(path: Path, latencies: list[float], title: str) -> None:
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8), constrained_layout=True)
     ax1.plot(np.arange(len(latencies)), latencies, ".-", lw=0.8, ms=3)
-    ax1.set(xlabel="frame", ylabel="latency (ms): read from Micro-Manager → denoised", title=title)
+    ax1.set(xlabel="frame", ylabel="latency (ms): capture → denoised", title=title)
     lat = np.sort(np.asarray(latencies))
     ax2.plot(lat, np.arange(1, lat.size + 1) / lat.size)
     for q in (50, 95, 99):

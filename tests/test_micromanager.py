@@ -173,6 +173,11 @@ def test_source_reads_consecutive_frames_and_stops_its_acquisition(core: SnakeCa
     assert all(f.pixels.shape == (SIZE, SIZE) and f.pixels.dtype == np.uint16 for f in frames)
     assert frames[0].metadata["Exposure-ms"] == 1.5 and frames[0].metadata["Camera"] == "Camera"
     assert source.missed == 0
+    # capture times follow Micro-Manager's elapsed time (not when the frame happened to be read)
+    span_ms = (frames[-1].timestamp_ns - frames[0].timestamp_ns) / 1e6
+    elapsed_ms = frames[-1].metadata["ElapsedTime-ms"] - frames[0].metadata["ElapsedTime-ms"]
+    assert span_ms == pytest.approx(elapsed_ms, abs=0.5)
+    assert frames[-1].timestamp_ns <= time.time_ns()
 
 
 def test_source_follows_a_running_live_stream(core: SnakeCaseCore) -> None:

@@ -50,7 +50,7 @@ class BridgeReport:
     engine: str = ""
     interrupted: bool = False
     latencies_ms: list[float] = field(default_factory=list)
-    """Per denoised frame, in arrival order: read from Micro-Manager → denoised frame back."""
+    """Per denoised frame, in arrival order: captured (Micro-Manager's elapsed time) → denoised frame back."""
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if k != "latencies_ms"}

@@ -111,6 +111,7 @@ class MicroManagerSource(BaseSource):
         self.exposure_ms = float(core.get_exposure())
         self.missed = 0
         self._last_number: int | None = None
+        self._clock_offset_ns: int | None = None
         if self.following:
             log.info("following Micro-Manager's running live stream (%s)", self.camera)
         self._started = False  # our own acquisition starts at the first read (after any warm-up)
@@ -148,9 +149,21 @@ class MicroManagerSource(BaseSource):
                 log.warning("Micro-Manager overwrote %d frame(s) before they were read (image %d after %d)",
                             gap, number, self._last_number)
             self._last_number = number
-        frame = Frame(pixels, number if isinstance(number, int) else self._index, time.time_ns(), meta)
+        frame = Frame(pixels, number if isinstance(number, int) else self._index, self._capture_ns(meta), meta)
         self._index += 1
         return frame
+
+    def _capture_ns(self, meta: dict[str, Any]) -> int:
+        """When the frame was taken, on this host's clock: Micro-Manager's ``ElapsedTime-ms`` anchored
+        at the first frame read, so time a frame waited in the circular buffer counts in latencies
+        (without the tag: now)."""
+        now = time.time_ns()
+        elapsed = meta.get("ElapsedTime-ms")
+        if not isinstance(elapsed, float):
+            return now
+        if self._clock_offset_ns is None:
+            self._clock_offset_ns = now - int(elapsed * 1e6)
+        return min(now, self._clock_offset_ns + int(elapsed * 1e6))
 
     def close(self) -> None:
         if self._closed:
