@@ -3,7 +3,8 @@
     python -m bench.latency --model runs/NAME [--size 512] [--frames 200] [--engine auto]
                             [--transport tcp|ipc] [--json out.json]
 
-1. bare: the engine alone, in this process, on one preprocessed frame (median, p99, fps);
+1. bare: the engine alone, in this process, on one frame (median, p99, fps): a normalised batch, or
+   with OpenVINO the camera frame itself (normalisation and conversion back are in its graph);
 2. end to end: a real ``n2n serve --mode lossless`` process with the same engine and
    precision; this process pushes a frame, waits for its denoised frame on the output socket,
    and measures capture → received (median, p99), then pushes ``--frames`` frames as fast
@@ -57,18 +58,29 @@ def _summary(ms: list[float]) -> dict[str, float]:
 
 
 def bare_engine(model: Path, cfg: ServeConfig, frame: np.ndarray, frames: int, warmup: int = 10) -> dict[str, Any]:
-    """Time the engine alone (no pre/post-processing, no sockets) on one frame's batch."""
+    """Time the engine alone (no sockets) on one frame: what the server's engine call does."""
     den = load_denoiser(model, cfg)
     try:
-        den.prepare(frame.shape, frame)  # type: ignore[arg-type]
-        batch = den.preprocess(frame)
+        plan = den.prepare(frame.shape, frame)  # type: ignore[arg-type]
+        if not plan.tiled and frame.dtype.name in den.engine.frame_dtypes:
+            # the engine's frame path: normalisation and conversion back are part of its graph
+            raw = frame[None, None]
+            out_dtype = "float32" if cfg.output_dtype == "float32" else frame.dtype.name
+
+            def run_once() -> None:
+                den.engine.infer_frames(raw, den.card.mean, den.card.std, out_dtype)
+        else:
+            batch = den.preprocess(frame)
+
+            def run_once() -> None:
+                den.engine.infer(batch)
         for _ in range(warmup):
-            den.engine.infer(batch)
+            run_once()
         times = []
         t_start = time.perf_counter()
         for _ in range(frames):
             t0 = time.perf_counter()
-            den.engine.infer(batch)
+            run_once()
             times.append((time.perf_counter() - t0) * 1e3)
         total = time.perf_counter() - t_start
         info = den.engine.info()
@@ -222,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--frames", type=int, default=200)
     p.add_argument("--engine", default="auto", choices=["auto", "openvino", "onnxruntime", "torch"])
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16", "int8"])
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--transport", default="tcp", choices=["tcp", "ipc"])
     p.add_argument("--json", type=Path, default=None, help="write the report here")

@@ -50,7 +50,7 @@ from streamer.protocol import encode_frame
 
 __all__ = ["run_suite", "table", "model_flops", "transport_floor", "memcpy", "live_overload", "main"]
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 NOISY_SPREAD = 0.10  # bare repeats further apart than this: the machine was busy
 OVERLOAD_FACTOR = 2.0
 RSS_INTERVAL_S = 0.2
@@ -500,7 +500,7 @@ def run_suite(model: Path, size: int = 512, engines: Sequence[str] | None = None
     flops: float | None
     flops_note = f"{n_tiles} x model_flops(model.onnx, {th}, {tw})"
     try:
-        flops = n_tiles * model_flops(card.artifact("onnx", "model.onnx"), th, tw)
+        flops = n_tiles * model_flops(card.artifact("onnx"), th, tw)
     except (OSError, ValueError, ImportError, RuntimeError) as exc:
         flops, flops_note = None, f"no FLOP count: {type(exc).__name__}: {exc}"
 

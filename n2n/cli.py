@@ -81,6 +81,22 @@ def _load(cls: type[BaseModel], path: Path | None, dry_run: bool, **overrides: A
     return cfg
 
 
+def _settings(items: list[str] | None) -> dict[str, Any]:
+    """``--set KEY=VALUE`` options as dotted-key overrides; values are YAML (numbers, lists, null...)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            _fail(f"--set expects KEY=VALUE (e.g. --set model.depth=3), got {item!r}")
+        try:
+            out[key.strip()] = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            _fail(f"--set {key.strip()}: the value {text!r} is not valid YAML ({exc})")
+    return out
+
+
 _EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, RuntimeError, OSError)
 
 
@@ -138,6 +154,9 @@ def train(
     max_minutes: Annotated[float | None, typer.Option(help="Stop after this many minutes.")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
     seed: Annotated[int | None, typer.Option(help="Override optim.seed.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override any config key: --set model.depth=3 "
+                                                   "--set 'model.filters=[4,16,32,64]' (YAML values; repeatable).")]
+    = None,
     resume: Annotated[bool, typer.Option(help="Continue from the run folder's checkpoint.")] = False,
     config: ConfigOpt = None,
     dry_run: DryRunOpt = False,
@@ -146,8 +165,9 @@ def train(
     from trainer.config import TrainConfig
 
     cfg = _load(TrainConfig, config, dry_run, mode=mode, **{
-        "optim.epochs": epochs, "optim.steps_per_epoch": steps_per_epoch, "optim.max_minutes": max_minutes,
-        "optim.device": device, "optim.seed": seed, "data.source": "files" if data else None})
+        **_settings(set_), "optim.epochs": epochs, "optim.steps_per_epoch": steps_per_epoch,
+        "optim.max_minutes": max_minutes, "optim.device": device, "optim.seed": seed,
+        "data.source": "files" if data else None})
     from trainer.run import run_training
 
     try:
@@ -156,12 +176,12 @@ def train(
         _fail(f"interrupted; resume with: n2n train --resume --out {out_dir} (same config and data)")
     except _EXPECTED_ERRORS as exc:
         _fail(str(exc))
-    t = card["training"]
+    t = card.training
     table = Table(title=f"trained {out_dir}", show_header=False)
     table.add_row("mode", t["mode"])
     table.add_row("epochs (best)", f"{t['epochs']} ({t['best_epoch']}), {t['stopped']}")
     table.add_row("time", f"{t['seconds']:.0f} s on {t['device']} ({t['precision']})")
-    for k, v in card["metrics"].items():
+    for k, v in card.metrics.items():
         table.add_row(k, f"{v:.4g}")
     table.add_row("files", ", ".join(sorted(p.name for p in out_dir.iterdir() if p.is_file())))
     out.print(table)
@@ -170,20 +190,32 @@ def train(
 @app.command()
 def export(
     model: Annotated[Path, typer.Option("--model", help="Run folder made by `n2n train`.")],
-    format: Annotated[str | None, typer.Option("--format", help="onnx or torchscript.")] = None,
-    opset: Annotated[int | None, typer.Option(help="ONNX opset (>= 17).")] = None,
+    format: Annotated[str | None, typer.Option("--format", help="onnx, torchscript or int8 (OpenVINO, checked).")]
+    = None,
+    opset: Annotated[int | None, typer.Option(help="ONNX opset (>= 18).")] = None,
+    max_loss_db: Annotated[float | None, typer.Option(help="int8: keep it only if it loses at most this (dB).")] = None,
     config: ConfigOpt = None,
     dry_run: DryRunOpt = False,
 ) -> None:
-    """Export a trained model (checked against PyTorch; refused beyond the error limit)."""
+    """Export a trained model (checked against PyTorch, or for int8 on held-out frames; refused beyond the limit)."""
     from trainer.config import ExportConfig
 
-    cfg = _load(ExportConfig, config, dry_run, format=format, opset=opset)
+    cfg = _load(ExportConfig, config, dry_run, format=format, opset=opset, **{"quantize.max_loss_db": max_loss_db})
+    from trainer.card import add_artifact
     from trainer.export import ONNX_NAME, TORCHSCRIPT_NAME, export_onnx, export_torchscript
     from trainer.inference import load_run
-    from trainer.run import add_artifact
 
     try:
+        if cfg.format == "int8":
+            from trainer.run import quantize_run, training_data
+
+            train_cfg, stacks, refs = training_data(model)
+            train_cfg.quantize = cfg.quantize
+            q = quantize_run(model, train_cfg, stacks, refs)
+            if q.status != "kept":
+                _fail(f"no INT8 export: {q.reason}")
+            out.print(f"wrote {model / 'model_int8.xml'} ({q.reason})")
+            return
         m = load_run(model)
         if cfg.format == "onnx":
             info = export_onnx(m.net, model / ONNX_NAME, cfg.opset, cfg.check_size, cfg.max_rel_error)
@@ -192,7 +224,7 @@ def export(
         add_artifact(model, info)
     except _EXPECTED_ERRORS as exc:  # ExportError is a RuntimeError
         _fail(str(exc))
-    out.print(f"wrote {model / info['path']} (relative error vs PyTorch {info['parity_rel_error']:.2g})")
+    out.print(f"wrote {model / info.path} (relative error vs PyTorch {info.parity_rel_error:.2g})")
 
 
 @app.command()
@@ -250,7 +282,8 @@ def serve(
     model: Annotated[Path, typer.Option("--model", help="Model folder made by `n2n train` (model.json + exports).")],
     engine: Annotated[str | None, typer.Option(help="auto, openvino, onnxruntime or torch.")] = None,
     mode: Annotated[str | None, typer.Option(help="live (latest frame wins) or lossless (every frame).")] = None,
-    precision: Annotated[str | None, typer.Option(help="auto, fp32, bf16 or fp16 (checked against fp32).")] = None,
+    precision: Annotated[str | None, typer.Option(
+        help="auto (the fastest that passed its check), fp32, bf16, fp16 or int8.")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads for the engine.")] = None,
     output_dtype: Annotated[str | None, typer.Option("--output-dtype", help="same or float32.")] = None,
@@ -594,6 +627,55 @@ def bench(
     if cfg.report:
         argv += ["--report", cfg.report]
     raise typer.Exit(code=suite_main(argv))
+
+
+@app.command()
+def frontier(
+    models: Annotated[list[Path] | None, typer.Argument(help="Model folders made by `n2n train`.",
+                                                         show_default=False)] = None,
+    data: Annotated[Path | None, typer.Option("--data", help="Noisy stack to score.")] = None,
+    reference: Annotated[Path | None, typer.Option("--reference", help="Its clean reference.")] = None,
+    sizes: Annotated[str | None, typer.Option("--sizes", help="Comma list of frame sides for speed "
+                                                               "(default 512,2048).")] = None,
+    precisions: Annotated[str | None, typer.Option(help="Comma list of fp32, bf16, fp16, int8.")] = None,
+    frames: Annotated[int | None, typer.Option(help="Frames per speed measurement (default 100).")] = None,
+    frames_large: Annotated[int | None, typer.Option("--frames-large", help="... at 1024 px and above (8).")]
+    = None,
+    max_frames: Annotated[int | None, typer.Option("--max-frames", help="Score only the first N frames.")] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads per engine.")] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
+    report_dir: Annotated[Path | None, typer.Option("--report", help="Folder for frontier.json/.md/.png "
+                                                                    "(default runs/frontier).")] = None,
+    config: ConfigOpt = None,
+    dry_run: DryRunOpt = False,
+) -> None:
+    """Quality against speed: every model at every precision (PSNR, GFLOP, bare and end-to-end frames/s)."""
+    from bench.frontier import run_frontier, table
+    from streamer.config import FrontierConfig
+
+    cfg = _load(FrontierConfig, config, dry_run, models=[str(m) for m in models] if models else None,
+                data=str(data) if data else None, reference=str(reference) if reference else None,
+                sizes=[int(v) for v in sizes.split(",") if v.strip()] if sizes else None,
+                precisions=precisions, frames=frames, frames_large=frames_large, max_frames=max_frames,
+                threads=threads, json_path=str(json_path) if json_path else None,
+                report=str(report_dir) if report_dir else None)
+    if not cfg.models or not cfg.data or not cfg.reference:
+        _fail("give model folders, --data X.tif and --reference X_gt.tif: n2n frontier runs/A runs/B --data X.tif "
+              "--reference X_gt.tif (or models:, data:, reference: in the config)")
+    try:
+        report = run_frontier([Path(m) for m in cfg.models], Path(cfg.data), Path(cfg.reference), cfg.sizes,
+                              [p.strip() for p in cfg.precisions.split(",") if p.strip()], cfg.frames,
+                              cfg.frames_large, threads=cfg.threads, max_frames=cfg.max_frames,
+                              progress=lambda text: console.print(text, highlight=False),
+                              report_dir=Path(cfg.report) if cfg.report else None)
+    except (ValueError, FileNotFoundError, RuntimeError, OSError) as exc:  # TimeoutError is an OSError
+        _fail(str(exc))
+    out.print(table(report))
+    if cfg.json_path:
+        Path(cfg.json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(cfg.json_path).write_text(json.dumps(report, indent=2) + "\n")
+    if cfg.report:
+        out.print(f"report: {cfg.report}/frontier.md, frontier.png, frontier.json")
 
 
 @app.command()

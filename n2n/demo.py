@@ -37,30 +37,26 @@ class DemoSettings:
     grab_frames: int
     bridge_frames: int
     live_seconds: float
-    depth: int
-    base_filters: int
     epochs: int
     steps_per_epoch: int
     batch_size: int
     patch_size: int
 
 
-#: about 2.5 minutes on 2 CPU cores (training about 2 of them)
-FULL = DemoSettings(size=256, exposure_ms=10.0, grab_frames=60, bridge_frames=100, live_seconds=20, depth=2,
-                    base_filters=32,
-                    epochs=10, steps_per_epoch=50, batch_size=16, patch_size=64)
-#: under a minute: a small model trained for seconds (it still beats the raw frames)
-QUICK = DemoSettings(size=128, exposure_ms=10.0, grab_frames=24, bridge_frames=30, live_seconds=3, depth=2,
-                     base_filters=16,
-                     epochs=4, steps_per_epoch=25, batch_size=8, patch_size=64)
+#: the real-time model (configs/train_fast.yaml) trained for about a minute on 2 CPU cores
+FULL = DemoSettings(size=256, exposure_ms=10.0, grab_frames=60, bridge_frames=100, live_seconds=20,
+                    epochs=30, steps_per_epoch=100, batch_size=16, patch_size=64)
+#: under a minute: the same model trained for seconds (it still beats the raw frames)
+QUICK = DemoSettings(size=128, exposure_ms=10.0, grab_frames=24, bridge_frames=30, live_seconds=3,
+                     epochs=8, steps_per_epoch=50, batch_size=8, patch_size=64)
 
 
 def _train_config(s: DemoSettings) -> Any:
-    from trainer.config import TrainConfig
+    from trainer.config import FAST_MODEL, TrainConfig
 
     return TrainConfig.model_validate({
         "version": 1, "mode": "n2n",
-        "model": {"depth": s.depth, "base_filters": s.base_filters},
+        "model": FAST_MODEL.model_dump(),
         "data": {"source": "files", "patch_size": s.patch_size, "val_pairs": 4},
         "optim": {"batch_size": s.batch_size, "epochs": s.epochs, "steps_per_epoch": s.steps_per_epoch,
                   "warmup_steps": min(50, s.epochs * s.steps_per_epoch // 4), "early_stopping_patience": s.epochs,

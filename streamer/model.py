@@ -1,48 +1,210 @@
-"""What the streamer knows of a model: its card (``model.json``) and exported files.
+"""The model card (``model.json``): the one contract between the trainer and the streamer.
 
-The streamer never imports the trainer; a run folder made by ``n2n train`` holds everything
-it needs: ``model.json`` (normalisation, size multiple, tile size), ``model.onnx`` (OpenVINO,
-ONNX Runtime) and ``model.ts`` (PyTorch).
+The streamer never imports the trainer; a run folder made by ``n2n train`` holds everything it
+needs: ``model.json`` (this card: architecture, normalisation, size multiple, tiling, the
+exported files with their sha256, training provenance), ``model.onnx`` (OpenVINO, ONNX Runtime),
+``model_int8.xml``/``.bin`` (OpenVINO INT8, when it passed its check) and ``model.ts`` (PyTorch).
+The trainer writes the card through :meth:`ModelCard.save`; both sides read it with
+:meth:`ModelCard.load`, which checks it and, before a file is used, its sha256.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-__all__ = ["CARD_NAME", "CARD_VERSION", "ModelCard", "unet_reach"]
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+
+__all__ = ["CARD_NAME", "CARD_VERSION", "Architecture", "Artifact", "CardError", "ModelCard", "Quantization",
+           "file_digest", "unet_reach"]
 
 CARD_NAME = "model.json"
-CARD_VERSION = 1
+CARD_VERSION: Literal[1] = 1
+ARTIFACT_FORMATS = ("onnx", "torchscript", "openvino_int8")
+DEFAULT_NAMES = {"onnx": "model.onnx", "torchscript": "model.ts", "openvino_int8": "model_int8.xml"}
 
 
-def unet_reach(depth: int) -> int:
-    """Pixels from a tile border beyond which a depth-``depth`` U-Net's output no longer
-    depends on what lies past that border (its receptive-field radius, rounded up).
+class CardError(ValueError):
+    """A model card is missing, malformed, or does not match the files beside it."""
+
+
+def unet_reach(levels: int) -> int:
+    """Pixels from a tile border beyond which the output of a U-Net with ``levels`` pooling levels
+    (a pixel-unshuffle stem counts as one) no longer depends on what lies past that border.
 
     Per level two 3×3 convolutions on the way down and up, one pooling and one upsampling:
-    ``8·2**depth − 6`` pixels; ``2**(depth + 3)`` bounds it."""
-    return 2 ** (depth + 3)
+    ``8·2**levels − 6`` pixels; ``2**(levels + 3)`` bounds it."""
+    return 2 ** (levels + 3)
 
 
-@dataclass(frozen=True)
-class ModelCard:
-    """The parts of ``model.json`` the streamer uses, plus the file it came from."""
+def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
+    """sha256 of a file, hex."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
-    run_dir: Path
-    name: str
+
+class _Part(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+
+class Architecture(_Part):
+    """The network (trainer/unet.py): enough to rebuild it and to know its reach."""
+
+    name: Literal["unet2d"] = "unet2d"
+    depth: int = Field(ge=1)
+    base_filters: int = Field(ge=1)
+    filters: list[int] | None = None
+    """Channels per level, full resolution first; null: base_filters doubled per level."""
+    block: Literal["conv", "dsconv"] = "conv"
+    stem: Literal["none", "unshuffle"] = "none"
+    skip: Literal["concat", "add", "project"] = "concat"
+    residual: bool = True
+    in_channels: int = 1
+    out_channels: int = 1
+    flops_per_pixel: float | None = None
+    """Floating-point operations per input pixel (2 per multiply-add)."""
+    parameters: int | None = None
+
+    @property
+    def levels(self) -> int:
+        """Halvings of resolution from input to bottom (the unshuffle stem is one)."""
+        return self.depth + (1 if self.stem == "unshuffle" else 0)
+
+
+class Normalization(_Part):
+    """``(x − mean) / std`` in, the inverse out; computed on the training frames."""
+
+    kind: Literal["meanstd"] = "meanstd"
     mean: float
-    std: float
-    size_multiple: int
-    depth: int
-    tile_size: int
-    tile_overlap: int
-    input_dtype: str | None
-    artifacts: dict[str, Any] = field(default_factory=dict)
-    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+    std: float = Field(gt=0)
 
+
+class InputSpec(_Part):
+    dtype: str | None = None
+    """The camera's dtype the model was trained on (uint8, uint16, ...)."""
+    shape_hint: list[int] | None = None
+    """(H, W) of the training frames: the server compiles for it at start."""
+
+
+class Tile(_Part):
+    size: int = Field(2048, ge=8)
+    """Frames larger than this are cut into tiles of this size."""
+    overlap: int = Field(ge=0)
+    """Margin shared by neighbouring tiles (>= the network's reach: no seams)."""
+
+
+class Artifact(_Part):
+    """An exported file of the model, checked against PyTorch (or float32) when written."""
+
+    path: str
+    """File name inside the model folder."""
+    format: Literal["onnx", "torchscript", "openvino_int8"]
+    sha256: str
+    layout: str = "NCHW float32, normalised"
+    parity_rel_error: float | None = None
+    """‖exported − PyTorch‖ / ‖PyTorch‖ on a random frame."""
+    opset: int | None = None
+    input: str | None = None
+    output: str | None = None
+    weights: str | None = None
+    """A second file the artifact needs (OpenVINO's .bin)."""
+    weights_sha256: str | None = None
+
+
+class Quantization(_Part):
+    """The INT8 post-training quantization (NNCF) and its quality check."""
+
+    status: Literal["kept", "rejected", "failed", "skipped"]
+    reason: str
+    """Why it was kept or not, in words."""
+    calibration: dict[str, Any] = Field(default_factory=dict)
+    """Which frames calibrated it (the run's own training frames), how many samples."""
+    check: dict[str, Any] = Field(default_factory=dict)
+    """Held-out validation: PSNR of float32 and INT8 output and the loss in dB."""
+    max_loss_db: float = 0.1
+
+
+class ModelCard(BaseModel):
+    """``model.json``. Unknown keys are refused (a typo is an error, not a silently ignored field)."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+
+    card_version: Literal[1] = CARD_VERSION
+    name: str
+    created: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    architecture: Architecture
+    size_multiple: int = Field(ge=1)
+    """Frame sides divisible by this run without padding inside the network."""
+    normalization: Normalization
+    input: InputSpec = InputSpec()
+    tile: Tile
+    training: dict[str, Any] = Field(default_factory=dict)
+    """Provenance: mode, data files (with sha256), config, epochs, time, device, precision."""
+    metrics: dict[str, float] = Field(default_factory=dict)
+    history: list[dict[str, float]] = Field(default_factory=list)
+    versions: dict[str, str] = Field(default_factory=dict)
+    artifacts: dict[str, Artifact] = Field(default_factory=dict)
+    quantization: Quantization | None = None
+
+    _run_dir: Path | None = PrivateAttr(default=None)
+    _verified: set[str] = PrivateAttr(default_factory=set)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelCard:
+        for key, art in self.artifacts.items():
+            if key != art.format:
+                raise ValueError(f"artifacts.{key} holds a {art.format!r} file; expected format {key!r}")
+        return self
+
+    # --- convenient views ---------------------------------------------------------------------
+    @property
+    def run_dir(self) -> Path:
+        if self._run_dir is None:
+            raise CardError(f"model card {self.name!r} was not loaded from a folder")
+        return self._run_dir
+
+    @property
+    def mean(self) -> float:
+        return self.normalization.mean
+
+    @property
+    def std(self) -> float:
+        return self.normalization.std
+
+    @property
+    def depth(self) -> int:
+        return self.architecture.depth
+
+    @property
+    def reach(self) -> int:
+        return unet_reach(self.architecture.levels)
+
+    @property
+    def tile_size(self) -> int:
+        return self.tile.size
+
+    @property
+    def tile_overlap(self) -> int:
+        return self.tile.overlap
+
+    @property
+    def input_dtype(self) -> str | None:
+        return self.input.dtype
+
+    @property
+    def shape_hint(self) -> tuple[int, int] | None:
+        hint = self.input.shape_hint
+        if hint is not None and len(hint) == 2 and all(v > 0 for v in hint):
+            return (hint[0], hint[1])
+        return None
+
+    # --- files ------------------------------------------------------------------------------------
     @classmethod
     def load(cls, run_dir: str | Path) -> ModelCard:
         """Read and check ``run_dir/model.json``; errors say what was expected and what was found."""
@@ -53,37 +215,55 @@ class ModelCard:
         if not path.exists():
             raise FileNotFoundError(f"{path}: no model card; is {run_dir} a folder made by `n2n train`?")
         try:
-            card = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: not valid JSON ({exc})") from None
-        if not isinstance(card, dict) or card.get("card_version") != CARD_VERSION:
-            got = card.get("card_version") if isinstance(card, dict) else type(card).__name__
-            raise ValueError(f"{path}: expected card_version {CARD_VERSION}, got {got!r}")
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise CardError(f"{path}: not valid JSON ({exc})") from None
+        if not isinstance(data, dict) or data.get("card_version") != CARD_VERSION:
+            got = data.get("card_version") if isinstance(data, dict) else f"a JSON {type(data).__name__}"
+            raise CardError(f"{path}: expected card_version {CARD_VERSION}, got {got!r}")
         try:
-            norm = card["normalization"]
-            if norm.get("kind", "meanstd") != "meanstd":
-                raise ValueError(f"expected normalisation kind 'meanstd', got {norm.get('kind')!r}")
-            mean, std = float(norm["mean"]), float(norm["std"])
-            depth = int(card["architecture"]["depth"])
-            multiple = int(card.get("size_multiple", 2**depth))
-            tile = card.get("tile", {})
-            reach = unet_reach(depth)
-            tile_size = int(tile.get("size", 2048))
-            overlap = int(tile.get("overlap", reach))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"{path}: malformed model card ({type(exc).__name__}: {exc})") from None
-        if not std > 0:
-            raise ValueError(f"{path}: normalisation std must be positive, got {std}")
-        return cls(run_dir=run_dir, name=str(card.get("name", run_dir.name)), mean=mean, std=std,
-                   size_multiple=multiple, depth=depth, tile_size=tile_size, tile_overlap=overlap,
-                   input_dtype=card.get("input", {}).get("dtype"), artifacts=dict(card.get("artifacts", {})),
-                   raw=card)
+            card = cls.model_validate(data)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+            more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+            raise CardError(f"{path}: malformed model card at {where}: {first['msg']}, "
+                            f"got {first.get('input')!r}{more}") from None
+        card._run_dir = run_dir
+        return card
 
-    def artifact(self, fmt: str, default_name: str) -> Path:
-        """Path of an exported file (``onnx``, ``torchscript``), checked to exist."""
-        name = self.artifacts.get(fmt, {}).get("path", default_name)
-        path = self.run_dir / name
-        if not path.exists():
-            hint = f"n2n export --model {self.run_dir} --format {fmt}"
-            raise FileNotFoundError(f"{path}: no {fmt} export in this model folder; make it with `{hint}`")
+    def save(self, run_dir: str | Path | None = None) -> Path:
+        """Write ``model.json`` atomically (a reader never sees half a card)."""
+        run_dir = Path(run_dir) if run_dir is not None else self.run_dir
+        path = run_dir / CARD_NAME
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.model_dump(mode="json", exclude_none=True), indent=2) + "\n")
+        tmp.replace(path)
+        self._run_dir = run_dir
+        return path
+
+    def artifact(self, fmt: str, verify: bool = True) -> Path:
+        """Path of an exported file (``onnx``, ``torchscript``, ``openvino_int8``), checked to exist
+        and, with ``verify``, to be the file the card recorded (sha256)."""
+        if fmt not in ARTIFACT_FORMATS:
+            raise ValueError(f"expected an artifact format in {', '.join(ARTIFACT_FORMATS)}, got {fmt!r}")
+        art = self.artifacts.get(fmt)
+        path = self.run_dir / (art.path if art else DEFAULT_NAMES[fmt])
+        if not path.exists() or art is None:
+            hint = (f"n2n export --model {self.run_dir} --format {'int8' if fmt == 'openvino_int8' else fmt}")
+            what = "is listed in the card but missing" if art else "is not in this model folder"
+            raise FileNotFoundError(f"{path}: the {fmt} export {what}; make it with `{hint}`")
+        if verify and fmt not in self._verified:
+            for name, digest in ((art.path, art.sha256), (art.weights, art.weights_sha256)):
+                if name is None:
+                    continue
+                file = self.run_dir / name
+                if not file.exists():
+                    raise FileNotFoundError(f"{file}: missing (listed in {self.run_dir / CARD_NAME})")
+                got = file_digest(file)
+                if digest is None or got != digest:
+                    raise CardError(f"{file}: changed since the model card was written (sha256 {got[:12]}…, "
+                                    f"card says {(digest or 'none')[:12]}…); re-export it with `n2n export --model "
+                                    f"{self.run_dir}` or train again")
+            self._verified.add(fmt)
         return path

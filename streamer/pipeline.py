@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from .engines import Engine
-from .model import ModelCard, unet_reach
+from .model import ModelCard
 
 __all__ = ["Denoiser", "TilePlan", "plan_axis", "Timings"]
 
@@ -122,13 +122,12 @@ class Denoiser:
         self.engine = engine
         self.tile_size = int(tile_size or card.tile_size)
         self.margin = int(card.tile_overlap if tile_overlap is None else tile_overlap)
-        if self.margin < unet_reach(card.depth):
+        if self.margin < card.reach:
             # fewer pixels than the network's reach would leave seams; say so, but obey
             import logging
 
             logging.getLogger("n2n.streamer").warning(
-                "tile overlap %d is below the U-Net's reach %d: tile borders may show", self.margin,
-                unet_reach(card.depth))
+                "tile overlap %d is below the U-Net's reach %d: tile borders may show", self.margin, card.reach)
         self.output_dtype = output_dtype
         self._scale = np.float32(1.0 / card.std)
         self._offset = np.float32(-card.mean / card.std)
@@ -146,11 +145,23 @@ class Denoiser:
         return plan
 
     def prepare(self, shape: tuple[int, int], sample: np.ndarray | None = None) -> TilePlan:
-        """Compile the engine for frames of ``shape`` (a real ``sample`` frame calibrates precision)."""
+        """Compile the engine for frames of ``shape`` (a real ``sample`` frame calibrates precision), and
+        its frame path for the sample's dtype (else the model card's) where the engine has one."""
         plan = self.plan(shape)
         calib = self.preprocess(sample, plan) if sample is not None else None
         self.engine.prepare(plan.batch_shape, calib)
+        dtype = np.dtype(sample.dtype if sample is not None else self.card.input_dtype or "float32")
+        if self._framed(plan, dtype):
+            self.engine.infer_frames(np.zeros(plan.batch_shape, dtype), self.card.mean, self.card.std,
+                                     self._out_dtype(dtype).name)
         return plan
+
+    def _framed(self, plan: TilePlan, dtype: np.dtype) -> bool:
+        """Whether frames of this plan and dtype take the engine's frame path (conversion in the engine)."""
+        return not plan.tiled and dtype.name in self.engine.frame_dtypes
+
+    def _out_dtype(self, dtype: np.dtype) -> np.dtype:
+        return np.dtype(np.float32) if self.output_dtype == "float32" else dtype
 
     def preprocess(self, pixels: np.ndarray, plan: TilePlan | None = None) -> np.ndarray:
         plan = plan or self.plan(pixels.shape)  # type: ignore[arg-type]
@@ -199,8 +210,14 @@ class Denoiser:
         t = timings or Timings()
         t.start = time.time_ns()
         plan = self.plan(pixels.shape)  # type: ignore[arg-type]
-        if plan.batch_shape != self.engine._current:
+        if plan.batch_shape != self.engine.current_shape:
             self.prepare(pixels.shape, pixels)  # type: ignore[arg-type]
+        if self._framed(plan, pixels.dtype):
+            t.preprocessed = time.time_ns()
+            out = self.engine.infer_frames(pixels[None, None], self.card.mean, self.card.std,
+                                           self._out_dtype(pixels.dtype).name)[0, 0]
+            t.inferred = t.postprocessed = time.time_ns()
+            return out
         batch = self.preprocess(pixels, plan)
         t.preprocessed = time.time_ns()
         out = self.engine.infer(batch)
@@ -208,6 +225,40 @@ class Denoiser:
         result = self.postprocess(self.stitch(out, plan), pixels.dtype)
         t.postprocessed = time.time_ns()
         return result
+
+    def batch(self, frames: list[np.ndarray], timings: Timings | None = None) -> list[np.ndarray]:
+        """Denoise several frames of one shape and dtype as one engine batch (each frame's output is
+        what ``self(frame)`` gives at the engine's precision). Frames that need tiling are a batch of
+        tiles already: they run one by one."""
+        first = frames[0]
+        if any(f.shape != first.shape or f.dtype != first.dtype for f in frames):
+            raise ValueError("expected frames of one shape and dtype in a batch, got "
+                             + ", ".join(f"{f.shape} {f.dtype}" for f in frames))
+        plan = self.plan(first.shape)  # type: ignore[arg-type]
+        if len(frames) == 1 or plan.tiled:
+            return [self(f, timings) for f in frames]
+        if first.ndim != 2 or min(first.shape) < self.min_side:
+            raise ValueError(f"expected 2-D frames with height and width >= {self.min_side}, got shape {first.shape}")
+        t = timings or Timings()
+        t.start = time.time_ns()
+        if plan.batch_shape != self.engine.current_shape:
+            self.prepare(first.shape, first)  # type: ignore[arg-type]  # decides the precision on one frame
+        if self._framed(plan, first.dtype):
+            t.preprocessed = time.time_ns()
+            out = self.engine.infer_frames(np.stack(frames)[:, None], self.card.mean, self.card.std,
+                                           self._out_dtype(first.dtype).name)
+            t.inferred = t.postprocessed = time.time_ns()
+            return [out[i, 0] for i in range(len(frames))]
+        x = np.empty((len(frames), 1, *first.shape), np.float32)
+        for i, f in enumerate(frames):
+            np.multiply(f, self._scale, out=x[i, 0], dtype=np.float32)
+        x += self._offset
+        t.preprocessed = time.time_ns()
+        out = self.engine.infer(x)
+        t.inferred = time.time_ns()
+        results = [self.postprocess(out[i, 0], first.dtype) for i in range(len(frames))]
+        t.postprocessed = time.time_ns()
+        return results
 
     def info(self) -> dict[str, Any]:
         return {"model": self.card.name, "model_dir": str(self.card.run_dir), **self.engine.info(),

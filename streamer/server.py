@@ -127,10 +127,7 @@ class Server:
         return self.endpoints
 
     def _shape_hint(self) -> tuple[int, int] | None:
-        hint = self.denoiser.card.raw.get("input", {}).get("shape_hint")
-        if isinstance(hint, list) and len(hint) == 2 and all(isinstance(v, int) and v > 0 for v in hint):
-            return (hint[0], hint[1])
-        return None
+        return self.denoiser.card.shape_hint
 
     def stop(self) -> None:
         """Ask the loop to end (safe from any thread or a signal handler)."""
@@ -183,9 +180,12 @@ class Server:
             if s["input"] in events:
                 self._drain_input()
             if self._queue and not self._stop.is_set():
-                msg, _ = self._queue.popleft()
+                batch = self._take_batch()
                 self.stats.queue_depth = len(self._queue)
-                self._process(msg, None)
+                if len(batch) > 1:
+                    self._process_batch(batch)
+                else:
+                    self._process(batch[0], None)
             if time.monotonic() >= next_stats:
                 self._publish_stats()
                 next_stats = time.monotonic() + interval
@@ -254,6 +254,38 @@ class Server:
         return True
 
     # --- processing -----------------------------------------------------------------------------
+    def _take_batch(self) -> list[Message]:
+        """The next frame, with the frames behind it when batching pays: lossless mode, a full batch of
+        ``max_batch`` small frames of one shape and dtype waiting (partial batches would compile new
+        shapes for little gain)."""
+        first = self._queue.popleft()[0]
+        cfg = self.config
+        n = cfg.max_batch
+        if (cfg.mode != "lossless" or n < 2 or len(self._queue) < n - 1
+                or first.pixels.size > cfg.batch_max_pixels):
+            return [first]
+        same = [m for m, _ in list(self._queue)[: n - 1]
+                if m.pixels.shape == first.pixels.shape and m.pixels.dtype == first.pixels.dtype]
+        if len(same) < n - 1:
+            return [first]
+        for _ in range(n - 1):
+            self._queue.popleft()
+        return [first, *same]
+
+    def _process_batch(self, msgs: list[Message]) -> None:
+        t = Timings()
+        try:
+            outs = self.denoiser.batch([m.pixels for m in msgs], t)
+        except Exception as exc:  # an engine failure must not take the server down
+            log.exception("denoising a batch of %d frames (seq %s..%s) failed", len(msgs), msgs[0].seq, msgs[-1].seq)
+            for m in msgs:
+                self._reject(ProtocolError("engine_error", f"denoising failed: {type(exc).__name__}: {exc}", m.seq),
+                             None)
+            return
+        self.stats.batched_frames += len(msgs)
+        for m, out in zip(msgs, outs):
+            self._deliver(m, None, out, t)
+
     def _process(self, msg: Message, envelope: list[Any] | None) -> None:
         t = Timings()
         try:
@@ -263,6 +295,9 @@ class Server:
             self._reject(ProtocolError("engine_error", f"denoising failed: {type(exc).__name__}: {exc}", msg.seq),
                          envelope)
             return
+        self._deliver(msg, envelope, out, t)
+
+    def _deliver(self, msg: Message, envelope: list[Any] | None, out: np.ndarray, t: Timings) -> None:
         h = msg.header
         stages = {"received": msg.received_ns, "start": t.start, "preprocessed": t.preprocessed,
                   "inferred": t.inferred, "postprocessed": t.postprocessed}

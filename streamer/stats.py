@@ -57,6 +57,7 @@ class ServerStats:
         self.errors: Counter[str] = Counter()
         self.queue_depth = 0
         self.swaps = 0
+        self.batched_frames = 0
         self.latency_ms: deque[float] = deque(maxlen=window)
         self.server_ms: deque[float] = deque(maxlen=window)
         self.stage_ms: dict[str, deque[float]] = {s: deque(maxlen=window) for s in self.STAGES}
@@ -114,5 +115,6 @@ class ServerStats:
             "errors_by_kind": dict(self.errors),
             "queue_depth": self.queue_depth,
             "swaps": self.swaps,
+            "batched_frames": self.batched_frames,
             **extra,
         }

@@ -62,6 +62,7 @@ def tiny_train_dict(**sections: dict[str, Any]) -> dict[str, Any]:
         "data": {"patch_size": 32, "val_pairs": 2, "frames": 6, "camera": dict(TINY_CAMERA)},
         "optim": {"batch_size": 4, "epochs": 2, "steps_per_epoch": 5, "warmup_steps": 2,
                   "precision": "fp32", "device": "cpu", "num_threads": 1, "seed": 0},
+        "quantize": {"int8": False},  # the INT8 tests make their own (tests/test_quantize.py)
     }
     for key, value in sections.items():
         if isinstance(value, dict):

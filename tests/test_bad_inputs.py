@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.card import read_card, write_card
+from trainer.card import CardError, ModelCard, read_card
 from trainer.config import TrainConfig
 from trainer.inference import denoise, load_run, load_weights, pick_device
 from trainer.normalization import Normalization
@@ -48,13 +48,42 @@ def test_card_version_mismatch(run_copy: Path) -> None:
         read_card(run_copy)
 
 
-def test_write_card_is_atomic_and_versioned(tmp_path: Path) -> None:
-    """write_card adds card_version and a timestamp and leaves no temporary file."""
-    write_card(tmp_path, {"name": "x"})
+def test_card_save_is_atomic_and_versioned(trained_run: dict[str, Path], tmp_path: Path) -> None:
+    """ModelCard.save writes card_version and a timestamp and leaves no temporary file."""
+    card = read_card(trained_run["run"])
+    card.name = "x"
 
-    card = read_card(tmp_path)
-    assert card["card_version"] == 1 and card["name"] == "x" and "created" in card
+    card.save(tmp_path)
+
+    raw = json.loads((tmp_path / "model.json").read_text())
+    assert raw["card_version"] == 1 and raw["name"] == "x" and "created" in raw
     assert [p.name for p in tmp_path.iterdir()] == ["model.json"]
+
+
+@pytest.mark.parametrize(("change", "match"), [
+    (lambda c: c["normalization"].update(std=0), r"normalization\.std: Input should be greater than 0"),
+    (lambda c: c["architecture"].update(block="fancy"), r"architecture\.block"),
+    (lambda c: c.update(colour="blue"), r"colour: Extra inputs are not permitted"),
+    (lambda c: c.pop("tile"), r"tile: Field required"),
+])
+def test_malformed_card_names_the_field(run_copy: Path, change, match: str) -> None:
+    """A card with a wrong, unknown or missing field is refused, naming the field and the file."""
+    card = json.loads((run_copy / "model.json").read_text())
+    change(card)
+    (run_copy / "model.json").write_text(json.dumps(card))
+
+    with pytest.raises(CardError, match=match) as info:
+        ModelCard.load(run_copy)
+    assert str(run_copy / "model.json") in str(info.value)
+
+
+def test_changed_artifact_is_refused(run_copy: Path) -> None:
+    """A model.onnx that is not the file the card recorded (sha256) is a clear error on use."""
+    with open(run_copy / "model.onnx", "ab") as f:
+        f.write(b"\0")
+
+    with pytest.raises(CardError, match=r"model\.onnx: changed since the model card was written"):
+        ModelCard.load(run_copy).artifact("onnx")
 
 
 def test_loaded_run_denoises_like_saved_weights(trained_run: dict[str, Path], tmp_path: Path) -> None:

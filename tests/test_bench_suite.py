@@ -188,5 +188,5 @@ def test_main_refuses_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "no such model folder" in capsys.readouterr().err
     assert suite.main(["--model", str(tmp_path), "--engines", "tensorflow"]) == 2
     assert "expected engines among" in capsys.readouterr().err
-    assert suite.main(["--model", str(tmp_path), "--precisions", "int8"]) == 2
+    assert suite.main(["--model", str(tmp_path), "--precisions", "int4"]) == 2
     assert capsys.readouterr().err.startswith("error: expected precisions among")

@@ -90,10 +90,10 @@ def test_train_on_files(tmp_path: Path, tiny_yaml: Path, sim_stack, write_stack)
     for name in ("model.pt", "model.onnx", "model.ts", "model.json", "config.yaml", "checkpoint.pt"):
         assert (out / name).is_file(), name
     card = read_card(out)
-    assert [Path(d["path"]).name for d in card["training"]["data"]["data"]] == ["a.tif", "b.tif"]
-    assert card["training"]["epochs"] == 1
+    assert [Path(d["path"]).name for d in card.training["data"]["data"]] == ["a.tif", "b.tif"]
+    assert card.training["epochs"] == 1
     assert yaml.safe_load((out / "config.yaml").read_text())["optim"]["epochs"] == 1
-    assert card["artifacts"]["onnx"]["sha256"] == file_digest(out / "model.onnx")
+    assert card.artifacts["onnx"].sha256 == file_digest(out / "model.onnx")
 
 
 def test_train_dry_run(tmp_path: Path, tiny_yaml: Path) -> None:
@@ -119,9 +119,9 @@ def test_export_torchscript(run_copy: Path) -> None:
     assert_ok(result)
     assert "model.ts" in result.stdout
     card = read_card(run_copy)
-    assert set(card["artifacts"]) == {"onnx", "torchscript"}
-    assert card["artifacts"]["torchscript"]["sha256"] == file_digest(run_copy / "model.ts")
-    assert card["artifacts"]["torchscript"]["parity_rel_error"] < 1e-4
+    assert set(card.artifacts) == {"onnx", "torchscript"}
+    assert card.artifacts["torchscript"].sha256 == file_digest(run_copy / "model.ts")
+    assert card.artifacts["torchscript"].parity_rel_error < 1e-4
 
 
 def test_export_refused_exits_2(run_copy: Path, tmp_path: Path) -> None:
@@ -132,7 +132,7 @@ def test_export_refused_exits_2(run_copy: Path, tmp_path: Path) -> None:
     result = n2n("export", "--model", run_copy, "--config", strict)
 
     _assert_user_error(result, "ONNX export refused", "exceeds 1e-30")
-    assert read_card(run_copy)["artifacts"]["onnx"]["parity_rel_error"] < 1e-4  # card not overwritten
+    assert read_card(run_copy).artifacts["onnx"].parity_rel_error < 1e-4  # card not overwritten
 
 
 def test_evaluate_writes_json_and_figure(trained_run: dict[str, Path], tmp_path: Path) -> None:
@@ -239,3 +239,17 @@ def test_evaluate_rejects_two_data_files(trained_run: dict[str, Path], tmp_path:
                  "--reference", trained_run["truth"])
 
     assert result.exit_code == 2
+
+
+def test_train_set_overrides_any_key(tmp_path: Path, tiny_yaml: Path) -> None:
+    """--set KEY=VALUE overrides any config key with a YAML value; a malformed one is one error line."""
+    out = tmp_path / "run"
+
+    result = n2n("train", "--config", tiny_yaml, "--out", out, "--set", "model.depth=3",
+                 "--set", "model.filters=[4, 16, 32, 64]", "--set", "model.skip=add", "--dry-run")
+
+    assert_ok(result)
+    model = yaml.safe_load(result.stdout)["model"]
+    assert model["depth"] == 3 and model["filters"] == [4, 16, 32, 64] and model["skip"] == "add"
+    _assert_user_error(n2n("train", "--out", out, "--set", "model.depth", "--dry-run"),
+                       "--set expects KEY=VALUE", "model.depth")

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from streamer.config import BenchConfig, DashConfig, DemoConfig, MicroManagerConfig, ServeConfig
+from streamer.config import BenchConfig, DashConfig, DemoConfig, FrontierConfig, MicroManagerConfig, ServeConfig
 from streamer.sources import SimulatedCameraConfig
 from trainer.config import (
     ConfigError,
@@ -35,6 +35,7 @@ PREFIXES: dict[str, type[BaseModel]] = {
     "demo": DemoConfig,
     "bench": BenchConfig,
     "dash": DashConfig,
+    "frontier": FrontierConfig,
 }
 
 
@@ -112,7 +113,8 @@ def test_wrong_version_rejected(tmp_path: Path, version: object) -> None:
 @pytest.mark.parametrize(("depth", "patch"), [(3, 20), (2, 18), (5, 48)])
 def test_patch_size_must_fit_depth(depth: int, patch: int) -> None:
     """patch_size not a multiple of 2**depth is refused with both numbers in the message."""
-    with pytest.raises(ValidationError, match=rf"patch_size \({patch}\).*2\*\*model.depth = {2**depth}"):
+    expected = rf"patch_size \({patch}\) must be a multiple of the model's size multiple {2**depth} \(2\*\*model.depth"
+    with pytest.raises(ValidationError, match=expected):
         TrainConfig.model_validate({"model": {"depth": depth}, "data": {"patch_size": patch}})
 
 
@@ -221,3 +223,13 @@ def test_camera_offset_must_be_below_adc_max() -> None:
     with pytest.raises(ValidationError, match="offset_adu"):
         SimulatedCameraConfig(bit_depth=8, offset_adu=255)
     assert SimulatedCameraConfig(bit_depth=8, offset_adu=254).offset_adu == 254
+
+
+def test_fast_preset_file_matches_the_demo_model() -> None:
+    """configs/train_fast.yaml and n2n demo train the same real-time model (one preset, not two)."""
+    from trainer.config import FAST_MODEL
+
+    cfg = load_config(TrainConfig, CONFIG_DIR / "train_fast.yaml")
+
+    assert cfg.model == FAST_MODEL
+    assert cfg.model.filters is not None and cfg.model.filters[0] <= 8  # thin at full resolution

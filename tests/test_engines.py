@@ -178,7 +178,7 @@ class CountingEngine(OnnxRuntimeEngine):
 def test_prepare_compiles_once_per_shape(card: ModelCard) -> None:
     """prepare compiles a shape once; repeats (and infer on that shape) reuse it; a new shape adds one."""
     need("onnxruntime")
-    engine = CountingEngine(card.artifact("onnx", "model.onnx"), precision="fp32", num_threads=1)
+    engine = CountingEngine(card.artifact("onnx"), precision="fp32", num_threads=1)
 
     engine.prepare((1, 1, 32, 32))
     engine.prepare((1, 1, 32, 32))
@@ -215,3 +215,30 @@ def test_infer_rejects_non_batch_input(card: ModelCard) -> None:
         engine.infer(np.zeros((64, 64), np.float32))
     with pytest.raises(ValueError, match=r"\(1, 3, 8, 8\)"):
         engine.infer(np.zeros((1, 3, 8, 8), np.float32))
+
+
+@pytest.mark.parametrize(("dtype", "output"), [("uint8", "same"), ("uint16", "same"), ("int16", "same"),
+                                                ("float32", "same"), ("uint16", "float32")])
+def test_openvino_frame_path_matches_the_python_path(card: ModelCard, dtype: str, output: str) -> None:
+    """OpenVINO's frame path (normalisation and conversion back compiled into the graph) gives the Denoiser's
+    Python path's frame: same dtype, and the same values up to float32 rounding (integers: at most one grey
+    level on a handful of pixels, where x·(1/σ) and x/σ round to either side of .5)."""
+    from streamer.pipeline import Denoiser
+
+    rng = np.random.default_rng(4)
+    lo, hi = (0, 250) if dtype == "uint8" else (50, 3000)
+    frame = rng.integers(lo, hi, (64, 80)).astype(dtype)
+    framed = Denoiser(card, create_engine("openvino", card, precision="fp32", num_threads=1), output_dtype=output)
+    plain_engine = create_engine("openvino", card, precision="fp32", num_threads=1)
+    plain_engine.frame_dtypes = ()  # the Python path: normalise, engine, convert back in numpy
+    plain = Denoiser(card, plain_engine, output_dtype=output)
+
+    a, b = framed(frame), plain(frame)
+
+    assert a.dtype == b.dtype == (np.float32 if output == "float32" else np.dtype(dtype)) and a.shape == b.shape
+    diff = np.abs(a.astype(np.float64) - b.astype(np.float64))
+    if a.dtype.kind in "iu":
+        assert diff.max() <= 1 and np.count_nonzero(diff) <= 3
+    else:
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-3)
+    assert framed.engine._compiled[(1, 1, 64, 80)] is None  # the float-batch model was let go

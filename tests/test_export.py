@@ -35,9 +35,9 @@ def test_onnx_parity_on_odd_frames(tmp_path: Path, net: UNet) -> None:
 
     info = export_onnx(net, path, check_size=32)
 
-    assert info["parity_rel_error"] < 1e-4
-    assert info["format"] == "onnx" and info["path"] == "model.onnx" and info["opset"] == 18
-    assert info["sha256"] == file_digest(path)
+    assert info.parity_rel_error is not None and info.parity_rel_error < 1e-4
+    assert info.format == "onnx" and info.path == "model.onnx" and info.opset == 18
+    assert info.sha256 == file_digest(path)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for shape in [(1, 1, 37, 53), (3, 1, 20, 64), (1, 1, 4, 4)]:
         x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
@@ -57,7 +57,7 @@ def test_trained_run_onnx_matches_denoise(trained_run: dict[str, Path]) -> None:
 
     assert relative_error(out, _torch(m.net, x)) < 1e-5
     card = read_card(trained_run["run"])
-    assert card["artifacts"]["onnx"]["sha256"] == file_digest(trained_run["run"] / "model.onnx")
+    assert card.artifacts["onnx"].sha256 == file_digest(trained_run["run"] / "model.onnx")
 
 
 def test_torchscript_parity(tmp_path: Path, net: UNet) -> None:
@@ -66,7 +66,7 @@ def test_torchscript_parity(tmp_path: Path, net: UNet) -> None:
 
     info = export_torchscript(net, path, check_size=32)
 
-    assert info["parity_rel_error"] < 1e-4 and info["format"] == "torchscript"
+    assert info.parity_rel_error < 1e-4 and info.format == "torchscript"
     scripted = torch.jit.load(str(path))
     x = np.random.default_rng(3).standard_normal((2, 1, 29, 41)).astype(np.float32)
     with torch.no_grad():
@@ -116,7 +116,7 @@ def test_onnx_file_has_the_recorded_opset(tmp_path: Path, net: UNet, opset: int)
         return
 
     written = {o.domain: o.version for o in onnx.load(str(path)).opset_import}[""]
-    assert written == info["opset"] == opset
+    assert written == info.opset == opset
 
 
 def test_relative_error() -> None:

@@ -33,8 +33,8 @@ def test_n2n_on_fmd_gains_3_db(fmd_dir: Path, tmp_path: Path) -> None:
     report, _ = evaluate(load_run(tmp_path / "run"), raw, gt, EvaluateConfig(max_frames=10))
 
     print(f"FMD fov06: raw {report['psnr_raw']:.2f} dB, denoised {report['psnr_denoised']:.2f} dB, "
-          f"gaussian {report['psnr_gaussian']:.2f} dB after {card['training']['epochs']} epochs")
-    assert card["training"]["stopped"].startswith(("time limit", "early stopping", "completed"))
+          f"gaussian {report['psnr_gaussian']:.2f} dB after {card.training['epochs']} epochs")
+    assert card.training["stopped"].startswith(("time limit", "early stopping", "completed"))
     assert report["data_range"] == 255.0
     assert report["psnr_denoised"] >= report["psnr_raw"] + 3.0, report
     assert report["ssim_denoised"] > report["ssim_raw"]

@@ -138,7 +138,8 @@ def test_lossless_backpressure_blocks_the_producer(run: Path) -> None:
         status = client.status(timeout=10)
 
     held = stalled["frames_in"] - stalled["frames_out"]  # accepted, not yet delivered
-    assert stalled["drops"] == 0 and 1 <= held <= 4 and stalled["queue_depth"] == held - 1  # one in hand
+    in_hand = held - stalled["queue_depth"]  # one frame, or a batch of up to max_batch (4) small frames
+    assert stalled["drops"] == 0 and 1 <= held <= 4 and 1 <= in_hand <= 4
     assert stalled["frames_in"] < sent  # the rest waits in ZeroMQ's queues, back to the producer
     assert seqs == list(range(sent))
     assert status["frames_in"] == status["frames_out"] == sent and status["drops"] == 0
@@ -577,3 +578,43 @@ def test_fuzz_malformed_input(run: Path) -> None:
     assert pushed.seq == 1000 and np.array_equal(pushed.pixels, reference)
     assert result.seq == 1001 and np.array_equal(result.pixels, reference)
 
+
+
+def test_lossless_batches_waiting_frames_identically(run: Path) -> None:
+    """Lossless mode with frames waiting: small frames run as engine batches of max_batch, and every frame
+    still comes out once, in order, bit-identical to denoising it on its own."""
+    frames = camera_frames(40, size=96, seed=5)
+
+    with running_server(run, config(mode="lossless", max_batch=4, queue_size=8)) as server, \
+            StreamClient(server.endpoints) as client:
+        client.wait_subscribed()
+        for i, frame in enumerate(frames):
+            client.send(frame, seq=i)
+        results = [client.receive() for _ in frames]
+        status = client.status()
+
+    assert [r.seq for r in results] == list(range(40))
+    assert status["batched_frames"] >= 4 and status["batched_frames"] % 4 == 0
+    assert status["frames_out"] == 40 and status["drops"] == 0
+    for frame, result in zip(frames, results):
+        assert np.array_equal(result.pixels, server.denoiser(frame))
+
+
+def test_batching_is_off_for_large_frames_and_live_mode(run: Path) -> None:
+    """Frames above batch_max_pixels, and live mode, are never batched."""
+    frames = camera_frames(12, size=96, seed=6)
+    for cfg in (config(mode="lossless", max_batch=4, batch_max_pixels=96 * 96 - 1), config(mode="live")):
+        with running_server(run, cfg) as server, StreamClient(server.endpoints) as client:
+            client.wait_subscribed()
+            for i, frame in enumerate(frames):
+                client.send(frame, seq=i)
+            if cfg.mode == "lossless":
+                assert [client.receive().seq for _ in frames] == list(range(12))
+            status = client.status()
+        assert status["batched_frames"] == 0
+
+
+def test_max_batch_must_fit_the_queue() -> None:
+    """A batch larger than the lossless queue could never fill: refused, naming both settings."""
+    with pytest.raises(ValueError, match=r"max_batch \(8\) must not exceed queue_size \(4\)"):
+        config(max_batch=8, queue_size=4)

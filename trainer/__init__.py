@@ -1,6 +1,6 @@
 """From noisy frames to an exported denoiser: pairs, U-Net, training, evaluation, export."""
 
-from .card import CARD_NAME, read_card, write_card
+from .card import CARD_NAME, ModelCard, read_card
 from .config import (
     ConfigError,
     EvaluateConfig,
@@ -24,5 +24,5 @@ __all__ = [
     "PairSampler", "SimulateConfig", "TrainConfig", "TrainResult", "TrainedModel", "UNet",
     "data_range_of", "denoise", "evaluate", "export_onnx", "export_torchscript", "load_config",
     "load_run", "n2n_pair_indices", "psnr", "read_card", "save_config", "save_figure", "ssim",
-    "train", "write_card",
+    "train", "ModelCard",
 ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -12,7 +12,9 @@ from streamer.sources.simulated import SimulatedCameraConfig
 __all__ = [
     "CONFIG_VERSION",
     "ConfigError",
+    "FAST_MODEL",
     "ModelConfig",
+    "QuantizeConfig",
     "DataConfig",
     "OptimConfig",
     "TrainConfig",
@@ -25,14 +27,48 @@ __all__ = [
 
 
 class ModelConfig(_Strict):
-    """CARE-style U-Net architecture."""
+    """The U-Net family (trainer/unet.py): from the quality default to real-time CPU networks."""
 
     depth: int = Field(2, ge=1, le=5)
-    """Number of pooling levels; frames divisible by 2**depth need no padding."""
+    """Number of pooling levels; frames divisible by size_multiple (2**depth, ×2 with the unshuffle stem)
+    need no padding."""
     base_filters: int = Field(32, ge=4, le=256)
-    """Channels at full resolution, doubled at each level."""
+    """Channels at full resolution, doubled at each level (unless filters is given)."""
+    filters: list[int] | None = None
+    """Channels per level, full resolution first, depth + 1 values (the last is the bottom);
+    null: base_filters doubled at each level. Few at full resolution make a network fast on a CPU."""
+    block: Literal["conv", "dsconv"] = "conv"
+    """'conv': two 3×3 convolutions per level; 'dsconv': depthwise-separable (3×3 depthwise + 1×1)."""
+    skip: Literal["concat", "add", "project"] = "concat"
+    """How the decoder joins the encoder's features: 'concat' (CARE); 'project' (1×1 projection of the coarser
+    level to this level's channels, then concat: slimmer full-resolution tensors); 'add' (projection, then sum)."""
+    stem: Literal["none", "unshuffle"] = "none"
+    """'unshuffle': fold 2×2 pixels into 4 channels, run the U-Net at half resolution (about 4× cheaper)."""
     residual: bool = True
     """Predict a correction added to the input (CARE's residual output)."""
+
+    @model_validator(mode="after")
+    def _filters_fit_depth(self) -> ModelConfig:
+        if self.filters is not None:
+            if len(self.filters) != self.depth + 1:
+                raise ValueError(f"model.filters needs depth + 1 = {self.depth + 1} values (one per level and "
+                                 f"the bottom), got {len(self.filters)}: {self.filters}")
+            if min(self.filters) < 1 or max(self.filters) > 1024:
+                raise ValueError(f"model.filters must lie in 1..1024, got {self.filters}")
+        return self
+
+    @property
+    def size_multiple(self) -> int:
+        """Frame sizes divisible by this need no padding inside the network."""
+        return 2**self.depth * (2 if self.stem == "unshuffle" else 1)
+
+    def build_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :class:`trainer.unet.UNet`."""
+        return self.model_dump()
+
+
+#: the real-time preset (configs/train_fast.yaml, n2n demo): chosen on the quality/speed frontier (README)
+FAST_MODEL = ModelConfig(depth=3, filters=[4, 16, 32, 64])
 
 
 class DataConfig(_Strict):
@@ -90,6 +126,20 @@ class OptimConfig(_Strict):
         return self
 
 
+class QuantizeConfig(_Strict):
+    """INT8 for OpenVINO (NNCF post-training quantization), made after training and kept only if it
+    passes its check on the held-out rows (trainer/quantize.py)."""
+
+    int8: bool = True
+    """Try an INT8 export after training (needs nncf; skipped with a note without it)."""
+    max_loss_db: float = Field(0.1, gt=0)
+    """Keep it only if it loses at most this much against float32 on the held-out validation rows."""
+    calibration_patches: int = Field(32, ge=1, le=1000)
+    """Patches of the training rows that calibrate the quantization ranges."""
+    patch_size: int = Field(256, ge=16)
+    """Side of the calibration patches (smaller frames give smaller patches)."""
+
+
 class TrainConfig(_Versioned):
     """``n2n train``: fit a denoiser on noisy frames."""
 
@@ -100,14 +150,15 @@ class TrainConfig(_Versioned):
     optim: OptimConfig = OptimConfig()
     onnx_opset: int = Field(18, ge=18)
     """ONNX opset of the model.onnx written after training (18 is the oldest PyTorch's exporter writes)."""
+    quantize: QuantizeConfig = QuantizeConfig()
 
     @model_validator(mode="after")
     def _patch_fits_model(self) -> TrainConfig:
-        m = 2**self.model.depth
+        m = self.model.size_multiple
         if self.data.patch_size % m:
             raise ValueError(
-                f"data.patch_size ({self.data.patch_size}) must be a multiple of "
-                f"2**model.depth = {m}"
+                f"data.patch_size ({self.data.patch_size}) must be a multiple of the model's size multiple "
+                f"{m} (2**model.depth{', ×2 for the unshuffle stem' if self.model.stem == 'unshuffle' else ''})"
             )
         return self
 
@@ -115,14 +166,17 @@ class TrainConfig(_Versioned):
 class ExportConfig(_Versioned):
     """``n2n export``: write the trained model in a deployable format."""
 
-    format: Literal["onnx", "torchscript"] = "onnx"
-    """Output format."""
+    format: Literal["onnx", "torchscript", "int8"] = "onnx"
+    """Output format; 'int8': OpenVINO INT8 (NNCF), calibrated on the run's training frames and kept only
+    if it passes its check on their held-out rows (see quantize)."""
     opset: int = Field(18, ge=18)
     """ONNX opset (18 is the oldest PyTorch's exporter writes; a newer one must be supported by it)."""
     max_rel_error: float = Field(1e-4, gt=0)
     """Refuse the export if ‖exported − PyTorch‖ / ‖PyTorch‖ on a random frame exceeds this."""
     check_size: int = Field(256, ge=16)
     """Side of the random frame used for the parity check."""
+    quantize: QuantizeConfig = QuantizeConfig()
+    """For format int8."""
 
 
 class EvaluateConfig(_Versioned):

@@ -7,12 +7,11 @@ import io
 import logging
 import warnings
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
-from .card import file_digest
+from .card import Artifact, file_digest
 from .unet import UNet
 
 __all__ = ["ExportError", "export_onnx", "export_torchscript", "ONNX_NAME", "TORCHSCRIPT_NAME", "relative_error"]
@@ -53,7 +52,7 @@ def _accept(tmp: Path, path: Path, what: str, err: float, limit: float) -> None:
 
 
 def export_onnx(net: UNet, path: str | Path, opset: int = 18, check_size: int = 256,
-                max_rel_error: float = 1e-4) -> dict[str, Any]:
+                max_rel_error: float = 1e-4) -> Artifact:
     """Write ``net`` as ONNX with dynamic batch, height and width; check it with ONNX Runtime."""
     import onnx
     import onnxruntime as ort
@@ -95,12 +94,12 @@ def export_onnx(net: UNet, path: str | Path, opset: int = 18, check_size: int = 
     err = relative_error(out, ref) if out.shape == ref.shape else float("inf")
     _accept(tmp, path, "ONNX", err, max_rel_error)
     log.info("wrote %s (opset %d, parity %.2g)", path, opset, err)
-    return {"path": path.name, "format": "onnx", "opset": opset, "input": "input", "output": "output",
-            "layout": "NCHW float32, normalised", "parity_rel_error": err, "sha256": file_digest(path)}
+    return Artifact(path=path.name, format="onnx", opset=opset, input="input", output="output",
+                    parity_rel_error=err, sha256=file_digest(path))
 
 
 def export_torchscript(net: UNet, path: str | Path, check_size: int = 256,
-                       max_rel_error: float = 1e-4) -> dict[str, Any]:
+                       max_rel_error: float = 1e-4) -> Artifact:
     """Write ``net`` as a scripted TorchScript module; check it against the eager model."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
@@ -117,5 +116,4 @@ def export_torchscript(net: UNet, path: str | Path, check_size: int = 256,
     err = relative_error(out, ref)
     _accept(tmp, path, "TorchScript", err, max_rel_error)
     log.info("wrote %s (parity %.2g)", path, err)
-    return {"path": path.name, "format": "torchscript", "layout": "NCHW float32, normalised",
-            "parity_rel_error": err, "sha256": file_digest(path)}
+    return Artifact(path=path.name, format="torchscript", parity_rel_error=err, sha256=file_digest(path))

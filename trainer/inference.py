@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
-from .card import read_card
+from .card import ModelCard, read_card
 from .normalization import Normalization
 from .unet import UNet
 
@@ -33,13 +32,13 @@ class TrainedModel:
 
     net: UNet
     normalization: Normalization
-    card: dict[str, Any]
+    card: ModelCard
     run_dir: Path
 
 
 def save_weights(run_dir: Path, net: UNet, norm: Normalization) -> Path:
     path = run_dir / WEIGHTS_NAME
-    arch = {"depth": net.depth, "base_filters": net.base_filters, "residual": net.residual}
+    arch = net.architecture
     state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
     tmp = path.with_suffix(".pt.tmp")
     torch.save({"architecture": arch, "state_dict": state, "normalization": norm.to_dict()}, tmp)

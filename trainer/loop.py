@@ -18,9 +18,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .config import TrainConfig
 from .inference import denoise, pick_device, save_weights
-from .metrics import data_range_of, psnr, ssim
+from .metrics import psnr, ssim
 from .normalization import Normalization
-from .pairs import PairSampler, split_rows
+from .pairs import PairSampler, held_out_pairs, split_rows
 from .unet import UNet
 
 __all__ = ["TrainResult", "train", "CHECKPOINT_NAME", "pick_precision", "check_stacks"]
@@ -97,7 +97,7 @@ def _incompatible_changes(old: dict[str, Any], new: dict[str, Any], prefix: str 
         a, b = old.get(key), new.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
             changed += _incompatible_changes(a, b, f"{prefix}{key}.")
-        elif a != b and not (prefix == "optim." and key in _RESUMABLE):
+        elif a != b and not (prefix == "optim." and key in _RESUMABLE) and prefix != "quantize.":
             changed.append(prefix + key)
     return changed
 
@@ -115,22 +115,9 @@ class _Validator:
 
     def __init__(self, raw: Sequence[np.ndarray], norm: Normalization, splits: Sequence[int],
                  references: Sequence[np.ndarray] | None, mode: str, n_pairs: int) -> None:
-        self.items: list[tuple[np.ndarray, np.ndarray | None, np.ndarray | None, float]] = []
+        self.items = held_out_pairs(raw, splits, references, mode, n_pairs)
         self.norm = norm
-        self.raw_psnr: list[float] = []
-        for i, stack in enumerate(raw):
-            t = stack.shape[0]
-            ref = None if references is None else references[i]
-            rng = data_range_of(ref) if ref is not None else 0.0
-            last = t - 1 if mode == "n2n" else t
-            idx = np.unique(np.linspace(0, max(last - 1, 0), min(n_pairs, max(last, 1))).round().astype(int))
-            for k in idx:
-                x = stack[k, splits[i]:]
-                r = None if ref is None else (ref[k] if ref.ndim == 3 else ref)[splits[i]:]
-                y = stack[k + 1, splits[i]:] if mode == "n2n" else r
-                self.items.append((x, y, r, rng))
-                if r is not None:
-                    self.raw_psnr.append(psnr(x, r, rng))
+        self.raw_psnr = [psnr(x, r, rng) for x, _, r, rng in self.items if r is not None]
 
     def __call__(self, net: UNet, device: torch.device) -> dict[str, float]:
         losses, psnrs, ssims = [], [], []
@@ -192,7 +179,7 @@ def train(
                              "early_stopping_patience, device and num_threads")
     norm = Normalization.from_dict(ckpt["normalization"]) if ckpt else Normalization.fit(stacks)
 
-    net = UNet(config.model.depth, config.model.base_filters, config.model.residual)
+    net = UNet(**config.model.build_kwargs())
     mult = net.size_multiple
     splits = [split_rows(s.shape[1], dc.val_fraction, mult, dc.patch_size) for s in stacks]
     normed = [norm.normalize(s) for s in stacks]
@@ -283,7 +270,7 @@ def train(
             raise
     if best_state is None:
         raise RuntimeError("training ended before the first epoch completed; nothing to save")
-    final = UNet(config.model.depth, config.model.base_filters, config.model.residual)
+    final = UNet(**config.model.build_kwargs())
     final.load_state_dict(best_state)
     final.eval()
     save_weights(run_dir, final, norm)

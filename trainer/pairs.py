@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["n2n_pair_indices", "PairSampler", "split_rows"]
+__all__ = ["n2n_pair_indices", "PairSampler", "held_out_pairs", "split_rows"]
 
 
 def n2n_pair_indices(n_frames: int) -> np.ndarray:
@@ -42,6 +42,33 @@ def split_rows(height: int, val_fraction: float, multiple: int, min_rows: int) -
             f"still draw {min_rows}-pixel patches; use larger frames or a smaller patch_size"
         )
     return split
+
+
+def held_out_pairs(
+    stacks: Sequence[np.ndarray],
+    splits: Sequence[int],
+    references: Sequence[np.ndarray] | None,
+    mode: str,
+    n_pairs: int,
+) -> list[tuple[np.ndarray, np.ndarray | None, np.ndarray | None, float]]:
+    """Validation items from the held-out bottom rows (``splits[i]:``) of each stack, spread evenly
+    in time: ``(input, target, reference or None, data range of the reference or 0)``. The target is
+    the next frame (Noise2Noise) or the reference (supervised)."""
+    from .metrics import data_range_of
+
+    items: list[tuple[np.ndarray, np.ndarray | None, np.ndarray | None, float]] = []
+    for i, stack in enumerate(stacks):
+        t = stack.shape[0]
+        ref = None if references is None else references[i]
+        rng = data_range_of(ref) if ref is not None else 0.0
+        last = t - 1 if mode == "n2n" else t
+        idx = np.unique(np.linspace(0, max(last - 1, 0), min(n_pairs, max(last, 1))).round().astype(int))
+        for k in idx:
+            x = stack[k, splits[i]:]
+            r = None if ref is None else (ref[k] if ref.ndim == 3 else ref)[splits[i]:]
+            y = stack[k + 1, splits[i]:] if mode == "n2n" else r
+            items.append((x, y, r, rng))
+    return items
 
 
 class PairSampler:

@@ -12,13 +12,14 @@ from rich.console import Console
 
 from streamer.sources import read_stack, simulate_stack
 
-from .card import file_digest, read_card, versions, write_card
+from .card import ModelCard, Quantization, add_artifact, file_digest, versions
 from .config import TrainConfig, save_config
 from .export import ONNX_NAME, TORCHSCRIPT_NAME, export_onnx, export_torchscript
 from .inference import load_weights
 from .loop import train
+from .pairs import split_rows
 
-__all__ = ["gather_data", "run_training", "add_artifact"]
+__all__ = ["gather_data", "quantize_run", "run_training", "training_data"]
 
 log = logging.getLogger("n2n.trainer")
 
@@ -65,13 +66,6 @@ def gather_data(
     return stacks, refs, prov
 
 
-def add_artifact(run_dir: Path, info: dict[str, Any]) -> None:
-    """Record an exported file in the run's model card."""
-    card = read_card(run_dir)
-    card.setdefault("artifacts", {})[info["format"]] = info
-    write_card(run_dir, card)
-
-
 def run_training(
     config: TrainConfig,
     run_dir: Path,
@@ -79,21 +73,23 @@ def run_training(
     references: Sequence[Path] = (),
     resume: bool = False,
     console: Console | None = None,
-) -> dict[str, Any]:
+) -> ModelCard:
     """Train into ``run_dir`` and leave ``model.pt``, ``model.onnx``, ``model.ts`` and ``model.json`` there."""
     run_dir.mkdir(parents=True, exist_ok=True)
     stacks, refs, provenance = gather_data(config, data, references, run_dir)
     save_config(config, run_dir / "config.yaml")
     result = train(config, stacks, run_dir, references=refs, resume=resume, console=console)
     net, norm = load_weights(run_dir)
-    card: dict[str, Any] = {
+    card = ModelCard.model_validate({
         "name": run_dir.name,
-        "architecture": {"name": "unet2d", **config.model.model_dump(), "in_channels": 1, "out_channels": 1},
-        "size_multiple": 2**config.model.depth,
+        "architecture": {"name": "unet2d", **net.architecture, "in_channels": 1, "out_channels": 1,
+                         "flops_per_pixel": net.flops_per_pixel(),
+                         "parameters": sum(p.numel() for p in net.parameters())},
+        "size_multiple": net.size_multiple,
         "normalization": norm.to_dict(),
         "input": {"dtype": str(stacks[0].dtype), "shape_hint": list(stacks[0].shape[1:])},
         # frames up to 2048 px run whole; larger ones are tiled with a margin of the U-Net's reach
-        "tile": {"size": 2048, "overlap": 2 ** (config.model.depth + 3)},
+        "tile": {"size": 2048, "overlap": net.reach},
         "training": {"mode": config.mode, "data": provenance, "config": config.model_dump(mode="json"),
                      "epochs": result.epochs, "best_epoch": result.best_epoch, "steps": result.steps,
                      "seconds": round(result.seconds, 1), "stopped": result.stopped,
@@ -101,9 +97,55 @@ def run_training(
         "metrics": result.metrics,
         "history": result.history,
         "versions": versions(),
-        "artifacts": {},
-    }
-    write_card(run_dir, card)
+    })
+    card.save(run_dir)
     add_artifact(run_dir, export_onnx(net, run_dir / ONNX_NAME, opset=config.onnx_opset))
-    add_artifact(run_dir, export_torchscript(net, run_dir / TORCHSCRIPT_NAME))
-    return read_card(run_dir)
+    card = add_artifact(run_dir, export_torchscript(net, run_dir / TORCHSCRIPT_NAME))
+    if config.quantize.int8:
+        quantize_run(run_dir, config, stacks, refs)
+        card = ModelCard.load(run_dir)
+    return card
+
+
+def quantize_run(run_dir: Path, config: TrainConfig, stacks: Sequence[np.ndarray],
+                 refs: Sequence[np.ndarray] | None, max_loss_db: float | None = None) -> Quantization:
+    """INT8 export of a trained run: calibrated on its training rows, checked on its held-out rows
+    (the same split as training)."""
+    from .quantize import quantize_int8
+
+    q = config.quantize
+    multiple = ModelCard.load(run_dir).size_multiple
+    splits = [split_rows(s.shape[1], config.data.val_fraction, multiple, config.data.patch_size) for s in stacks]
+    return quantize_int8(run_dir, stacks, refs, splits, config.mode, config.data.val_pairs,
+                         max_loss_db if max_loss_db is not None else q.max_loss_db,
+                         q.calibration_patches, q.patch_size, seed=config.optim.seed)
+
+
+def training_data(run_dir: Path) -> tuple[TrainConfig, list[np.ndarray], list[np.ndarray] | None]:
+    """The config, frames and references a run was trained on, read back from its card's provenance
+    (files checked against their recorded sha256; simulated frames from the run folder)."""
+    from .config import load_config
+
+    card = ModelCard.load(run_dir)
+    config = load_config(TrainConfig, run_dir / "config.yaml")
+    prov = card.training.get("data", {})
+    if prov.get("source") == "simulated":
+        stacks = [read_stack(run_dir / "frames.tif", min_frames=2, allow_2d=False)]
+        return config, stacks, [read_stack(run_dir / "truth.tif")]
+
+    def read(entries: list[dict[str, Any]], **kwargs: Any) -> list[np.ndarray]:
+        out = []
+        for e in entries:
+            path = Path(e["path"])
+            if not path.exists():
+                raise FileNotFoundError(f"{path}: the run was trained on it, but it is gone")
+            if file_digest(path) != e["sha256"]:
+                raise ValueError(f"{path}: changed since the run was trained on it (sha256 differs)")
+            out.append(read_stack(path, **kwargs))
+        return out
+
+    stacks = read(prov.get("data", []), min_frames=2 if config.mode == "n2n" else 1, allow_2d=False)
+    if not stacks:
+        raise ValueError(f"{run_dir / 'model.json'}: records no training data to calibrate on")
+    refs = read(prov.get("references", []))
+    return config, stacks, refs or None

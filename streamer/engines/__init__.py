@@ -39,15 +39,19 @@ def _make(name: str, card: ModelCard, **kwargs: Any) -> Engine:
     if name == "openvino":
         from .openvino import OpenVINOEngine
 
-        return OpenVINOEngine(card.artifact("onnx", "model.onnx"), **kwargs)
+        q = card.quantization
+        int8 = card.artifact("openvino_int8") if "openvino_int8" in card.artifacts else None
+        note = ((f"(export checked on held-out frames: {q.reason})" if int8 else q.reason) if q
+                else "" if int8 else "this model has no INT8 export (n2n export --format int8)")
+        return OpenVINOEngine(card.artifact("onnx"), int8_path=int8, int8_note=note, **kwargs)
     if name == "onnxruntime":
         from .onnxruntime import OnnxRuntimeEngine
 
-        return OnnxRuntimeEngine(card.artifact("onnx", "model.onnx"), **kwargs)
+        return OnnxRuntimeEngine(card.artifact("onnx"), **kwargs)
     if name == "torch":
         from .torch import TorchEngine
 
-        return TorchEngine(card.artifact("torchscript", "model.ts"), **kwargs)
+        return TorchEngine(card.artifact("torchscript"), **kwargs)
     raise ValueError(f"expected an engine in auto, {', '.join(ENGINES)}; got {name!r}")
 
 

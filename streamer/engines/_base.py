@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -60,6 +61,7 @@ class Engine(ABC):
         self.precision_note = ""
         self._compiled: dict[tuple[int, ...], Any] = {}
         self._current: tuple[int, ...] | None = None
+        self._decided: str | None = None
 
     # --- to implement -------------------------------------------------------------------
     @abstractmethod
@@ -79,40 +81,99 @@ class Engine(ABC):
 
     # --- the interface --------------------------------------------------------------------
     def prepare(self, shape: tuple[int, int, int, int], calibration: np.ndarray | None = None) -> None:
-        """Compile for ``shape`` (N, 1, H, W), choosing and checking the precision once."""
+        """Compile for ``shape`` (N, 1, H, W), choosing and checking the precision once.
+
+        ``fp32`` compiles float32 only. ``bf16``/``fp16`` are kept only if, on a calibration batch,
+        they stay within ``min_psnr_db`` of float32. ``int8`` runs the model's INT8 export, which
+        passed its quality check on held-out frames when it was written (the model card says how
+        much it lost). ``auto`` takes every reduced precision that passed its check and keeps the
+        fastest at this shape (timed here, on this machine). The first shape decides; later shapes
+        (another frame size, a batch of frames) compile at the same precision, so a frame gives the same
+        output whatever else is running with it."""
         shape = tuple(int(s) for s in shape)  # type: ignore[assignment]
         if shape in self._compiled:
             self._current = shape
             return
+        if self._decided is not None:  # chosen once per engine: every shape runs at the same precision
+            self._compiled[shape] = self._compile(shape, self._decided)
+            self._current = shape
+            return
         want = self.requested_precision
-        reduced = self._reduced_precision() if want == "auto" else (None if want == "fp32" else want)
-        if reduced is not None and reduced not in self._supported():
-            self.precision_note = f"{reduced} not supported by {self.name} on {self.device}; using fp32"
-            log.warning("%s", self.precision_note)
-            reduced = None
         fp32 = self._compile(shape, "fp32")
-        chosen, precision = fp32, "fp32"
+        passed: dict[str, Any] = {}
+        notes: list[str] = []
+        reduced = self._reduced_precision() if want == "auto" else want if want in ("bf16", "fp16") else None
+        if reduced is not None and reduced not in self._supported():
+            notes.append(f"{reduced} not supported by {self.name} on {self.device}")
+            reduced = None
         if reduced is not None:
-            try:
-                fast = self._compile(shape, reduced)
-                x = calibration if calibration is not None and calibration.shape == shape else calibration_batch(shape)
-                x = np.ascontiguousarray(x, dtype=np.float32)
-                score = psnr_between(self._run(fast, x), self._run(fp32, x))
-            except Exception as exc:  # a backend refusing the precision is not fatal
-                self.precision_note = f"{reduced} failed on {self.name} ({exc}); using fp32"
-                log.warning("%s", self.precision_note)
-            else:
-                if score >= self.min_psnr_db:
-                    chosen, precision = fast, reduced
-                    self.precision_note = f"{reduced} checked against fp32: {score:.1f} dB"
-                    log.info("%s: %s", self.name, self.precision_note)
-                else:
-                    self.precision_note = (f"{reduced} rejected: {score:.1f} dB against fp32 on the calibration "
-                                           f"frame (needs >= {self.min_psnr_db:.0f} dB); using fp32")
-                    log.warning("%s: %s", self.name, self.precision_note)
+            fast, note = self._checked(shape, reduced, fp32, calibration)
+            notes.append(note)
+            if fast is not None:
+                passed[reduced] = fast
+        if want in ("auto", "int8"):
+            if "int8" in self._supported():
+                passed["int8"] = self._compile(shape, "int8")
+                notes.append(f"int8 {self._int8_note()}".strip())
+            elif want == "int8":
+                notes.append(f"int8 not available: {self._int8_note() or f'{self.name} has no INT8 path'}")
+        if passed and not passed.keys() & {"bf16", "fp16"} and want == "auto":
+            passed["fp32"] = fp32  # INT8 alone must still beat float32 here (thin networks may not)
+        chosen, precision = fp32, "fp32"
+        if len(passed) == 1:
+            precision, chosen = next(iter(passed.items()))
+        elif passed:
+            x = np.ascontiguousarray(calibration if calibration is not None and calibration.shape == shape
+                                     else calibration_batch(shape), dtype=np.float32)
+            times = {p: self._time(c, x) for p, c in passed.items()}
+            precision = min(times, key=times.__getitem__)
+            chosen = passed[precision]
+            notes.append("fastest here: " + ", ".join(f"{p} {t * 1e3:.1f} ms" for p, t in
+                                                      sorted(times.items(), key=lambda kv: kv[1])))
+        if precision == "fp32" and want != "fp32":
+            notes.append("using fp32")
+        self.precision_note = "; ".join(notes)
+        if self.precision_note:
+            (log.warning if precision == "fp32" and want not in ("auto", "fp32") else log.info)(
+                "%s: %s", self.name, self.precision_note)
         self._compiled[shape] = chosen
-        self.precision = precision
+        self.precision = self._decided = precision
         self._current = shape
+
+    def _checked(self, shape: tuple[int, int, int, int], precision: str, fp32: Any,
+                 calibration: np.ndarray | None) -> tuple[Any | None, str]:
+        """Compile at a reduced float precision and compare it with float32 on a calibration batch."""
+        try:
+            fast = self._compile(shape, precision)
+            x = calibration if calibration is not None and calibration.shape == shape else calibration_batch(shape)
+            x = np.ascontiguousarray(x, dtype=np.float32)
+            score = psnr_between(self._run(fast, x), self._run(fp32, x))
+        except Exception as exc:  # a backend refusing the precision is not fatal
+            return None, f"{precision} failed on {self.name} ({exc})"
+        if score >= self.min_psnr_db:
+            return fast, f"{precision} checked against fp32: {score:.1f} dB"
+        return None, (f"{precision} rejected: {score:.1f} dB against fp32 on the calibration frame "
+                      f"(needs >= {self.min_psnr_db:.0f} dB)")
+
+    def _time(self, compiled: Any, x: np.ndarray, budget_s: float = 1.0) -> float:
+        """Median seconds of one run (one warm-up, then up to 7 runs within ``budget_s``)."""
+        self._run(compiled, x)
+        times: list[float] = []
+        start = time.perf_counter()
+        while len(times) < 7 and (len(times) < 2 or time.perf_counter() - start < budget_s):
+            t0 = time.perf_counter()
+            self._run(compiled, x)
+            times.append(time.perf_counter() - t0)
+        return float(np.median(times))
+
+    def _int8_note(self) -> str:
+        """What the model's INT8 export is (or why there is none), for the precision note."""
+        return ""
+
+    @property
+    def current_shape(self) -> tuple[int, ...] | None:
+        """The batch shape the engine last prepared (None before any)."""
+        return self._current
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """Denoise a normalised float32 (N, 1, H, W) batch; compiles first for a new shape."""
@@ -121,7 +182,20 @@ class Engine(ABC):
         shape = tuple(batch.shape)
         if shape != self._current:
             self.prepare(shape)  # type: ignore[arg-type]
-        return self._run(self._compiled[shape], np.ascontiguousarray(batch, dtype=np.float32))
+        compiled = self._compiled[shape]
+        if compiled is None:  # released for a frame path (see OpenVINOEngine.infer_frames): compile again
+            compiled = self._compiled[shape] = self._compile(shape, self._decided or "fp32")  # type: ignore[arg-type]
+        return self._run(compiled, np.ascontiguousarray(batch, dtype=np.float32))
+
+    # --- optional: the whole frame conversion inside the engine --------------------------------
+    #: dtypes of camera frames :meth:`infer_frames` takes (empty: the engine has no such path)
+    frame_dtypes: tuple[str, ...] = ()
+
+    def infer_frames(self, frames: np.ndarray, mean: float, std: float, out_dtype: str) -> np.ndarray:
+        """Denoise a (N, 1, H, W) batch of camera frames (a dtype in :attr:`frame_dtypes`) with the
+        normalisation, and the conversion back to ``out_dtype`` (clipped to its range and rounded to
+        nearest-even for integers), inside the engine; same result as doing them around :meth:`infer`."""
+        raise NotImplementedError(f"{self.name} has no frame path")
 
     def info(self) -> dict[str, Any]:
         return {"engine": self.name, "device": self.device, "precision": self.precision,
@@ -131,3 +205,4 @@ class Engine(ABC):
     def close(self) -> None:
         self._compiled.clear()
         self._current = None
+        self._decided = None

@@ -1,0 +1,334 @@
+"""The quality/speed frontier: every model × precision in one run, on real processes and sockets.
+
+    python -m bench.frontier --models runs/A runs/B ... --data X.tif --reference X_gt.tif
+                             [--sizes 512 2048] [--precisions fp32,bf16,int8] [--frames 100]
+                             [--frames-large 8] [--json out.json] [--report DIR]
+
+For each model and each precision it can run at (OpenVINO: fp32, bf16 where the CPU has it, int8
+where the model has an INT8 export that passed its check):
+
+* GFLOP per frame at each size (from the exported graph);
+* quality: every frame of ``--data`` through the streamer's Denoiser at that precision (float32
+  output), PSNR and SSIM against ``--reference`` (mean over frames, as ``n2n evaluate``);
+* bare: the engine alone at each size (median latency, frames/s);
+* end to end: a real ``n2n serve --mode lossless`` process at that precision, at each size:
+  latency one frame at a time and the sustained lossless frames/s.
+
+Beside them, the Gaussian filter with the best sigma (chosen on the first frames, as ``n2n evaluate``)
+is the line to beat. Writes JSON, a markdown table and ``frontier.png``: PSNR against end-to-end
+frames/s at the first size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.latency import _start_server, bare_engine, end_to_end, make_frame
+from bench.suite import _clean, _stop_process, model_flops
+from streamer.config import ServeConfig
+from streamer.model import ModelCard
+from streamer.server import load_denoiser
+
+__all__ = ["gaussian_baseline", "main", "quality", "run_frontier", "table", "write_report"]
+
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")
+Progress = Callable[[str], None]
+
+
+def _read(path: Path) -> np.ndarray:
+    from streamer.sources import read_stack
+
+    return read_stack(path)
+
+
+def _psnr_ssim(images: np.ndarray, reference: np.ndarray, data_range: float) -> tuple[float, float]:
+    from trainer.metrics import psnr, ssim
+
+    refs = [reference[t] if reference.ndim == 3 else reference for t in range(len(images))]
+    return (float(np.mean([psnr(im, r, data_range) for im, r in zip(images, refs)])),
+            float(np.mean([ssim(im, r, data_range) for im, r in zip(images, refs)])))
+
+
+def gaussian_baseline(raw: np.ndarray, reference: np.ndarray, data_range: float,
+                      sigmas: Sequence[float] = (0.6, 0.8, 1.0, 1.2, 1.5, 2.0, 2.5, 3.0)) -> dict[str, float]:
+    """The Gaussian filter with the best sigma on the first 5 frames, scored on all (as ``n2n evaluate``)."""
+    from scipy import ndimage
+
+    from trainer.metrics import psnr
+
+    probe = raw[: min(5, len(raw))].astype(np.float32)
+    refs = [reference[t] if reference.ndim == 3 else reference for t in range(len(probe))]
+    score = {s: float(np.mean([psnr(ndimage.gaussian_filter(f, s), r, data_range) for f, r in zip(probe, refs)]))
+             for s in sigmas}
+    sigma = max(score, key=score.__getitem__)
+    smoothed = np.stack([ndimage.gaussian_filter(f.astype(np.float32), sigma) for f in raw])
+    p, s = _psnr_ssim(smoothed, reference, data_range)
+    return {"sigma": sigma, "psnr": p, "ssim": s}
+
+
+def quality(model: Path, precision: str, raw: np.ndarray, reference: np.ndarray, data_range: float,
+            threads: int | None = None) -> dict[str, Any]:
+    """Every frame through the served Denoiser at ``precision`` (float32 output), scored."""
+    cfg = ServeConfig(engine="openvino", precision=precision, num_threads=threads,  # type: ignore[arg-type]
+                      output_dtype="float32")
+    den = load_denoiser(model, cfg)
+    try:
+        den.prepare(raw.shape[1:], raw[0])  # type: ignore[arg-type]
+        out = np.stack([den(f) for f in raw])
+        info = den.engine.info()
+    finally:
+        den.engine.close()
+    p, s = _psnr_ssim(out, reference, data_range)
+    return {"psnr": p, "ssim": s, "precision": info["precision"], "precision_note": info["precision_note"]}
+
+
+def _e2e(model: Path, precision: str, frame: np.ndarray, frames: int, warmup: int, threads: int | None,
+         workdir: Path) -> dict[str, Any]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    proc, endpoints = _start_server(model, "openvino", precision, threads, "tcp", workdir)
+    try:
+        result = end_to_end(endpoints, frame, frames, warmup)
+    finally:
+        _stop_process(proc)
+    result.pop("samples_ms", None)
+    return result
+
+
+def _data_range(reference: np.ndarray) -> float:
+    from trainer.metrics import data_range_of
+
+    return data_range_of(reference)
+
+
+def run_frontier(models: Sequence[Path], data: Path, reference: Path, sizes: Sequence[int] = (512, 2048),
+                 precisions: Sequence[str] = ("fp32", "bf16", "int8"), frames: int = 100, frames_large: int = 8,
+                 large_from: int = 1024, threads: int | None = None, max_frames: int | None = None,
+                 progress: Progress | None = None, report_dir: Path | None = None) -> dict[str, Any]:
+    """Measure every model × precision (see the module docstring); returns the report."""
+    say: Progress = progress or (lambda _s: None)
+    started = time.perf_counter()
+    bad = [p for p in precisions if p not in PRECISIONS]
+    if bad or not precisions:
+        raise ValueError(f"expected precisions among {', '.join(PRECISIONS)}; got {list(precisions)}")
+    if not models:
+        raise ValueError("expected at least one model folder (--models runs/A runs/B ...)")
+    if not sizes or min(sizes) < 16 or frames < 2 or frames_large < 2:
+        raise ValueError(f"expected sizes >= 16 and frames >= 2; got sizes {list(sizes)}, frames {frames}, "
+                         f"{frames_large}")
+    raw, ref = _read(Path(data)), _read(Path(reference))
+    if raw.ndim == 2:
+        raw = raw[None]
+    if max_frames:
+        raw = raw[:max_frames]
+        ref = ref[:max_frames] if ref.ndim == 3 else ref
+    if ref.shape[-2:] != raw.shape[-2:] or (ref.ndim == 3 and ref.shape[0] != raw.shape[0]):
+        raise ValueError(f"{reference}: expected a reference of (H, W) = {raw.shape[-2:]} or (T, H, W) = "
+                         f"{raw.shape}, got {ref.shape}")
+    rng = _data_range(ref)
+    say(f"Gaussian filter baseline on {len(raw)} frames of {data}")
+    gauss = gaussian_baseline(raw, ref, rng)
+    say(f"  best sigma {gauss['sigma']}: {gauss['psnr']:.2f} dB")
+    rows: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="n2n-frontier-") as tmp:
+        for model in map(Path, models):
+            card = ModelCard.load(model)
+            arch = card.architecture
+            flops = {}
+            for size in sizes:
+                try:
+                    flops[size] = model_flops(card.artifact("onnx"), size, size)
+                except (OSError, ValueError, RuntimeError) as exc:
+                    say(f"  {model}: no FLOP count at {size}: {exc}")
+            for prec in dict.fromkeys(precisions):
+                say(f"{model.name} {prec}: quality on {len(raw)} frames")
+                try:
+                    q = quality(model, prec, raw, ref, rng, threads)
+                except (RuntimeError, OSError, ValueError) as exc:
+                    skipped.append({"model": str(model), "precision": prec, "reason": f"{type(exc).__name__}: {exc}"})
+                    say(f"  skipped: {exc}")
+                    continue
+                if q["precision"] != prec:
+                    skipped.append({"model": str(model), "precision": prec,
+                                    "reason": f"runs as {q['precision']} here: {q['precision_note']}"})
+                    say(f"  skipped: runs as {q['precision']} ({q['precision_note']})")
+                    continue
+                row: dict[str, Any] = {
+                    "model": model.name, "path": str(model), "precision": prec,
+                    "architecture": arch.model_dump(exclude={"name", "in_channels", "out_channels"}),
+                    "kflop_per_pixel": (arch.flops_per_pixel or 0) / 1e3 or None,
+                    "parameters": arch.parameters, "psnr": q["psnr"], "ssim": q["ssim"],
+                    "psnr_over_gaussian": q["psnr"] - gauss["psnr"], "precision_note": q["precision_note"],
+                    "sizes": {}}
+                say(f"  {q['psnr']:.3f} dB")
+                for size in sizes:
+                    n, warm = (frames, 10) if size < large_from else (frames_large, 2)
+                    frame = make_frame(size, card.input_dtype or "uint16")
+                    cfg = ServeConfig(engine="openvino", precision=prec, num_threads=threads)  # type: ignore[arg-type]
+                    bare = bare_engine(model, cfg, frame, n, warm)
+                    say(f"  {size}²: bare {bare['ms']['p50']:.2f} ms ({bare['fps']:.1f} frames/s); end to end ...")
+                    e2e = _e2e(model, prec, frame, n, warm, threads, Path(tmp) / f"{model.name}-{prec}-{size}")
+                    gflop = flops.get(size)
+                    row["sizes"][str(size)] = {
+                        "gflop_per_frame": gflop / 1e9 if gflop else None,
+                        "bare_ms_p50": bare["ms"]["p50"], "bare_fps": bare["fps"],
+                        "e2e_ms_p50": e2e["ms"]["p50"], "e2e_ms_p99": e2e["ms"]["p99"],
+                        "lossless_fps": e2e["lossless_fps"],
+                        "e2e_over_bare": e2e["ms"]["p50"] / bare["ms"]["p50"],
+                        "stages_ms_p50": e2e["stages_ms"], "frames": n}
+                    say(f"    end to end {e2e['ms']['p50']:.2f} ms, lossless {e2e['lossless_fps']:.1f} frames/s")
+                rows.append(row)
+    if not rows:
+        raise RuntimeError("nothing could be measured:\n  " + "\n  ".join(
+            f"{s['model']} {s['precision']}: {s['reason']}" for s in skipped))
+    report: dict[str, Any] = {
+        "data": str(data), "reference": str(reference), "frames_scored": len(raw), "data_range": rng,
+        "sizes": list(sizes), "precisions": list(precisions), "engine": "openvino", "threads": threads,
+        "gaussian": gauss, "rows": rows, "skipped": skipped,
+        "machine": {"cpu_count": os.cpu_count(), "cpu": _cpu_name(), "loadavg": list(os.getloadavg()),
+                    "platform": platform.platform(), "python": platform.python_version()},
+        "elapsed_s": time.perf_counter() - started,
+    }
+    report = _clean(report)
+    if report_dir is not None:
+        write_report(report, Path(report_dir))
+    return report
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _num(v: Any, fmt: str = ".1f") -> str:
+    return "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, fmt)
+
+
+def table(report: dict[str, Any]) -> str:
+    """One markdown row per model × precision, fastest first within equal quality."""
+    sizes = [str(s) for s in report["sizes"]]
+    head = ("| model | architecture | kFLOP/px | precision | PSNR / SSIM | "
+            + " | ".join(f"{s}²: GFLOP, bare / end-to-end lossless frames/s" for s in sizes) + " |")
+    lines = [head, "|" + "---|" * (5 + len(sizes))]
+    for r in sorted(report["rows"], key=lambda r: (-r["psnr"], r["model"], r["precision"])):
+        a = r["architecture"]
+        desc = (f"depth {a['depth']}, filters {a['filters'] or a['base_filters']}, {a['block']}"
+                + (f", skip {a['skip']}" if a.get("skip", "concat") != "concat" else "")
+                + (f", stem {a['stem']}" if a["stem"] != "none" else ""))
+        cells = []
+        for s in sizes:
+            m = r["sizes"].get(s, {})
+            cells.append(f"{_num(m.get('gflop_per_frame'), '.3g')}, {_num(m.get('bare_fps'))} / "
+                         f"{_num(m.get('lossless_fps'))}")
+        lines.append(f"| {r['model']} | {desc} | {_num(r['kflop_per_pixel'])} | {r['precision']} | "
+                     f"{r['psnr']:.2f} / {r['ssim']:.4f} | " + " | ".join(cells) + " |")
+    g = report["gaussian"]
+    lines.append(f"| Gaussian filter (σ {g['sigma']}) | | | | {g['psnr']:.2f} / {g['ssim']:.4f} |"
+                 + " |" * len(sizes))
+    for s in report.get("skipped", []):
+        lines.append(f"| {Path(s['model']).name} | | | {s['precision']} | skipped: "
+                     f"{s['reason'].splitlines()[0][:160]} |" + " |" * len(sizes))
+    m = report["machine"]
+    lines += ["", f"{report['frames_scored']} frames of {report['data']} scored against {report['reference']}; "
+                  f"{m['cpu_count']} × {m['cpu']}, load {m['loadavg'][0]:.2f} at the end."]
+    return "\n".join(lines)
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    """PSNR against end-to-end lossless frames/s at the first size: a colour per model (its precisions
+    joined by a line), a marker per precision, the Gaussian filter as a dashed line."""
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    size = str(report["sizes"][0])
+    fig = Figure(figsize=(9, 6), layout="constrained")
+    ax = fig.add_subplot()
+    markers = {"fp32": "o", "bf16": "s", "fp16": "D", "int8": "^"}
+    names = list(dict.fromkeys(r["model"] for r in report["rows"]))
+    colours = {n: f"C{i % 10}" for i, n in enumerate(names)}
+    model_handles = []
+    for name in names:
+        pts = sorted((r["sizes"][size]["lossless_fps"], r["psnr"], r["precision"]) for r in report["rows"]
+                     if r["model"] == name and r["sizes"].get(size, {}).get("lossless_fps") is not None)
+        if not pts:
+            continue
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "-", color=colours[name], lw=0.8, alpha=0.6)
+        for fps, psnr, precision in pts:
+            ax.scatter(fps, psnr, marker=markers.get(precision, "x"), color=colours[name], s=45, zorder=3)
+        best = max(pts)
+        ax.annotate(name, (best[0], best[1]), textcoords="offset points", xytext=(5, 4), fontsize=7,
+                    color=colours[name])
+        model_handles.append(Line2D([], [], color=colours[name], marker="o", lw=0.8, label=name))
+    g = report["gaussian"]
+    ax.axhline(g["psnr"], color="k", ls="--", lw=1)
+    precision_handles = [Line2D([], [], color="gray", marker=m, ls="", label=p) for p, m in markers.items()
+                         if any(r["precision"] == p for r in report["rows"])]
+    precision_handles.append(Line2D([], [], color="k", ls="--", label=f"Gaussian filter, best σ {g['sigma']} "
+                                                                    f"({g['psnr']:.2f} dB)"))
+    first = ax.legend(handles=model_handles, fontsize=7, loc="lower left", title="model", title_fontsize=7)
+    ax.add_artist(first)
+    ax.legend(handles=precision_handles, fontsize=7, loc="lower right", title="precision", title_fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel(f"end-to-end lossless frames/s at {size}² (n2n serve, OpenVINO)")
+    ax.set_ylabel(f"PSNR (dB) on {Path(report['data']).name}")
+    ax.set_title(f"Quality against speed ({report['machine']['cpu_count']} × {report['machine']['cpu']})")
+    ax.grid(True, which="both", alpha=0.3)
+    fig.savefig(path, dpi=120)
+
+
+def write_report(report: dict[str, Any], out: Path) -> None:
+    """``frontier.json``, ``frontier.md`` and ``frontier.png`` in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    plot(report, out / "frontier.png")
+    (out / "frontier.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "frontier.md").write_text(f"# Quality/speed frontier\n\n{table(report)}\n\n![frontier](frontier.png)\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.frontier", description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", type=Path, nargs="+", required=True, help="model folders made by `n2n train`")
+    p.add_argument("--data", type=Path, required=True, help="noisy stack to score (TIFF)")
+    p.add_argument("--reference", type=Path, required=True, help="its clean reference (TIFF)")
+    p.add_argument("--sizes", type=int, nargs="+", default=[512, 2048], help="square frame sides for speed")
+    p.add_argument("--precisions", default="fp32,bf16,int8", help="comma list of fp32, bf16, fp16, int8")
+    p.add_argument("--frames", type=int, default=100, help="frames per speed measurement")
+    p.add_argument("--frames-large", type=int, default=8, help="frames per measurement at sizes >= 1024")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads per engine")
+    p.add_argument("--max-frames", type=int, default=None, help="score only the first N frames of --data")
+    p.add_argument("--json", type=Path, default=None, help="write the report here")
+    p.add_argument("--report", type=Path, default=None, help="folder for frontier.json/.md/.png")
+    a = p.parse_args(argv)
+    try:
+        report = run_frontier(a.models, a.data, a.reference, a.sizes,
+                              [s.strip() for s in a.precisions.split(",") if s.strip()], a.frames, a.frames_large,
+                              threads=a.threads, max_frames=a.max_frames,
+                              progress=lambda s: print(s, file=sys.stderr, flush=True), report_dir=a.report)
+    except (FileNotFoundError, ValueError, RuntimeError, TimeoutError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(table(report))
+    if a.json:
+        a.json.parent.mkdir(parents=True, exist_ok=True)
+        a.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""INT8 post-training quantization for OpenVINO (NNCF), calibrated on the run's own training frames
+and kept only if it passes a quality check on the held-out validation rows.
+
+NNCF's accuracy-controlled quantization quantizes every convolution, then returns to float the
+layers that cost most quality, one at a time, until the loss on the held-out rows is within the limit.
+The loss is measured the same way there and in the final check, which runs both models through the
+streamer's OpenVINO engine (the code that serves them):
+
+* with a clean reference: MSE against it, pooled over all held-out pixels, INT8 against float32;
+* without one (Noise2Noise): against the next noisy frame. Its noise is independent of the output,
+  so MSE(output, next frame) = MSE(output, clean) + σ² on average, with σ² estimated from the frame
+  pair: the loss in dB against the clean image is estimated without ever seeing it. (PSNR against
+  the noisy frame itself, also recorded, dilutes any loss by (MSE + σ²) / MSE, so it is not what decides.)
+
+The INT8 model is kept if it loses at most ``max_loss_db`` and still runs at least half of its
+convolutions in INT8 (otherwise it would not be faster); else nothing is written and the card's
+``quantization`` entry says why.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from streamer.engines.openvino import OpenVINOEngine, import_openvino
+from streamer.model import Artifact, ModelCard, Quantization, file_digest
+
+from .normalization import Normalization
+from .pairs import held_out_pairs
+
+__all__ = ["INT8_NAME", "calibration_patches", "quantize_int8"]
+
+log = logging.getLogger("n2n.trainer")
+INT8_NAME = "model_int8.xml"
+MIN_INT8_SHARE = 0.5
+
+# (normalised input (1, 1, h, w), normalised target (h, w), noise variance of the target or None when
+# the target is a clean reference)
+_Item = tuple[np.ndarray, np.ndarray, float | None]
+
+
+def calibration_patches(stacks: Sequence[np.ndarray], splits: Sequence[int], norm: Normalization, count: int,
+                        size: int, multiple: int, seed: int = 0) -> list[np.ndarray]:
+    """``count`` normalised (1, 1, s, s) patches from the training rows (above ``splits``) of random
+    frames: what the model sees when it runs, never the held-out rows."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(count):
+        i = int(rng.integers(len(stacks)))
+        t, _, w = stacks[i].shape
+        s = max(multiple, min(size, splits[i], w) // multiple * multiple)
+        r = int(rng.integers(0, max(1, splits[i] - s + 1)))
+        c = int(rng.integers(0, max(1, w - s + 1)))
+        patch = stacks[i][int(rng.integers(t)), r : r + s, c : c + s]
+        out.append(norm.normalize(patch)[None, None])
+    return out
+
+
+def _validation_items(stacks: Sequence[np.ndarray], references: Sequence[np.ndarray] | None,
+                      splits: Sequence[int], mode: str, val_pairs: int, norm: Normalization) -> list[_Item]:
+    items: list[_Item] = []
+    for x, y, ref, _ in held_out_pairs(stacks, splits, references, mode, val_pairs):
+        xn = norm.normalize(x)
+        if ref is not None:
+            items.append((xn[None, None], norm.normalize(ref), None))
+        else:
+            assert y is not None
+            yn = norm.normalize(y)
+            items.append((xn[None, None], yn, float(np.mean((xn.astype(np.float64) - yn) ** 2) / 2)))
+    return items
+
+
+def _error_db(run: Callable[[np.ndarray], np.ndarray], items: Sequence[_Item]) -> tuple[float, dict[str, float]]:
+    """10·log10 of the (estimated) MSE against the clean image, pooled over all items; lower is better."""
+    se = noise = 0.0
+    pixels = 0
+    for x, target, sigma2 in items:
+        pred = run(x)[0, 0].astype(np.float64)
+        se += float(np.sum((pred - target) ** 2))
+        noise += (sigma2 or 0.0) * target.size
+        pixels += target.size
+    mse, sigma2_mean = se / pixels, noise / pixels
+    clean = max(mse - sigma2_mean, 0.01 * mse)  # guard: σ² overestimated when the sample moved
+    return 10 * math.log10(max(clean, 1e-30)), {"mse_vs_target": mse, "noise_variance": sigma2_mean,
+                                                "mse_clean_estimate": clean}
+
+
+def _int8_share(model: Any) -> tuple[int, int]:
+    """(convolutions whose weights are quantized, all convolutions) of an OpenVINO model."""
+    convs = [op for op in model.get_ordered_ops() if op.get_type_name() == "Convolution"]
+
+    def quantized(conv: Any) -> bool:
+        node = conv.input_value(1).get_node()
+        while node.get_type_name() in ("Convert", "Multiply", "Subtract", "Reshape"):
+            node = node.input_value(0).get_node()
+        return node.get_type_name() == "FakeQuantize" or node.get_element_type().get_type_name() in ("i8", "u8")
+
+    return sum(quantized(c) for c in convs), len(convs)
+
+
+def _check(onnx: Path, int8: Path, items: Sequence[_Item], max_loss_db: float) -> dict[str, Any]:
+    """Both models through the serving engine on the held-out items."""
+    fp32 = OpenVINOEngine(onnx, precision="fp32")
+    q = OpenVINOEngine(onnx, int8_path=int8, precision="int8")
+    try:
+        err_fp32, parts_fp32 = _error_db(fp32.infer, items)
+        err_int8, parts_int8 = _error_db(q.infer, items)
+    finally:
+        fp32.close()
+        q.close()
+    against = "reference" if items[0][2] is None else "next frame (Noise2Noise), noise-corrected"
+    loss = err_int8 - err_fp32
+    return {"against": against, "items": len(items), "pixels": int(sum(t.size for _, t, _ in items)),
+            "loss_db": loss, "fp32": parts_fp32, "int8": parts_int8, "passed": bool(loss <= max_loss_db)}
+
+
+def quantize_int8(run_dir: str | Path, stacks: Sequence[np.ndarray], references: Sequence[np.ndarray] | None,
+                  splits: Sequence[int], mode: str, val_pairs: int = 8, max_loss_db: float = 0.1,
+                  samples: int = 32, patch: int = 256, seed: int = 0,
+                  calibration: list[np.ndarray] | None = None) -> Quantization:
+    """Quantize ``run_dir/model.onnx`` to INT8 and keep it (``model_int8.xml``/``.bin``, listed in the
+    card) only if it passes (see the module docstring). ``calibration`` replaces the patches drawn from
+    the training frames (tests use it to calibrate deliberately wrongly)."""
+    run_dir = Path(run_dir)
+    card = ModelCard.load(run_dir)
+    norm = Normalization(mean=card.mean, std=card.std)
+    onnx = card.artifact("onnx")
+    target = run_dir / INT8_NAME
+    for stale in (target, target.with_suffix(".bin")):
+        stale.unlink(missing_ok=True)  # an older INT8 export must not outlive a failed new one
+    card.artifacts = {k: v for k, v in card.artifacts.items() if k != "openvino_int8"}
+    if calibration is None:
+        calibration = calibration_patches(stacks, splits, norm, samples, patch, card.size_multiple, seed)
+        source: dict[str, Any] = {"frames": "training rows of the run's own frames", "patches": len(calibration),
+                                  "patch_size": int(calibration[0].shape[-1]), "seed": seed}
+    else:
+        source = {"frames": "given by the caller", "patches": len(calibration)}
+    items = _validation_items(stacks, references, splits, mode, val_pairs, norm)
+
+    def metric(compiled: Any, data: Any) -> float:  # NNCF maximises it
+        out = compiled.output(0)
+        return -_error_db(lambda x: compiled(x)[out], list(data))[0]
+
+    result: Quantization
+    try:
+        import nncf
+
+        ov = import_openvino()
+        for name in ("nncf", "openvino"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        from openvino import passes
+
+        model = ov.Core().read_model(str(onnx))
+        folding = passes.Manager()  # weights computed in the graph (the sub-pixel decoder's) become constants
+        folding.register_pass(passes.ConstantFolding())
+        folding.run_passes(model)
+        quantized = nncf.quantize_with_accuracy_control(
+            model, nncf.Dataset(calibration), nncf.Dataset(items), metric, max_drop=max_loss_db,
+            drop_type=nncf.DropType.ABSOLUTE, subset_size=len(calibration), preset=nncf.QuantizationPreset.MIXED)
+        n_int8, n_conv = _int8_share(quantized)
+        with tempfile.TemporaryDirectory(dir=run_dir) as tmp:
+            tmp_xml = Path(tmp) / INT8_NAME
+            ov.save_model(quantized, str(tmp_xml), compress_to_fp16=False)
+            check = _check(onnx, tmp_xml, items, max_loss_db)
+            check["int8_convolutions"] = f"{n_int8} of {n_conv}"
+            keep = check["passed"] and n_int8 >= MIN_INT8_SHARE * n_conv
+            if keep:
+                shutil.move(str(tmp_xml.with_suffix(".bin")), target.with_suffix(".bin"))
+                shutil.move(str(tmp_xml), target)
+    except ImportError as exc:
+        result = Quantization(status="skipped", reason=f"nncf or openvino is not installed ({exc})",
+                              calibration=source, max_loss_db=max_loss_db)
+    except Exception as exc:  # NNCF or OpenVINO refusing this graph must not fail training
+        log.warning("INT8 quantization failed: %s", exc)
+        result = Quantization(status="failed", reason=f"{type(exc).__name__}: {exc}", calibration=source,
+                              max_loss_db=max_loss_db)
+    else:
+        loss = check["loss_db"]
+        how = (f"{loss:.3f} dB against float32 on the held-out rows "
+               f"({'against the reference' if items[0][2] is None else 'noise-corrected, vs the next frame'}); "
+               f"{n_int8} of {n_conv} convolutions in INT8")
+        if keep:
+            card.artifacts = {**card.artifacts, "openvino_int8": Artifact(
+                path=target.name, format="openvino_int8", sha256=file_digest(target),
+                weights=target.with_suffix(".bin").name, weights_sha256=file_digest(target.with_suffix(".bin")),
+                layout="NCHW float32, normalised (INT8 inside)")}
+            result = Quantization(status="kept", reason=f"kept: loses {how}", calibration=source, check=check,
+                                  max_loss_db=max_loss_db)
+        else:
+            why = (f"more than the {max_loss_db} dB allowed" if not check["passed"] else
+                   f"fewer than {MIN_INT8_SHARE:.0%} of the convolutions stayed INT8, so it would not be faster")
+            result = Quantization(status="rejected", reason=f"not written: loses {how}: {why}",
+                                  calibration=source, check=check, max_loss_db=max_loss_db)
+    log.info("INT8: %s", result.reason)
+    card.quantization = result
+    card.save()
+    return result
