@@ -85,13 +85,16 @@ def _settings(items: list[str] | None) -> dict[str, Any]:
     """``--set KEY=VALUE`` options as dotted-key overrides; values are YAML (numbers, lists, null...)."""
     import yaml
 
+    from streamer.config import NULL
+
     out: dict[str, Any] = {}
     for item in items or []:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
             _fail(f"--set expects KEY=VALUE (e.g. --set model.depth=3), got {item!r}")
         try:
-            out[key.strip()] = yaml.safe_load(text)
+            value = yaml.safe_load(text)
+            out[key.strip()] = NULL if value is None else value
         except yaml.YAMLError as exc:
             _fail(f"--set {key.strip()}: the value {text!r} is not valid YAML ({exc})")
     return out
@@ -164,10 +167,11 @@ def train(
     """Fit a Noise2Noise (or supervised) U-Net and export it to ONNX."""
     from trainer.config import TrainConfig
 
-    cfg = _load(TrainConfig, config, dry_run, mode=mode, **{
-        **_settings(set_), "optim.epochs": epochs, "optim.steps_per_epoch": steps_per_epoch,
-        "optim.max_minutes": max_minutes, "optim.device": device, "optim.seed": seed,
-        "data.source": "files" if data else None})
+    named = {"mode": mode, "optim.epochs": epochs, "optim.steps_per_epoch": steps_per_epoch,
+             "optim.max_minutes": max_minutes, "optim.device": device, "optim.seed": seed,
+             "data.source": "files" if data else None}
+    cfg = _load(TrainConfig, config, dry_run, **{**{k: v for k, v in named.items() if v is not None},
+                                                 **_settings(set_)})
     from trainer.run import run_training
 
     try:
@@ -653,9 +657,13 @@ def frontier(
     from bench.frontier import run_frontier, table
     from streamer.config import FrontierConfig
 
+    try:
+        size_list = [int(v) for v in sizes.split(",") if v.strip()] if sizes else None
+    except ValueError:
+        _fail(f"--sizes expects a comma list of integers (e.g. 512,2048), got {sizes!r}")
     cfg = _load(FrontierConfig, config, dry_run, models=[str(m) for m in models] if models else None,
                 data=str(data) if data else None, reference=str(reference) if reference else None,
-                sizes=[int(v) for v in sizes.split(",") if v.strip()] if sizes else None,
+                sizes=size_list,
                 precisions=precisions, frames=frames, frames_large=frames_large, max_frames=max_frames,
                 threads=threads, json_path=str(json_path) if json_path else None,
                 report=str(report_dir) if report_dir else None)

@@ -126,7 +126,8 @@ class Quantization(_Part):
     calibration: dict[str, Any] = Field(default_factory=dict)
     """Which frames calibrated it (the run's own training frames), how many samples."""
     check: dict[str, Any] = Field(default_factory=dict)
-    """Held-out validation: PSNR of float32 and INT8 output and the loss in dB."""
+    """Held-out validation: MSE of float32 and INT8 output (against the reference, or the next frame with
+    the noise estimate) and the loss in dB."""
     max_loss_db: float = 0.1
 
 
@@ -157,6 +158,10 @@ class ModelCard(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelCard:
+        if self.size_multiple != 2**self.architecture.levels:
+            raise ValueError(f"size_multiple {self.size_multiple} does not match the architecture (depth "
+                             f"{self.architecture.depth}, stem {self.architecture.stem}: "
+                             f"{2**self.architecture.levels})")
         for key, art in self.artifacts.items():
             if key != art.format:
                 raise ValueError(f"artifacts.{key} holds a {art.format!r} file; expected format {key!r}")

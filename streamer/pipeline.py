@@ -132,6 +132,12 @@ class Denoiser:
         self._scale = np.float32(1.0 / card.std)
         self._offset = np.float32(-card.mean / card.std)
         self._plans: dict[tuple[int, int], TilePlan] = {}
+        self._prepared: set[tuple[tuple[int, ...], str]] = set()
+
+    @property
+    def shapes(self) -> list[tuple[int, int]]:
+        """Frame shapes planned so far (a model swap compiles the new model for them)."""
+        return list(self._plans)
 
     @property
     def min_side(self) -> int:
@@ -148,12 +154,15 @@ class Denoiser:
         """Compile the engine for frames of ``shape`` (a real ``sample`` frame calibrates precision), and
         its frame path for the sample's dtype (else the model card's) where the engine has one."""
         plan = self.plan(shape)
-        calib = self.preprocess(sample, plan) if sample is not None else None
-        self.engine.prepare(plan.batch_shape, calib)
         dtype = np.dtype(sample.dtype if sample is not None else self.card.input_dtype or "float32")
-        if self._framed(plan, dtype):
+        framed = self._framed(plan, dtype)
+        if not (framed and self.engine.precision_decided):  # the frame path alone needs no float model
+            calib = self.preprocess(sample, plan) if sample is not None else None
+            self.engine.prepare(plan.batch_shape, calib)
+        if framed:
             self.engine.infer_frames(np.zeros(plan.batch_shape, dtype), self.card.mean, self.card.std,
                                      self._out_dtype(dtype).name)
+        self._prepared.add((tuple(shape), dtype.name))
         return plan
 
     def _framed(self, plan: TilePlan, dtype: np.dtype) -> bool:
@@ -210,7 +219,7 @@ class Denoiser:
         t = timings or Timings()
         t.start = time.time_ns()
         plan = self.plan(pixels.shape)  # type: ignore[arg-type]
-        if plan.batch_shape != self.engine.current_shape:
+        if (pixels.shape, pixels.dtype.name) not in self._prepared:
             self.prepare(pixels.shape, pixels)  # type: ignore[arg-type]
         if self._framed(plan, pixels.dtype):
             t.preprocessed = time.time_ns()
@@ -241,7 +250,7 @@ class Denoiser:
             raise ValueError(f"expected 2-D frames with height and width >= {self.min_side}, got shape {first.shape}")
         t = timings or Timings()
         t.start = time.time_ns()
-        if plan.batch_shape != self.engine.current_shape:
+        if (first.shape, first.dtype.name) not in self._prepared:
             self.prepare(first.shape, first)  # type: ignore[arg-type]  # decides the precision on one frame
         if self._framed(plan, first.dtype):
             t.preprocessed = time.time_ns()

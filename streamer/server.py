@@ -260,7 +260,7 @@ class Server:
         shapes for little gain)."""
         first = self._queue.popleft()[0]
         cfg = self.config
-        n = cfg.max_batch
+        n = min(cfg.max_batch, cfg.queue_size)  # a batch is made of frames already waiting in the queue
         if (cfg.mode != "lossless" or n < 2 or len(self._queue) < n - 1
                 or first.pixels.size > cfg.batch_max_pixels):
             return [first]
@@ -276,11 +276,11 @@ class Server:
         t = Timings()
         try:
             outs = self.denoiser.batch([m.pixels for m in msgs], t)
-        except Exception as exc:  # an engine failure must not take the server down
-            log.exception("denoising a batch of %d frames (seq %s..%s) failed", len(msgs), msgs[0].seq, msgs[-1].seq)
+        except Exception as exc:  # the batch shape failed (compile, memory): the frames may still go one by one
+            log.warning("denoising a batch of %d frames (seq %s..%s) failed (%s: %s); denoising them one by one",
+                        len(msgs), msgs[0].seq, msgs[-1].seq, type(exc).__name__, exc)
             for m in msgs:
-                self._reject(ProtocolError("engine_error", f"denoising failed: {type(exc).__name__}: {exc}", m.seq),
-                             None)
+                self._process(m, None)
             return
         self.stats.batched_frames += len(msgs)
         for m, out in zip(msgs, outs):
@@ -407,7 +407,7 @@ class Server:
         On any error the current model stays."""
         t0 = time.perf_counter()
         new = load_denoiser(model_dir, self.config, engine)
-        for shape in list(self.denoiser._plans) or [s for s in [self._shape_hint()] if s]:
+        for shape in self.denoiser.shapes or [s for s in [self._shape_hint()] if s]:
             new.prepare(shape)
         old, self.denoiser = self.denoiser, new
         old.engine.close()

@@ -141,3 +141,18 @@ def test_export_int8_from_the_cli_reads_the_training_data(int8_run: Path, tmp_pa
         moved.rename(trained_on)
     assert gone.exit_code == 2 and "the run was trained on it, but it is gone" in " ".join(gone.output.split())
     assert (run / INT8_NAME).is_file()
+
+
+def test_changed_int8_file_does_not_stop_float_serving(int8_run: Path, tmp_path: Path) -> None:
+    """A bad INT8 file blocks only INT8: fp32 serves without reading it, auto serves without it (and says so)."""
+    run = tmp_path / "run"
+    shutil.copytree(int8_run, run)
+    with open(run / "model_int8.bin", "ab") as f:
+        f.write(b"\0")
+    card = ModelCard.load(run)
+
+    for precision in ("fp32", "auto"):
+        engine = create_engine("openvino", card, precision=precision, num_threads=1)
+        engine.prepare((1, 1, 64, 64))
+        assert engine.precision != "int8"
+    assert "not used" in engine.precision_note and "changed since the model card was written" in engine.precision_note

@@ -229,3 +229,21 @@ def test_cli_config_file_trains_the_same(tmp_path: Path, tiny_config_dict, frame
 
     a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_a_checkpoint_from_before_the_model_family(tmp_path: Path, tiny_config: ConfigFactory, frames) -> None:
+    """A checkpoint whose config predates newer options (model.skip, quantize, ...) resumes: the options it
+    lacks took their defaults, so they are not changes."""
+    import torch
+
+    cfg = tiny_config(optim={"epochs": 1})
+    train(cfg, frames, tmp_path)
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    for key in ("filters", "block", "skip", "stem"):
+        ckpt["config"]["model"].pop(key)
+    ckpt["config"].pop("quantize")
+    torch.save(ckpt, tmp_path / "checkpoint.pt")
+
+    result = train(tiny_config(optim={"epochs": 2}), frames, tmp_path, resume=True)
+
+    assert result.epochs == 2

@@ -102,6 +102,15 @@ def _incompatible_changes(old: dict[str, Any], new: dict[str, Any], prefix: str 
     return changed
 
 
+def _with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's config as this version writes it: options added since then take their defaults
+    (which is what the checkpoint was trained with), so they do not count as changes."""
+    try:
+        return TrainConfig.model_validate(saved).model_dump(mode="json")
+    except ValueError:
+        return saved
+
+
 def _lr_factor(step: int, total: int, cfg: Any) -> float:
     if step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
@@ -172,7 +181,7 @@ def train(
         if not ckpt_path.exists():
             raise FileNotFoundError(f"{ckpt_path}: nothing to resume from")
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)  # plain data only, no pickle code
-        changed = _incompatible_changes(ckpt["config"], config.model_dump(mode="json"))
+        changed = _incompatible_changes(_with_defaults(ckpt["config"]), config.model_dump(mode="json"))
         if changed:
             raise ValueError(f"{ckpt_path}: was made with a different configuration ({', '.join(changed)} "
                              "changed); resume allows changing only optim.epochs, max_minutes, "

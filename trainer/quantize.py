@@ -50,6 +50,8 @@ def calibration_patches(stacks: Sequence[np.ndarray], splits: Sequence[int], nor
                         size: int, multiple: int, seed: int = 0) -> list[np.ndarray]:
     """``count`` normalised (1, 1, s, s) patches from the training rows (above ``splits``) of random
     frames: what the model sees when it runs, never the held-out rows."""
+    if min(splits) < multiple:
+        raise ValueError(f"expected at least {multiple} training rows above the held-out rows, got {min(splits)}")
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(count):

@@ -40,9 +40,16 @@ def _make(name: str, card: ModelCard, **kwargs: Any) -> Engine:
         from .openvino import OpenVINOEngine
 
         q = card.quantization
-        int8 = card.artifact("openvino_int8") if "openvino_int8" in card.artifacts else None
-        note = ((f"(export checked on held-out frames: {q.reason})" if int8 else q.reason) if q
-                else "" if int8 else "this model has no INT8 export (n2n export --format int8)")
+        int8, note = None, q.reason if q else "this model has no INT8 export (n2n export --format int8)"
+        if "openvino_int8" in card.artifacts and kwargs.get("precision") in ("auto", "int8"):
+            try:
+                int8 = card.artifact("openvino_int8")
+                note = f"(export checked on held-out frames: {q.reason})" if q else "(export checked)"
+            except (FileNotFoundError, ValueError) as exc:  # missing, or not the file the card recorded
+                if kwargs.get("precision") == "int8":
+                    raise
+                note = f"not used: {exc}"
+                log.warning("INT8 export of %s %s", card.name, note)
         return OpenVINOEngine(card.artifact("onnx"), int8_path=int8, int8_note=note, **kwargs)
     if name == "onnxruntime":
         from .onnxruntime import OnnxRuntimeEngine

@@ -45,8 +45,9 @@ class Engine(ABC):
     """Runs an exported model. Subclasses set ``name`` and implement ``_compile``/``_run``.
 
     :meth:`prepare` compiles for one input shape (once per shape; later calls with that shape
-    are free); :meth:`infer` runs a batch of that shape. Reduced precision is kept only if,
-    on a calibration batch, its output is within ``min_psnr_db`` of float32's.
+    are free); :meth:`infer` runs a batch of that shape. bf16/fp16 are kept only if, on a
+    calibration batch, their output is within ``min_psnr_db`` of float32's; int8 (an INT8 export)
+    was checked on held-out frames when it was written. See :meth:`prepare`.
     """
 
     name: str = "engine"
@@ -113,9 +114,12 @@ class Engine(ABC):
                 passed[reduced] = fast
         if want in ("auto", "int8"):
             if "int8" in self._supported():
-                passed["int8"] = self._compile(shape, "int8")
-                notes.append(f"int8 {self._int8_note()}".strip())
-            elif want == "int8":
+                try:
+                    passed["int8"] = self._compile(shape, "int8")
+                    notes.append(f"int8 {self._int8_note()}".strip())
+                except Exception as exc:  # a backend refusing the INT8 graph is not fatal
+                    notes.append(f"int8 failed on {self.name} ({type(exc).__name__}: {exc})")
+            elif want == "int8" or self._int8_note():
                 notes.append(f"int8 not available: {self._int8_note() or f'{self.name} has no INT8 path'}")
         if passed and not passed.keys() & {"bf16", "fp16"} and want == "auto":
             passed["fp32"] = fp32  # INT8 alone must still beat float32 here (thin networks may not)
@@ -125,11 +129,17 @@ class Engine(ABC):
         elif passed:
             x = np.ascontiguousarray(calibration if calibration is not None and calibration.shape == shape
                                      else calibration_batch(shape), dtype=np.float32)
-            times = {p: self._time(c, x) for p, c in passed.items()}
-            precision = min(times, key=times.__getitem__)
-            chosen = passed[precision]
-            notes.append("fastest here: " + ", ".join(f"{p} {t * 1e3:.1f} ms" for p, t in
-                                                      sorted(times.items(), key=lambda kv: kv[1])))
+            times: dict[str, float] = {}
+            for p, c in passed.items():
+                try:
+                    times[p] = self._time(c, x)
+                except Exception as exc:  # refused at run time: not a candidate
+                    notes.append(f"{p} failed on {self.name} ({type(exc).__name__}: {exc})")
+            if times:
+                precision = min(times, key=times.__getitem__)
+                chosen = passed[precision]
+                notes.append("fastest here: " + ", ".join(f"{p} {t * 1e3:.1f} ms" for p, t in
+                                                          sorted(times.items(), key=lambda kv: kv[1])))
         if precision == "fp32" and want != "fp32":
             notes.append("using fp32")
         self.precision_note = "; ".join(notes)
@@ -171,6 +181,11 @@ class Engine(ABC):
         return ""
 
     @property
+    def precision_decided(self) -> bool:
+        """Whether the precision has been chosen (at the first shape prepared)."""
+        return self._decided is not None
+
+    @property
     def current_shape(self) -> tuple[int, ...] | None:
         """The batch shape the engine last prepared (None before any)."""
         return self._current
@@ -194,7 +209,8 @@ class Engine(ABC):
     def infer_frames(self, frames: np.ndarray, mean: float, std: float, out_dtype: str) -> np.ndarray:
         """Denoise a (N, 1, H, W) batch of camera frames (a dtype in :attr:`frame_dtypes`) with the
         normalisation, and the conversion back to ``out_dtype`` (clipped to its range and rounded to
-        nearest-even for integers), inside the engine; same result as doing them around :meth:`infer`."""
+        nearest-even for integers), inside the engine: the result of doing them around :meth:`infer`,
+        up to float32 rounding (integers: one count where a value falls on .5)."""
         raise NotImplementedError(f"{self.name} has no frame path")
 
     def info(self) -> dict[str, Any]:

@@ -90,9 +90,15 @@ class OpenVINOEngine(Engine):
     frame_dtypes = ("uint8", "uint16", "int16", "float32")
 
     def infer_frames(self, frames: np.ndarray, mean: float, std: float, out_dtype: str) -> np.ndarray:
+        """See :meth:`Engine.infer_frames`. The graph does the Python path's float32 operations, which
+        OpenVINO may fuse: an integer output can differ by one count where a value falls on .5."""
         shape = tuple(int(v) for v in frames.shape)
-        if self._current != shape:
-            self.prepare(shape)  # type: ignore[arg-type]  # decides the precision, as for infer()
+        if shape not in self._compiled:
+            if self._decided is None:
+                self.prepare(shape)  # type: ignore[arg-type]  # decides the precision, as for infer()
+            else:
+                self._compiled[shape] = None  # this shape needs no float-batch model (infer() makes one if asked)
+        self._current = shape
         key = (shape, frames.dtype.name, out_dtype, float(mean), float(std))
         entry = self._framed.get(key)
         if entry is None:
@@ -122,9 +128,10 @@ class OpenVINOEngine(Engine):
         types = {"uint8": ov.Type.u8, "uint16": ov.Type.u16, "int16": ov.Type.i16, "float32": ov.Type.f32}
         ppp = PrePostProcessor(model)
         ppp.input().tensor().set_element_type(types[in_dtype])
-        ppp.input().preprocess().convert_element_type(ov.Type.f32).scale(np.float32(std)).mean(
-            np.float32(mean / std))
-        # scale then mean: (x / std) − mean / std, the same float32 arithmetic as Denoiser.preprocess
+        scale, offset = np.float32(1.0 / std), np.float32(-mean / std)
+        # x · (1/std) + (−mean/std): the float32 operations of Denoiser.preprocess
+        ppp.input().preprocess().convert_element_type(ov.Type.f32).custom(
+            lambda x: ops.add(ops.multiply(x, ops.constant(scale)), ops.constant(offset)).output(0))
 
         def back(out: Any) -> Any:
             y = ops.add(ops.multiply(out, ops.constant(np.float32(std))), ops.constant(np.float32(mean)))
