@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 __all__ = [
     "CONFIG_VERSION",
+    "ENDPOINT_NAMES",
     "ConfigError",
     "Endpoints",
     "FrontierConfig",
@@ -49,6 +50,8 @@ class _Versioned(_Strict):
 
 
 _SCHEMES = ("tcp://", "ipc://", "inproc://")
+ENDPOINT_NAMES = ("input", "output", "request", "stats", "control")
+"""The server's five sockets, in the order of :class:`Endpoints`."""
 
 
 class Endpoints(_Strict):
@@ -68,6 +71,18 @@ class Endpoints(_Strict):
     """PUB: statistics as JSON (topic ``stats``), twice a second."""
     control: str = "tcp://127.0.0.1:5559"
     """REP: status, model swap, shutdown (JSON commands)."""
+
+    @classmethod
+    def local(cls, transport: str = "tcp", folder: str | Path | None = None) -> Endpoints:
+        """Every socket on this machine only, on ports the system picks (``tcp://127.0.0.1:*``), or as
+        ``ipc://FOLDER/NAME`` files (``transport='ipc'``: the fastest path between processes of one host)."""
+        if transport == "ipc":
+            if folder is None:
+                raise ValueError("ipc endpoints need a folder for their socket files")
+            return cls(**{name: f"ipc://{folder}/{name}" for name in ENDPOINT_NAMES})
+        if transport != "tcp":
+            raise ValueError(f"expected transport tcp or ipc, got {transport!r}")
+        return cls(**{name: "tcp://127.0.0.1:*" for name in ENDPOINT_NAMES})
 
     @field_validator("input", "output", "request", "stats", "control")
     @classmethod
