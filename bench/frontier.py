@@ -21,22 +21,20 @@ frames/s at the first size.
 
 from __future__ import annotations
 
-import argparse
 import json
-import math
-import os
-import platform
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bench.latency import _start_server, bare_engine, end_to_end, make_frame
-from bench.suite import _clean, _stop_process, model_flops
+from bench.command import Progress, comma_list, parser, progress_to_stderr, run_command
+from bench.flops import model_flops
+from bench.latency import bare_engine, lossless_end_to_end, make_frame
+from bench.report import fmt, json_safe, machine
 from streamer.config import ServeConfig
 from streamer.model import ModelCard
 from streamer.server import load_denoiser
@@ -44,7 +42,6 @@ from streamer.server import load_denoiser
 __all__ = ["gaussian_baseline", "main", "quality", "run_frontier", "table", "write_report"]
 
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
-Progress = Callable[[str], None]
 
 
 def _read(path: Path) -> np.ndarray:
@@ -63,17 +60,12 @@ def _psnr_ssim(images: np.ndarray, reference: np.ndarray, data_range: float) -> 
 
 def gaussian_baseline(raw: np.ndarray, reference: np.ndarray, data_range: float,
                       sigmas: Sequence[float] = (0.6, 0.8, 1.0, 1.2, 1.5, 2.0, 2.5, 3.0)) -> dict[str, float]:
-    """The Gaussian filter with the best sigma on the first 5 frames, scored on all (as ``n2n evaluate``)."""
-    from scipy import ndimage
+    """The Gaussian filter with the best sigma on the first 5 frames, scored on all (``n2n evaluate``'s
+    baseline, the same function)."""
+    from trainer.evaluate import best_gaussian
 
-    from trainer.metrics import psnr
-
-    probe = raw[: min(5, len(raw))].astype(np.float32)
-    refs = [reference[t] if reference.ndim == 3 else reference for t in range(len(probe))]
-    score = {s: float(np.mean([psnr(ndimage.gaussian_filter(f, s), r, data_range) for f, r in zip(probe, refs)]))
-             for s in sigmas}
-    sigma = max(score, key=score.__getitem__)
-    smoothed = np.stack([ndimage.gaussian_filter(f.astype(np.float32), sigma) for f in raw])
+    refs = [reference[t] if reference.ndim == 3 else reference for t in range(len(raw))]
+    sigma, smoothed, _ = best_gaussian(raw, refs, [data_range] * len(raw), sigmas)
     p, s = _psnr_ssim(smoothed, reference, data_range)
     return {"sigma": sigma, "psnr": p, "ssim": s}
 
@@ -92,18 +84,6 @@ def quality(model: Path, precision: str, raw: np.ndarray, reference: np.ndarray,
         den.engine.close()
     p, s = _psnr_ssim(out, reference, data_range)
     return {"psnr": p, "ssim": s, "precision": info["precision"], "precision_note": info["precision_note"]}
-
-
-def _e2e(model: Path, precision: str, frame: np.ndarray, frames: int, warmup: int, threads: int | None,
-         workdir: Path) -> dict[str, Any]:
-    workdir.mkdir(parents=True, exist_ok=True)
-    proc, endpoints = _start_server(model, "openvino", precision, threads, "tcp", workdir)
-    try:
-        result = end_to_end(endpoints, frame, frames, warmup)
-    finally:
-        _stop_process(proc)
-    result.pop("samples_ms", None)
-    return result
 
 
 def _data_range(reference: np.ndarray) -> float:
@@ -179,7 +159,8 @@ def run_frontier(models: Sequence[Path], data: Path, reference: Path, sizes: Seq
                     cfg = ServeConfig(engine="openvino", precision=prec, num_threads=threads)  # type: ignore[arg-type]
                     bare = bare_engine(model, cfg, frame, n, warm)
                     say(f"  {size}²: bare {bare['ms']['p50']:.2f} ms ({bare['fps']:.1f} frames/s); end to end ...")
-                    e2e = _e2e(model, prec, frame, n, warm, threads, Path(tmp) / f"{model.name}-{prec}-{size}")
+                    workdir = Path(tmp) / f"{model.name}-{prec}-{size}"
+                    e2e = lossless_end_to_end(model, "openvino", prec, frame, n, workdir, threads, warmup=warm)
                     gflop = flops.get(size)
                     row["sizes"][str(size)] = {
                         "gflop_per_frame": gflop / 1e9 if gflop else None,
@@ -197,28 +178,13 @@ def run_frontier(models: Sequence[Path], data: Path, reference: Path, sizes: Seq
         "data": str(data), "reference": str(reference), "frames_scored": len(raw), "data_range": rng,
         "sizes": list(sizes), "precisions": list(precisions), "engine": "openvino", "threads": threads,
         "gaussian": gauss, "rows": rows, "skipped": skipped,
-        "machine": {"cpu_count": os.cpu_count(), "cpu": _cpu_name(), "loadavg": list(os.getloadavg()),
-                    "platform": platform.platform(), "python": platform.python_version()},
+        "machine": machine(),
         "elapsed_s": time.perf_counter() - started,
     }
-    report = _clean(report)
+    report = json_safe(report)
     if report_dir is not None:
         write_report(report, Path(report_dir))
     return report
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _num(v: Any, fmt: str = ".1f") -> str:
-    return "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, fmt)
 
 
 def table(report: dict[str, Any]) -> str:
@@ -235,9 +201,9 @@ def table(report: dict[str, Any]) -> str:
         cells = []
         for s in sizes:
             m = r["sizes"].get(s, {})
-            cells.append(f"{_num(m.get('gflop_per_frame'), '.3g')}, {_num(m.get('bare_fps'))} / "
-                         f"{_num(m.get('lossless_fps'))}")
-        lines.append(f"| {r['model']} | {desc} | {_num(r['kflop_per_pixel'])} | {r['precision']} | "
+            cells.append(f"{fmt(m.get('gflop_per_frame'), '.3g')}, {fmt(m.get('bare_fps'), '.1f')} / "
+                         f"{fmt(m.get('lossless_fps'), '.1f')}")
+        lines.append(f"| {r['model']} | {desc} | {fmt(r['kflop_per_pixel'], '.1f')} | {r['precision']} | "
                      f"{r['psnr']:.2f} / {r['ssim']:.4f} | " + " | ".join(cells) + " |")
     g = report["gaussian"]
     lines.append(f"| Gaussian filter (σ {g['sigma']}) | | | | {g['psnr']:.2f} / {g['ssim']:.4f} |"
@@ -302,7 +268,7 @@ def write_report(report: dict[str, Any], out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.frontier", description=__doc__.split("\n\n")[0])
+    p = parser("bench.frontier", __doc__)
     p.add_argument("--models", type=Path, nargs="+", required=True, help="model folders made by `n2n train`")
     p.add_argument("--data", type=Path, required=True, help="noisy stack to score (TIFF)")
     p.add_argument("--reference", type=Path, required=True, help="its clean reference (TIFF)")
@@ -315,19 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=None, help="write the report here")
     p.add_argument("--report", type=Path, default=None, help="folder for frontier.json/.md/.png")
     a = p.parse_args(argv)
-    try:
-        report = run_frontier(a.models, a.data, a.reference, a.sizes,
-                              [s.strip() for s in a.precisions.split(",") if s.strip()], a.frames, a.frames_large,
-                              threads=a.threads, max_frames=a.max_frames,
-                              progress=lambda s: print(s, file=sys.stderr, flush=True), report_dir=a.report)
-    except (FileNotFoundError, ValueError, RuntimeError, TimeoutError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(table(report))
-    if a.json:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps(report, indent=2) + "\n")
-    return 0
+    return run_command(lambda: run_frontier(a.models, a.data, a.reference, a.sizes, comma_list(a.precisions),
+                                            a.frames, a.frames_large, threads=a.threads, max_frames=a.max_frames,
+                                            progress=progress_to_stderr, report_dir=a.report), table, a.json)
 
 
 if __name__ == "__main__":

@@ -11,16 +11,13 @@
    as backpressure allows and measures the sustained output rate;
 3. bare again, to tell whether the machine was steady (more than 10% apart: "noisy").
 
-Targets (from the streamer issue): end-to-end median within 10% of the bare median, and
+Targets: end-to-end median within 10% of the bare median, and
 sustained lossless frames/s within 10% of the bare engine's.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -30,14 +27,15 @@ from typing import Any
 
 import numpy as np
 
+from bench.command import Progress, parser, progress_to_stderr, run_command
+from bench.processes import start_server
 from streamer.client import StreamClient
 from streamer.config import ServeConfig
 from streamer.server import load_denoiser
 from streamer.sources import SimulatedCamera, SimulatedCameraConfig
+from streamer.stats import summary
 
-__all__ = ["run", "make_frame", "bare_engine", "end_to_end", "main"]
-
-ENDPOINT_NAMES = ("input", "output", "request", "stats", "control")
+__all__ = ["BareEngine", "bare_engine", "end_to_end", "lossless_end_to_end", "main", "make_frame", "run", "table"]
 
 
 def make_frame(size: int, dtype: str, seed: int = 0) -> np.ndarray:
@@ -51,68 +49,63 @@ def make_frame(size: int, dtype: str, seed: int = 0) -> np.ndarray:
     return frame.astype(dtype)
 
 
-def _summary(ms: list[float]) -> dict[str, float]:
-    a = np.asarray(ms, dtype=np.float64)
-    return {"p50": float(np.median(a)), "p95": float(np.percentile(a, 95)), "p99": float(np.percentile(a, 99)),
-            "mean": float(a.mean()), "n": int(a.size)}
+class BareEngine:
+    """The engine alone (no sockets), loaded and prepared for ``frame``: its precision is decided here,
+    before anything is timed. :meth:`measure` times what the server's engine call does on that frame:
+    a normalised batch, or with an engine that has a frame path (OpenVINO) the camera frame itself
+    (normalisation and conversion back are part of its graph). Close it, or use it in a ``with`` block."""
 
-
-def bare_engine(model: Path, cfg: ServeConfig, frame: np.ndarray, frames: int, warmup: int = 10) -> dict[str, Any]:
-    """Time the engine alone (no sockets) on one frame: what the server's engine call does."""
-    den = load_denoiser(model, cfg)
-    try:
-        plan = den.prepare(frame.shape, frame)  # type: ignore[arg-type]
+    def __init__(self, model: Path, cfg: ServeConfig, frame: np.ndarray) -> None:
+        self.denoiser = den = load_denoiser(model, cfg)
+        try:
+            plan = den.prepare(frame.shape, frame)  # type: ignore[arg-type]
+        except BaseException:
+            den.engine.close()
+            raise
         if not plan.tiled and frame.dtype.name in den.engine.frame_dtypes:
-            # the engine's frame path: normalisation and conversion back are part of its graph
             raw = frame[None, None]
             out_dtype = "float32" if cfg.output_dtype == "float32" else frame.dtype.name
-
-            def run_once() -> None:
-                den.engine.infer_frames(raw, den.card.mean, den.card.std, out_dtype)
+            self._call = lambda: den.engine.infer_frames(raw, den.card.mean, den.card.std, out_dtype)
         else:
             batch = den.preprocess(frame)
+            self._call = lambda: den.engine.infer(batch)
+        self.info: dict[str, Any] = den.engine.info()
 
-            def run_once() -> None:
-                den.engine.infer(batch)
+    @property
+    def precision(self) -> str:
+        """The precision the engine runs at (``auto`` resolved)."""
+        return self.info["precision"]
+
+    def measure(self, frames: int, warmup: int = 10) -> dict[str, Any]:
+        """``warmup`` calls, then ``frames`` timed ones: latency summary (ms), frames/s over the loop."""
         for _ in range(warmup):
-            run_once()
+            self._call()
         times = []
         t_start = time.perf_counter()
         for _ in range(frames):
             t0 = time.perf_counter()
-            run_once()
+            self._call()
             times.append((time.perf_counter() - t0) * 1e3)
         total = time.perf_counter() - t_start
-        info = den.engine.info()
-    finally:
-        den.engine.close()
-    stats = _summary(times)
-    return {"engine": info["engine"], "precision": info["precision"], "device": info["device"],
-            "ms": stats, "fps": frames / total, "precision_note": info["precision_note"], "samples_ms": times}
+        info = self.info
+        return {"engine": info["engine"], "precision": info["precision"], "device": info["device"],
+                "ms": summary(times), "fps": frames / total, "precision_note": info["precision_note"],
+                "samples_ms": times}
+
+    def close(self) -> None:
+        self.denoiser.engine.close()
+
+    def __enter__(self) -> BareEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
-def _start_server(model: Path, engine: str, precision: str, threads: int | None, transport: str,
-                  workdir: Path) -> tuple[subprocess.Popen, dict[str, str]]:
-    ready = workdir / "ready.json"
-    cmd = [sys.executable, "-m", "n2n", "serve", "--model", str(model), "--mode", "lossless",
-           "--engine", engine, "--precision", precision, "--ready-file", str(ready)]
-    if threads:
-        cmd += ["--threads", str(threads)]
-    for name in ENDPOINT_NAMES:
-        addr = f"ipc://{workdir}/{name}" if transport == "ipc" else "tcp://127.0.0.1:*"
-        cmd += [f"--{name}", addr]
-    log = workdir / "serve.log"  # a file, not a pipe: nobody has to keep reading it
-    with open(log, "wb") as sink:
-        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 180
-    while not ready.exists():
-        if proc.poll() is not None:
-            raise RuntimeError(f"n2n serve exited with {proc.returncode} before it was ready:\n{log.read_text()}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise TimeoutError("n2n serve was not ready within 180 s")
-        time.sleep(0.05)
-    return proc, json.loads(ready.read_text())["endpoints"]
+def bare_engine(model: Path, cfg: ServeConfig, frame: np.ndarray, frames: int, warmup: int = 10) -> dict[str, Any]:
+    """Time the engine alone (no sockets) on one frame: what the server's engine call does (see :class:`BareEngine`)."""
+    with BareEngine(model, cfg, frame) as engine:
+        return engine.measure(frames, warmup)
 
 
 def end_to_end(endpoints: dict[str, str], frame: np.ndarray, frames: int, warmup: int = 10) -> dict[str, Any]:
@@ -159,13 +152,22 @@ def end_to_end(endpoints: dict[str, str], frame: np.ndarray, frames: int, warmup
             raise sent_err[0]
         status = client.status()
     fps = (frames - 1) / (t_last - t_first) if frames > 1 and t_last > t_first else float("nan")
-    return {"ms": _summary(lat), "samples_ms": lat, "stages_ms": {k: _summary(v)["p50"] for k, v in stages.items()},
+    return {"ms": summary(lat), "samples_ms": lat, "stages_ms": {k: summary(v)["p50"] for k, v in stages.items()},
             "lossless_fps": fps, "server": {k: status[k] for k in ("engine", "precision", "device", "drops",
-                                                                   "errors", "frames_out")}}
+                                                                   "errors", "frames_in", "frames_out")}}
+
+
+def lossless_end_to_end(model: Path, engine: str, precision: str, frame: np.ndarray, frames: int, workdir: Path,
+                        threads: int | None = None, transport: str = "tcp", warmup: int = 10,
+                        log_dir: Path | None = None) -> dict[str, Any]:
+    """:func:`end_to_end` through a ``n2n serve --mode lossless`` process started for it (stopped in any case)."""
+    with start_server(model, workdir, mode="lossless", engine=engine, precision=precision, threads=threads,
+                      transport=transport, log_dir=log_dir) as server:
+        return end_to_end(server.endpoints, frame, frames, warmup)
 
 
 def run(model: Path, size: int = 512, frames: int = 200, engine: str = "auto", precision: str = "auto",
-        threads: int | None = None, transport: str = "tcp", progress: Any = print) -> dict[str, Any]:
+        threads: int | None = None, transport: str = "tcp", progress: Progress = print) -> dict[str, Any]:
     """The whole benchmark; returns the report (see module docstring)."""
     from streamer.model import ModelCard
 
@@ -177,19 +179,8 @@ def run(model: Path, size: int = 512, frames: int = 200, engine: str = "auto", p
     progress(f"  {bare['engine']} {bare['precision']}: median {bare['ms']['p50']:.2f} ms, {bare['fps']:.1f} fps")
     with tempfile.TemporaryDirectory(prefix="n2n-bench-") as tmp:
         progress(f"n2n serve --mode lossless --engine {bare['engine']} over {transport}")
-        proc, endpoints = _start_server(model, bare["engine"], bare["precision"], threads, transport, Path(tmp))
-        try:
-            e2e = end_to_end(endpoints, frame, frames)
-        finally:
-            try:
-                with StreamClient(endpoints, timeout=10) as c:
-                    c.control("shutdown")
-            except (TimeoutError, RuntimeError):
-                proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        e2e = lossless_end_to_end(model, bare["engine"], bare["precision"], frame, frames, Path(tmp), threads,
+                                  transport)
     progress(f"  end to end: median {e2e['ms']['p50']:.2f} ms, sustained {e2e['lossless_fps']:.1f} fps")
     progress("bare engine again (steadiness check)")
     bare2 = bare_engine(model, cfg, frame, max(20, frames // 4))
@@ -229,7 +220,7 @@ def table(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.latency", description=__doc__.split("\n\n")[0])
+    p = parser("bench.latency", __doc__)
     p.add_argument("--model", type=Path, required=True, help="model folder made by `n2n train`")
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--frames", type=int, default=200)
@@ -241,17 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.size < 16 or a.frames < 2:
         p.error(f"expected --size >= 16 and --frames >= 2, got {a.size} and {a.frames}")
-    try:
-        report = run(a.model, a.size, a.frames, a.engine, a.precision, a.threads, a.transport,
-                     progress=lambda s: print(s, file=sys.stderr, flush=True))
-    except (FileNotFoundError, ValueError, RuntimeError, TimeoutError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(table(report))
-    if a.json:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps(report, indent=2) + "\n")
-    return 0
+    return run_command(lambda: run(a.model, a.size, a.frames, a.engine, a.precision, a.threads, a.transport,
+                                   progress=progress_to_stderr), table, a.json)
 
 
 if __name__ == "__main__":

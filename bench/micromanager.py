@@ -16,15 +16,13 @@ Per size it reports:
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from bench.command import Progress, parser, progress_to_stderr, run_command
 from streamer.config import Endpoints, ServeConfig
 from streamer.micromanager import close_core, load_core
 from streamer.micromanager.bridge import run_bridge
@@ -32,7 +30,7 @@ from streamer.micromanager.grab import record
 from streamer.server import running_server
 from streamer.sources import MicroManagerSource
 
-__all__ = ["measure", "main"]
+__all__ = ["camera_rate", "main", "measure", "run", "table"]
 
 
 def _core(size: int, exposure_ms: float, replay: int) -> Any:
@@ -77,7 +75,7 @@ def measure(model: str, size: int, frames: int, exposure_ms: float, tmp: Path,
         out["grab_missed"] = report.missed
         (tmp / f"grab_{size}.ome.tif").unlink()
 
-        local = Endpoints(**{k: "tcp://127.0.0.1:*" for k in ("input", "output", "request", "stats", "control")})
+        local = Endpoints.local("tcp")
         n_bridge = bridge_frames or frames
         for mode in ("lossless", "live"):
             cfg = ServeConfig(mode=mode, endpoints=local)
@@ -98,10 +96,11 @@ def measure(model: str, size: int, frames: int, exposure_ms: float, tmp: Path,
     return out
 
 
-def table(results: list[dict[str, Any]]) -> str:
+def table(report: dict[str, Any]) -> str:
+    """One markdown row per frame size."""
     lines = ["| size | camera (rendered / replayed) fps | grab fps | bridge lossless: in / out fps, p50 latency | "
              "bridge live: in / out fps, dropped, p50 latency |", "|---|---|---|---|---|"]
-    for r in results:
+    for r in report["results"]:
         ll, lv = r["bridge_lossless"], r["bridge_live"]
         lines.append(
             f"| {r['size']}² | {r['camera_rendered_fps']:.1f} / {r['camera_replayed_fps']:.1f} "
@@ -111,24 +110,27 @@ def table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def run(model: str, sizes: list[int], frames: int, exposure_ms: float, bridge_frames: int | None = None,
+        progress: Progress = progress_to_stderr) -> dict[str, Any]:
+    """:func:`measure` at every size; the report ``{"cpu_count", "results": [one per size]}``."""
+    results = []
+    with tempfile.TemporaryDirectory(prefix="n2n-bench-mm-") as tmp:
+        for size in sizes:
+            progress(f"measuring {size}x{size} ...")
+            results.append(measure(model, size, frames, exposure_ms, Path(tmp), bridge_frames))
+    return {"cpu_count": os.cpu_count(), "results": results}
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.micromanager", description=__doc__.split("\n\n")[0])
+    p = parser("bench.micromanager", __doc__)
     p.add_argument("--model", required=True, help="model folder (n2n train output)")
     p.add_argument("--sizes", type=int, nargs="+", default=[512, 2048])
     p.add_argument("--frames", type=int, default=100, help="frames per grab measurement")
     p.add_argument("--bridge-frames", type=int, default=None, help="frames per bridge run (default: --frames)")
     p.add_argument("--exposure-ms", type=float, default=10.0)
     p.add_argument("--json", type=Path, default=None)
-    args = p.parse_args(argv)
-    results = []
-    with tempfile.TemporaryDirectory(prefix="n2n-bench-mm-") as tmp:
-        for size in args.sizes:
-            print(f"measuring {size}x{size} ...", file=sys.stderr, flush=True)
-            results.append(measure(args.model, size, args.frames, args.exposure_ms, Path(tmp), args.bridge_frames))
-    print(table(results))
-    if args.json:
-        args.json.write_text(json.dumps({"cpu_count": os.cpu_count(), "results": results}, indent=2) + "\n")
-    return 0
+    a = p.parse_args(argv)
+    return run_command(lambda: run(a.model, a.sizes, a.frames, a.exposure_ms, a.bridge_frames), table, a.json)
 
 
 if __name__ == "__main__":

@@ -7,11 +7,13 @@
 5. bridge the live stream through it while the dashboard shows rates, latency and drops: first
    in live mode for a while (latest frame wins, the rest dropped and counted), then a fixed
    number of frames in lossless mode (every frame denoised and saved, raw beside denoised);
-6. print a summary (PSNR of raw and denoised frames against the simulator's noise-free truth,
-   frame rates, latency percentiles, drops) and write a report folder: ``report.json``,
-   ``frames.png`` (raw | denoised | truth), ``latency.png``, the recordings.
+6. print a summary (PSNR against the simulator's noise-free truth of the raw frames, of the best
+   Gaussian filter, the classic baseline, and of the denoised frames; frame rates, latency percentiles,
+   drops) and write a report folder: ``report.json``, ``frames.png`` (raw | Gaussian | denoised |
+   truth), ``latency.png``, the recordings.
 
-Ctrl-C at any stage stops everything cleanly (cores released, server closed, files valid).
+Ctrl-C at any stage stops everything cleanly (cores released, server closed, files valid); the demo
+keeps no state to resume from, so running it again starts over.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ FULL = DemoSettings(size=256, exposure_ms=10.0, grab_frames=60, bridge_frames=10
                     epochs=30, steps_per_epoch=100, batch_size=16, patch_size=64)
 #: under a minute: the same model trained for seconds (it still beats the raw frames)
 QUICK = DemoSettings(size=128, exposure_ms=10.0, grab_frames=24, bridge_frames=30, live_seconds=3,
-                     epochs=8, steps_per_epoch=50, batch_size=8, patch_size=64)
+                     epochs=10, steps_per_epoch=80, batch_size=16, patch_size=64)
 
 
 def _train_config(s: DemoSettings) -> Any:
@@ -82,20 +84,38 @@ def _latency_plot(path: Path, latencies: list[float], title: str) -> None:
     plt.close(fig)
 
 
+def _train(s: DemoSettings, run_dir: Path, grab_path: Path, console: Console) -> None:
+    """Train and export; on Ctrl-C say what is true before the interrupt goes on."""
+    import shlex
+
+    from trainer.run import run_training
+
+    try:
+        run_training(_train_config(s), run_dir, [grab_path], console=console)
+    except KeyboardInterrupt:
+        if (run_dir / "checkpoint.pt").is_file():
+            again = shlex.join(["n2n", "train", "--resume", "--config", str(run_dir / "config.yaml"), "--data",
+                                str(grab_path), "--out", str(run_dir)])
+            console.print(f"[yellow]training interrupted; `n2n demo` does not resume (run it again to start over), "
+                          f"but the epochs done are in {run_dir}: to finish that model, {again}[/yellow]",
+                          highlight=False, soft_wrap=True)
+        else:
+            console.print("[yellow]training interrupted before its first epoch finished: nothing to resume; run "
+                          "`n2n demo` again to start over[/yellow]", highlight=False, soft_wrap=True)
+        raise
+
+
 def run_demo(out: Path, settings: DemoSettings = FULL, console: Console | None = None, dashboard: bool = True,
              stop: threading.Event | None = None, stage: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run the demo into ``out``; returns the report (also written to ``out/report.json``)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from n2n.bridging import BridgeRun, bridge_live
     from streamer.config import Endpoints, MicroManagerSourceConfig, ServeConfig
-    from streamer.micromanager import open_source
-    from streamer.micromanager.bridge import run_bridge
+    from streamer.micromanager import SIM_CFG, open_source
     from streamer.micromanager.grab import analyse_pairs, record
-    from streamer.server import running_server
     from streamer.sources import SimulatedCamera, SimulatedCameraConfig, read_frame_metadata
-    from trainer.evaluate import save_figure
     from trainer.metrics import psnr
-    from trainer.run import run_training
 
     console = console or Console(stderr=True)
     stop = stop or threading.Event()
@@ -105,13 +125,7 @@ def run_demo(out: Path, settings: DemoSettings = FULL, console: Console | None =
     t_start = time.perf_counter()
     report: dict[str, Any] = {"settings": s.__dict__, "out": str(out)}
 
-    def bar(label: str) -> Progress:
-        return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console,
-                        transient=True)
-
     # the simulated session at the demo's frame size (a .cfg file, as a user would write it)
-    from streamer.micromanager import SIM_CFG
-
     cfg_file = out / "sim.cfg"
     cfg_file.write_text(SIM_CFG.replace("Width,512", f"Width,{s.size}").replace("Height,512", f"Height,{s.size}"))
     source_cfg = MicroManagerSourceConfig(config_file=str(cfg_file), exposure_ms=s.exposure_ms)
@@ -119,9 +133,10 @@ def run_demo(out: Path, settings: DemoSettings = FULL, console: Console | None =
     # 1-2: grab
     say(f"1/5  Micro-Manager: grab {s.grab_frames} consecutive frames ({s.size}×{s.size}, {s.exposure_ms:g} ms)")
     grab_path = out / "grab.ome.tif"
-    with open_source(source_cfg) as source, bar("grab") as progress:
-        task = progress.add_task("grab", total=s.grab_frames)
-        grabbed = record(source, s.grab_frames, grab_path, progress=lambda n, t: progress.update(task, completed=n))
+    with open_source(source_cfg) as source, Progress(TextColumn("grab"), BarColumn(), MofNCompleteColumn(),
+                                                     TimeElapsedColumn(), console=console, transient=True) as bar:
+        task = bar.add_task("grab", total=s.grab_frames)
+        grabbed = record(source, s.grab_frames, grab_path, progress=lambda n, t: bar.update(task, completed=n))
         max_value = float(2**source.bit_depth - 1)
     checks = analyse_pairs(grab_path, max_value)
     report["grab"] = {"frames": grabbed.frames, "fps": grabbed.fps, "consecutive": grabbed.consecutive,
@@ -136,109 +151,73 @@ def run_demo(out: Path, settings: DemoSettings = FULL, console: Console | None =
     say(f"2/5  train Noise2Noise ({s.epochs} epochs × {s.steps_per_epoch} steps) and export")
     run_dir = out / "model"
     t0 = time.perf_counter()
-    run_training(_train_config(s), run_dir, [grab_path], console=console)
+    _train(s, run_dir, grab_path, console)
     report["train"] = {"seconds": round(time.perf_counter() - t0, 1), "run": str(run_dir),
                        "artifacts": sorted(json.loads((run_dir / "model.json").read_text())["artifacts"])}
     if stop.is_set():
         raise KeyboardInterrupt
 
     # 4-5: serve + bridge with the dashboard: live (latest frame wins) for a while, then lossless
-    local = Endpoints(**{k: "tcp://127.0.0.1:*" for k in ("input", "output", "request", "stats", "control")})
-    bridge_path = out / "bridge.ome.tif"
-
-    def bridged_run(mode: str, frames: int | None, seconds: float | None, path: Path | None,
-                    ) -> tuple[Any, dict[str, Any], dict[str, Any]]:
-        cfg = ServeConfig(mode=mode, endpoints=local, stats_interval_s=0.25)
-        with running_server(run_dir, cfg, warmup_shape=(s.size, s.size)) as server:
-            info = server.denoiser.info()
-            result: dict[str, Any] = {}
-            halt = threading.Event()
-            with open_source(source_cfg) as source:
-                def bridge() -> None:
-                    try:
-                        result["report"] = run_bridge(source, server.endpoints, frames, path, timeout_s=30,
-                                                      stop=halt)
-                    except BaseException as exc:  # re-raised in the main thread
-                        result["error"] = exc
-
-                worker = threading.Thread(target=bridge, name="n2n-demo-bridge", daemon=True)
-                done = threading.Event()
-
-                def watch() -> None:
-                    worker.join()
-                    done.set()
-
-                timer = threading.Timer(seconds, halt.set) if seconds else None
-                worker.start()
-                threading.Thread(target=watch, daemon=True).start()
-                if timer is not None:
-                    timer.start()
-                try:
-                    if dashboard:
-                        from streamer.dashboard import run_dashboard
-
-                        # returns when the bridge is done, or early on Ctrl-C (which it catches)
-                        run_dashboard(server.endpoints["stats"], console=console, stop=done)
-                    else:
-                        while not done.wait(0.2) and not stop.is_set():
-                            pass
-                    if not done.is_set():  # Ctrl-C in the dashboard, or a stop from the caller
-                        stop.set()
-                except KeyboardInterrupt:
-                    stop.set()
-                finally:
-                    if stop.is_set():
-                        halt.set()
-                    if timer is not None:
-                        timer.cancel()
-                    worker.join(timeout=60)
-            status = server.status()
-        if "error" in result:
-            raise result["error"]
-        if stop.is_set():
+    def bridged(mode: str, frames: int | None, seconds: float | None, path: Path | None) -> BridgeRun:
+        serve = ServeConfig(mode=mode, endpoints=Endpoints.local(), stats_interval_s=0.25)
+        run = bridge_live(source_cfg, model=run_dir, serve=serve, frames=frames, seconds=seconds, out=path,
+                          timeout_s=30, view="dashboard" if dashboard else "none", console=console, stop=stop)
+        if run.stopped:
             raise KeyboardInterrupt
-        return result["report"], info, status
+        return run
 
     say(f"3/5  serve and bridge the live stream for {s.live_seconds:g} s (live mode: latest frame wins)")
-    live, info, live_status = bridged_run("live", None, s.live_seconds, None)
-    report["live"] = {**live.to_dict(), "drop_fraction": round(live_status["drop_fraction"], 4),
+    live_run = bridged("live", None, s.live_seconds, None)
+    live, info = live_run.report, live_run.server or {}
+    report["live"] = {**live.to_dict(), "drop_fraction": round((live_run.status or {})["drop_fraction"], 4),
                       "engine": info["engine"], "precision": info["precision"], "device": info["device"]}
     console.print(f"  {info['engine']} ({info['device']}, {info['precision']}): {live.frames_seen} frames seen at "
                   f"{live.fps_in:.1f} frames/s, {live.frames_denoised} denoised ({live.fps_out:.1f} frames/s), "
                   f"{live.frames_dropped} dropped; latency p50 {live.latency_ms_p50} ms, p99 {live.latency_ms_p99} ms",
                   highlight=False)
     say(f"4/5  bridge {s.bridge_frames} frames in lossless mode (every frame denoised and saved)")
-    bridged, info, status = bridged_run("lossless", s.bridge_frames, None, bridge_path)
+    bridge_path = out / "bridge.ome.tif"
+    lossless = bridged("lossless", s.bridge_frames, None, bridge_path)
+    bridged_report, info, status = lossless.report, lossless.server or {}, lossless.status or {}
 
-    # 6: score against the simulator's truth and report
+    # 6: score against the simulator's truth (beside the best Gaussian filter) and report
     say("5/5  summary")
     saved = _read_pairs(bridge_path)
     meta = read_frame_metadata(bridge_path)
     truth_cam = SimulatedCamera(SimulatedCameraConfig(height=s.size, width=s.size, exposure_ms=s.exposure_ms))
     raws, dens = saved[:, 0].astype(np.float32), saved[:, 1].astype(np.float32)
-    scores_raw, scores_den = [], []
+    truths: list[np.ndarray] = []
     truth = truth_cam.expected(0)
     for i in range(len(saved)):
         index = meta[i].get("SimulatorFrame") if i < len(meta) else None
         truth = truth_cam.expected(int(index)) if isinstance(index, int) else truth
-        rng = float(truth.max() - truth.min())
-        scores_raw.append(psnr(raws[i], truth, rng))
-        scores_den.append(psnr(dens[i], truth, rng))
+        truths.append(truth)
+    ranges = [float(t.max() - t.min()) for t in truths]
+    scores_raw = [psnr(r, t, rng) for r, t, rng in zip(raws, truths, ranges)]
+    scores_den = [psnr(d, t, rng) for d, t, rng in zip(dens, truths, ranges)]
+    from trainer.config import EvaluateConfig
+    from trainer.evaluate import best_gaussian, save_figure
+
+    sigma, smoothed, _ = best_gaussian(raws, truths, ranges, EvaluateConfig().gaussian_sigmas)
+    scores_gauss = [psnr(g, t, rng) for g, t, rng in zip(smoothed, truths, ranges)]
     report["quality"] = {"psnr_raw_db": round(float(np.mean(scores_raw)), 2),
+                         "psnr_gaussian_db": round(float(np.mean(scores_gauss)), 2), "gaussian_sigma": sigma,
                          "psnr_denoised_db": round(float(np.mean(scores_den)), 2),
-                         "frames_scored": len(saved), "reference": "simulator's noise-free truth"}
-    report["stream"] = {**bridged.to_dict(), "engine": info["engine"], "precision": info["precision"],
+                         "frames_scored": len(saved), "reference": "simulator's noise-free truth",
+                         "gaussian": "sigma scoring best on the first 5 frames, among n2n evaluate's"}
+    report["stream"] = {**bridged_report.to_dict(), "engine": info["engine"], "precision": info["precision"],
                         "device": info["device"], "server_frames_in": status["frames_in"],
                         "server_frames_out": status["frames_out"], "server_drops": status["drops"],
                         "server_errors": status["errors"], "stages_ms": status["stages_ms"]}
-    save_figure(out / "frames.png", raws[-1], dens[-1], truth,
-                {"psnr_raw": scores_raw[-1], "psnr_denoised": scores_den[-1]})
-    if bridged.latencies_ms:
-        _latency_plot(out / "latency.png", bridged.latencies_ms,
+    save_figure(out / "frames.png", raws[-1], dens[-1], truths[-1],
+                {"psnr_raw": scores_raw[-1], "psnr_gaussian": scores_gauss[-1], "gaussian_sigma": sigma,
+                 "psnr_denoised": scores_den[-1]}, gaussian=smoothed[-1], reference_title="truth (noise-free)")
+    if bridged_report.latencies_ms:
+        _latency_plot(out / "latency.png", bridged_report.latencies_ms,
                       f"{info['engine']} {info['precision']}, {s.size}², lossless")
-    (out / "latencies_ms.json").write_text(json.dumps(bridged.latencies_ms))
+    (out / "latencies_ms.json").write_text(json.dumps(bridged_report.latencies_ms))
     report["seconds"] = round(time.perf_counter() - t_start, 1)
-    report["files"] = sorted(p.name for p in out.iterdir())
+    report["files"] = sorted({p.name for p in out.iterdir()} | {"report.json"})
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
 

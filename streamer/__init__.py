@@ -1,4 +1,5 @@
-"""Model → live: frame sources (and, in later issues, the ZeroMQ server, engines, dashboard).
+"""Model → live: the model card, frame sources, wire protocol, engines, the ZeroMQ server and client, the
+Micro-Manager bridge and hook, the dashboard.
 
 Never imports ``trainer``: it runs exported artifacts described by their model card.
 """

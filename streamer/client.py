@@ -21,7 +21,7 @@ import numpy as np
 import zmq
 
 from .config import Endpoints
-from .protocol import TOPIC_ERROR, TOPIC_FRAME, TOPIC_STATS, decode_header, encode_frame
+from .protocol import TOPIC_ERROR, TOPIC_FRAME, TOPIC_REPLY, TOPIC_STATS, decode_header, encode_frame
 
 __all__ = ["StreamClient", "Result", "ServerError"]
 
@@ -60,15 +60,18 @@ def _decode_result(parts: list[bytes]) -> Result:
 class StreamClient:
     """Sockets to a running server, opened lazily: input (PUSH), request (REQ), output and
     stats (SUB), control (REQ). ``endpoints`` takes the server's addresses (an
-    :class:`Endpoints` or a dict, e.g. a server's ``.endpoints``); ``timeout`` (s) bounds every wait."""
+    :class:`Endpoints` or a dict, e.g. a server's ``.endpoints``); ``timeout`` (s) bounds every wait.
+    :meth:`receive` gives the results of frames pushed with :meth:`send` (by any producer); with
+    ``replies=True`` also copies of request results (what a viewer of everything wants)."""
 
     def __init__(self, endpoints: Endpoints | Mapping[str, str] | None = None, timeout: float = 10.0,
-                 errors: bool = False, send_hwm: int | None = None) -> None:
+                 errors: bool = False, send_hwm: int | None = None, replies: bool = False) -> None:
         if endpoints is None:
             endpoints = Endpoints()
         self.endpoints = dict(endpoints.model_dump() if isinstance(endpoints, Endpoints) else endpoints)
         self.timeout = timeout
         self.errors = errors
+        self.replies = replies
         self.send_hwm = send_hwm  # frames the input socket queues before send() waits (None: ZeroMQ's 1000)
         self._ctx = zmq.Context()
         self._sockets: dict[str, zmq.Socket] = {}
@@ -102,6 +105,8 @@ class StreamClient:
                 sock.setsockopt(zmq.SUBSCRIBE, TOPIC_FRAME)
                 if self.errors:
                     sock.setsockopt(zmq.SUBSCRIBE, TOPIC_ERROR)
+                if self.replies:
+                    sock.setsockopt(zmq.SUBSCRIBE, TOPIC_REPLY)
             if name == "stats":
                 sock.setsockopt(zmq.SUBSCRIBE, TOPIC_STATS)
             sock.connect(self.endpoints[name])

@@ -43,6 +43,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .protocol import TOPIC_STATS
+from .stats import ServerStats
 
 __all__ = [
     "STALE_AFTER_S",
@@ -50,7 +51,6 @@ __all__ = [
     "CpuMeter",
     "GpuMeter",
     "History",
-    "read_cpu_percent",
     "render",
     "run_dashboard",
     "sparkline",
@@ -62,7 +62,7 @@ SPARK_CHARS = "▁▂▃▄▅▆▇█"
 STALE_AFTER_S = 2.0
 #: Cells of the last-minute sparklines (80 columns leave room for a label and the range).
 SPARK_WIDTH = 44
-STAGES = ("queue", "preprocess", "infer", "postprocess", "send")
+STAGES = ServerStats.STAGES
 DASH = "–"
 _LABEL_WIDTH = 11
 
@@ -229,14 +229,6 @@ class CpuMeter:
         if total <= 0:
             return None
         return max(0.0, min(100.0, 100.0 * (total - idle) / total))
-
-
-_CPU = CpuMeter()
-
-
-def read_cpu_percent() -> float | None:
-    """Whole-machine CPU busy % since the previous call (None the first time, or off Linux)."""
-    return _CPU.percent()
 
 
 class GpuMeter:

@@ -19,8 +19,9 @@ Errors are a one-part message (or two, with an empty second part on the reply pa
 
     {"v": 1, "type": "error", "seq": 17, "error": "bad_shape", "message": "..."}
 
-On the output and stats PUB sockets a topic part comes first: ``frame``, ``error`` or
-``stats``. Never pickle: any language with ZeroMQ and JSON can speak this.
+On the output (XPUB) and stats (PUB) sockets a topic part comes first: ``frame`` (a pushed frame,
+denoised), ``reply`` (a copy of a request's result, for viewers), ``error`` or ``stats``. Never
+pickle: any language with ZeroMQ and JSON can speak this.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ __all__ = [
     "TOPIC_FRAME",
     "TOPIC_ERROR",
     "TOPIC_STATS",
+    "TOPIC_REPLY",
 ]
 
 PROTOCOL_VERSION = 1
@@ -54,6 +56,7 @@ MAX_HEADER_BYTES = 64 * 1024
 TOPIC_FRAME = b"frame"
 TOPIC_ERROR = b"error"
 TOPIC_STATS = b"stats"
+TOPIC_REPLY = b"reply"  # request results on the output: viewers may watch them, stream consumers never get them
 
 
 class ProtocolError(ValueError):

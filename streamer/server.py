@@ -40,6 +40,7 @@ from .protocol import (
     PROTOCOL_VERSION,
     TOPIC_ERROR,
     TOPIC_FRAME,
+    TOPIC_REPLY,
     TOPIC_STATS,
     Message,
     ProtocolError,
@@ -312,7 +313,9 @@ class Server:
         body = np.ascontiguousarray(out).data
         if envelope is not None:
             self._sockets["request"].send_multipart([*envelope, head, body], copy=False)
-        published = self._send_output([TOPIC_FRAME, head, body])
+        # a request's result goes back to its caller; on the output it is a 'reply' (viewers may watch it),
+        # never a 'frame': a consumer of the stream must not take it for the result of a frame it pushed
+        published = self._send_output([TOPIC_REPLY if envelope is not None else TOPIC_FRAME, head, body])
         if not published and envelope is None:
             self.stats.on_dropped()  # denoised but never delivered (stopping with a stalled subscriber)
             return

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["RateMeter", "ServerStats", "percentiles"]
+__all__ = ["RateMeter", "ServerStats", "percentiles", "summary"]
 
 
 def percentiles(values: Any, qs: tuple[float, ...] = (50, 95, 99)) -> dict[str, float | None]:
@@ -17,6 +17,12 @@ def percentiles(values: Any, qs: tuple[float, ...] = (50, 95, 99)) -> dict[str, 
     if arr.size == 0:
         return {f"p{q:g}": None for q in qs}
     return {f"p{q:g}": float(v) for q, v in zip(qs, np.percentile(arr, qs))}
+
+
+def summary(values: Any) -> dict[str, Any]:
+    """``{"p50", "p95", "p99", "mean", "n"}`` of ``values`` (the percentiles and the mean None when there are none)."""
+    arr = np.asarray(list(values), dtype=np.float64)
+    return {**percentiles(arr), "mean": float(arr.mean()) if arr.size else None, "n": int(arr.size)}
 
 
 class RateMeter:

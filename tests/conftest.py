@@ -19,29 +19,12 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 FMD_DIR = (REPO_ROOT / ".." / "shared" / "data" / "fmd-confocal-bpae-b").resolve()
 
 
-def _tensorrt_missing() -> str | None:
-    """Why TensorRT tests cannot run here, or None when they can."""
-    if not torch.cuda.is_available():
-        return "TensorRT needs a CUDA GPU; none found"
-    try:
-        import tensorrt  # noqa: F401
-    except Exception as exc:
-        return f"TensorRT not importable ({type(exc).__name__}: {exc})"
-    return None
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    no_gpu = not torch.cuda.is_available()
-    trt_reason: str | None = None
-    trt_checked = False
+    if torch.cuda.is_available():
+        return
     for item in items:
-        if no_gpu and "gpu" in item.keywords:
+        if "gpu" in item.keywords:
             item.add_marker(pytest.mark.skip(reason="no CUDA GPU"))
-        if "tensorrt" in item.keywords:
-            if not trt_checked:
-                trt_reason, trt_checked = _tensorrt_missing(), True
-            if trt_reason:
-                item.add_marker(pytest.mark.skip(reason=trt_reason))
 
 
 def write_tiff(path: Path, array: np.ndarray) -> Path:

@@ -12,7 +12,7 @@ import torch
 
 from trainer.card import CardError, ModelCard, read_card
 from trainer.config import TrainConfig
-from trainer.inference import denoise, load_run, load_weights, pick_device
+from trainer.inference import load_run, load_weights, pick_device, predict
 from trainer.normalization import Normalization
 from trainer.run import gather_data
 from trainer.unet import UNet
@@ -100,15 +100,15 @@ def test_loaded_run_denoises_like_saved_weights(trained_run: dict[str, Path], tm
 
 @pytest.mark.parametrize("shape", [(8,), (1, 1, 16, 16)])
 def test_denoise_rejects_wrong_dimensions(shape: tuple[int, ...]) -> None:
-    """denoise() accepts (H, W) or (N, H, W) only."""
+    """predict() accepts (H, W) or (N, H, W) only."""
     net = UNet(depth=1, base_filters=4)
 
     with pytest.raises(ValueError, match=r"\(H, W\) frame or \(N, H, W\) stack"):
-        denoise(net, Normalization(0.0, 1.0), np.zeros(shape, np.float32))
+        predict(net, Normalization(0.0, 1.0), np.zeros(shape, np.float32))
 
 
 def test_denoise_keeps_shape_units_and_mode() -> None:
-    """denoise() of one frame returns (H, W) float32 in input units and restores training mode."""
+    """predict() of one frame returns (H, W) float32 in input units and restores training mode."""
     net = UNet(depth=1, base_filters=4, residual=True)
     with torch.no_grad():
         for p in net.parameters():
@@ -116,7 +116,7 @@ def test_denoise_keeps_shape_units_and_mode() -> None:
     net.train()
     frame = np.random.default_rng(0).integers(100, 200, (19, 23)).astype(np.uint16)
 
-    out = denoise(net, Normalization(150.0, 20.0), frame)
+    out = predict(net, Normalization(150.0, 20.0), frame)
 
     assert out.shape == (19, 23) and out.dtype == np.float32
     np.testing.assert_allclose(out, frame, atol=1e-3)  # identity network: same intensities back

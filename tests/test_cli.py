@@ -87,6 +87,9 @@ def test_train_on_files(tmp_path: Path, tiny_yaml: Path, sim_stack, write_stack)
     result = n2n("train", "--config", tiny_yaml, "--out", out, "--data", a, b, "--epochs", 1)
 
     assert_ok(result)
+    text = " ".join(result.output.split())
+    assert f"n2n serve --model {out}" in text and f"n2n bridge --model {out}" in text  # the next step
+    assert f"n2n evaluate --model {out} --data NOISY.tif --reference CLEAN.tif" in text  # no reference here
     for name in ("model.pt", "model.onnx", "model.ts", "model.json", "config.yaml", "checkpoint.pt"):
         assert (out / name).is_file(), name
     card = read_card(out)
@@ -101,7 +104,7 @@ def test_train_dry_run(tmp_path: Path, tiny_yaml: Path) -> None:
     out = tmp_path / "run"
 
     result = n2n("train", "--config", tiny_yaml, "--out", out, "--epochs", 7, "--seed", 42,
-                 "--mode", "supervised", "--max-minutes", 0.5, "--data", tmp_path / "x.tif", "--dry-run")
+                 "--target", "supervised", "--max-minutes", 0.5, "--data", tmp_path / "x.tif", "--dry-run")
 
     assert_ok(result)
     cfg = yaml.safe_load(result.stdout)
@@ -177,7 +180,8 @@ def test_train_bad_config_key(tmp_path: Path, tiny_config_dict) -> None:
 
     result = n2n("train", "--config", path, "--out", tmp_path / "run")
 
-    _assert_user_error(result, "epochz", "Extra inputs are not permitted")
+    _assert_user_error(result, f"{path}: optim: expected one of the keys batch_size, epochs,", "got 'epochz'",
+                       "(did you mean 'epochs'?)")
     assert not (tmp_path / "run").exists()
 
 
@@ -216,7 +220,8 @@ def test_evaluate_reference_mismatch(trained_run: dict[str, Path], tmp_path: Pat
 
     result = n2n("evaluate", "--model", trained_run["run"], "--data", trained_run["raw"], "--reference", ref)
 
-    _assert_user_error(result, "Expected a reference of shape")
+    _assert_user_error(result, f"--reference {ref}: expected frames of 64x64, one or", f"--data {trained_run['raw']}",
+                       "got shape (2, 32, 32)")
 
 
 def test_export_missing_run_folder(tmp_path: Path) -> None:
@@ -230,7 +235,7 @@ def test_export_bad_format_flag(run_copy: Path) -> None:
     """export --format with an unknown format exits 2 naming the allowed formats."""
     result = n2n("export", "--model", run_copy, "--format", "tflite")
 
-    _assert_user_error(result, "format", "onnx", "torchscript")
+    _assert_user_error(result, "--format: expected 'onnx', 'torchscript' or 'int8', got 'tflite'")
 
 
 def test_evaluate_rejects_two_data_files(trained_run: dict[str, Path], tmp_path: Path) -> None:
@@ -252,4 +257,4 @@ def test_train_set_overrides_any_key(tmp_path: Path, tiny_yaml: Path) -> None:
     model = yaml.safe_load(result.stdout)["model"]
     assert model["depth"] == 3 and model["filters"] == [4, 16, 32, 64] and model["skip"] == "add"
     _assert_user_error(n2n("train", "--out", out, "--set", "model.depth", "--dry-run"),
-                       "--set expects KEY=VALUE", "model.depth")
+                       "--set: expected KEY=VALUE", "model.depth")

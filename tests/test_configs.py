@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -92,11 +93,11 @@ def test_defaults_validate(cls: type[BaseModel]) -> None:
     ],
 )
 def test_extra_keys_rejected(tmp_path: Path, cls: type[BaseModel], data: dict, bad: str) -> None:
-    """Unknown keys at any level raise ConfigError naming the bad key."""
+    """Unknown keys at any level raise ConfigError naming the file, the keys expected and the bad key."""
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(data))
 
-    with pytest.raises(ConfigError, match=rf"{bad}\s*\n\s*Extra inputs are not permitted"):
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: .*expected one of the keys .*, got '{bad}'"):
         load_config(cls, path)
 
 
@@ -183,7 +184,9 @@ def test_override_is_validated() -> None:
 
 @pytest.mark.parametrize(
     ("text", "message"),
-    [("optim: [1, 2\n", "not valid YAML"), ("- 1\n- 2\n", "expected a mapping")],
+    [("optim: [1, 2\n", r"not valid YAML at line 2, column 1: expected ',' or '\]', but got '<stream end>'$"),
+     ("- 1\n- 2\n", r"expected a mapping of settings \(key: value lines\), got a list \(\[1, 2\]\)$"),
+     ("just words\n", r"got a string \('just words'\)$")],
 )
 def test_malformed_yaml_rejected(tmp_path: Path, text: str, message: str) -> None:
     """Broken YAML or a non-mapping top level raises ConfigError with a clear message."""
@@ -200,12 +203,56 @@ def test_missing_config_file(tmp_path: Path) -> None:
         load_config(TrainConfig, tmp_path / "nope.yaml")
 
 
-def test_empty_file_gives_defaults(tmp_path: Path) -> None:
-    """An empty YAML file means all defaults."""
+@pytest.mark.parametrize("text", ["", "\n  \n", "# nothing here\n"])
+def test_empty_file_is_an_error(tmp_path: Path, text: str) -> None:
+    """An empty YAML file (or one of comments only) is refused: a config names at least its version."""
     path = tmp_path / "c.yaml"
-    path.write_text("# nothing here\n")
+    path.write_text(text)
 
-    assert load_config(TrainConfig, path) == TrainConfig()
+    with pytest.raises(ConfigError, match=r"c\.yaml: expected a mapping of settings .*, got an empty file$"):
+        load_config(TrainConfig, path)
+
+
+@pytest.mark.parametrize("data", [b"II*\x00\x08\x00\x00\x00" + bytes(range(256)), b"\xff\xfe\x00v\x00"])
+def test_binary_file_is_an_error(tmp_path: Path, data: bytes) -> None:
+    """A binary file given as the config (a TIFF, UTF-16) is refused in one line, not a UnicodeDecodeError."""
+    path = tmp_path / "some.tif"
+    path.write_bytes(data)
+
+    with pytest.raises(ConfigError, match=r"some\.tif: expected a YAML config \(text\), got a binary file$"):
+        load_config(TrainConfig, path)
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"format": "tensorrt"}, "--format: expected 'onnx', 'torchscript' or 'int8', got 'tensorrt'"),
+    ({"opset": 9}, "--opset: expected a number >= 18, got 9"),
+    ({"opset": "x"}, "--opset: expected a valid integer, got 'x'"),
+])
+def test_error_in_a_flag_names_the_flag(overrides: dict, message: str) -> None:
+    """A bad value that came from a flag is named by the flag, in one line without pydantic's text."""
+    with pytest.raises(ConfigError) as info:
+        load_config(ExportConfig, None, origins={k: f"--{k}" for k in overrides}, **overrides)
+
+    assert str(info.value) == message
+
+
+def test_several_errors_report_the_first_and_count_the_rest(tmp_path: Path) -> None:
+    """Several bad values: the first one, then how many more, on one line."""
+    path = tmp_path / "c.yaml"
+    path.write_text("version: 1\noptim: {epochs: 0, batch_size: 0, seed: x}\n")
+
+    with pytest.raises(ConfigError) as info:
+        load_config(TrainConfig, path)
+
+    assert str(info.value) == f"{path}: optim.batch_size: expected a number >= 1, got 0 (and 2 more errors)"
+
+
+def test_cross_key_error_names_the_file_and_the_flags() -> None:
+    """A check across keys (a validator) names where its keys came from."""
+    with pytest.raises(ConfigError) as info:
+        load_config(TrainConfig, None, origins={"model.filters": "--set model.filters"}, **{"model.filters": [4, 8]})
+
+    assert str(info.value).startswith("--set model.filters: model: model.filters needs depth + 1 = 3 values")
 
 
 @pytest.mark.parametrize("section", ["optim:\n", "optim: 5\n"])

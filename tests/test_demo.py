@@ -24,6 +24,7 @@ def test_demo_quick(tmp_path: Path) -> None:
     report = json.loads((out / "report.json").read_text())
     q, st, grab = report["quality"], report["stream"], report["grab"]
     assert q["psnr_denoised_db"] > q["psnr_raw_db"] + 3, q
+    assert q["psnr_raw_db"] < q["psnr_gaussian_db"] and q["gaussian_sigma"] > 0, q  # the classic baseline
     assert grab["consecutive"] and grab["missed"] == 0 and grab["frames"] == report["settings"]["grab_frames"]
     n = report["settings"]["bridge_frames"]
     assert st["mode"] == "lossless" and st["frames_seen"] == st["frames_denoised"] == n == q["frames_scored"]
@@ -33,10 +34,13 @@ def test_demo_quick(tmp_path: Path) -> None:
     live = report["live"]
     assert live["mode"] == "live" and live["frames_seen"] > 0 and live["frames_denoised"] >= 1
     assert live["frames_seen"] == live["frames_denoised"] + live["frames_dropped"]
+    assert not live["interrupted"] and not st["interrupted"]  # planned ends, not Ctrl-C
     assert 0 < live["latency_ms_p50"] <= live["latency_ms_p99"]
     for name in ("report.json", "frames.png", "latency.png", "bridge.ome.tif", "grab.ome.tif", "latencies_ms.json"):
         assert (out / name).is_file(), name
     assert tifffile.imread(out / "bridge.ome.tif").shape[:2] == (n, 2)
     assert len(json.loads((out / "latencies_ms.json").read_text())) == n
-    assert f"raw {q['psnr_raw_db']:.2f} dB → denoised {q['psnr_denoised_db']:.2f} dB" in proc.stdout
+    assert (f"raw {q['psnr_raw_db']:.2f} dB → Gaussian σ={q['gaussian_sigma']:g} {q['psnr_gaussian_db']:.2f} dB → "
+            f"denoised {q['psnr_denoised_db']:.2f} dB") in " ".join(proc.stdout.split())
+    assert "report.json" in report["files"]
     assert "1/5" in proc.stderr and "5/5" in proc.stderr  # every stage announced

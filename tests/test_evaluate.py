@@ -183,3 +183,27 @@ def test_psnr_and_ssim_basics() -> None:
     assert ssim(ref, ref, 1.0) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="matching shapes"):
         psnr(ref, ref[:8], 1.0)
+
+
+def test_offline_and_served_frames_are_identical(model: TrainedModel, data, result) -> None:
+    """The frames evaluate() scores are the frames `n2n serve` sends for the same input (one Denoiser, one
+    normalisation, one engine), and they are the trained network's output in the trainer's units."""
+    import torch
+
+    from streamer.client import StreamClient
+    from streamer.config import Endpoints, ServeConfig
+    from streamer.server import running_server
+
+    raw, _ = data
+    _, offline = result
+    cfg = ServeConfig(engine="auto", precision="fp32", output_dtype="float32", num_threads=1,
+                      endpoints=Endpoints.local())
+    with running_server(model.run_dir, cfg) as server, StreamClient(server.endpoints) as client:
+        served = np.stack([client.request(frame).pixels for frame in raw])
+
+    np.testing.assert_array_equal(served, offline)
+    norm = model.normalization  # the trainer's, from model.pt, not the card the server read
+    with torch.no_grad():
+        x = torch.from_numpy(norm.normalize(raw)[:, None])
+        trained = norm.denormalize(model.net.eval()(x)[:, 0].numpy())
+    np.testing.assert_allclose(served, trained, rtol=1e-5, atol=1e-3 * float(np.abs(trained).max()))

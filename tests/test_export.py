@@ -140,23 +140,3 @@ def test_card_is_self_contained(trained_run: dict[str, Path]) -> None:
     assert card["training"]["epochs"] == len(card["history"]) == 2
     assert card["training"]["data"]["source"] == "files"
     assert card["training"]["data"]["references_used_for"] == "validation metrics only"
-
-
-@pytest.mark.gpu
-@pytest.mark.tensorrt
-def test_tensorrt_parses_exported_onnx(trained_run: dict[str, Path]) -> None:
-    """TensorRT's ONNX parser accepts the model.onnx written after training (dynamic H/W)."""
-    import tensorrt as trt
-
-    logger = trt.Logger(trt.Logger.ERROR)
-    builder = trt.Builder(logger)
-    explicit = getattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH", None)
-    flags = 0 if int(trt.__version__.split(".")[0]) >= 10 or explicit is None else 1 << int(explicit)
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-
-    ok = parser.parse_from_file(str(trained_run["run"] / "model.onnx"))
-
-    errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-    assert ok, errors
-    assert network.num_inputs == 1 and tuple(network.get_input(0).shape)[2:] == (-1, -1)

@@ -104,6 +104,45 @@ def test_tiled_output_equals_whole_frame(card: ModelCard, engine: Engine, shape:
     assert any(s[2:] == [48, 48] for s in engine.info()["shapes"])  # the engine really ran 48-px tiles
 
 
+def _random_run(folder: Path, **arch: object) -> ModelCard:
+    """A model folder with a random-weight network of the family (exported ONNX and a card), no training."""
+    import torch
+
+    from trainer.export import export_onnx
+    from trainer.unet import UNet
+
+    torch.manual_seed(0)
+    net = UNet(**arch).eval()  # type: ignore[arg-type]
+    folder.mkdir()
+    onnx = export_onnx(net, folder / "model.onnx", check_size=32)
+    ModelCard.model_validate({
+        "name": folder.name, "architecture": {"name": "unet2d", **net.architecture},
+        "size_multiple": net.size_multiple, "normalization": {"mean": 100.0, "std": 20.0},
+        "tile": {"size": 2048, "overlap": net.reach}, "artifacts": {"onnx": onnx.model_dump()}}).save(folder)
+    return ModelCard.load(folder)
+
+
+@pytest.mark.parametrize("arch", [{"depth": 2, "base_filters": 8},
+                                  {"depth": 3, "filters": [4, 8, 8, 16]},
+                                  {"depth": 2, "base_filters": 8, "stem": "unshuffle"}],
+                         ids=["depth 2", "depth 3, sub-pixel decoder", "unshuffle stem"])
+def test_tiling_has_no_seams_for_deeper_networks(tmp_path: Path, arch: dict[str, object]) -> None:
+    """The card's overlap (the network's reach) is enough at every depth, with the stem counted as a level:
+    tiles stitched from a 2×2 (or larger) grid equal the whole frame."""
+    card = _random_run(tmp_path / "run", **arch)
+    eng = create_engine("openvino", card, precision="fp32", num_threads=1)
+    tile = 2 * card.tile_overlap + 4 * card.size_multiple
+    frame = camera_frame(2 * tile - 3 * card.size_multiple + 5, 2 * tile + 7)
+    tiled = Denoiser(card, eng, tile_size=tile, output_dtype="float32")
+    whole = Denoiser(card, eng, output_dtype="float32")
+
+    a, b = tiled(frame), whole(frame)
+
+    plan = tiled.plan(frame.shape)  # type: ignore[arg-type]
+    assert len(plan.rows) >= 2 and len(plan.cols) >= 2
+    assert np.abs(a - b).max() / card.std <= 1e-4 * max(1.0, float(np.abs(b - card.mean).max() / card.std))
+
+
 def test_tiles_without_overlap_show_seams(card: ModelCard, engine: Engine) -> None:
     """With no overlap the tiled result differs from the whole frame (the comparison above can see seams)."""
     frame = camera_frame(100, 130)

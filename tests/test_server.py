@@ -244,6 +244,28 @@ def test_request_reply(run: Path, output_dtype: str) -> None:
     assert h["ts_ns"] <= st["received"] <= st["preprocessed"] <= st["inferred"] <= st["sent"]
 
 
+def test_receive_never_returns_a_request_result(run: Path) -> None:
+    """Requests and pushed frames on one client: receive() gives only the pushed frames' results, in order
+    (request results go back to their caller, and on the output only as 'reply' for viewers who ask)."""
+    frames = camera_frames(6, seed=31)
+
+    with running_server(run, config(mode="lossless")) as server, StreamClient(server.endpoints) as client, \
+            StreamClient(server.endpoints, replies=True) as viewer:
+        viewer.subscribe()
+        client.wait_subscribed(n=2)
+        for i, frame in enumerate(frames):
+            replied = client.request(frame, seq=100 + i)
+            assert replied.seq == 100 + i
+            client.send(frame, seq=i)
+        received = [client.receive().seq for _ in frames]
+        with pytest.raises(TimeoutError):
+            client.receive(timeout=0.3)  # nothing else: no request result slipped in
+        seen = sorted(viewer.receive().seq for _ in range(12))
+
+    assert received == list(range(6))
+    assert seen == [*range(6), *range(100, 106)]
+
+
 def test_request_error_reply_keeps_the_socket_usable(run: Path) -> None:
     """A bad request gets an error reply (ServerError with its code and seq); the same REQ socket then works."""
     frame = camera_frames(1)[0]
@@ -301,13 +323,13 @@ def test_model_swap(run: Path, other_run: Path) -> None:
     frame = camera_frames(1)[0]
     expected_new = load_denoiser(other_run, config())(frame)
 
-    with running_server(run, config()) as server, StreamClient(server.endpoints) as client:
+    with running_server(run, config()) as server, StreamClient(server.endpoints, replies=True) as client:
         client.wait_subscribed()
         before = client.request(frame)
         reply = client.control("swap", model=str(other_run))
         after = client.request(frame)
         client.send(frame, seq=99)
-        published = [client.receive() for _ in range(3)]  # both requests, then the pushed frame
+        published = [client.receive() for _ in range(3)]  # both requests (as replies), then the pushed frame
 
     assert before.header["model"] == "run" and not np.array_equal(before.pixels, expected_new)
     assert reply["ok"] and reply["status"]["model"] == "other" and reply["status"]["swaps"] == 1
@@ -458,7 +480,7 @@ def test_serve_command_stops_on_signal(run: Path, tmp_path: Path, sig: signal.Si
     """`n2n serve` serves, then on SIGINT or SIGTERM exits 0 within 10 s, prints its summary and frees its ports."""
     assert (Path(__file__).parent.parent / "n2n" / "__main__.py").is_file()
     ready = tmp_path / "ready.json"
-    addresses = [arg for name in NAMES for arg in (f"--{name}", "tcp://127.0.0.1:*")]
+    addresses = [arg for name in NAMES for arg in (f"--{name}-address", "tcp://127.0.0.1:*")]
     cmd = [sys.executable, "-m", "n2n", "serve", "--model", str(run), "--threads", "1", "--precision", "fp32",
            *addresses, "--ready-file", str(ready)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}

@@ -12,7 +12,7 @@ import yaml
 
 from streamer.sources import SimulatedCameraConfig, simulate_stack
 from trainer.config import TrainConfig, load_config
-from trainer.inference import WEIGHTS_NAME, denoise, load_weights
+from trainer.inference import WEIGHTS_NAME, load_weights, predict
 from trainer.loop import CHECKPOINT_NAME, check_stacks, train
 
 ConfigFactory = Callable[..., TrainConfig]
@@ -54,7 +54,7 @@ def test_model_beats_raw_frames(tmp_path: Path, tiny_config: ConfigFactory, fram
     raw, truth = frames
     train(tiny_config(**LEARNS), [raw], tmp_path)
     net, norm = load_weights(tmp_path)
-    den = denoise(net, norm, raw[:2])
+    den = predict(net, norm, raw[:2])
 
     mse_raw = np.mean((raw[:2].astype(np.float64) - truth[:2]) ** 2)
     mse_den = np.mean((den.astype(np.float64) - truth[:2]) ** 2)

@@ -193,8 +193,13 @@ class EvaluateConfig(_Versioned):
     """Evaluate only the first N frames; None: all."""
     batch_size: int = Field(4, ge=1)
     """Frames denoised at once."""
+    engine: Literal["auto", "openvino", "onnxruntime", "torch"] = "auto"
+    """The serving engine that denoises (the same Denoiser as n2n serve: a frame scored here is the frame
+    served live)."""
+    precision: Literal["auto", "fp32", "bf16", "fp16", "int8"] = "fp32"
+    """fp32 scores the model itself; auto (or bf16, int8) scores what n2n serve delivers on this machine."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    """Device for the model."""
+    """Device for the engine."""
 
 
 class SimulateConfig(_Versioned):

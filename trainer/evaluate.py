@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +12,10 @@ import numpy as np
 from scipy import ndimage
 
 from .config import EvaluateConfig
-from .inference import TrainedModel, denoise, pick_device
+from .inference import TrainedModel
 from .metrics import data_range_of, psnr, ssim
 
-__all__ = ["evaluate", "save_figure", "check_reference"]
+__all__ = ["best_gaussian", "check_reference", "denoiser_for", "evaluate", "save_figure"]
 
 log = logging.getLogger("n2n.trainer")
 
@@ -42,14 +42,41 @@ def _scores(images: np.ndarray, reference: np.ndarray, rng: float, ssim_too: boo
     return {"psnr": p, "ssim": s}
 
 
+def denoiser_for(model: TrainedModel | str | Path, config: EvaluateConfig | None = None) -> Any:
+    """The streamer's Denoiser for a run folder (float32 output): the one inference path, shared with
+    ``n2n serve``, so a frame scored offline is the frame served live."""
+    from streamer.engines import create_engine
+    from streamer.model import ModelCard
+    from streamer.pipeline import Denoiser
+
+    config = config or EvaluateConfig()
+    card = ModelCard.load(model.run_dir if isinstance(model, TrainedModel) else Path(model))
+    engine = create_engine(config.engine, card, precision=config.precision, device=config.device)
+    return Denoiser(card, engine, output_dtype="float32")
+
+
+def best_gaussian(raw: np.ndarray, references: Sequence[np.ndarray], data_ranges: Sequence[float],
+                  sigmas: Sequence[float], probe: int = 5) -> tuple[float, np.ndarray, dict[str, float]]:
+    """The classic baseline: the Gaussian filter whose sigma scores best (mean PSNR) on the first ``probe``
+    frames against their references (an oracle a user does not have). Returns the sigma, every frame
+    filtered with it, and the search's scores."""
+    frames = np.asarray(raw, dtype=np.float32)
+    n = min(probe, len(frames))
+    scores = {str(s): float(np.mean([psnr(ndimage.gaussian_filter(frames[i], s), references[i], data_ranges[i])
+                                     for i in range(n)])) for s in sigmas}
+    sigma = float(max(scores, key=scores.__getitem__))
+    return sigma, np.stack([ndimage.gaussian_filter(f, sigma) for f in frames]), scores
+
+
 def evaluate(
-    model: TrainedModel,
+    model: TrainedModel | str | Path,
     raw: np.ndarray,
     reference: np.ndarray,
     config: EvaluateConfig | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[dict[str, Any], np.ndarray]:
-    """Denoise every frame of ``raw`` and score it, the raw frames, and two baselines.
+    """Denoise every frame of ``raw`` with the run's exported model through the serving Denoiser and
+    score it, the raw frames, and two baselines.
 
     Baselines: a Gaussian filter with the sigma (from ``config.gaussian_sigmas``) that scores
     best against the reference, and the average of two consecutive frames (also four,
@@ -61,32 +88,32 @@ def evaluate(
         raw = raw[: config.max_frames]
         reference = reference[: config.max_frames] if reference.ndim == 3 else reference
     rng = config.data_range or data_range_of(reference)
-    device = pick_device(config.device)
+    den_model = denoiser_for(model, config)
     t0 = time.perf_counter()
     den = np.empty(raw.shape, dtype=np.float32)
-    for i in range(0, len(raw), config.batch_size):
-        chunk = raw[i : i + config.batch_size]
-        den[i : i + len(chunk)] = denoise(model.net, model.normalization, chunk, device, config.batch_size)
-        if progress:
-            progress(min(i + config.batch_size, len(raw)), len(raw))
+    try:
+        for i in range(0, len(raw), config.batch_size):
+            chunk = raw[i : i + config.batch_size]
+            den[i : i + len(chunk)] = np.stack(den_model.batch(list(chunk)))
+            if progress:
+                progress(min(i + config.batch_size, len(raw)), len(raw))
+        info = den_model.engine.info()
+    finally:
+        den_model.engine.close()
     per_frame_s = (time.perf_counter() - t0) / len(raw)
     raw_f = raw.astype(np.float32)
 
     s_raw = _scores(raw_f, reference, rng)
     s_den = _scores(den, reference, rng)
-    probe = raw_f[: min(5, len(raw_f))]
-    sig_psnr = {}
-    for s in config.gaussian_sigmas:
-        smoothed = np.stack([ndimage.gaussian_filter(f, s) for f in probe])
-        sig_psnr[s] = float(np.mean(_scores(smoothed, reference, rng, ssim_too=False)["psnr"]))
-    sigma = max(sig_psnr, key=lambda s: sig_psnr[s])
-    s_gauss = _scores(np.stack([ndimage.gaussian_filter(f, sigma) for f in raw_f]), reference, rng)
+    sigma, smoothed, sig_psnr = best_gaussian(raw_f, [_ref(reference, t) for t in range(len(raw_f))],
+                                              [rng] * len(raw_f), config.gaussian_sigmas)
+    s_gauss = _scores(smoothed, reference, rng)
     report: dict[str, Any] = {
         "frames": len(raw), "shape": list(raw.shape[1:]), "data_range": rng,
         "psnr_raw": float(np.mean(s_raw["psnr"])), "ssim_raw": float(np.mean(s_raw["ssim"])),
         "psnr_denoised": float(np.mean(s_den["psnr"])), "ssim_denoised": float(np.mean(s_den["ssim"])),
         "psnr_gaussian": float(np.mean(s_gauss["psnr"])), "ssim_gaussian": float(np.mean(s_gauss["ssim"])),
-        "gaussian_sigma": sigma, "gaussian_sigma_search": {str(k): v for k, v in sig_psnr.items()},
+        "gaussian_sigma": sigma, "gaussian_sigma_search": sig_psnr,
     }
     for k in (2, 4):
         if len(raw) >= k:
@@ -98,8 +125,8 @@ def evaluate(
             report[f"psnr_average{k}"] = report[f"ssim_average{k}"] = None
     report["gain_db_over_raw"] = report["psnr_denoised"] - report["psnr_raw"]
     report["seconds_per_frame"] = per_frame_s
-    report["device"] = str(device)
-    report["per_frame"] = {"psnr_raw": s_raw["psnr"], "psnr_denoised": s_den["psnr"],
+    report["engine"], report["precision"], report["device"] = info["engine"], info["precision"], info["device"]
+    report["per_frame"] = {"psnr_raw": s_raw["psnr"], "psnr_denoised": s_den["psnr"], "psnr_gaussian": s_gauss["psnr"],
                            "ssim_raw": s_raw["ssim"], "ssim_denoised": s_den["ssim"]}
     return report, den
 
@@ -116,25 +143,35 @@ def _zoom_box(reference: np.ndarray, frac: float = 0.25) -> tuple[slice, slice]:
 
 
 def save_figure(path: str | Path, raw: np.ndarray, denoised: np.ndarray, reference: np.ndarray,
-                report: dict[str, Any] | None = None) -> Path:
-    """PNG: raw | denoised | reference on top, the same zoomed crop below."""
+                report: dict[str, Any] | None = None, gaussian: np.ndarray | None = None,
+                reference_title: str = "reference") -> Path:
+    """PNG: raw | (Gaussian filter) | denoised | reference on top, the same zoomed crop (the quarter with
+    the most structure) below; with ``report`` the titles carry each one's PSNR (``psnr_raw``,
+    ``psnr_gaussian``, ``gaussian_sigma``, ``psnr_denoised``)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    r = report or {}
+
+    def title(name: str, key: str) -> str:
+        return f"{name}  {r[key]:.2f} dB" if key in r else name
+
+    panels = [(title("raw", "psnr_raw"), raw)]
+    if gaussian is not None:
+        sigma = f" σ={r['gaussian_sigma']:g}" if "gaussian_sigma" in r else ""
+        panels.append((title(f"Gaussian{sigma}", "psnr_gaussian"), gaussian))
+    panels += [(title("denoised", "psnr_denoised"), denoised), (reference_title, reference)]
     path = Path(path)
     lo, hi = np.percentile(reference, [0.5, 99.8])
     ys, xs = _zoom_box(reference)
-    fig, axes = plt.subplots(2, 3, figsize=(12, 8.4), constrained_layout=True)
-    titles = ["raw", "denoised", "reference"]
-    if report:
-        titles = [f"raw  {report['psnr_raw']:.2f} dB", f"denoised  {report['psnr_denoised']:.2f} dB", "reference"]
-    for col, (img, title) in enumerate(zip((raw, denoised, reference), titles)):
+    fig, axes = plt.subplots(2, len(panels), figsize=(4 * len(panels), 8.4), constrained_layout=True)
+    for col, (name, img) in enumerate(panels):
         axes[0, col].imshow(img, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
         axes[0, col].add_patch(matplotlib.patches.Rectangle((xs.start, ys.start), xs.stop - xs.start,
                                                             ys.stop - ys.start, fill=False, ec="yellow", lw=1))
-        axes[0, col].set_title(title)
+        axes[0, col].set_title(name)
         axes[1, col].imshow(img[ys, xs], cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
         axes[1, col].set_title("zoom")
         for ax in axes[:, col]:

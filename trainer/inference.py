@@ -1,4 +1,7 @@
-"""Load a trained run and denoise frames with PyTorch (the trainer's own reference path)."""
+"""A trained run's PyTorch network: loading and saving it, and its forward pass during training.
+
+Denoising recorded or live frames is not done here: it goes through the exported model and the
+streamer's Denoiser (``trainer.evaluate.denoiser_for``, ``n2n serve``), one path for both."""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from .card import ModelCard, read_card
 from .normalization import Normalization
 from .unet import UNet
 
-__all__ = ["WEIGHTS_NAME", "TrainedModel", "load_run", "load_weights", "save_weights", "pick_device", "denoise"]
+__all__ = ["WEIGHTS_NAME", "TrainedModel", "load_run", "load_weights", "save_weights", "pick_device", "predict"]
 
 WEIGHTS_NAME = "model.pt"
 
@@ -68,14 +71,15 @@ def load_run(run_dir: str | Path) -> TrainedModel:
 
 
 @torch.no_grad()
-def denoise(
+def predict(
     net: UNet,
     norm: Normalization,
     frames: np.ndarray,
     device: torch.device | str = "cpu",
     batch_size: int = 4,
 ) -> np.ndarray:
-    """Denoise (H, W) or (N, H, W) frames; returns float32 in the input's intensity units."""
+    """The network in memory on (H, W) or (N, H, W) frames, float32 in the input's intensity units: the
+    validation step of training (there is no export yet)."""
     single = frames.ndim == 2
     stack = frames[None] if single else frames
     if stack.ndim != 3:

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .config import TrainConfig
-from .inference import denoise, pick_device, save_weights
+from .inference import pick_device, predict, save_weights
 from .metrics import psnr, ssim
 from .normalization import Normalization
 from .pairs import PairSampler, held_out_pairs, split_rows
@@ -131,7 +131,7 @@ class _Validator:
     def __call__(self, net: UNet, device: torch.device) -> dict[str, float]:
         losses, psnrs, ssims = [], [], []
         for x, y, ref, rng in self.items:
-            pred = denoise(net, self.norm, x, device)
+            pred = predict(net, self.norm, x, device)
             assert y is not None  # supervised mode always has references (check_stacks)
             losses.append(float(np.mean((self.norm.normalize(pred) - self.norm.normalize(y)) ** 2)))
             if ref is not None:
@@ -274,8 +274,9 @@ def train(
                     stopped = f"time limit of {oc.max_minutes} min reached"
                     break
         except KeyboardInterrupt:
-            console.print(f"[yellow]interrupted: last complete epoch saved in {ckpt_path}; "
-                          "continue with --resume[/yellow]")
+            # what can be resumed is the caller's to say (n2n train prints the command; the demo has none)
+            log.info("interrupted after %d complete epoch(s)%s", len(history),
+                     f"; the last is saved in {ckpt_path}" if history else "")
             raise
     if best_state is None:
         raise RuntimeError("training ended before the first epoch completed; nothing to save")

@@ -19,6 +19,8 @@ convolutions in INT8 (otherwise it would not be faster); else nothing is written
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import math
 import shutil
@@ -163,9 +165,11 @@ def quantize_int8(run_dir: str | Path, stacks: Sequence[np.ndarray], references:
         folding = passes.Manager()  # weights computed in the graph (the sub-pixel decoder's) become constants
         folding.register_pass(passes.ConstantFolding())
         folding.run_passes(model)
-        quantized = nncf.quantize_with_accuracy_control(
-            model, nncf.Dataset(calibration), nncf.Dataset(items), metric, max_drop=max_loss_db,
-            drop_type=nncf.DropType.ABSOLUTE, subset_size=len(calibration), preset=nncf.QuantizationPreset.MIXED)
+        with contextlib.redirect_stdout(io.StringIO()):  # NNCF draws progress bars on stdout
+            quantized = nncf.quantize_with_accuracy_control(
+                model, nncf.Dataset(calibration), nncf.Dataset(items), metric, max_drop=max_loss_db,
+                drop_type=nncf.DropType.ABSOLUTE, subset_size=len(calibration),
+                preset=nncf.QuantizationPreset.MIXED)
         n_int8, n_conv = _int8_share(quantized)
         with tempfile.TemporaryDirectory(dir=run_dir) as tmp:
             tmp_xml = Path(tmp) / INT8_NAME

@@ -1,7 +1,7 @@
 """Inference engines behind one interface, and the one place that picks among them.
 
-``auto`` order: PyTorch on CUDA when a GPU is present (TensorRT joins first when its issue
-lands), else OpenVINO on the CPU, else ONNX Runtime, else PyTorch on the CPU.
+``auto`` order: PyTorch on CUDA when a GPU is present, else OpenVINO on the CPU, else ONNX Runtime,
+else PyTorch on the CPU.
 """
 
 from __future__ import annotations

@@ -1,0 +1,146 @@
+"""Micro-Manager's live frames through a denoising server, as ``n2n bridge`` and ``n2n demo`` both run it:
+open the camera, start a server for its frame size (or use a running one), bridge, and stop one way.
+
+Stopping: Ctrl-C or SIGTERM (or the caller's ``stop`` event) finishes the frames already sent and returns
+with ``stopped`` set; a second Ctrl-C aborts at once (KeyboardInterrupt). A planned end (``frames`` sent,
+``seconds`` elapsed) is not a stop. Until the bridge starts (camera, compiling) Ctrl-C interrupts at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from rich.console import Console
+
+from n2n.command import log
+from streamer.config import MicroManagerSourceConfig, ServeConfig
+
+__all__ = ["BridgeRun", "bridge_live", "read_ready_file"]
+
+
+@dataclass
+class BridgeRun:
+    report: Any
+    """The bridge's counts (:class:`streamer.micromanager.bridge.BridgeReport`)."""
+    server: dict[str, Any] | None
+    """The server started here (model, engine, precision, device); None for a running one."""
+    status: dict[str, Any] | None
+    """That server's status when the bridge ended."""
+    stopped: bool
+    """Ended early by Ctrl-C, SIGTERM or the caller's stop."""
+
+
+def read_ready_file(path: str | Path) -> dict[str, str]:
+    """The endpoints a running ``n2n serve --ready-file`` wrote."""
+    try:
+        endpoints = json.loads(Path(path).read_text())["endpoints"]
+        missing = {"input", "output", "control"} - set(endpoints)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: expected the JSON a `n2n serve --ready-file` writes, with 'endpoints' "
+                         f"(input, output, control), got {type(exc).__name__}: {exc}") from None
+    if missing:
+        raise ValueError(f"{path}: expected 'endpoints' with input, output and control, got no "
+                         f"{', '.join(sorted(missing))}")
+    return dict(endpoints)
+
+
+@contextlib.contextmanager
+def _graceful_signals(stop: threading.Event) -> Iterator[None]:
+    """While inside: the first Ctrl-C or SIGTERM sets ``stop``; a second Ctrl-C raises KeyboardInterrupt."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread receives signals
+        yield
+        return
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("%s received: finishing the frames already sent (Ctrl-C again to abort)",
+                 signal.Signals(signum).name)
+        stop.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before[0])
+        signal.signal(signal.SIGTERM, before[1])
+
+
+def bridge_live(source_config: MicroManagerSourceConfig, *, model: str | Path | None = None,
+                serve: ServeConfig | None = None, endpoints: dict[str, str] | None = None,
+                frames: int | None = None, seconds: float | None = None, out: str | Path | None = None,
+                base_dir: Path | None = None, timeout_s: float = 10.0,
+                view: Literal["progress", "dashboard", "none"] = "progress", console: Console | None = None,
+                stop: threading.Event | None = None,
+                started: Callable[[dict[str, Any] | None, dict[str, str], Any], None] | None = None) -> BridgeRun:
+    """Bridge ``frames`` frames (None: until stopped or ``seconds`` have passed) from the camera through a
+    server on ``model`` started here with ``serve`` (or the running one at ``endpoints``), saving raw and
+    denoised frames to ``out``. ``started(server_info, endpoints, source)`` is called once frames are about
+    to flow; ``view`` shows a progress bar or the live dashboard meanwhile."""
+    from streamer.micromanager import open_source
+    from streamer.micromanager.bridge import run_bridge
+    from streamer.server import running_server
+
+    console = console or Console(stderr=True)
+    stop = stop or threading.Event()
+    end = threading.Event()  # what run_bridge watches: a stop, or the planned end after `seconds`
+    done = threading.Event()
+    with contextlib.ExitStack() as stack:
+        # the camera first: the server then compiles for its frame size before frames flow
+        source = stack.enter_context(open_source(source_config, base_dir))
+        server = None
+        if endpoints is None:
+            if model is None:
+                raise ValueError("expected a model to serve or the endpoints of a running server, got neither")
+            server = stack.enter_context(running_server(model, serve, warmup_shape=source.shape))
+            endpoints = server.endpoints
+        info = server.denoiser.info() if server is not None else None
+        if started is not None:
+            started(info, endpoints, source)
+        deadline = None if seconds is None else time.monotonic() + seconds
+
+        def watch() -> None:
+            while not done.is_set():
+                if stop.wait(0.05) or (deadline is not None and time.monotonic() >= deadline):
+                    end.set()
+                    return
+
+        threads = [threading.Thread(target=watch, name="n2n-bridge-watch", daemon=True)]
+        if view == "dashboard":
+            from streamer.dashboard import run_dashboard
+
+            threads.append(threading.Thread(target=run_dashboard, args=(endpoints["stats"],),
+                                            kwargs={"console": console, "stop": done}, name="n2n-dash",
+                                            daemon=True))
+        bar = stack.enter_context(_progress(console, frames)) if view == "progress" else None
+        for thread in threads:
+            thread.start()
+        try:
+            with _graceful_signals(stop):
+                report = run_bridge(source, endpoints, frames, out, timeout_s, end, bar)
+        finally:
+            done.set()
+            for thread in threads:
+                thread.join(timeout=5)
+        status = server.status() if server is not None else None
+    report.interrupted = stop.is_set()  # a planned end (frames sent, time up) is not an interruption
+    return BridgeRun(report=report, server=info, status=status, stopped=stop.is_set())
+
+
+@contextlib.contextmanager
+def _progress(console: Console, total: int | None) -> Iterator[Callable[[Any], None]]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("denoised"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+                  TimeElapsedColumn(), console=console, transient=True) as bar:
+        task = bar.add_task("", total=total)
+        yield lambda r: bar.update(task, completed=r.frames_denoised, description=f"(seen {r.frames_seen})")

@@ -1,0 +1,179 @@
+"""Micro-Manager: ``n2n grab`` (frames for training) and ``n2n bridge`` (its live stream, denoised)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from n2n.command import Command, ConfigOpt, DryRunOpt, console, out
+from n2n.errors import UserError, user_errors
+
+__all__ = ["BRIDGE", "GRAB", "bridge", "grab"]
+
+MMConfigFileOpt = Annotated[str | None, typer.Option(
+    "--mm-config", help="Micro-Manager .cfg for an in-process core ('sim': the simulated camera).")]
+GuiOpt = Annotated[bool, typer.Option("--gui", help="Attach to a running Micro-Manager GUI (pycromanager).")]
+_SOURCE_FLAGS = {"--exposure-ms": "source.exposure_ms", "--mm-config": "source.config_file",
+                 "--gui": "source.config_file"}
+_SOURCE_DEFAULTS = {"--exposure-ms": "Micro-Manager's", "--json": "not written"}
+
+GRAB = Command("streamer.config:MicroManagerConfig", flags={
+    "--frames": "grab.frames", "--out": "grab.out", **_SOURCE_FLAGS}, defaults=_SOURCE_DEFAULTS)
+
+
+@GRAB
+def grab(
+    frames: Annotated[int | None, typer.Option(help="Consecutive frames to record.")] = None,
+    out_path: Annotated[Path | None, typer.Option("--out", help="OME-TIFF to write.")] = None,
+    exposure_ms: Annotated[float | None, typer.Option("--exposure-ms", help="Set the camera exposure first.")] = None,
+    mm_config: MMConfigFileOpt = None,
+    gui: GuiOpt = False,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
+    config: ConfigOpt = None,
+    dry_run: DryRunOpt = False,
+) -> None:
+    """Record consecutive frames from Micro-Manager for Noise2Noise training (then `n2n train --data`)."""
+    from streamer.config import NULL
+
+    cfg = GRAB.load(config, dry_run, {"--frames": frames, "--out": out_path, "--exposure-ms": exposure_ms,
+                                      "--mm-config": mm_config, "--gui": NULL if gui else None})
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from streamer.micromanager import open_source
+    from streamer.micromanager.grab import analyse_pairs, record
+
+    base_dir = config.resolve().parent if config else None
+    try:
+        with user_errors(), open_source(cfg.source, base_dir) as source:  # MicroManagerUnavailable: RuntimeError
+            console.print(f"grabbing {cfg.grab.frames} frames of {source.shape[1]}x{source.shape[0]} "
+                          f"{source.dtype.name} from {source.camera!r} at {source.exposure_ms:g} ms"
+                          + (" (following Micro-Manager's live stream)" if source.following else ""),
+                          highlight=False)
+            with Progress(TextColumn("grab"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                          console=console, transient=True) as bar:
+                task = bar.add_task("grab", total=cfg.grab.frames)
+                report = record(source, cfg.grab.frames, cfg.grab.out,
+                                progress=lambda done, total: bar.update(task, completed=done))
+            max_value = float(2**source.bit_depth - 1) if source.dtype.kind == "u" else float("inf")
+    except KeyboardInterrupt:
+        kept = Path(cfg.grab.out)
+        console.print(f"[yellow]interrupted; the frames recorded so far are in {kept}[/yellow]" if kept.exists()
+                      else "[yellow]interrupted before the first frame; nothing written[/yellow]", highlight=False)
+        raise typer.Exit(code=130) from None
+    if report.frames < 2:
+        raise UserError(f"expected at least 2 frames for Noise2Noise, got {report.frames} (in {report.path})")
+    with user_errors(prefix=f"{report.path} was written but could not be checked: "):
+        analysis = analyse_pairs(report.path, max_value, cfg.grab.saturation_fraction, cfg.grab.max_shift_px)
+    report.saturated_fraction = analysis["saturated_fraction"]
+    report.correlation = analysis["correlation"]
+    report.shift_px = analysis["shift_px"]
+    report.warnings = analysis["warnings"]
+    if report.missed:
+        report.warnings.insert(0, f"{report.missed} frame(s) were overwritten in Micro-Manager's buffer before "
+                               "they were read: the recording has gaps (pairs across a gap are not consecutive)")
+    elif not report.consecutive:
+        report.warnings.insert(0, "the image numbers are not consecutive (the camera or Micro-Manager skipped "
+                               "frames): pairs across a gap are not consecutive")
+    import numpy as np
+
+    table = Table(title=f"grabbed {report.path}", show_header=False)
+    corr = np.asarray(report.correlation)
+    rows = [
+        ("frames", f"{report.frames} ({report.shape[1]}x{report.shape[0]} {report.dtype}), image numbers "
+                   f"{report.first_image_number}…{report.last_image_number}"
+                   + (" consecutive" if report.consecutive else " WITH GAPS")),
+        ("rate", f"{report.fps:.1f} frames/s over {report.seconds:.1f} s at {report.exposure_ms:g} ms exposure"),
+        ("saturated", f"max {max(report.saturated_fraction):.3%} of pixels per frame"),
+        ("pair correlation", f"median {np.median(corr):.3f}, min {corr.min():.3f}"),
+        ("pair shift", f"max {max(report.shift_px):.2f} px (limit {cfg.grab.max_shift_px:g})"),
+    ]
+    for k, v in rows:
+        table.add_row(k, v)
+    out.print(table)
+    for warning in report.warnings:
+        console.print(f"[bold yellow]warning:[/bold yellow] {warning}", highlight=False)
+    if json_path is not None:
+        json_path.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    console.print(f"train on it: n2n train --data {report.path} --out runs/NAME", highlight=False)
+
+
+BRIDGE = Command("streamer.config:MicroManagerConfig", flags={
+    "--model": "bridge.model", "--connect": "bridge.connect", "--frames": "bridge.frames", "--out": "bridge.out",
+    "--no-save": "bridge.out", "--mode": "serve.mode", "--engine": "serve.engine", "--precision": "serve.precision",
+    "--device": "serve.device", "--threads": "serve.num_threads", **_SOURCE_FLAGS},
+    defaults={**_SOURCE_DEFAULTS, "--threads": "the engine's (all cores)", "--json": "not written"})
+
+
+@BRIDGE
+def bridge(
+    model: Annotated[Path | None, typer.Option("--model", help="Model folder to serve (starts a server here).")] = None,
+    connect: Annotated[Path | None, typer.Option(
+        "--connect", help="Use a running `n2n serve` instead: its --ready-file.")] = None,
+    frames: Annotated[int | None, typer.Option(help="Frames to bridge; 0 runs until Ctrl-C.")] = None,
+    out_path: Annotated[Path | None, typer.Option("--out", help="OME-TIFF of raw + denoised.")] = None,
+    no_save: Annotated[bool, typer.Option("--no-save", help="Do not write an OME-TIFF.")] = False,
+    mode: Annotated[str | None, typer.Option(help="live (latest frame wins) or lossless (every frame).")] = None,
+    engine: Annotated[str | None, typer.Option(help="auto, openvino, onnxruntime or torch.")] = None,
+    precision: Annotated[str | None, typer.Option(
+        help="auto (the fastest that passed its check), fp32, bf16, fp16 or int8.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for the engine.")] = None,
+    exposure_ms: Annotated[float | None, typer.Option("--exposure-ms", help="Set the camera exposure first.")] = None,
+    mm_config: MMConfigFileOpt = None,
+    gui: GuiOpt = False,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the counts here.")] = None,
+    config: ConfigOpt = None,
+    dry_run: DryRunOpt = False,
+) -> None:
+    """Denoise Micro-Manager's live frames through the server; save raw + denoised, publish for viewers."""
+    from streamer.config import NULL
+
+    if frames is not None and frames < 0:
+        raise UserError(f"--frames: expected 0 (until Ctrl-C) or more, got {frames}")
+    cfg = BRIDGE.load(config, dry_run, {
+        "--model": model, "--connect": connect, "--frames": NULL if frames == 0 else frames, "--out": out_path,
+        "--no-save": NULL if no_save else None, "--mode": mode, "--engine": engine, "--precision": precision,
+        "--device": device, "--threads": threads, "--exposure-ms": exposure_ms, "--mm-config": mm_config,
+        "--gui": NULL if gui else None})
+    if cfg.bridge.model is None and cfg.bridge.connect is None:
+        raise UserError("expected a model to serve (--model runs/NAME) or a running server "
+                        "(--connect READY_FILE), got neither")
+    import zmq
+
+    from n2n.bridging import bridge_live, read_ready_file
+
+    total = cfg.bridge.frames
+
+    def started(info: dict[str, Any] | None, endpoints: dict[str, str], source: Any) -> None:
+        if info is not None:
+            console.print(f"serving {info['model']} with {info['engine']} ({info['precision']}) in "
+                          f"{cfg.serve.mode} mode; viewers subscribe to {endpoints['output']}", highlight=False)
+        console.print(f"bridging {total or 'until Ctrl-C'} frames of {source.shape[1]}x{source.shape[0]} from "
+                      f"{source.camera!r}", highlight=False)
+
+    try:
+        with user_errors(zmq.ZMQError):
+            endpoints = read_ready_file(cfg.bridge.connect) if cfg.bridge.connect else None
+            run = bridge_live(cfg.source, model=cfg.bridge.model, serve=cfg.serve, endpoints=endpoints,
+                              frames=total, out=cfg.bridge.out, base_dir=config.resolve().parent if config else None,
+                              timeout_s=cfg.source.timeout_s, view="progress", console=console, started=started)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted: Micro-Manager released, server stopped[/yellow]")
+        raise typer.Exit(code=130) from None
+    report = run.report
+    table = Table(title="bridge", show_header=False)
+    for k, v in (("frames seen", report.frames_seen), ("denoised", report.frames_denoised),
+                 ("dropped", f"{report.frames_dropped} by the server ({report.mode} mode), "
+                             f"{report.missed_in_micromanager} overwritten in Micro-Manager's buffer"),
+                 ("refused / unaccounted", f"{report.frames_failed} / {report.frames_unaccounted}"),
+                 ("rate", f"{report.fps_in:.1f} frames/s in, {report.fps_out:.1f} out"),
+                 ("latency", f"p50 {report.latency_ms_p50} ms, p99 {report.latency_ms_p99} ms (capture → denoised)"),
+                 ("engine", report.engine), ("saved", report.out or "not saved")):
+        table.add_row(k, str(v))
+    out.print(table)
+    if json_path is not None:
+        json_path.write_text(json.dumps(report.to_dict(), indent=2) + "\n")

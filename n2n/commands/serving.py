@@ -1,0 +1,120 @@
+"""Model → live: ``n2n serve`` (the ZeroMQ server) and ``n2n dash`` (its live dashboard)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from n2n.command import Command, ConfigOpt, DryRunOpt, console, log
+from n2n.errors import UserError, user_errors
+
+__all__ = ["DASH", "SERVE", "dash", "serve"]
+
+#: the server's five sockets: ``--input-address`` … ``--control-address`` (the old ``--input`` … still work)
+ADDRESS_FLAGS = {name: f"--{name}-address" for name in ("input", "output", "request", "stats", "control")}
+
+SERVE = Command("streamer.config:ServeConfig", flags={
+    "--engine": "engine", "--mode": "mode", "--precision": "precision", "--device": "device",
+    "--threads": "num_threads", "--output-dtype": "output_dtype",
+    **{flag: f"endpoints.{name}" for name, flag in ADDRESS_FLAGS.items()}},
+    defaults={"--threads": "the engine's (all cores)", "--ready-file": "not written"},
+    deprecated={f"--{name}": flag for name, flag in ADDRESS_FLAGS.items()})
+
+
+@SERVE
+def serve(
+    model: Annotated[Path, typer.Option("--model", help="Model folder made by `n2n train` (model.json + exports).")],
+    engine: Annotated[str | None, typer.Option(help="auto, openvino, onnxruntime or torch.")] = None,
+    mode: Annotated[str | None, typer.Option(help="live (latest frame wins) or lossless (every frame).")] = None,
+    precision: Annotated[str | None, typer.Option(
+        help="auto (the fastest that passed its check), fp32, bf16, fp16 or int8.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for the engine.")] = None,
+    output_dtype: Annotated[str | None, typer.Option("--output-dtype", help="same or float32.")] = None,
+    input_address: Annotated[str | None, typer.Option("--input-address", help="PULL address for frames.")] = None,
+    output_address: Annotated[str | None, typer.Option("--output-address",
+                                                       help="PUB address for denoised frames.")] = None,
+    request_address: Annotated[str | None, typer.Option("--request-address",
+                                                        help="ROUTER address for requests.")] = None,
+    stats_address: Annotated[str | None, typer.Option("--stats-address", help="PUB address for statistics.")] = None,
+    control_address: Annotated[str | None, typer.Option("--control-address",
+                                                        help="REP address for commands.")] = None,
+    ready_file: Annotated[Path | None, typer.Option("--ready-file", help="Write the bound addresses here (JSON) "
+                                                     "once the engine is compiled; removed on exit.")] = None,
+    config: ConfigOpt = None,
+    dry_run: DryRunOpt = False,
+) -> None:
+    """Denoise frames streamed over ZeroMQ until Ctrl-C, SIGTERM or a shutdown command."""
+    cfg = SERVE.load(config, dry_run, {
+        "--engine": engine, "--mode": mode, "--precision": precision, "--device": device, "--threads": threads,
+        "--output-dtype": output_dtype, "--input-address": input_address, "--output-address": output_address,
+        "--request-address": request_address, "--stats-address": stats_address,
+        "--control-address": control_address})
+    import signal
+
+    import zmq
+
+    from streamer.server import Server
+
+    with user_errors(zmq.ZMQError):
+        server = Server(model, cfg)
+        endpoints = server.start()
+
+    def _on_signal(signum: int, _frame: Any) -> None:
+        log.info("%s received: stopping", signal.Signals(signum).name)
+        server.stop()
+
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+    info = server.denoiser.info()
+    console.print(f"serving [bold]{info['model']}[/bold] with {info['engine']} ({info['device']}, "
+                  f"{info['precision']}) in {cfg.mode} mode", highlight=False)
+    for name, addr in endpoints.items():
+        console.print(f"  {name:8s} {addr}", highlight=False)
+    try:
+        if ready_file is not None:
+            with user_errors(prefix=f"--ready-file {ready_file}: "):
+                tmp = ready_file.with_name(ready_file.name + ".tmp")
+                tmp.write_text(json.dumps({"endpoints": endpoints, **info}, indent=2) + "\n")
+                tmp.replace(ready_file)
+        server.serve_forever()
+    finally:
+        if ready_file is not None:  # a ready file promises a server that answers: not after it has gone
+            ready_file.unlink(missing_ok=True)
+        server.close()
+    st = server.stats
+    console.print(f"stopped: {st.frames_in} frames in, {st.frames_out} out, {st.drops} dropped, "
+                  f"{sum(st.errors.values())} errors", highlight=False)
+
+
+DASH = Command("streamer.config:DashConfig", flags={"--stats-address": "stats"},
+               deprecated={"--stats": "--stats-address"})
+
+
+@DASH
+def dash(
+    stats_address: Annotated[str | None, typer.Option("--stats-address", help="The server's stats address "
+                                                      "(its --stats-address).")] = None,
+    config: ConfigOpt = None,
+    dry_run: DryRunOpt = False,
+) -> None:
+    """Live terminal dashboard for a running `n2n serve` (Ctrl-C quits)."""
+    cfg = DASH.load(config, dry_run, {"--stats-address": stats_address})
+    import zmq
+
+    from n2n.command import out
+    from streamer.dashboard import run_dashboard
+
+    where = "--stats-address" if stats_address else f"{config}: stats" if config else "stats"
+    sock: zmq.Socket = zmq.Context.instance().socket(zmq.SUB)
+    try:  # a bad address is the user's to fix: say so before the dashboard starts
+        sock.connect(cfg.stats)
+    except zmq.ZMQError as exc:
+        raise UserError(f"{where}: expected a ZeroMQ address such as tcp://127.0.0.1:5558, got {cfg.stats!r} "
+                        f"({exc.strerror})") from None
+    finally:
+        sock.close(linger=0)
+    raise typer.Exit(code=run_dashboard(cfg.stats, console=out))

@@ -1,0 +1,233 @@
+"""Frames → model: ``n2n simulate``, ``n2n train``, ``n2n export``, ``n2n evaluate``."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from n2n.command import Command, ConfigOpt, DryRunOpt, console, out, parse_settings
+from n2n.errors import UserError, user_errors
+
+__all__ = ["EVALUATE", "EXPORT", "SIMULATE", "TRAIN", "evaluate", "export", "simulate", "train"]
+
+SIMULATE = Command("trainer.config:SimulateConfig", flags={
+    "--frames": "frames", "--size": ("camera.height", "camera.width"), "--exposure-ms": "camera.exposure_ms",
+    "--seed": "camera.seed"}, defaults={"--truth": "not written"})
+
+
+@SIMULATE
+def simulate(
+    out_path: Annotated[Path, typer.Option("--out", help="Raw frames (OME-TIFF, uint16, TYX).")],
+    truth: Annotated[Path | None, typer.Option("--truth", help="Noise-free truth (OME-TIFF, float32 ADU).")] = None,
+    frames: Annotated[int | None, typer.Option(help="Number of frames.")] = None,
+    size: Annotated[int | None, typer.Option(help="Frame height and width in pixels.")] = None,
+    exposure_ms: Annotated[float | None, typer.Option("--exposure-ms", help="Exposure time (sets the SNR).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for sample and noise.")] = None,
+    config: ConfigOpt = None,
+    dry_run: DryRunOpt = False,
+) -> None:
+    """Record frames from the simulated fluorescence camera."""
+    cfg = SIMULATE.load(config, dry_run, {"--frames": frames, "--size": size, "--exposure-ms": exposure_ms,
+                                          "--seed": seed})
+    import tifffile
+    from rich.progress import Progress
+
+    from streamer.sources import simulate_stack
+
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("simulating", total=cfg.frames)
+        raw, gt = simulate_stack(cfg.camera, cfg.frames, lambda done, _: progress.update(task, completed=done))
+    with user_errors():
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        tifffile.imwrite(out_path, raw, ome=True, metadata={"axes": "TYX"})
+        sidecar = {"camera": cfg.camera.model_dump(mode="json"), "frames": cfg.frames, "raw": out_path.name}
+        if truth is not None:
+            truth.parent.mkdir(parents=True, exist_ok=True)
+            tifffile.imwrite(truth, gt, ome=True, metadata={"axes": "TYX"})
+            sidecar["truth"] = truth.name
+        out_path.with_suffix(".json").write_text(json.dumps(sidecar, indent=2) + "\n")
+    console.print(f"wrote {cfg.frames} frames of {raw.shape[1]}x{raw.shape[2]} to {out_path}"
+                  + (f" and truth to {truth}" if truth else ""), highlight=False)
+
+
+TRAIN = Command("trainer.config:TrainConfig", flags={
+    "--target": "mode", "--epochs": "optim.epochs", "--steps-per-epoch": "optim.steps_per_epoch",
+    "--max-minutes": "optim.max_minutes", "--device": "optim.device", "--seed": "optim.seed",
+    "--data": "data.source"},
+    defaults={"--data": "none: data.source 'simulated' in the config takes the simulated camera",
+              "--reference": "none", "--max-minutes": "no limit", "--set": "none"},
+    deprecated={"--mode": "--target"})
+
+
+@TRAIN
+def train(
+    out_dir: Annotated[Path, typer.Option("--out", help="Run folder to write (runs/NAME).")],
+    data: Annotated[list[Path] | None, typer.Option("--data", help="Noisy stack(s), TIFF/OME-TIFF (T, H, W).")]
+    = None,
+    reference: Annotated[list[Path] | None, typer.Option("--reference", help="Clean reference per stack: "
+                                                          "targets with --target supervised, else only scored.")]
+    = None,
+    target: Annotated[str | None, typer.Option("--target", help="What the network learns to predict: n2n "
+                                               "(the next noisy frame) or supervised (the clean reference).")]
+    = None,
+    epochs: Annotated[int | None, typer.Option(help="Training epochs (optim.epochs).")] = None,
+    steps_per_epoch: Annotated[int | None, typer.Option(help="Optimiser steps per epoch.")] = None,
+    max_minutes: Annotated[float | None, typer.Option(help="Stop after this many minutes.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seeds weights, patches and augmentation.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override any config key: --set model.depth=3 "
+                                                   "--set 'model.filters=[4,16,32,64]' (YAML values; repeatable).")]
+    = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the run folder's checkpoint.")] = False,
+    config: ConfigOpt = None,
+    dry_run: DryRunOpt = False,
+) -> None:
+    """Fit a Noise2Noise (or supervised) U-Net and export it to ONNX."""
+    cfg = TRAIN.load(config, dry_run, {
+        "--target": target, "--epochs": epochs, "--steps-per-epoch": steps_per_epoch, "--max-minutes": max_minutes,
+        "--device": device, "--seed": seed, "--data": "files" if data else None}, parse_settings(set_))
+    from trainer.run import run_training
+
+    try:
+        with user_errors():
+            card = run_training(cfg, out_dir, data or [], reference or [], resume=resume, console=console)
+    except KeyboardInterrupt:
+        if (out_dir / "checkpoint.pt").is_file():
+            again = ["n2n", "train", "--resume", "--config", str(out_dir / "config.yaml"), "--out", str(out_dir)]
+            for flag, paths in (("--data", data), ("--reference", reference)):
+                if paths:
+                    again += [flag, *map(str, paths)]
+            console.print(f"[yellow]interrupted; to continue: {shlex.join(again)}[/yellow]", highlight=False)
+        else:
+            console.print("[yellow]interrupted before the first epoch finished: nothing to resume[/yellow]")
+        raise typer.Exit(code=130) from None
+    t = card.training
+    table = Table(title=f"trained {out_dir}", show_header=False)
+    table.add_row("mode", t["mode"])
+    table.add_row("epochs (best)", f"{t['epochs']} ({t['best_epoch']}), {t['stopped']}")
+    table.add_row("time", f"{t['seconds']:.0f} s on {t['device']} ({t['precision']})")
+    for k, v in card.metrics.items():
+        table.add_row(k, f"{v:.4g}")
+    table.add_row("files", ", ".join(sorted(p.name for p in out_dir.iterdir() if p.is_file())))
+    out.print(table)
+    for line in next_steps(out_dir, t.get("data", {}), data or [], reference or []):
+        console.print(line, highlight=False, soft_wrap=True)
+
+
+def next_steps(run: Path, provenance: dict, data: list[Path], reference: list[Path]) -> list[str]:
+    """What to run after ``n2n train``, as exact commands for this run folder."""
+    model = ["--model", str(run)]
+    if provenance.get("source") == "simulated":  # the frames and the simulator's truth are in the run folder
+        data, reference = [run / "frames.tif"], [run / "truth.tif"]
+    lines = []
+    if data and reference:
+        lines.append("next: score it against the reference: " + shlex.join(
+            ["n2n", "evaluate", *model, "--data", str(data[0]), "--reference", str(reference[0])]))
+    else:
+        lines.append("next: score it where a clean reference exists: " + shlex.join(
+            ["n2n", "evaluate", *model]) + " --data NOISY.tif --reference CLEAN.tif")
+    lines.append("then denoise live: " + shlex.join(["n2n", "serve", *model]) + "   or from Micro-Manager: "
+                 + shlex.join(["n2n", "bridge", *model]))
+    return lines
+
+
+EXPORT = Command("trainer.config:ExportConfig", flags={
+    "--format": "format", "--opset": "opset", "--max-loss-db": "quantize.max_loss_db"})
+
+
+@EXPORT
+def export(
+    model: Annotated[Path, typer.Option("--model", help="Run folder made by `n2n train`.")],
+    format: Annotated[str | None, typer.Option("--format", help="onnx, torchscript or int8 (OpenVINO, checked).")]
+    = None,
+    opset: Annotated[int | None, typer.Option(help="ONNX opset (>= 18).")] = None,
+    max_loss_db: Annotated[float | None, typer.Option(help="int8: keep it only if it loses at most this (dB).")] = None,
+    config: ConfigOpt = None,
+    dry_run: DryRunOpt = False,
+) -> None:
+    """Export a trained model (checked against PyTorch, or for int8 on held-out frames; refused beyond the limit)."""
+    cfg = EXPORT.load(config, dry_run, {"--format": format, "--opset": opset, "--max-loss-db": max_loss_db})
+    from trainer.card import add_artifact
+    from trainer.export import ONNX_NAME, TORCHSCRIPT_NAME, export_onnx, export_torchscript
+    from trainer.inference import load_run
+
+    with user_errors():
+        if cfg.format == "int8":
+            from trainer.run import quantize_run, training_data
+
+            train_cfg, stacks, refs = training_data(model)
+            train_cfg.quantize = cfg.quantize
+            q = quantize_run(model, train_cfg, stacks, refs)
+            if q.status != "kept":
+                raise UserError(f"no INT8 export: {q.reason}")
+            out.print(f"wrote {model / 'model_int8.xml'} ({q.reason})", highlight=False)
+            return
+        m = load_run(model)
+        if cfg.format == "onnx":
+            info = export_onnx(m.net, model / ONNX_NAME, cfg.opset, cfg.check_size, cfg.max_rel_error)
+        else:
+            info = export_torchscript(m.net, model / TORCHSCRIPT_NAME, cfg.check_size, cfg.max_rel_error)
+        add_artifact(model, info)
+    out.print(f"wrote {model / info.path} (relative error vs PyTorch {info.parity_rel_error:.2g})", highlight=False)
+
+
+EVALUATE = Command("trainer.config:EvaluateConfig", flags={"--max-frames": "max_frames"},
+                   defaults={"--max-frames": "all", "--json": "not written", "--figure": "not drawn"})
+
+
+@EVALUATE
+def evaluate(
+    model: Annotated[Path, typer.Option("--model", help="Run folder made by `n2n train`.")],
+    data: Annotated[Path, typer.Option("--data", help="Noisy stack to denoise (T, H, W).")],
+    reference: Annotated[Path, typer.Option("--reference", help="Clean reference, (H, W) or (T, H, W).")],
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
+    figure: Annotated[Path | None, typer.Option("--figure", help="PNG: raw | denoised | reference.")] = None,
+    max_frames: Annotated[int | None, typer.Option(help="Only the first N frames.")] = None,
+    config: ConfigOpt = None,
+    dry_run: DryRunOpt = False,
+) -> None:
+    """Score a model against a reference, beside Gaussian and frame-averaging baselines."""
+    cfg = EVALUATE.load(config, dry_run, {"--max-frames": max_frames})
+    from rich.progress import Progress
+
+    from streamer.sources import read_stack
+    from trainer.evaluate import evaluate as run_eval
+    from trainer.evaluate import save_figure
+    from trainer.inference import load_run
+
+    with user_errors():
+        m = load_run(model)
+        raw = read_stack(data, allow_2d=False)
+        ref = read_stack(reference)
+    t, h, w = raw.shape
+    if ref.shape != (h, w) and ref.shape != (t, h, w):
+        raise UserError(f"--reference {reference}: expected frames of {h}x{w}, one or {t} of them (the shape of "
+                        f"--data {data}), got shape {ref.shape}")
+    with user_errors(), Progress(console=console, transient=True) as progress:
+        task = progress.add_task("denoising", total=len(raw))
+        report, den = run_eval(m, raw, ref, cfg, lambda done, _: progress.update(task, completed=done))
+    report = {"model": str(model), "data": str(data), "reference": str(reference), **report}
+    table = Table(title=f"{data.name} vs {reference.name} ({report['frames']} frames)")
+    for col in ("method", "PSNR (dB)", "SSIM"):
+        table.add_column(col)
+    rows = [("raw", "raw"), ("n2n-live model", "denoised"), (f"Gaussian σ={report['gaussian_sigma']}", "gaussian"),
+            ("average of 2", "average2"), ("average of 4", "average4")]
+    for label, key in rows:
+        if report.get(f"psnr_{key}") is not None:
+            table.add_row(label, f"{report[f'psnr_{key}']:.2f}", f"{report[f'ssim_{key}']:.4f}")
+    out.print(table)
+    with user_errors():
+        if json_path:
+            json_path.parent.mkdir(parents=True, exist_ok=True)
+            json_path.write_text(json.dumps(report, indent=2) + "\n")
+        if figure:
+            figure.parent.mkdir(parents=True, exist_ok=True)
+            from scipy import ndimage
+
+            gaussian = ndimage.gaussian_filter(raw[0].astype("float32"), report["gaussian_sigma"])
+            save_figure(figure, raw[0], den[0], ref[0] if ref.ndim == 3 else ref, report, gaussian=gaussian)
