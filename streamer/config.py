@@ -142,7 +142,8 @@ class Endpoints(_Strict):
     input: str = "tcp://127.0.0.1:5555"
     """PULL: producers push frames here."""
     output: str = "tcp://127.0.0.1:5556"
-    """PUB: denoised frames (topic ``frame``) and errors (topic ``error``) for any subscriber."""
+    """XPUB: denoised frames (topic ``frame``), copies of request results (``reply``) and errors (``error``)
+    for any number of subscribers (the server counts them)."""
     request: str = "tcp://127.0.0.1:5557"
     """ROUTER: a synchronous caller (REQ) sends a frame and gets its denoised frame back."""
     stats: str = "tcp://127.0.0.1:5558"

@@ -26,7 +26,7 @@ def main(model: str, out: Path, n: int) -> dict:
     from streamer.server import running_server
     from streamer.sources import read_frame_metadata, read_stack
 
-    local = Endpoints(**{k: "tcp://127.0.0.1:*" for k in ("input", "output", "request", "stats", "control")})
+    local = Endpoints.local()
     cfg = ServeConfig(endpoints=local, num_threads=1, precision="fp32")
     core = load_core("sim")
     result: dict = {}

@@ -16,7 +16,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "100", "MPLBACKEND": "Ag
 
 @pytest.mark.slow  # the suite itself is measured in tests/test_bench_suite.py; this is the command around it
 def test_bench_command(trained_run: dict[str, Path], tmp_path: Path) -> None:
-    """`n2n bench` on a tiny model writes the JSON with the figures the issue asks for, a report folder and a table."""
+    """`n2n bench` on a tiny model writes the JSON with its headline figures, a report folder and a table."""
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, "-m", "n2n", "bench", "--model", str(trained_run["run"]), "--size", "64",
                            "--engine", "onnxruntime", "--frames", "6", "--overload-s", "1", "--threads", "1",

@@ -10,11 +10,11 @@ import pytest
 import zmq
 
 from streamer.client import ServerError, StreamClient
-from streamer.config import Endpoints, ServeConfig
+from streamer.config import ENDPOINT_NAMES, Endpoints, ServeConfig
 from streamer.protocol import encode_error
 from streamer.server import running_server
 
-NAMES = ("input", "output", "request", "stats", "control")
+NAMES = ENDPOINT_NAMES
 
 
 def free_addresses(n: int) -> list[str]:
@@ -82,7 +82,7 @@ def test_server_error_carries_the_code() -> None:
 
 def test_server_error_from_a_running_server(trained_run: dict[str, Path]) -> None:
     """A refused request raises ServerError whose code names the kind of error."""
-    local = Endpoints(**{name: "tcp://127.0.0.1:*" for name in NAMES})
+    local = Endpoints.local()
     cfg = ServeConfig(num_threads=1, precision="fp32", endpoints=local)
     with running_server(trained_run["run"], cfg) as server, StreamClient(server.endpoints) as client:
         with pytest.raises(ServerError) as info:

@@ -199,8 +199,7 @@ def test_gpu_meter_is_optional() -> None:
 
 # --- the live loop -----------------------------------------------------------------------------------------
 def test_run_dashboard_shows_a_real_server(trained_run: dict[str, Path]) -> None:
-    names = ("input", "output", "request", "stats", "control")
-    config = ServeConfig(endpoints=Endpoints(**{n: "tcp://127.0.0.1:*" for n in names}), num_threads=1,
+    config = ServeConfig(endpoints=Endpoints.local(), num_threads=1,
                          precision="fp32", stats_interval_s=0.1)
     frame = simulate_stack(SimulatedCameraConfig(height=64, width=64, exposure_ms=10.0, seed=3), 1)[0][0]
     nan_frame = frame.astype(np.float32)

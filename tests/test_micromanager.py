@@ -44,7 +44,7 @@ from streamer.sources import (
     read_stack,
 )
 
-LOCAL = Endpoints(**{name: "tcp://127.0.0.1:*" for name in ("input", "output", "request", "stats", "control")})
+LOCAL = Endpoints.local()
 SIZE = 64
 
 

@@ -22,14 +22,14 @@ import zmq
 from conftest import TINY_CAMERA, tiny_train_dict
 
 from streamer.client import ServerError, StreamClient
-from streamer.config import Endpoints, ServeConfig
+from streamer.config import ENDPOINT_NAMES, Endpoints, ServeConfig
 from streamer.protocol import PROTOCOL_VERSION, decode_header, encode_frame
 from streamer.server import Server, load_denoiser, running_server
 from streamer.sources import SimulatedCameraConfig, simulate_stack
 from trainer.config import TrainConfig
 
-NAMES = ("input", "output", "request", "stats", "control")
-LOCAL = Endpoints(**{name: "tcp://127.0.0.1:*" for name in NAMES})
+NAMES = ENDPOINT_NAMES
+LOCAL = Endpoints.local()
 
 
 def config(**overrides: Any) -> ServeConfig:
