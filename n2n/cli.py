@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 from rich.logging import RichHandler
 
-from n2n.command import N2NGroup, console, out
+from n2n.command import N2NGroup, console, out, print_error
 from n2n.commands import ALL
 
 __all__ = ["app", "expand_multi_value", "main", "version"]
@@ -85,7 +85,43 @@ def expand_multi_value(argv: Sequence[str]) -> list[str]:
     return result
 
 
+def _click_exceptions() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...],
+                                  tuple[type[BaseException], ...]]:
+    """(usage errors, "no arguments: show help", aborts) of the click typer runs on: recent typer releases
+    carry their own copy of click, older ones use the click package."""
+    import click
+
+    usage: list[type[BaseException]] = [click.UsageError]
+    no_args: list[type[BaseException]] = []
+    abort: list[type[BaseException]] = [click.Abort]
+    try:
+        from typer._click import exceptions as vendored
+    except ImportError:
+        pass
+    else:
+        usage.append(vendored.UsageError)
+        no_args.append(vendored.NoArgsIsHelpError)
+        abort.append(typer.Abort)
+    no_args += [e for e in (getattr(click.exceptions, "NoArgsIsHelpError", None),) if e is not None]
+    return tuple(usage), tuple(no_args), tuple(abort)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    """Console entry point (``n2n``)."""
+    """Console entry point (``n2n``). A flag the command line cannot parse (a missing required option, a
+    value of the wrong type, an unknown option or command) is one ``error:`` line too, exit status 2."""
     args = expand_multi_value(sys.argv[1:] if argv is None else argv)
-    app(args=args, prog_name="n2n")
+    usage, no_args, abort = _click_exceptions()
+    try:
+        code = app(args=args, prog_name="n2n", standalone_mode=False)
+    except no_args as exc:
+        ctx = getattr(exc, "ctx", None)
+        out.print(ctx.get_help() if ctx is not None else "n2n --help", markup=False, highlight=False)
+        sys.exit(0)
+    except usage as exc:
+        ctx = getattr(exc, "ctx", None)
+        where = ctx.command_path if ctx is not None else "n2n"
+        print_error(f"{where}: {exc.format_message()} (see `{where} --help`)")  # type: ignore[attr-defined]
+        sys.exit(2)
+    except abort:  # Ctrl-C before a command had started
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -63,7 +63,8 @@ class ConfigError(ValueError):
             close = difflib.get_close_matches(loc[-1], keys, n=1)
             what = (f"expected one of the keys {', '.join(keys)}, got {loc[-1]!r}"
                     + (f" (did you mean {close[0]!r}?)" if close else ""))
-            flag = origins.get(".".join(loc))
+            key = ".".join(loc)  # the flag that set this key, or one below it (--set nope.x=1 makes 'nope')
+            flag = origins.get(key) or next((f for k, f in origins.items() if k.startswith(key + ".")), None)
             return f"{flag}: {what}" if flag else cls._where(path, loc[:-1], what)
         bounds = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
         if kind in bounds:

@@ -345,8 +345,9 @@ class Server:
         self.stats.on_error(exc.code)
         self._log_error(exc.code, f"seq={exc.seq}: {exc}")
         head = encode_error(exc.code, str(exc), exc.seq)
-        if envelope is not None:
+        if envelope is not None:  # the caller gets it; the output's consumers must not take it for theirs
             self._sockets["request"].send_multipart([*envelope, head, b""], copy=False)
+            return
         try:
             self._sockets["output"].send_multipart([TOPIC_ERROR, head], zmq.NOBLOCK)
         except zmq.Again:

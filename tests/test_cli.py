@@ -206,12 +206,12 @@ def test_train_reference_count_mismatch(tmp_path: Path, tiny_yaml: Path, sim_tif
 
 
 def test_evaluate_missing_run_folder(tmp_path: Path, sim_tiff) -> None:
-    """evaluate with a missing run folder exits 2 saying there is no such run folder."""
+    """evaluate with a missing run folder exits 2 saying there is no such model folder."""
     raw, truth = sim_tiff
 
     result = n2n("evaluate", "--model", tmp_path / "no_run", "--data", raw, "--reference", truth)
 
-    _assert_user_error(result, "no_run", "no such run folder")
+    _assert_user_error(result, "no_run", "no such model folder")
 
 
 def test_evaluate_reference_mismatch(trained_run: dict[str, Path], tmp_path: Path, write_stack) -> None:

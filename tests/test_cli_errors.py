@@ -88,6 +88,14 @@ def test_frame_size_mismatch_names_both_files(trained_run: dict[str, Path], tmp_
 
 @pytest.mark.parametrize(("args", "expected"), [
     (["train", "--out", "r", "--config", "{binary}"], "{binary}: expected a YAML config (text), got a binary file"),
+    (["train", "--out", "r", "--epochs", "abc"],
+     "n2n train: Invalid value for '--epochs': Input should be a valid integer, unable to parse string as an "
+     "integer (see `n2n train --help`)"),
+    (["train", "--epochs", "3"], "n2n train: Missing option '--out'. (see `n2n train --help`)"),
+    (["serve", "--model", "X", "--bogus", "1"], "n2n serve: No such option: --bogus (see `n2n serve --help`)"),
+    (["nosuch"], "n2n: No such command 'nosuch'. (see `n2n --help`)"),
+    (["train", "--out", "r", "--set", "nope.x=1"],
+     "--set nope.x: expected one of the keys version, mode, model, data, optim, onnx_opset, quantize, got 'nope'"),
     (["dash", "--stats", "foo"], "--stats-address: expected a ZeroMQ address such as tcp://127.0.0.1:5558, "
                                  "got 'foo' (Invalid argument (addr='foo'))"),
 ])
@@ -98,7 +106,7 @@ def test_bad_input_as_a_process(args: list[str], expected: str, bad_files: dict[
                           capture_output=True, text=True, env={**os.environ, "COLUMNS": "40"}, timeout=120)
 
     lines = proc.stderr.splitlines()
-    if args[1] == "--stats":
+    if args[1:2] == ["--stats"]:
         assert lines.pop(0) == "warning: --stats is now --stats-address; the old spelling will be removed in the " \
                                "next release"
     assert_one_error_line("\n".join(lines), proc.returncode, expected.format(**bad_files))

@@ -1,70 +1,23 @@
 """The ZeroMQ server over real sockets on 127.0.0.1: lossless and live streams, requests, model swap,
-statistics, control, shutdown (in-process and the `n2n serve` command) and malformed input."""
+statistics (control, shutdown and malformed input: test_server_control.py; batching: test_server_batching.py)."""
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
-from collections import Counter
-from collections.abc import Callable, Mapping
 from itertools import pairwise
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import zmq
-from conftest import TINY_CAMERA, tiny_train_dict
+from conftest import tiny_train_dict
+from serverkit import camera_frames, config, wait_for
 
 from streamer.client import ServerError, StreamClient
-from streamer.config import ENDPOINT_NAMES, Endpoints, ServeConfig
-from streamer.protocol import PROTOCOL_VERSION, decode_header, encode_frame
+from streamer.protocol import PROTOCOL_VERSION
 from streamer.server import Server, load_denoiser, running_server
-from streamer.sources import SimulatedCameraConfig, simulate_stack
 from trainer.config import TrainConfig
-
-NAMES = ENDPOINT_NAMES
-LOCAL = Endpoints.local()
-
-
-def config(**overrides: Any) -> ServeConfig:
-    """A test server: random local ports, one engine thread, fp32 (bit-reproducible), fast stats."""
-    base: dict[str, Any] = {"num_threads": 1, "precision": "fp32", "endpoints": LOCAL, "stats_interval_s": 0.1}
-    return ServeConfig.model_validate({**base, **overrides})
-
-
-def camera_frames(n: int, size: int = 64, seed: int = 21) -> np.ndarray:
-    """``n`` uint16 frames from the simulated camera."""
-    cam = SimulatedCameraConfig(**{**TINY_CAMERA, "height": size, "width": size, "seed": seed})
-    return simulate_stack(cam, n)[0]
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
-    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.01)
-
-
-def assert_rebindable(endpoints: Mapping[str, str]) -> None:
-    """Every TCP address the server had can be bound again (its sockets are closed)."""
-    ctx = zmq.Context()
-    try:
-        for address in endpoints.values():
-            sock = ctx.socket(zmq.PULL)
-            try:
-                sock.bind(address)
-            finally:
-                sock.close(linger=0)
-    finally:
-        ctx.term()
 
 
 @pytest.fixture(scope="module")
@@ -266,6 +219,25 @@ def test_receive_never_returns_a_request_result(run: Path) -> None:
     assert seen == [*range(6), *range(100, 106)]
 
 
+def test_a_failed_request_is_not_a_stream_error(run: Path) -> None:
+    """A bad request gets its error reply; a consumer of the stream listening for errors never sees it (it
+    would count it as one of its own frames failing), only errors of pushed frames."""
+    frame = camera_frames(1)[0]
+
+    with running_server(run, config(mode="lossless")) as server, StreamClient(server.endpoints) as caller, \
+            StreamClient(server.endpoints, errors=True) as consumer:
+        consumer.wait_subscribed()
+        with pytest.raises(ServerError, match="bad_shape"):
+            caller.request(np.zeros((1, 64), np.uint16), seq=5)
+        consumer.send(frame.astype(np.float32) * np.nan, seq=6)
+        with pytest.raises(ServerError) as pushed:
+            consumer.receive()
+        consumer.send(frame, seq=7)
+        assert consumer.receive().seq == 7
+
+    assert pushed.value.header["seq"] == 6 and pushed.value.code == "not_finite"
+
+
 def test_request_error_reply_keeps_the_socket_usable(run: Path) -> None:
     """A bad request gets an error reply (ServerError with its code and seq); the same REQ socket then works."""
     frame = camera_frames(1)[0]
@@ -418,275 +390,3 @@ def test_subscriber_count(run: Path) -> None:
         finally:
             b.close()
         wait_for(lambda: a.status()["subscribers"] == 1, "the subscriber count to drop to 1")
-
-
-# --- control and shutdown ----------------------------------------------------------------------------
-def test_bad_control_commands_are_refused(run: Path) -> None:
-    """Unknown commands, non-JSON and non-object commands get ok: false with the reason; the server goes on."""
-    with running_server(run, config()) as server, StreamClient(server.endpoints) as client:
-        with pytest.raises(RuntimeError, match="unknown command 'dance'"):
-            client.control("dance")
-        with pytest.raises(RuntimeError, match="swap needs 'model'"):
-            client.control("swap")
-        ctx = zmq.Context()
-        req = ctx.socket(zmq.REQ)
-        replies = []
-        try:
-            req.connect(server.endpoints["control"])
-            for raw in (b"not json", b"[1, 2]", b"\xff"):
-                req.send(raw)
-                assert req.poll(5000)
-                replies.append(json.loads(req.recv()))
-        finally:
-            req.close(linger=0)
-            ctx.term()
-        status = client.status()
-
-    assert all(r["ok"] is False and "bad control message" in r["error"] for r in replies)
-    assert "expected a JSON object" in replies[1]["error"]
-    assert status["errors_by_kind"] == {"bad_control": 5}
-
-
-def test_shutdown_command_stops_the_server(run: Path) -> None:
-    """The shutdown command ends serve_forever promptly and frees every address."""
-    server = Server(run, config())
-    endpoints = dict(server.start())
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        with StreamClient(endpoints) as client:
-            assert client.request(camera_frames(1)[0]).pixels.shape == (64, 64)
-            t0 = time.monotonic()
-            assert client.control("shutdown") == {"ok": True}
-        thread.join(5)
-        assert not thread.is_alive() and time.monotonic() - t0 < 5
-        assert server.stopping
-    finally:
-        server.stop()
-        thread.join(10)
-    assert_rebindable(endpoints)
-
-
-def test_running_server_frees_its_addresses(run: Path) -> None:
-    """Leaving running_server stops the thread and closes every socket."""
-    with running_server(run, config()) as server:
-        endpoints = dict(server.endpoints)
-
-    assert_rebindable(endpoints)
-
-
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_serve_command_stops_on_signal(run: Path, tmp_path: Path, sig: signal.Signals) -> None:
-    """`n2n serve` serves, then on SIGINT or SIGTERM exits 0 within 10 s, prints its summary and frees its ports."""
-    assert (Path(__file__).parent.parent / "n2n" / "__main__.py").is_file()
-    ready = tmp_path / "ready.json"
-    addresses = [arg for name in NAMES for arg in (f"--{name}-address", "tcp://127.0.0.1:*")]
-    cmd = [sys.executable, "-m", "n2n", "serve", "--model", str(run), "--threads", "1", "--precision", "fp32",
-           *addresses, "--ready-file", str(ready)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        wait_for(lambda: ready.exists() or proc.poll() is not None, "the ready file", timeout=90)
-        assert proc.poll() is None, proc.communicate()
-        info = json.loads(ready.read_text())
-        with StreamClient(info["endpoints"]) as client:
-            assert client.request(camera_frames(1)[0]).pixels.shape == (64, 64)
-        proc.send_signal(sig)
-        out, err = proc.communicate(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-
-    assert proc.returncode == 0, err
-    assert "stopped: 1 frames in, 1 out, 0 dropped, 0 errors" in out + err, out + err
-    assert info["model"] == "run" and set(info["endpoints"]) == set(NAMES)
-    assert_rebindable(info["endpoints"])
-
-
-# --- malformed input ------------------------------------------------------------------------------------
-def malformed_messages(seed: int = 0) -> list[tuple[list[bytes], str | None]]:
-    """Several hundred bad messages and the error code each must get (None: any)."""
-    rng = np.random.default_rng(seed)
-    frame = camera_frames(1, size=16)[0]
-    head, body = (bytes(p) if isinstance(p, bytes) else p.tobytes() for p in encode_frame(frame, seq=1))
-    header = json.loads(head)
-
-    def with_header(**changes: Any) -> list[bytes]:
-        h = {**header, **changes}
-        return [json.dumps(h).encode(), body]
-
-    def noise(n: int) -> bytes:
-        return rng.integers(0, 256, n, dtype=np.uint8).tobytes()
-
-    msgs: list[tuple[list[bytes], str | None]] = []
-    msgs += [([noise(int(rng.integers(0, 300)))], "bad_parts") for _ in range(60)]  # one part of junk
-    msgs += [([noise(int(rng.integers(1, 300))), noise(int(rng.integers(0, 600)))], "bad_header")
-             for _ in range(60)]  # two parts of junk
-    msgs += [([b""], "bad_parts"), ([b"", b""], "bad_header"), ([b"", b"", b""], "bad_parts")]  # empty
-    msgs += [([head] * k + [body] * (k > 3), "bad_parts") for k in (1, 3, 4, 6)]  # wrong part counts
-    msgs += [([head, body, body], "bad_parts")] * 5
-    msgs += [([head, body[: int(rng.integers(0, len(body)))]], "bad_length") for _ in range(30)]  # truncated
-    msgs += [([head, body + noise(int(rng.integers(1, 50)))], "bad_length") for _ in range(10)]
-    for text in (b'{"v": 1, "shape": [16, 16]', b"{'v': 1}", b'{"v": 1,}', b"\xff\xfe{}", b"[" * 50_000,
-                 b'{"v": 1, "seq": ' + b"9" * 5000 + b"}", b"null", b"[]", b'"frame"', b"3.5"):
-        msgs += [([text, body], "bad_header")] * 3
-    for _ in range(20):  # NaN / inf floats
-        bad = frame.astype(np.float32)
-        bad.flat[int(rng.integers(0, bad.size))] = rng.choice([np.nan, np.inf, -np.inf])
-        msgs.append(([p if isinstance(p, bytes) else p.tobytes() for p in encode_frame(bad, seq=2)], "not_finite"))
-    for v in (0, 2, 99, "1", None, [1], 1.5):
-        msgs += [(with_header(v=v), "bad_version")] * 3
-    for shape in ([2**20, 2**20], [10**12, 10**12], [2**40, 16], [70_000, 70_000]):  # huge declared shapes
-        msgs += [(with_header(shape=shape), "oversized")] * 3
-    bad_shapes: list[Any] = [[16], [16, 16, 1], [0, 16], [1, 16], [-16, -16], [16.0, 16.0], "16x16", None]
-    for bad_shape in bad_shapes:
-        msgs += [(with_header(shape=bad_shape), "bad_shape")] * 3
-    for dtype in ("uint64", "complex64", ">u2", None, 7):
-        msgs += [(with_header(dtype=dtype), "bad_dtype")] * 3
-    for key, value in (("seq", "1"), ("seq", 1.5), ("ts_ns", "now"), ("ts_ns", 1e18), ("meta", [1]), ("meta", "x")):
-        msgs += [(with_header(**{key: value}), "bad_header")] * 3
-    return msgs
-
-
-def test_fuzz_malformed_input(run: Path) -> None:
-    """Hundreds of malformed messages on the input and the request path: each is counted (and each request
-    answered) as an error of the right kind, the server lives on and still denoises a valid frame correctly."""
-    msgs = malformed_messages()
-    assert len(msgs) >= 300
-    expected = Counter(code for _, code in msgs if code is not None)
-    frame = camera_frames(1)[0]
-
-    with running_server(run, config()) as server, StreamClient(server.endpoints, timeout=10) as client:
-        ctx = zmq.Context()
-        push, req, dealer = ctx.socket(zmq.PUSH), ctx.socket(zmq.REQ), ctx.socket(zmq.DEALER)
-        try:
-            push.connect(server.endpoints["input"])
-            for parts, _ in msgs:
-                push.send_multipart(parts)
-            wait_for(lambda: client.status()["errors"] == len(msgs), f"{len(msgs)} errors counted")
-            after_push = client.status()
-
-            req.connect(server.endpoints["request"])
-            for parts, code in msgs:
-                req.send_multipart(parts)
-                assert req.poll(10_000), f"no reply to {[p[:40] for p in parts]}"
-                reply = req.recv_multipart()
-                header = decode_header(reply[0])
-                assert header["type"] == "error" and header["message"].startswith("expected")
-                assert code is None or header["error"] == code, (code, header)
-
-            dealer.connect(server.endpoints["request"])  # no empty delimiter: counted, never answered
-            for _ in range(5):
-                dealer.send_multipart([b"no-delimiter", b"x"])
-            wait_for(lambda: client.status()["errors"] == 2 * len(msgs) + 5, "the envelope errors")
-        finally:
-            for sock in (push, req, dealer):
-                sock.close(linger=0)
-            ctx.term()
-
-        client.wait_subscribed()
-        client.send(frame, seq=1000)
-        pushed = client.receive()
-        result = client.request(frame, seq=1001)
-        status = client.status()
-
-    assert after_push["frames_in"] == len(msgs) and after_push["frames_out"] == 0
-    assert after_push["errors_by_kind"] == dict(expected)
-    assert status["frames_in"] == 2 * len(msgs) + 2 and status["frames_out"] == 2
-    assert status["errors_by_kind"] == {**{k: 2 * v for k, v in expected.items()}, "bad_envelope": 5}
-    assert status["errors"] == 2 * len(msgs) + 5
-    reference = server.denoiser(frame)
-    assert pushed.seq == 1000 and np.array_equal(pushed.pixels, reference)
-    assert result.seq == 1001 and np.array_equal(result.pixels, reference)
-
-
-
-def test_lossless_batches_waiting_frames_identically(run: Path) -> None:
-    """Lossless mode with frames waiting: small frames run as engine batches of max_batch, and every frame
-    still comes out once, in order, bit-identical to denoising it on its own."""
-    frames = camera_frames(40, size=96, seed=5)
-
-    with running_server(run, config(mode="lossless", max_batch=4, queue_size=8)) as server, \
-            StreamClient(server.endpoints) as client:
-        client.wait_subscribed()
-        for i, frame in enumerate(frames):
-            client.send(frame, seq=i)
-        results = [client.receive() for _ in frames]
-        status = client.status()
-
-    assert [r.seq for r in results] == list(range(40))
-    assert status["batched_frames"] >= 4 and status["batched_frames"] % 4 == 0
-    assert status["frames_out"] == 40 and status["drops"] == 0
-    for frame, result in zip(frames, results):
-        assert np.array_equal(result.pixels, server.denoiser(frame))
-
-
-def test_batching_is_off_for_large_frames_and_live_mode(run: Path) -> None:
-    """Frames above batch_max_pixels, and live mode, are never batched."""
-    frames = camera_frames(12, size=96, seed=6)
-    for cfg in (config(mode="lossless", max_batch=4, batch_max_pixels=96 * 96 - 1), config(mode="live")):
-        with running_server(run, cfg) as server, StreamClient(server.endpoints) as client:
-            client.wait_subscribed()
-            for i, frame in enumerate(frames):
-                client.send(frame, seq=i)
-            if cfg.mode == "lossless":
-                assert [client.receive().seq for _ in frames] == list(range(12))
-            status = client.status()
-        assert status["batched_frames"] == 0
-
-
-def test_batches_are_bounded_by_the_queue(run: Path) -> None:
-    """max_batch above queue_size is not an error: batches are as large as the queue (a batch is made of
-    frames already waiting there), so a small queue still batches."""
-    frames = camera_frames(24, size=64, seed=7)
-
-    with running_server(run, config(mode="lossless", max_batch=8, queue_size=2)) as server, \
-            StreamClient(server.endpoints) as client:
-        client.wait_subscribed()
-        for i, frame in enumerate(frames):
-            client.send(frame, seq=i)
-        assert [client.receive().seq for _ in frames] == list(range(24))
-        status = client.status()
-
-    assert status["batched_frames"] % 2 == 0 and status["frames_out"] == 24
-
-
-def test_each_frame_shape_is_prepared_once(run: Path) -> None:
-    """After a batch the next single frame of the same shape runs straight away: no second warm-up of
-    the engine (which would cost a whole inference per batch)."""
-    cfg = config(mode="lossless")
-    den = load_denoiser(run, cfg)
-    calls: list[tuple[int, ...]] = []
-    real = den.engine.infer_frames
-
-    def counting(frames: np.ndarray, *args: Any) -> np.ndarray:
-        calls.append(frames.shape)
-        return real(frames, *args)
-
-    den.engine.infer_frames = counting  # type: ignore[method-assign]
-    frames = list(camera_frames(9, size=64, seed=8))
-    den.batch(frames[:4])
-    den.batch(frames[4:8])
-    den(frames[8])
-
-    assert calls == [(1, 1, 64, 64), (4, 1, 64, 64), (4, 1, 64, 64), (1, 1, 64, 64)]  # warm-up, then real
-
-
-def test_failed_batch_falls_back_to_single_frames(run: Path) -> None:
-    """A batch the engine refuses (say its memory) is not lost: its frames are denoised one by one."""
-    frames = camera_frames(16, size=64, seed=9)
-    with running_server(run, config(mode="lossless", max_batch=4, queue_size=8)) as server, \
-            StreamClient(server.endpoints) as client:
-        def refuse(*_args: Any, **_kwargs: Any) -> list[np.ndarray]:
-            raise MemoryError("no room for a batch")
-
-        server.denoiser.batch = refuse  # type: ignore[method-assign]
-        client.wait_subscribed()
-        for i, frame in enumerate(frames):
-            client.send(frame, seq=i)
-        results = [client.receive() for _ in frames]
-        status = client.status()
-
-    assert [r.seq for r in results] == list(range(16))
-    assert status["frames_out"] == 16 and status["errors"] == 0 and status["batched_frames"] == 0

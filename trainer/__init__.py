@@ -1,28 +1,31 @@
-"""From noisy frames to an exported denoiser: pairs, U-Net, training, evaluation, export."""
+"""From noisy frames to an exported denoiser: pairs, the U-Net family, training, evaluation, export, INT8.
 
-from .card import CARD_NAME, ModelCard, read_card
-from .config import (
-    ConfigError,
-    EvaluateConfig,
-    ExportConfig,
-    SimulateConfig,
-    TrainConfig,
-    load_config,
-    save_config,
-)
-from .evaluate import denoiser_for, evaluate, save_figure
-from .export import ExportError, export_onnx, export_torchscript
-from .inference import TrainedModel, load_run
-from .loop import TrainResult, train
-from .metrics import data_range_of, psnr, ssim
-from .normalization import Normalization
-from .pairs import PairSampler, n2n_pair_indices
-from .unet import UNet
+Names are imported on first use (``from trainer import train`` loads PyTorch; ``from trainer.config
+import TrainConfig`` does not), so that ``n2n --help`` and config checks stay quick."""
 
-__all__ = [
-    "CARD_NAME", "ConfigError", "EvaluateConfig", "ExportConfig", "ExportError", "Normalization",
-    "PairSampler", "SimulateConfig", "TrainConfig", "TrainResult", "TrainedModel", "UNet",
-    "data_range_of", "denoiser_for", "evaluate", "export_onnx", "export_torchscript", "load_config",
-    "load_run", "n2n_pair_indices", "psnr", "read_card", "save_config", "save_figure", "ssim",
-    "train", "ModelCard",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_WHERE = {
+    "CARD_NAME": "card", "ModelCard": "card", "read_card": "card",
+    "ConfigError": "config", "EvaluateConfig": "config", "ExportConfig": "config", "SimulateConfig": "config",
+    "TrainConfig": "config", "load_config": "config", "save_config": "config",
+    "denoiser_for": "evaluate", "evaluate": "evaluate", "save_figure": "evaluate",
+    "ExportError": "export", "export_onnx": "export", "export_torchscript": "export",
+    "TrainedModel": "inference", "load_run": "inference",
+    "TrainResult": "loop", "train": "loop",
+    "data_range_of": "metrics", "psnr": "metrics", "ssim": "metrics",
+    "Normalization": "normalization",
+    "PairSampler": "pairs", "n2n_pair_indices": "pairs",
+    "UNet": "unet",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'trainer' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)

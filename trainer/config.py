@@ -192,7 +192,7 @@ class EvaluateConfig(_Versioned):
     max_frames: int | None = Field(None, ge=1)
     """Evaluate only the first N frames; None: all."""
     batch_size: int = Field(4, ge=1)
-    """Frames denoised at once."""
+    """Frames between progress updates (frames are denoised one at a time, as a live server does)."""
     engine: Literal["auto", "openvino", "onnxruntime", "torch"] = "auto"
     """The serving engine that denoises (the same Denoiser as n2n serve: a frame scored here is the frame
     served live)."""

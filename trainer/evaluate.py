@@ -89,14 +89,14 @@ def evaluate(
         reference = reference[: config.max_frames] if reference.ndim == 3 else reference
     rng = config.data_range or data_range_of(reference)
     den_model = denoiser_for(model, config)
+    den_model.prepare(raw.shape[1:], raw[0])  # compile before the clock starts: seconds_per_frame is per frame
     t0 = time.perf_counter()
     den = np.empty(raw.shape, dtype=np.float32)
     try:
-        for i in range(0, len(raw), config.batch_size):
-            chunk = raw[i : i + config.batch_size]
-            den[i : i + len(chunk)] = np.stack(den_model.batch(list(chunk)))
-            if progress:
-                progress(min(i + config.batch_size, len(raw)), len(raw))
+        for i, frame in enumerate(raw):  # one at a time, as a live server does
+            den[i] = den_model(frame)
+            if progress and ((i + 1) % config.batch_size == 0 or i + 1 == len(raw)):
+                progress(i + 1, len(raw))
         info = den_model.engine.info()
     finally:
         den_model.engine.close()

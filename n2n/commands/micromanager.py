@@ -97,7 +97,9 @@ def grab(
     for warning in report.warnings:
         console.print(f"[bold yellow]warning:[/bold yellow] {warning}", highlight=False)
     if json_path is not None:
-        json_path.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        with user_errors():
+            json_path.parent.mkdir(parents=True, exist_ok=True)
+            json_path.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     console.print(f"train on it: n2n train --data {report.path} --out runs/NAME", highlight=False)
 
 
@@ -176,4 +178,6 @@ def bridge(
         table.add_row(k, str(v))
     out.print(table)
     if json_path is not None:
-        json_path.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        with user_errors():
+            json_path.parent.mkdir(parents=True, exist_ok=True)
+            json_path.write_text(json.dumps(report.to_dict(), indent=2) + "\n")

@@ -36,7 +36,7 @@ def serve(
     output_dtype: Annotated[str | None, typer.Option("--output-dtype", help="same or float32.")] = None,
     input_address: Annotated[str | None, typer.Option("--input-address", help="PULL address for frames.")] = None,
     output_address: Annotated[str | None, typer.Option("--output-address",
-                                                       help="PUB address for denoised frames.")] = None,
+                                                       help="XPUB address for denoised frames.")] = None,
     request_address: Annotated[str | None, typer.Option("--request-address",
                                                         help="ROUTER address for requests.")] = None,
     stats_address: Annotated[str | None, typer.Option("--stats-address", help="PUB address for statistics.")] = None,

@@ -186,7 +186,8 @@ def evaluate(
     data: Annotated[Path, typer.Option("--data", help="Noisy stack to denoise (T, H, W).")],
     reference: Annotated[Path, typer.Option("--reference", help="Clean reference, (H, W) or (T, H, W).")],
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
-    figure: Annotated[Path | None, typer.Option("--figure", help="PNG: raw | denoised | reference.")] = None,
+    figure: Annotated[Path | None, typer.Option("--figure", help="PNG: raw | Gaussian | denoised | reference.")]
+    = None,
     max_frames: Annotated[int | None, typer.Option(help="Only the first N frames.")] = None,
     config: ConfigOpt = None,
     dry_run: DryRunOpt = False,
@@ -198,10 +199,10 @@ def evaluate(
     from streamer.sources import read_stack
     from trainer.evaluate import evaluate as run_eval
     from trainer.evaluate import save_figure
-    from trainer.inference import load_run
 
     with user_errors():
-        m = load_run(model)
+        if not model.is_dir():
+            raise FileNotFoundError(f"{model}: no such model folder (make one with `n2n train`)")
         raw = read_stack(data, allow_2d=False)
         ref = read_stack(reference)
     t, h, w = raw.shape
@@ -210,7 +211,7 @@ def evaluate(
                         f"--data {data}), got shape {ref.shape}")
     with user_errors(), Progress(console=console, transient=True) as progress:
         task = progress.add_task("denoising", total=len(raw))
-        report, den = run_eval(m, raw, ref, cfg, lambda done, _: progress.update(task, completed=done))
+        report, den = run_eval(model, raw, ref, cfg, lambda done, _: progress.update(task, completed=done))
     report = {"model": str(model), "data": str(data), "reference": str(reference), **report}
     table = Table(title=f"{data.name} vs {reference.name} ({report['frames']} frames)")
     for col in ("method", "PSNR (dB)", "SSIM"):

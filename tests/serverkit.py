@@ -1,0 +1,52 @@
+"""What the server tests share: a local test configuration, camera frames, waiting, address checks."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import zmq
+from conftest import TINY_CAMERA
+
+from streamer.config import ENDPOINT_NAMES, Endpoints, ServeConfig
+from streamer.sources import SimulatedCameraConfig, simulate_stack
+
+NAMES = ENDPOINT_NAMES
+LOCAL = Endpoints.local()
+
+
+def config(**overrides: Any) -> ServeConfig:
+    """A test server: random local ports, one engine thread, fp32 (bit-reproducible), fast stats."""
+    base: dict[str, Any] = {"num_threads": 1, "precision": "fp32", "endpoints": LOCAL, "stats_interval_s": 0.1}
+    return ServeConfig.model_validate({**base, **overrides})
+
+
+def camera_frames(n: int, size: int = 64, seed: int = 21) -> np.ndarray:
+    """``n`` uint16 frames from the simulated camera."""
+    cam = SimulatedCameraConfig(**{**TINY_CAMERA, "height": size, "width": size, "seed": seed})
+    return simulate_stack(cam, n)[0]
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.01)
+
+
+def assert_rebindable(endpoints: Mapping[str, str]) -> None:
+    """Every TCP address the server had can be bound again (its sockets are closed)."""
+    ctx = zmq.Context()
+    try:
+        for address in endpoints.values():
+            sock = ctx.socket(zmq.PULL)
+            try:
+                sock.bind(address)
+            finally:
+                sock.close(linger=0)
+    finally:
+        ctx.term()
