@@ -16,6 +16,7 @@ __all__ = [
     "CONFIG_VERSION",
     "ENDPOINT_NAMES",
     "ConfigError",
+    "DenoiseConfig",
     "Endpoints",
     "FrontierConfig",
     "ServeConfig",
@@ -418,3 +419,31 @@ class DemoConfig(_Versioned):
     """Report folder."""
     dash: bool = True
     """Show the live dashboard while bridging."""
+
+
+class DenoiseConfig(_Versioned):
+    """``n2n denoise``: a recorded dataset through the serving Denoiser, resumable, on one machine or Dask."""
+
+    engine: Literal["auto", "openvino", "onnxruntime", "torch"] = "auto"
+    """Inference engine (the same Denoiser as n2n serve: a plane denoised here is the frame served live)."""
+    precision: Literal["auto", "fp32", "bf16", "fp16", "int8"] = "auto"
+    """auto: the fastest precision that passes its check here, decided once and recorded, so a resumed
+    run and every worker use the same one."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Device for the engine."""
+    threads: int | None = Field(None, ge=1)
+    """Engine threads per worker; None: the machine's cores shared among the workers."""
+    dtype: Literal["same", "float32"] = "same"
+    """Output pixels: same (the input's dtype, clipped and rounded, as the server converts) or float32."""
+    channel: str | None = None
+    """Denoise only this channel (an index or a name) and copy the others; None: every plane."""
+    workers: int = Field(1, ge=1)
+    """Processes: 1 runs here; N > 1 starts a Dask LocalCluster of N workers."""
+    scheduler: str | None = None
+    """An existing Dask scheduler (tcp://HOST:PORT) instead of a local cluster; every worker must see the
+    input, the model and the output's folder under the same paths."""
+    chunk_mib: float = Field(16.0, gt=0)
+    """Planes per task: as many as fit this many MiB of input (at most 16), so memory per worker is bounded
+    by a chunk, never the dataset."""
+    overwrite: bool = False
+    """Replace an existing output (never the input)."""

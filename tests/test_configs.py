@@ -9,7 +9,15 @@ import pytest
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from streamer.config import BenchConfig, DashConfig, DemoConfig, FrontierConfig, MicroManagerConfig, ServeConfig
+from streamer.config import (
+    BenchConfig,
+    DashConfig,
+    DemoConfig,
+    DenoiseConfig,
+    FrontierConfig,
+    MicroManagerConfig,
+    ServeConfig,
+)
 from streamer.sources import SimulatedCameraConfig
 from trainer.config import (
     ConfigError,
@@ -37,6 +45,7 @@ PREFIXES: dict[str, type[BaseModel]] = {
     "bench": BenchConfig,
     "dash": DashConfig,
     "frontier": FrontierConfig,
+    "denoise": DenoiseConfig,
 }
 
 

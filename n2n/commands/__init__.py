@@ -1,11 +1,12 @@
 """The ``n2n`` subcommands, one module per area; ``n2n/cli.py`` registers them in this order."""
 
 from n2n.commands.micromanager import BRIDGE, GRAB
+from n2n.commands.offline import DENOISE
 from n2n.commands.serving import DASH, SERVE
 from n2n.commands.tools import BENCH, DEMO, FRONTIER
 from n2n.commands.training import EVALUATE, EXPORT, SIMULATE, TRAIN
 
 __all__ = ["ALL"]
 
-ALL = (SIMULATE, TRAIN, EXPORT, EVALUATE, SERVE, GRAB, BRIDGE, DEMO, BENCH, FRONTIER, DASH)
+ALL = (SIMULATE, TRAIN, EXPORT, EVALUATE, DENOISE, SERVE, GRAB, BRIDGE, DEMO, BENCH, FRONTIER, DASH)
 """Every subcommand, in the order ``n2n --help`` lists them."""

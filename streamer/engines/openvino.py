@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -70,14 +71,23 @@ class OpenVINOEngine(Engine):
     def _int8_note(self) -> str:
         return self._int8_text
 
+    def _config(self, hint: str) -> dict[str, Any]:
+        """Compile options. A thread count below the machine's unpins the threads: OpenVINO pins each to a
+        core, the same first cores in every process, so two 1-thread processes (``n2n denoise --workers 2``)
+        would share one core and run no faster than one."""
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
+        if self.num_threads:
+            config["INFERENCE_NUM_THREADS"] = self.num_threads
+            if self.num_threads < (os.cpu_count() or 1):
+                config["ENABLE_CPU_PINNING"] = False
+        return config
+
     def _compile(self, shape: tuple[int, int, int, int], precision: str) -> Any:
         model = self._models["int8" if precision == "int8" else "float"]
         model.reshape(list(shape))
         # the INT8 graph keeps float32 between its quantised layers: the export's check measured that
         hint = "f32" if precision == "int8" else _OV_PRECISION[precision]
-        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
-        if self.num_threads:
-            config["INFERENCE_NUM_THREADS"] = self.num_threads
+        config = self._config(hint)
         compiled = self._core.compile_model(model, "CPU", config)
         return compiled.create_infer_request()
 
@@ -143,9 +153,7 @@ class OpenVINOEngine(Engine):
 
         ppp.output().postprocess().custom(back)
         hint = "f32" if precision == "int8" else _OV_PRECISION[precision]
-        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
-        if self.num_threads:
-            config["INFERENCE_NUM_THREADS"] = self.num_threads
+        config = self._config(hint)
         return self._core.compile_model(ppp.build(), "CPU", config).create_infer_request()
 
     def close(self) -> None:

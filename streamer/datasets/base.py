@@ -1,0 +1,112 @@
+"""What every recorded dataset is to ``n2n denoise``: axes, shape, dtype, physical sizes, channel names and
+per-plane metadata, and its 2-D planes addressed by one flat index (C order over the axes before Y, X)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+__all__ = ["AXIS_ORDER", "DatasetError", "DatasetInfo", "Reader", "Writer"]
+
+#: Axes a dataset may have, in the order OME-Zarr and OME-TIFF (TCZYX) use; Y, X always last.
+AXIS_ORDER = "TCZYX"
+
+
+class DatasetError(ValueError):
+    """A dataset is missing, unreadable, or not what the command can work with; the message says what
+    was expected and what came."""
+
+
+@dataclass
+class DatasetInfo:
+    """The description every format reads into and writes from (pixels aside)."""
+
+    axes: str
+    """Axis letters in :data:`AXIS_ORDER` order, ending in ``YX`` (e.g. ``TCZYX``, ``TYX``, ``YX``)."""
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    physical: dict[str, tuple[float, str | None]] = field(default_factory=dict)
+    """Axis → (spacing, unit): pixel sizes for X, Y, the Z step, the T interval."""
+    channel_names: list[str] | None = None
+    plane_metadata: list[dict[str, Any]] | None = None
+    """One JSON-able dict per plane (flat index), as the acquisition recorded it; None: none recorded."""
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        self.shape = tuple(int(v) for v in self.shape)
+        self.dtype = np.dtype(self.dtype)
+        if len(self.axes) != len(self.shape) or not self.axes.endswith("YX"):
+            raise DatasetError(f"expected axes ending in YX, one per dimension of shape {self.shape}, "
+                               f"got {self.axes!r}")
+        if any(a not in AXIS_ORDER for a in self.axes) or list(self.axes) != sorted(self.axes, key=AXIS_ORDER.index):
+            raise DatasetError(f"expected axes among {AXIS_ORDER} in that order, got {self.axes!r}")
+        if self.plane_metadata is not None and len(self.plane_metadata) != self.planes:
+            raise DatasetError(f"expected one metadata entry per plane ({self.planes}), got "
+                               f"{len(self.plane_metadata)}")
+
+    @property
+    def planes(self) -> int:
+        """Number of 2-D planes."""
+        return int(np.prod(self.shape[:-2], dtype=np.int64)) if len(self.shape) > 2 else 1
+
+    @property
+    def plane_shape(self) -> tuple[int, int]:
+        return (self.shape[-2], self.shape[-1])
+
+    def index(self, plane: int) -> dict[str, int]:
+        """The coordinates (axis letter → index) of a plane's flat index."""
+        lead = self.shape[:-2]
+        return dict(zip(self.axes[:-2], (int(v) for v in np.unravel_index(plane, lead)))) if lead else {}
+
+    def channel_planes(self, channel: int) -> list[int]:
+        """Flat indices of the planes of one channel."""
+        if "C" not in self.axes:
+            raise DatasetError(f"{self.name or 'the dataset'} has no channel axis (axes {self.axes!r})")
+        return [p for p in range(self.planes) if self.index(p)["C"] == channel]
+
+    def describe(self) -> str:
+        size = " × ".join(f"{n} {a}" for a, n in zip(self.axes, self.shape))
+        return f"{size}, {self.dtype.name}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"axes": self.axes, "shape": list(self.shape), "dtype": self.dtype.name,
+                "physical": {k: list(v) for k, v in self.physical.items()}, "channel_names": self.channel_names,
+                "name": self.name}
+
+    @staticmethod
+    def plane_metadata_json(metadata: list[dict[str, Any]] | None) -> str:
+        return json.dumps(metadata, default=str)
+
+
+class Reader(Protocol):
+    """An open dataset: its description and its planes, read a range at a time (memory bounded by the
+    range, never by the dataset). ``path`` and ``kind`` reopen it elsewhere (a Dask worker)."""
+
+    path: Path
+    kind: str
+    info: DatasetInfo
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Planes ``start:stop`` (flat indices) as a (n, Y, X) array of the dataset's dtype."""
+
+    def close(self) -> None:
+        """Release the files."""
+
+
+class Writer(Protocol):
+    """An output being written, plane ranges in any order; :meth:`finish` makes it complete."""
+
+    path: Path
+
+    def write(self, start: int, planes: np.ndarray) -> None:
+        """Planes ``start:start+len(planes)`` (flat indices)."""
+
+    def finish(self) -> None:
+        """Complete the output (metadata, the final file) once every plane is written."""
+
+    def close(self) -> None:
+        """Release the files; what was written stays valid."""

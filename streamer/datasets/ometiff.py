@@ -1,0 +1,188 @@
+"""TIFF / OME-TIFF / ImageJ hyperstacks in, OME-TIFF out.
+
+Reading is a plane range at a time (each plane is a TIFF page). The OME-XML's physical sizes, channel
+names and per-plane attributes are kept; the full per-plane metadata ``n2n`` writes (and reads back) is a
+JSON ``CommentAnnotation``, since OME's ``Plane`` holds only a few standard fields.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .base import AXIS_ORDER, DatasetError, DatasetInfo
+
+__all__ = ["PLANE_METADATA_NAMESPACE", "OmeTiffReader", "write_ome_tiff"]
+
+PLANE_METADATA_NAMESPACE = "n2n-live:plane-metadata"
+_FRAME_METADATA_NAMESPACE = "n2n-live:frame-metadata"  # n2n grab / bridge recordings: one entry per time point
+_GENERIC_TIME = "QI"  # unlabelled stacks (plain TIFF, image sequences): their frames are time points
+_PLANE_FIELDS = ("DeltaT", "DeltaTUnit", "ExposureTime", "ExposureTimeUnit", "PositionX", "PositionXUnit",
+                 "PositionY", "PositionYUnit", "PositionZ", "PositionZUnit")
+
+
+def _items(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [] if value is None else [value]
+
+
+class OmeTiffReader:
+    """A TIFF file's first series, in TCZYX order whatever order its pages are in."""
+
+    kind = "tiff"
+
+    def __init__(self, path: str | Path) -> None:
+        import tifffile
+
+        self.path = Path(path)
+        try:
+            self._tif = tifffile.TiffFile(self.path)
+        except Exception as exc:  # tifffile raises several types for files it cannot read
+            raise DatasetError(f"{self.path}: not a readable TIFF file ({exc})") from None
+        try:
+            self.info, self._order = self._describe()
+        except Exception:
+            self._tif.close()
+            raise
+
+    def _describe(self) -> tuple[DatasetInfo, tuple[int, ...]]:
+        import tifffile
+
+        if not self._tif.series:
+            raise DatasetError(f"{self.path}: holds no image data")
+        series = self._tif.series[0]
+        axes, shape = series.get_axes(True), series.get_shape(True)  # length-1 axes dropped, as Fiji shows
+        kept: list[tuple[str, int]] = []
+        for a, n in zip(axes, shape):
+            letter = "T" if a in _GENERIC_TIME else a
+            if letter in AXIS_ORDER:
+                if letter in (k[0] for k in kept):
+                    raise DatasetError(f"{self.path}: axis {letter} appears twice (axes {axes!r})")
+                kept.append((letter, n))
+            elif n != 1:
+                what = "RGB samples" if a == "S" else f"axis {a!r}"
+                raise DatasetError(f"{self.path}: expected axes among T, C, Z, Y, X (fluorescence planes), got "
+                                   f"{what} of size {n} (axes {axes!r}, shape {tuple(shape)})")
+        file_axes = "".join(a for a, _ in kept)
+        if not file_axes.endswith("YX"):
+            raise DatasetError(f"{self.path}: expected Y and X as the last axes, got axes {axes!r}")
+        canonical = "".join(sorted(file_axes, key=AXIS_ORDER.index))
+        size = dict(kept)
+        lead_file = [a for a in file_axes[:-2]]
+        # page order: the file's leading axes; our planes: TCZ order. _order[p] = page index of plane p
+        lead_shape = [size[a] for a in canonical[:-2]]
+        coords = np.indices(lead_shape).reshape(len(lead_shape), -1) if lead_shape else np.zeros((0, 1), int)
+        by_axis = dict(zip(canonical[:-2], coords))
+        order = (np.ravel_multi_index([by_axis[a] for a in lead_file], [size[a] for a in lead_file])
+                 if lead_file else np.zeros(1, int))
+        info = DatasetInfo(axes=canonical, shape=tuple(size[a] for a in canonical), dtype=series.dtype,
+                           name=self.path.name.split(".")[0])
+        xml = self._tif.ome_metadata
+        if xml:
+            self._read_ome(tifffile.xml2dict(xml), info)
+        elif self._tif.imagej_metadata:
+            self._read_imagej(self._tif.imagej_metadata, info)
+        return info, tuple(int(v) for v in order)
+
+    def _read_ome(self, tree: dict[str, Any], info: DatasetInfo) -> None:
+        image = _items(tree.get("OME", {}).get("Image"))
+        pixels = image[0].get("Pixels", {}) if image else {}
+        for axis, key in (("X", "PhysicalSizeX"), ("Y", "PhysicalSizeY"), ("Z", "PhysicalSizeZ"),
+                          ("T", "TimeIncrement")):
+            if isinstance(pixels.get(key), (int, float)):
+                info.physical[axis] = (float(pixels[key]), pixels.get(f"{key}Unit", "s" if axis == "T" else "µm"))
+        names = [c.get("Name") for c in _items(pixels.get("Channel"))]
+        if names and all(isinstance(n, str) for n in names) and "C" in info.axes \
+                and len(names) == info.shape[info.axes.index("C")]:
+            info.channel_names = names
+        notes = _items(tree.get("OME", {}).get("StructuredAnnotations", {}).get("CommentAnnotation"))
+        by_space = {n.get("Namespace"): n.get("Value") for n in notes if isinstance(n, dict)}
+        if PLANE_METADATA_NAMESPACE in by_space:
+            meta = json.loads(str(by_space[PLANE_METADATA_NAMESPACE]))
+            if isinstance(meta, list) and len(meta) == info.planes:
+                info.plane_metadata = meta
+                return
+        plane_meta: list[dict[str, Any]] = [{} for _ in range(info.planes)]
+        lead = info.axes[:-2]
+        for plane in _items(pixels.get("Plane")):
+            coords = {a: int(plane.get(f"The{a}", 0)) for a in lead}
+            try:
+                p = int(np.ravel_multi_index([coords[a] for a in lead], info.shape[:-2])) if lead else 0
+            except ValueError:
+                continue
+            plane_meta[p].update({k: plane[k] for k in _PLANE_FIELDS if k in plane})
+        frames = by_space.get(_FRAME_METADATA_NAMESPACE)
+        if frames and "T" in info.axes:
+            per_t = json.loads(frames)
+            if isinstance(per_t, list) and len(per_t) == info.shape[0]:
+                for p in range(info.planes):
+                    plane_meta[p] = {**per_t[info.index(p)["T"]], **plane_meta[p]}
+        if any(plane_meta):
+            info.plane_metadata = plane_meta
+
+    def _read_imagej(self, ij: dict[str, Any], info: DatasetInfo) -> None:
+        unit = ij.get("unit", "µm")
+        unit = "µm" if unit in ("micron", "um", "\\u00B5m") else unit
+        if isinstance(ij.get("spacing"), (int, float)) and "Z" in info.axes:
+            info.physical["Z"] = (float(ij["spacing"]), unit)
+        if isinstance(ij.get("finterval"), (int, float)) and "T" in info.axes:
+            info.physical["T"] = (float(ij["finterval"]), "s")
+        page = self._tif.pages.first
+        res = page.tags.get("XResolution")
+        if res is not None:
+            num, den = res.value
+            if num and den:
+                info.physical["X"] = info.physical["Y"] = (den / num, unit)
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        pages = list(self._order[start:stop])
+        if not pages:
+            return np.empty((0, *self.info.plane_shape), self.info.dtype)
+        data = self._tif.asarray(key=pages, series=0)
+        return np.asarray(data).reshape(len(pages), *self.info.plane_shape)
+
+    def close(self) -> None:
+        self._tif.close()
+
+
+_OME_UNITS = {"micrometer": "µm", "nanometer": "nm", "millimeter": "mm", "second": "s", "millisecond": "ms",
+              "minute": "min", "um": "µm", "micron": "µm"}
+
+
+def _ome_unit(unit: str | None, default: str) -> str:
+    return _OME_UNITS.get(unit or "", unit or default)
+
+
+def write_ome_tiff(path: str | Path, info: DatasetInfo, planes: Iterator[np.ndarray], dtype: np.dtype) -> None:
+    """Write an OME-TIFF (axes, physical sizes, channel names, per-plane metadata) from planes in flat order;
+    written to a temporary name and renamed, so the file at ``path`` is whole or absent."""
+    import tifffile
+
+    path = Path(path)
+    meta: dict[str, Any] = {"axes": info.axes, "Name": info.name or path.name.split(".")[0]}
+    for axis, key in (("X", "PhysicalSizeX"), ("Y", "PhysicalSizeY"), ("Z", "PhysicalSizeZ"), ("T", "TimeIncrement")):
+        if axis in info.physical and (axis in info.axes or axis in "XY"):
+            value, unit = info.physical[axis]
+            meta[key] = float(value)
+            meta[f"{key}Unit"] = _ome_unit(unit, "s" if axis == "T" else "µm")
+    if info.channel_names:
+        meta["Channel"] = {"Name": list(info.channel_names)}
+    if info.plane_metadata:
+        fields = {k: [m.get(k) for m in info.plane_metadata] for k in _PLANE_FIELDS}
+        plane = {k: v for k, v in fields.items() if all(x is not None for x in v)}
+        if plane:
+            meta["Plane"] = plane
+        meta["CommentAnnotation"] = {"Namespace": PLANE_METADATA_NAMESPACE,
+                                     "Value": json.dumps(info.plane_metadata, default=str)}
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with tifffile.TiffWriter(tmp, bigtiff=True, ome=True) as tif:
+            tif.write((np.asarray(p, dtype=dtype) for p in planes), shape=info.shape, dtype=dtype,
+                      metadata=meta, photometric="minisblack")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
