@@ -435,7 +435,7 @@ class DenoiseConfig(_Versioned):
     """Engine threads per worker; None: the machine's cores shared among the workers."""
     dtype: Literal["same", "float32"] = "same"
     """Output pixels: same (the input's dtype, clipped and rounded, as the server converts) or float32."""
-    channel: str | None = None
+    channel: int | str | None = None
     """Denoise only this channel (an index or a name) and copy the others; None: every plane."""
     workers: int = Field(1, ge=1)
     """Processes: 1 runs here; N > 1 starts a Dask LocalCluster of N workers."""

@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import shutil
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -84,14 +85,23 @@ def _cached(key: tuple[Any, ...], make: Callable[[], Any]) -> Any:
     return _CACHE[key]
 
 
+def _close(value: Any) -> None:
+    if hasattr(value, "close"):
+        value.close()
+    elif hasattr(getattr(value, "engine", None), "close"):
+        value.engine.close()
+
+
+def _release() -> None:
+    """Close what this process holds open for the last job (its input, output and engine)."""
+    while _CACHE:
+        _close(_CACHE.popitem()[1])
+
+
 def _keep(key: tuple[Any, ...], value: Any) -> None:
     """Cache ``value``; one of each kind (key[0]) at a time: a new job's releases the last job's."""
     for old in [k for k in _CACHE if k[0] == key[0] and k != key]:
-        closing = _CACHE.pop(old)
-        if hasattr(closing, "close"):
-            closing.close()
-        elif hasattr(getattr(closing, "engine", None), "close"):
-            closing.engine.close()
+        _close(_CACHE.pop(old))
     _CACHE[key] = value
 
 
@@ -112,26 +122,40 @@ def _denoiser(job: Job) -> Any:
     return _cached(key, lambda: _make_denoiser(*key[1:-1]))
 
 
+def _open(job: Job) -> tuple[Reader, Any]:
+    """This process's input (planes only: a worker needs no per-plane metadata) and output for the job."""
+    from .datasets.omezarr import OmeZarrWriter
+
+    reader = _cached(("reader", job.input, job.kind, job.id), lambda: open_dataset(job.input, job.kind, False))
+    writer = _cached(("writer", job.store, job.id), lambda: OmeZarrWriter.open(job.store, job.threads))
+    return reader, writer
+
+
+_ENGINE_LOCK = threading.Lock()
+"""One engine per process: tasks running in several threads of one Dask worker take turns with it."""
+
+
 def warm_up(job: Job, plane: int | None) -> None:
     """Open the input and output and compile the engine on one plane, before the clock starts (run on
     every Dask worker as it joins, so that planes/s measures work, not start-up)."""
-    from .datasets.omezarr import OmeZarrWriter
-
-    reader: Reader = _cached(("reader", job.input, job.kind, job.id), lambda: open_dataset(job.input, job.kind))
-    _cached(("writer", job.store, job.id), lambda: OmeZarrWriter.open(job.store, job.threads))
+    reader, _ = _open(job)
     if plane is not None:
-        _denoiser(job)(reader.read(plane, plane + 1)[0])
+        with _ENGINE_LOCK:
+            _denoiser(job)(reader.read(plane, plane + 1)[0])
+
+
+def _job_id(store: str) -> str | None:
+    record = _store_job(Path(store))
+    return None if record is None else record.get("id")
 
 
 def run_task(job: Job, start: int, stop: int) -> tuple[int, int, int, float]:
     """Denoise planes ``start:stop`` of the job's input into its store. Returns (start, stop, planes
     denoised, seconds)."""
-    from .datasets.omezarr import OmeZarrWriter
     from .pipeline import to_dtype
 
     t0 = time.perf_counter()
-    reader: Reader = _cached(("reader", job.input, job.kind, job.id), lambda: open_dataset(job.input, job.kind))
-    writer = _cached(("writer", job.store, job.id), lambda: OmeZarrWriter.open(job.store, job.threads))
+    reader, writer = _open(job)
     info = reader.info
     planes = reader.read(start, stop)
     out_dtype = np.dtype(np.float32) if job.output_dtype == "float32" else info.dtype
@@ -139,8 +163,9 @@ def run_task(job: Job, start: int, stop: int) -> tuple[int, int, int, float]:
     denoised = 0
     for i, plane in enumerate(planes):
         if job.channel is None or info.index(start + i)["C"] == job.channel:
-            denoiser = _denoiser(job)
-            out[i] = denoiser(plane)
+            with _ENGINE_LOCK:
+                denoiser = _denoiser(job)
+                out[i] = denoiser(plane)
             if denoiser.engine.precision != job.precision or denoiser.engine.name != job.engine:
                 raise RuntimeError(f"expected the job's engine {job.engine} at {job.precision}, but this worker's "
                                    f"engine runs {denoiser.engine.name} at {denoiser.engine.precision} "
@@ -148,6 +173,9 @@ def run_task(job: Job, start: int, stop: int) -> tuple[int, int, int, float]:
             denoised += 1
         else:
             out[i] = to_dtype(np.asarray(plane, np.float32), out_dtype) if plane.dtype != out_dtype else plane
+    if _job_id(job.store) != job.id:  # the store was replaced since (a rerun with --overwrite): keep out of it
+        raise RuntimeError(f"{job.store} now belongs to another run; planes {start}:{stop} of this one were "
+                           "not written")
     writer.write(start, out)
     return start, stop, denoised, time.perf_counter() - t0
 
@@ -203,8 +231,9 @@ def _todo(planes: int, done: list[tuple[int, int]]) -> list[int]:
 
 
 def _tasks(todo: list[int], size: int, workers: int = 1) -> list[tuple[int, int]]:
-    """Contiguous runs of the planes to do, cut into ranges of at most ``size`` planes; with several workers,
-    of equal sizes and a multiple of the workers in number, so that the workers finish together."""
+    """Contiguous runs of the planes to do, cut into ranges of at most ``size`` planes. With several workers
+    the size is lowered so that the ranges come out about equal and about a multiple of the workers in
+    number (a gap in the planes to do, or the last range, can still be shorter)."""
     if workers > 1 and todo:
         count = math.ceil(len(todo) / size)
         size = math.ceil(len(todo) / (math.ceil(count / workers) * workers))
@@ -226,47 +255,59 @@ def _remove(path: Path) -> None:
 
 # --- executors: tasks run here, or on Dask ----------------------------------------------------------------
 
-def _run_here(job: Job, tasks: list[tuple[int, int]], commit: Callable[[tuple[int, int, int, float]], None],
-              started: Callable[[], None]) -> None:
+Commit = Callable[[tuple[int, int, int, float]], None]
+
+
+def _run_here(job: Job, tasks: list[tuple[int, int]], commit: Commit, started: Callable[[], None]) -> int:
     started()
     for start, stop in tasks:
         commit(run_task(job, start, stop))
+    return 1
 
 
-def _run_dask(job: Job, tasks: list[tuple[int, int]], commit: Callable[[tuple[int, int, int, float]], None],
-              workers: int, scheduler: str | None, started: Callable[[], None], first: int | None) -> None:
-    from distributed import Client, LocalCluster, as_completed
+def _local_cluster(workers: int) -> Any:
+    import dask
+    from distributed import LocalCluster
 
-    cluster = None
-    if scheduler is None:
-        import dask
+    # Dask's workers start with MALLOC_TRIM_THRESHOLD_ set, which also fixes glibc's mmap threshold: every
+    # plane-sized buffer is then mapped and unmapped anew, and compressing a plane took 1.7x as long; its
+    # profiler samples every thread each 10 ms
+    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
+    environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+    quiet = {"distributed.nanny.pre-spawn-environ": environ, "distributed.worker.profile.enabled": False}
+    with dask.config.set(quiet):
+        return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                            silence_logs=logging.ERROR)
 
-        # Dask's workers start with MALLOC_TRIM_THRESHOLD_ set, which also fixes glibc's mmap threshold: every
-        # plane-sized buffer is then mapped and unmapped anew, and compressing a plane took 1.7x as long
-        environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
-        environ.pop("MALLOC_TRIM_THRESHOLD_", None)
-        quiet = {"distributed.nanny.pre-spawn-environ": environ, "distributed.worker.profile.enabled": False}
-        with dask.config.set(quiet):
-            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                                   silence_logs=logging.ERROR)
-        client = Client(cluster)
-    else:
-        try:
-            client = Client(scheduler, timeout="10s")
-        except OSError as exc:
-            raise DatasetError(f"--scheduler {scheduler}: expected a running Dask scheduler there, could not "
-                               f"connect ({exc})") from None
+
+def _run_dask(job: Job, todo: list[int], size: int, commit: Commit, workers: int, scheduler: str | None,
+              started: Callable[[], None], first: int | None) -> int:
+    """Run the tasks on a LocalCluster of ``workers`` (or the cluster at ``scheduler``), at most two per
+    worker in flight; returns the number of workers."""
+    from distributed import Client, as_completed
+
+    cluster = _local_cluster(workers) if scheduler is None else None
     try:
-        slots = 2 * max(1, len(client.scheduler_info().get("workers", {})) or workers)
-        # warmed in the thread that runs the tasks (a first inference in a new thread costs more)
-        client.gather([client.submit(warm_up, job, first, workers=[address], pure=False, allow_other_workers=False)
-                       for address in client.scheduler_info().get("workers", {})])
+        client = Client(cluster if cluster is not None else scheduler, timeout="10s")
+    except OSError as exc:
+        if cluster is not None:
+            cluster.close()
+        raise DatasetError(f"--scheduler {scheduler}: expected a running Dask scheduler there, could not connect "
+                           f"({exc})") from None
+    try:
+        addresses = list(client.scheduler_info().get("workers", {}))
+        if not addresses:
+            raise DatasetError(f"--scheduler {scheduler}: the cluster has no workers")
+        tasks = _tasks(todo, size, len(addresses))
+        # warmed where the tasks run (each worker's task thread)
+        client.gather([client.submit(warm_up, job, first, workers=[a], pure=False, allow_other_workers=False)
+                       for a in addresses])
         started()
         pending = iter(tasks)
         running = as_completed()
         for start, stop in pending:
             running.add(client.submit(run_task, job, start, stop, pure=False))
-            if running.count() >= slots:
+            if running.count() >= 2 * len(addresses):
                 break
         for future in running:
             commit(future.result())
@@ -274,6 +315,12 @@ def _run_dask(job: Job, tasks: list[tuple[int, int]], commit: Callable[[tuple[in
             nxt = next(pending, None)
             if nxt is not None:
                 running.add(client.submit(run_task, job, *nxt, pure=False))
+        return len(addresses)
+    except (DatasetError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # a worker's error (Dask re-raises it here) or Dask's own (a worker killed)
+        detail = " ".join(str(exc).split())[:500] or "no message"
+        raise RuntimeError(f"a Dask worker failed: {type(exc).__name__}: {detail}") from exc
     finally:
         client.close()
         if cluster is not None:
@@ -282,9 +329,10 @@ def _run_dask(job: Job, tasks: list[tuple[int, int]], commit: Callable[[tuple[in
 
 # --- the command's job ---------------------------------------------------------------------------------
 
-def _channel_index(info: DatasetInfo, channel: str | None, where: str) -> int | None:
+def _channel_index(info: DatasetInfo, channel: str | int | None, where: str) -> int | None:
     if channel is None:
         return None
+    channel = str(channel)
     if "C" not in info.axes:
         raise DatasetError(f"--channel {channel}: {where} has no channel axis (axes {info.axes})")
     count = info.shape[info.axes.index("C")]
@@ -316,12 +364,16 @@ def _inside(a: Path, b: Path) -> bool:
     return a == b or b in a.parents
 
 
-def _prepare_output(output: Path, store: Path, settings: dict[str, Any], overwrite: bool, source: Path) -> dict | None:
-    """Check the output's place; returns the job record to resume, or None to start afresh (after removing
-    what ``overwrite`` replaces)."""
+def _prepare_output(output: Path, store: Path, settings: dict[str, Any], overwrite: bool,
+                    source: Path) -> tuple[dict[str, Any] | None, list[Path]]:
+    """Check the output's place: (the job record to resume, or None to start afresh; what ``--overwrite``
+    replaces, removed only once the new run is ready to write)."""
     if _inside(output, source) or _inside(source, output) or _inside(store, source):
         what = "the input's own path" if output.resolve() == source.resolve() else "a path inside or around it"
         raise DatasetError(f"{output}: expected an output apart from the input {source}, got {what}")
+    for path in {output, store}:
+        if path.is_dir() and not path.is_symlink() and not any(path.iterdir()):
+            path.rmdir()  # an empty folder holds nothing to lose: the output takes its place
     record = _store_job(store)
     unfinished = record is not None and not record.get("complete", False)
     if overwrite:
@@ -331,10 +383,8 @@ def _prepare_output(output: Path, store: Path, settings: dict[str, Any], overwri
             if path.is_dir() and not is_zarr(path):  # --overwrite replaces an output, never a folder of files
                 raise DatasetError(f"{path}: expected an OME-Zarr output to replace, got a folder that is not "
                                    "one; not replaced (remove it yourself, or choose another --out)")
-        for path in {output, store}:
-            if path.exists() or path.is_symlink():
-                _remove(path)
-        return None
+        # an OME-TIFF output is replaced by the new file's rename at the end; a store now, before the new one
+        return None, [p for p in {store} if p.exists() or p.is_symlink()]
     if output != store and output.exists():
         raise DatasetError(f"{output}: already exists; pass --overwrite to replace it")
     if store.exists() and not unfinished:
@@ -347,8 +397,36 @@ def _prepare_output(output: Path, store: Path, settings: dict[str, Any], overwri
             was = ", ".join(f"{k} {record.get(k)!r} (now {settings[k]!r})" for k in changed)
             raise DatasetError(f"{store}: holds an unfinished denoise with other settings: {was}; rerun it as it "
                                "was to continue, or pass --overwrite to start again")
-        return record
-    return None
+        return record, []
+    return None, []
+
+
+@contextlib.contextmanager
+def _exclusive(output: Path) -> Iterator[None]:
+    """One run per output at a time: a second ``n2n denoise`` into the same output is refused while one runs
+    (a lock file beside the output, released by the system when the process ends, even killed)."""
+    import fcntl
+
+    lock = output.with_name(f".{output.name}.n2n-lock")
+    with _writing(output.parent):
+        handle = lock.open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "a process"
+        handle.close()
+        raise DatasetError(f"{output}: another n2n denoise is writing it ({holder}); wait for it or stop it "
+                           "first") from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        yield
+    finally:
+        lock.unlink(missing_ok=True)  # while still holding it: a waiting run then makes a new one
+        handle.close()
 
 
 def denoise(input_path: str | Path, model: str | Path, output: str | Path, cfg: DenoiseConfig | None = None,
@@ -358,47 +436,63 @@ def denoise(input_path: str | Path, model: str | Path, output: str | Path, cfg: 
     total, stage)`` is called as planes finish. Returns a summary (planes, rate, engine, where it went)."""
     cfg = cfg or DenoiseConfig()
     source, model, output = Path(input_path), Path(model), Path(output)
-    out_kind = output_kind(output)
+    output_kind(output)
     from .model import ModelCard
 
+    ModelCard.load(model)  # a missing or damaged model is the first thing to say
+    _check_writable(output.parent)
+    with _exclusive(output):
+        try:
+            return _denoise(source, model, output, cfg, progress)
+        finally:
+            _release()
+
+
+def _denoise(source: Path, model: Path, output: Path, cfg: DenoiseConfig,
+             progress: Callable[[int, int, str], None] | None) -> dict[str, Any]:
+    from .model import ModelCard
+
+    out_kind = output_kind(output)
     card = ModelCard.load(model)
+    store = output if out_kind == "zarr" else output.with_name(output.name + ".partial.zarr")
     reader = open_dataset(source)
     try:
         info = reader.info
         _check_model(card, info, str(source), model)
         channel = _channel_index(info, cfg.channel, str(source))
-        store = output if out_kind == "zarr" else output.with_name(output.name + ".partial.zarr")
         settings: dict[str, Any] = {  # what a resumed run must share with the run it continues
             "input": str(source.resolve()), "input_kind": reader.kind, "input_shape": list(info.shape),
             "input_dtype": info.dtype.name, "model": str(model.resolve()),
             "model_card_sha256": _sha256(model / "model.json"), "channel": channel, "output_dtype": cfg.dtype,
             "requested_engine": cfg.engine, "requested_precision": cfg.precision, "device": cfg.device}
-        record = _prepare_output(output, store, settings, cfg.overwrite, source)
-        _check_writable(output.parent)
+        record, replaced = _prepare_output(output, store, settings, cfg.overwrite, source)
         out_dtype = np.dtype(np.float32) if cfg.dtype == "float32" else info.dtype
         wanted = [p for p in range(info.planes) if channel is None or info.index(p)["C"] == channel]
         local = cfg.scheduler is None and cfg.workers == 1
-        threads = cfg.threads or (None if local else max(1, (os.cpu_count() or 1) // cfg.workers))
-        if record is None:
-            record = _start(store, info, out_dtype, settings, card, cfg, reader, wanted, threads if local else None)
-        else:
-            log.info("resuming %s: %d of %d planes were done", store, sum(b - a for a, b in _done_ranges(store)),
-                     info.planes)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        threads = cfg.threads or (None if local or cfg.scheduler else max(1, cores // cfg.workers))
+        try:
+            if record is None:
+                record = _start(store, replaced, info, out_dtype, settings, cfg, reader, wanted,
+                                threads if local else None)
+            else:
+                log.info("resuming %s: %d of %d planes were done", store,
+                         sum(b - a for a, b in _done_ranges(store)), info.planes)
+        except KeyboardInterrupt:
+            raise DenoiseInterrupted("stopped before any plane was denoised; nothing to keep") from None
     finally:
         reader.close()
     job = Job(input=settings["input"], kind=reader.kind, model=settings["model"], store=str(store.resolve()),
               engine=record["engine"], precision=record["precision"], device=cfg.device, threads=threads,
               output_dtype=cfg.dtype, channel=channel, id=record.get("id", ""),
               model_sha256=settings["model_card_sha256"])
-    done = _done_ranges(store)
-    todo = _todo(info.planes, done)
+    todo = _todo(info.planes, _done_ranges(store))
     skipped = info.planes - len(todo)
-    workers = cfg.workers
     plane_mib = math.prod(info.plane_shape) * info.dtype.itemsize / 2**20
     size = max(1, min(MAX_TASK_PLANES, int(cfg.chunk_mib // max(plane_mib, 1e-9))))
-    tasks = _tasks(todo, size, 1 if local else workers)
     counts = {"planes": skipped, "denoised": 0, "busy_s": 0.0}
     t0 = time.perf_counter()
+    ready = [t0]
     log_file = (store / PROGRESS_NAME).open("a")
 
     def commit(result: tuple[int, int, int, float]) -> None:
@@ -412,41 +506,44 @@ def denoise(input_path: str | Path, model: str | Path, output: str | Path, cfg: 
         if progress:
             progress(int(counts["planes"]), info.planes, "denoising")
 
-    if progress:
-        progress(skipped, info.planes, "denoising")
-    ready = [t0]
-
     def started() -> None:
         ready[0] = time.perf_counter()
 
+    if progress:
+        progress(skipped, info.planes, "denoising")
+    resume = "rerun the same command to continue"
     try:
-        if local or not tasks:
-            _run_here(job, tasks, commit, started)
+        if local or not todo:
+            workers = _run_here(job, _tasks(todo, size), commit, started)
         else:
-            _run_dask(job, tasks, commit, workers, cfg.scheduler, started, wanted[0] if wanted else None)
+            workers = _run_dask(job, todo, size, commit, cfg.workers, cfg.scheduler, started,
+                                wanted[0] if wanted else None)
     except KeyboardInterrupt:
-        raise DenoiseInterrupted(f"stopped after {int(counts['planes'])} of {info.planes} planes; {store} keeps them: "
-                                 "rerun the same command to continue") from None
+        raise DenoiseInterrupted(f"stopped after {int(counts['planes'])} of {info.planes} planes; {store} keeps "
+                                 f"them: {resume}") from None
     finally:
         log_file.close()
     seconds = time.perf_counter() - t0
     running = time.perf_counter() - ready[0]
-    _finish(output, store, out_kind, info, out_dtype, progress)
+    try:
+        _finish(output, store, out_kind, info, out_dtype, progress)
+    except KeyboardInterrupt:
+        raise DenoiseInterrupted(f"stopped while writing {output}; every plane is done in {store}: {resume}") \
+            from None
     run = len(todo)
     return {"input": str(source), "output": str(output), "format": out_kind, "planes": info.planes,
             "planes_run": run, "planes_resumed": skipped, "planes_denoised": int(counts["denoised"]),
             "channel": channel, "dtype": out_dtype.name, "engine": job.engine, "precision": job.precision,
-            "workers": workers if not local else 1,
-            "scheduler": cfg.scheduler or ("this process" if local else "LocalCluster"),
+            "workers": workers, "scheduler": cfg.scheduler or ("this process" if local else "LocalCluster"),
             "seconds": round(seconds, 3), "startup_s": round(seconds - running, 3),
             "planes_per_s": round(run / running, 2) if run and running > 0 else None,
             "planes_to_denoise": len(wanted), "task_seconds": round(counts["busy_s"], 3)}
 
 
-def _start(store: Path, info: DatasetInfo, out_dtype: np.dtype, settings: dict[str, Any], card: Any,
+def _start(store: Path, replaced: list[Path], info: DatasetInfo, out_dtype: np.dtype, settings: dict[str, Any],
            cfg: DenoiseConfig, reader: Reader, wanted: list[int], threads: int | None) -> dict[str, Any]:
     """Decide the engine and precision on the first plane to denoise (timing precisions where ``auto``),
-    then create the store with the job's record."""
+    then replace what ``--overwrite`` replaces and create the store with the job's record."""
     from .datasets.omezarr import OmeZarrWriter
 
     engine, precision = cfg.engine, cfg.precision
@@ -456,14 +553,18 @@ def _start(store: Path, info: DatasetInfo, out_dtype: np.dtype, settings: dict[s
         denoiser(reader.read(wanted[0], wanted[0] + 1)[0])
         engine, precision = denoiser.engine.name, denoiser.engine.precision
         log.info("denoising with %s at %s (recorded: a resumed run and every worker use it)", engine, precision)
-        # the same engine serves this process's tasks (a local run compiles once)
-        _keep(("denoiser", settings["model"], engine, precision, cfg.device, threads, cfg.dtype,
-               settings["model_card_sha256"]), denoiser)
+        if cfg.scheduler is None and cfg.workers == 1:  # the same engine serves this process's tasks
+            _keep(("denoiser", settings["model"], engine, precision, cfg.device, threads, cfg.dtype,
+                   settings["model_card_sha256"]), denoiser)
+        else:
+            denoiser.engine.close()
     record = {**settings, "engine": engine, "precision": precision, "complete": False, "id": uuid.uuid4().hex,
               "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "n2n_version": _version()}
     out_info = DatasetInfo(axes=info.axes, shape=info.shape, dtype=out_dtype, physical=dict(info.physical),
                            channel_names=info.channel_names, plane_metadata=info.plane_metadata, name=info.name)
     with _writing(store.parent):
+        for path in replaced:
+            _remove(path)
         OmeZarrWriter.create(store, out_info, out_dtype, extra_attrs={"job": record})
         (store / PROGRESS_NAME).touch()
     return record
@@ -498,7 +599,7 @@ def _finish(output: Path, store: Path, out_kind: str, info: DatasetInfo, out_dty
     from .datasets.ometiff import write_ome_tiff
     from .datasets.omezarr import OmeZarrReader
 
-    stored = OmeZarrReader(store)
+    stored = OmeZarrReader(store, metadata=False)
     out_info = DatasetInfo(axes=info.axes, shape=info.shape, dtype=out_dtype, physical=dict(info.physical),
                            channel_names=info.channel_names, plane_metadata=info.plane_metadata, name=info.name)
 
@@ -510,7 +611,8 @@ def _finish(output: Path, store: Path, out_kind: str, info: DatasetInfo, out_dty
             if progress:
                 progress(min(start + step, info.planes), info.planes, "writing OME-TIFF")
 
-    write_ome_tiff(output, out_info, planes(), out_dtype)
+    with _writing(output.parent):
+        write_ome_tiff(output, out_info, planes(), out_dtype)  # replaces an older file only once complete
     _remove(store)
 
 
@@ -521,4 +623,3 @@ def _version() -> str:
         return version("n2n-live")
     except PackageNotFoundError:
         return "unknown"
-

@@ -184,3 +184,66 @@ def test_auto_precision_is_decided_once_and_recorded(trained_run: dict[str, Path
     assert job["requested_precision"] == "auto"
     assert job["precision"] == summary["precision"] != "auto"
     assert job["engine"] == summary["engine"] != "auto"
+
+
+def test_planes_of_an_unfinished_task_are_redone_whatever_they_hold(trained_run: dict[str, Path],
+                                                                   tmp_path: Path) -> None:
+    """A kill in the middle of a task leaves some of its planes written, some not, some half: none is in the
+    progress log, so the rerun writes them all again."""
+    raw = tmp_path / "raw.ome.tif"
+    tifffile.imwrite(raw, frames(12), ome=True, metadata={"axes": "TYX"})
+    cfg = DenoiseConfig(chunk_mib=4 * 64 * 64 * 2 / 2**20, **FP32)  # tasks of 4 planes
+    denoise(raw, trained_run["run"], tmp_path / "whole.zarr", cfg)
+    with pytest.raises(DenoiseInterrupted):
+        denoise(raw, trained_run["run"], tmp_path / "part.zarr", cfg, stop_after(1))
+    store = zarr.open_array(tmp_path / "part.zarr/0", mode="r+")
+    store[4:7] = np.random.default_rng(0).integers(0, 65535, (3, 64, 64), dtype=np.uint16)  # the next task's
+
+    summary = denoise(raw, trained_run["run"], tmp_path / "part.zarr", cfg)
+
+    assert summary["planes_resumed"] == 4
+    assert np.array_equal(opened(tmp_path / "part.zarr")[1], opened(tmp_path / "whole.zarr")[1])
+
+
+def test_a_resumed_run_uses_the_recorded_precision_not_a_new_decision(trained_run: dict[str, Path],
+                                                                      tmp_path: Path) -> None:
+    raw = tmp_path / "raw.ome.tif"
+    tifffile.imwrite(raw, frames(6), ome=True, metadata={"axes": "TYX"})
+    cfg = DenoiseConfig(chunk_mib=2 * 64 * 64 * 2 / 2**20, threads=1)  # auto precision, tasks of 2 planes
+    with pytest.raises(DenoiseInterrupted):
+        denoise(raw, trained_run["run"], tmp_path / "den.zarr", cfg, stop_after(1))
+    group = zarr.open_group(tmp_path / "den.zarr", mode="r+")
+    ours = dict(group.attrs["n2n-live"])
+    assert ours["job"]["precision"] != "auto" and ours["job"]["requested_precision"] == "auto"
+    ours["job"] = {**ours["job"], "precision": "fp32"}  # as if auto had chosen fp32 on the first run
+    group.attrs["n2n-live"] = ours
+
+    summary = denoise(raw, trained_run["run"], tmp_path / "den.zarr", cfg)
+
+    assert summary["precision"] == "fp32"
+    rest = opened(tmp_path / "den.zarr")[1][2:]
+    assert np.array_equal(rest, np.stack(served(trained_run["run"], frames(6)[2:])))  # served: fp32
+
+
+def test_a_second_run_into_the_same_output_is_refused_while_one_runs(trained_run: dict[str, Path],
+                                                                     tmp_path: Path) -> None:
+    from streamer.offline import _exclusive
+
+    raw = tmp_path / "raw.ome.tif"
+    tifffile.imwrite(raw, frames(2), ome=True, metadata={"axes": "TYX"})
+    out = tmp_path / "den.ome.tif"
+
+    with _exclusive(out), pytest.raises(DatasetError, match=rf"{out}: another n2n denoise is writing it \(pid "):
+        denoise(raw, trained_run["run"], out, DenoiseConfig(**FP32))
+
+    denoise(raw, trained_run["run"], out, DenoiseConfig(**FP32))  # once it has ended, the output is free
+    assert out.exists() and not list(tmp_path.glob(".*n2n-lock"))
+
+
+def test_a_channel_index_in_a_config_file_is_accepted(tmp_path: Path) -> None:
+    from streamer.config import load_config
+
+    path = tmp_path / "denoise.yaml"
+    path.write_text("version: 1\nchannel: 1\n")
+
+    assert load_config(DenoiseConfig, path).channel == 1

@@ -7,15 +7,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import AXIS_ORDER, DatasetError, DatasetInfo, Reader, Writer
+from .base import AXIS_ORDER, DatasetError, DatasetInfo, Reader
 
-__all__ = ["AXIS_ORDER", "DatasetError", "DatasetInfo", "OUTPUT_FORMATS", "Reader", "Writer", "input_kind",
-           "open_dataset", "output_kind"]
+__all__ = ["AXIS_ORDER", "DatasetError", "DatasetInfo", "Reader", "input_kind", "open_dataset", "output_kind"]
 
 TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8")
 ZARR_SUFFIXES = (".zarr",)
-#: Output format by extension, as the help text says it.
-OUTPUT_FORMATS = "OME-TIFF (.ome.tif, .ome.tiff, .tif, .tiff) or OME-Zarr (.zarr, .ome.zarr)"
 
 
 def input_kind(path: str | Path) -> str:
@@ -37,8 +34,9 @@ def input_kind(path: str | Path) -> str:
                        f"Micro-Manager NDTiff dataset (a folder with NDTiff.index), got {what}")
 
 
-def open_dataset(path: str | Path, kind: str | None = None) -> Reader:
-    """Open a recorded dataset for reading (format from its content; ``kind`` to skip the detection)."""
+def open_dataset(path: str | Path, kind: str | None = None, metadata: bool = True) -> Reader:
+    """Open a recorded dataset for reading (format from its content; ``kind`` to skip the detection).
+    ``metadata=False``: the planes only (a worker needs no per-plane metadata, which can be large)."""
     path = Path(path)
     kind = kind or input_kind(path)
     if kind == "tiff":
@@ -48,11 +46,11 @@ def open_dataset(path: str | Path, kind: str | None = None) -> Reader:
     if kind == "zarr":
         from .omezarr import OmeZarrReader
 
-        return OmeZarrReader(path)
+        return OmeZarrReader(path, metadata)
     if kind == "ndtiff":
         from .ndtiff import NdTiffReader
 
-        return NdTiffReader(path)
+        return NdTiffReader(path, metadata)
     raise DatasetError(f"expected a dataset kind among tiff, zarr, ndtiff, got {kind!r}")
 
 

@@ -3,14 +3,13 @@ per-plane metadata, and its 2-D planes addressed by one flat index (C order over
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-__all__ = ["AXIS_ORDER", "DatasetError", "DatasetInfo", "Reader", "Writer"]
+__all__ = ["AXIS_ORDER", "DatasetError", "DatasetInfo", "Reader"]
 
 #: Axes a dataset may have, in the order OME-Zarr and OME-TIFF (TCZYX) use; Y, X always last.
 AXIS_ORDER = "TCZYX"
@@ -32,13 +31,14 @@ class DatasetInfo:
     physical: dict[str, tuple[float, str | None]] = field(default_factory=dict)
     """Axis → (spacing, unit): pixel sizes for X, Y, the Z step, the T interval."""
     channel_names: list[str] | None = None
+    """One name per channel (one name also when the dataset has a single channel and no C axis)."""
     plane_metadata: list[dict[str, Any]] | None = None
     """One JSON-able dict per plane (flat index), as the acquisition recorded it; None: none recorded."""
     name: str = ""
 
     def __post_init__(self) -> None:
         self.shape = tuple(int(v) for v in self.shape)
-        self.dtype = np.dtype(self.dtype)
+        self.dtype = np.dtype(self.dtype).newbyteorder("=")  # planes are read in this machine's byte order
         if len(self.axes) != len(self.shape) or not self.axes.endswith("YX"):
             raise DatasetError(f"expected axes ending in YX, one per dimension of shape {self.shape}, "
                                f"got {self.axes!r}")
@@ -62,25 +62,6 @@ class DatasetInfo:
         lead = self.shape[:-2]
         return dict(zip(self.axes[:-2], (int(v) for v in np.unravel_index(plane, lead)))) if lead else {}
 
-    def channel_planes(self, channel: int) -> list[int]:
-        """Flat indices of the planes of one channel."""
-        if "C" not in self.axes:
-            raise DatasetError(f"{self.name or 'the dataset'} has no channel axis (axes {self.axes!r})")
-        return [p for p in range(self.planes) if self.index(p)["C"] == channel]
-
-    def describe(self) -> str:
-        size = " × ".join(f"{n} {a}" for a, n in zip(self.axes, self.shape))
-        return f"{size}, {self.dtype.name}"
-
-    def to_json(self) -> dict[str, Any]:
-        return {"axes": self.axes, "shape": list(self.shape), "dtype": self.dtype.name,
-                "physical": {k: list(v) for k, v in self.physical.items()}, "channel_names": self.channel_names,
-                "name": self.name}
-
-    @staticmethod
-    def plane_metadata_json(metadata: list[dict[str, Any]] | None) -> str:
-        return json.dumps(metadata, default=str)
-
 
 class Reader(Protocol):
     """An open dataset: its description and its planes, read a range at a time (memory bounded by the
@@ -95,18 +76,3 @@ class Reader(Protocol):
 
     def close(self) -> None:
         """Release the files."""
-
-
-class Writer(Protocol):
-    """An output being written, plane ranges in any order; :meth:`finish` makes it complete."""
-
-    path: Path
-
-    def write(self, start: int, planes: np.ndarray) -> None:
-        """Planes ``start:start+len(planes)`` (flat indices)."""
-
-    def finish(self) -> None:
-        """Complete the output (metadata, the final file) once every plane is written."""
-
-    def close(self) -> None:
-        """Release the files; what was written stays valid."""

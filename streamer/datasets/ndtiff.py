@@ -114,10 +114,12 @@ class NdTiffReader:
 
     kind = "ndtiff"
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, metadata: bool = True) -> None:
+        """``metadata=False``: axes, shape and pixels only (no per-plane metadata, names or sizes read)."""
         from ndstorage import Dataset
 
         self.path = find_ndtiff(path)
+        self._metadata = metadata
         try:
             with contextlib.redirect_stdout(io.StringIO()):  # ndstorage prints its progress opening a dataset
                 self._ds = Dataset(str(self.path))
@@ -160,6 +162,8 @@ class NdTiffReader:
                                f"{first.shape} (RGB?)")
         axes = "".join(_LETTERS[n] for n in lead) + "YX"
         shape = (*(len(values[n]) for n in lead), *first.shape)
+        if not self._metadata:
+            return DatasetInfo(axes=axes, shape=shape, dtype=first.dtype, name=self.path.name), coords
         metadata = [_jsonable(ds.read_metadata(**c)) for c in coords]
         info = DatasetInfo(axes=axes, shape=shape, dtype=first.dtype, plane_metadata=metadata, name=self.path.name)
         if "channel" in values:

@@ -54,8 +54,11 @@ class OmeTiffReader:
 
         if not self._tif.series:
             raise DatasetError(f"{self.path}: holds no image data")
+        if len(self._tif.series) > 1:
+            raise DatasetError(f"{self.path}: holds {len(self._tif.series)} image series (stage positions?); expected "
+                               "one: save each position to its own file")
         series = self._tif.series[0]
-        axes, shape = series.get_axes(True), series.get_shape(True)  # length-1 axes dropped, as Fiji shows
+        axes, shape = series.axes, series.shape  # length-1 axes dropped, as Fiji shows them
         kept: list[tuple[str, int]] = []
         for a, n in zip(axes, shape):
             letter = "T" if a in _GENERIC_TIME else a
@@ -95,10 +98,11 @@ class OmeTiffReader:
                           ("T", "TimeIncrement")):
             if isinstance(pixels.get(key), (int, float)):
                 info.physical[axis] = (float(pixels[key]), pixels.get(f"{key}Unit", "s" if axis == "T" else "µm"))
-        names = [c.get("Name") for c in _items(pixels.get("Channel"))]
-        if names and all(isinstance(n, str) for n in names) and "C" in info.axes \
-                and len(names) == info.shape[info.axes.index("C")]:
-            info.channel_names = names
+        # OME-XML numbers read as numbers (a channel named "488"): names are text
+        names = [None if c.get("Name") is None else str(c.get("Name")) for c in _items(pixels.get("Channel"))]
+        channels = info.shape[info.axes.index("C")] if "C" in info.axes else 1
+        if names and all(n is not None for n in names) and len(names) == channels:
+            info.channel_names = [str(n) for n in names]
         notes = _items(tree.get("OME", {}).get("StructuredAnnotations", {}).get("CommentAnnotation"))
         by_space = {n.get("Namespace"): n.get("Value") for n in notes if isinstance(n, dict)}
         if PLANE_METADATA_NAMESPACE in by_space:
@@ -125,7 +129,11 @@ class OmeTiffReader:
             info.plane_metadata = plane_meta
 
     def _read_imagej(self, ij: dict[str, Any], info: DatasetInfo) -> None:
-        unit = ij.get("unit", "µm")
+        if "unit" not in ij:  # an uncalibrated stack: its resolution of 1 is no pixel size
+            if isinstance(ij.get("finterval"), (int, float)) and "T" in info.axes:
+                info.physical["T"] = (float(ij["finterval"]), "s")
+            return
+        unit = ij["unit"]
         unit = "µm" if unit in ("micron", "um", "\\u00B5m") else unit
         if isinstance(ij.get("spacing"), (int, float)) and "Z" in info.axes:
             info.physical["Z"] = (float(ij["spacing"]), unit)

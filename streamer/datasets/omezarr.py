@@ -2,12 +2,14 @@
 
 The full-resolution image of the first multiscale is read, a plane range at a time. Written images hold
 one 2-D plane per chunk, so planes are written independently (by several processes at once) and a
-rerun can redo any plane without touching the others. The per-plane metadata of the acquisition rides
-in the group's attributes under ``n2n-live``.
+rerun can redo any plane without touching the others. The per-plane metadata of the acquisition (which
+OME-Zarr has no place for) is a JSON list beside the image, ``n2n-plane-metadata.json``, so that the
+group's attributes stay small.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -16,9 +18,10 @@ import numpy as np
 
 from .base import AXIS_ORDER, DatasetError, DatasetInfo
 
-__all__ = ["OmeZarrReader", "OmeZarrWriter", "is_zarr"]
+__all__ = ["PLANE_METADATA_FILE", "OmeZarrReader", "OmeZarrWriter", "is_zarr"]
 
 _ATTRS_KEY = "n2n-live"
+PLANE_METADATA_FILE = "n2n-plane-metadata.json"
 _AXIS_TYPE = {"T": "time", "C": "channel", "Z": "space", "Y": "space", "X": "space"}
 # OME-Zarr names units by the UDUNITS-2 long names; our DatasetInfo uses the short ones OME-TIFF uses
 _TO_OME = {"µm": "micrometer", "um": "micrometer", "micron": "micrometer", "nm": "nanometer",
@@ -46,10 +49,11 @@ class OmeZarrReader:
 
     kind = "zarr"
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, metadata: bool = True) -> None:
         import zarr
 
         self.path = Path(path)
+        self._metadata = metadata
         try:
             group = zarr.open_group(self.path, mode="r")
         except Exception as exc:  # zarr raises several types for stores it cannot open
@@ -92,21 +96,26 @@ class OmeZarrReader:
             info.physical[axis] = (float(scale[i]), _FROM_OME.get(unit, unit) if unit else None)
         omero = ome.get("omero") or attrs.get("omero")  # 0.5 keeps it in "ome"; some writers beside it
         channels = omero.get("channels") if isinstance(omero, dict) else None
-        if "C" in letters and isinstance(channels, list):
+        if isinstance(channels, list):
             labels = [c.get("label") for c in channels if isinstance(c, dict)]
-            if len(labels) == info.shape[letters.index("C")] and all(isinstance(v, str) for v in labels):
+            count = info.shape[letters.index("C")] if "C" in letters else 1
+            if len(labels) == count and all(v is not None for v in labels):
                 info.channel_names = [str(v) for v in labels]
-        ours = attrs.get(_ATTRS_KEY)
-        if isinstance(ours, dict) and isinstance(ours.get("plane_metadata"), list) \
-                and len(ours["plane_metadata"]) == info.planes:
-            info.plane_metadata = ours["plane_metadata"]
+        side = self.path / PLANE_METADATA_FILE
+        if self._metadata and side.is_file():
+            try:
+                planes = json.loads(side.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                planes = None
+            if isinstance(planes, list) and len(planes) == info.planes:
+                info.plane_metadata = planes
         return info, array
 
     def read(self, start: int, stop: int) -> np.ndarray:
         n = max(0, min(stop, self.info.planes) - start)
         lead = self.info.shape[:-2]
         if not lead:
-            return np.asarray(self._array[...])[None][:n]
+            return np.asarray(self._array[...], dtype=self.info.dtype)[None][:n]
         out = np.empty((n, *self.info.plane_shape), self.info.dtype)
         # a run of planes is read a row of the last leading axis at a time (contiguous in the array)
         p = start
@@ -161,12 +170,11 @@ class OmeZarrWriter:
         if info.channel_names:
             ome["omero"] = {"channels": [{"label": name, "active": True} for name in info.channel_names]}
         attrs: dict[str, Any] = {"ome": ome}
-        ours: dict[str, Any] = dict(extra_attrs or {})
-        if info.plane_metadata is not None:
-            ours["plane_metadata"] = info.plane_metadata
-        if ours:
-            attrs[_ATTRS_KEY] = ours
+        if extra_attrs:
+            attrs[_ATTRS_KEY] = dict(extra_attrs)
         group.attrs.update(_jsonable(attrs))
+        if info.plane_metadata is not None:
+            (path / PLANE_METADATA_FILE).write_text(json.dumps(_jsonable(info.plane_metadata)))
         return cls(path, array)
 
     @classmethod
@@ -211,6 +219,4 @@ def _compressor() -> Any:
 
 def _jsonable(value: Any) -> Any:
     """Attributes as plain JSON types (numpy scalars from a reader's metadata included)."""
-    import json
-
     return json.loads(json.dumps(value, default=lambda v: v.item() if hasattr(v, "item") else str(v)))

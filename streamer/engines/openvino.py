@@ -72,13 +72,14 @@ class OpenVINOEngine(Engine):
         return self._int8_text
 
     def _config(self, hint: str) -> dict[str, Any]:
-        """Compile options. A thread count below the machine's unpins the threads: OpenVINO pins each to a
-        core, the same first cores in every process, so two 1-thread processes (``n2n denoise --workers 2``)
-        would share one core and run no faster than one."""
+        """Compile options. A thread count below the cores this process may use unpins the threads: OpenVINO
+        pins each to a core, the same first cores in every process, so two 1-thread processes (``n2n denoise
+        --workers 2``, or two ``n2n serve --threads 1``) would share one core and run no faster than one."""
         config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
         if self.num_threads:
             config["INFERENCE_NUM_THREADS"] = self.num_threads
-            if self.num_threads < (os.cpu_count() or 1):
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+            if self.num_threads < cores:
                 config["ENABLE_CPU_PINNING"] = False
         return config
 
