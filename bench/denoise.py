@@ -2,10 +2,10 @@
 on an input 10× larger (bounded by a task of planes, so it should not grow with the input).
 
 Each run is a real ``n2n denoise`` process (OME-TIFF in, OME-Zarr out) on a stack recorded from the
-simulated camera; the larger input repeats that recording. Peak memory is each process's high-water mark
-(``VmHWM`` in ``/proc/PID/status``), sampled every 50 ms for the command and every process below it (the
-Dask workers). The precision is decided once (by the first run) and given to the others, so every run does
-the same arithmetic::
+simulated camera; the larger input repeats that recording. Peak memory is what each process measured of
+itself (its high-water mark, ``VmHWM``: the command, and each Dask worker at the end of its work), reported
+in the command's summary, so nothing samples processes while they run. The precision is decided once (by the first run)
+and given to the others, so every run does the same arithmetic::
 
     python -m bench.denoise --model runs/demo/model --json runs/bench_denoise.json
 """
@@ -17,7 +17,6 @@ import json
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,64 +29,19 @@ from bench.report import machine
 __all__ = ["main", "run_denoise", "run_benchmark"]
 
 
-def _peak_kib(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def _children(pid: int) -> list[int]:
-    import psutil
-
-    try:
-        return [p.pid for p in psutil.Process(pid).children(recursive=True)]
-    except psutil.Error:
-        return []
-
-
 def run_denoise(args: list[str], workdir: Path) -> dict[str, Any]:
-    """Run ``n2n denoise ARGS --json`` as a process; its summary plus the peak memory (MiB) of the command
-    and of each process below it (the workers)."""
+    """Run ``n2n denoise ARGS --json`` as a process; its summary, which holds the peak memory (MiB) of the
+    command and of each worker process as each measured its own."""
     summary = workdir / f"summary-{time.monotonic_ns()}.json"
-    cmd = [sys.executable, "-m", "n2n", "denoise", *args, "--json", str(summary)]
     log = workdir / "denoise.log"
-    peaks: dict[int, int] = {}
     with open(log, "ab") as sink:
-        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT)
-        stop = threading.Event()
-
-        def sample() -> None:
-            while not stop.is_set():
-                for pid in [proc.pid, *_children(proc.pid)]:
-                    kib = _peak_kib(pid)
-                    if kib is not None:
-                        peaks[pid] = max(peaks.get(pid, 0), kib)
-                stop.wait(0.05)
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        try:
-            code = proc.wait(timeout=3600)
-        finally:
-            stop.set()
-            sampler.join()
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        code = subprocess.run([sys.executable, "-m", "n2n", "denoise", *args, "--json", str(summary)],
+                              stdout=sink, stderr=subprocess.STDOUT, timeout=3600).returncode
     if code != 0:
         tail = log.read_text(errors="replace")[-2000:]
         raise RuntimeError(f"n2n denoise exited with {code}:\n{tail}")
-    result = json.loads(summary.read_text())
-    main_mib = peaks.pop(proc.pid, 0) / 1024
-    result["peak_mib_command"] = round(main_mib, 1)
-    result["peak_mib_workers"] = sorted(round(v / 1024, 1) for v in peaks.values() if v > 20 * 1024)
-    result["peak_mib_per_worker"] = (max(result["peak_mib_workers"]) if result["workers"] > 1 and
-                                     result["peak_mib_workers"] else round(main_mib, 1))
+    result: dict[str, Any] = json.loads(summary.read_text())
+    result["peak_mib_per_worker"] = max(result["peak_mib_workers"])
     return result
 
 

@@ -258,11 +258,29 @@ def _remove(path: Path) -> None:
 Commit = Callable[[tuple[int, int, int, float]], None]
 
 
-def _run_here(job: Job, tasks: list[tuple[int, int]], commit: Commit, started: Callable[[], None]) -> int:
+def peak_mib() -> float:
+    """This process's peak resident memory so far, in MiB: ``VmHWM`` where there is a /proc (``ru_maxrss``
+    would count a spawned worker's parent too: Linux carries it over an exec)."""
+    import resource
+    import sys
+
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 2**10, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
+
+
+def _run_here(job: Job, tasks: list[tuple[int, int]], commit: Commit, started: Callable[[], None]) -> list[float]:
+    """Run the tasks in this process; returns its peak memory (MiB) as the one worker's."""
     started()
     for start, stop in tasks:
         commit(run_task(job, start, stop))
-    return 1
+    return [peak_mib()]
 
 
 def _local_cluster(workers: int) -> Any:
@@ -281,9 +299,9 @@ def _local_cluster(workers: int) -> Any:
 
 
 def _run_dask(job: Job, todo: list[int], size: int, commit: Commit, workers: int, scheduler: str | None,
-              started: Callable[[], None], first: int | None) -> int:
+              started: Callable[[], None], first: int | None) -> list[float]:
     """Run the tasks on a LocalCluster of ``workers`` (or the cluster at ``scheduler``), at most two per
-    worker in flight; returns the number of workers."""
+    worker in flight; returns each worker's peak memory (MiB)."""
     from distributed import Client, as_completed
 
     cluster = _local_cluster(workers) if scheduler is None else None
@@ -315,7 +333,7 @@ def _run_dask(job: Job, todo: list[int], size: int, commit: Commit, workers: int
             nxt = next(pending, None)
             if nxt is not None:
                 running.add(client.submit(run_task, job, *nxt, pure=False))
-        return len(addresses)
+        return sorted(client.run(peak_mib).values())
     except (DatasetError, KeyboardInterrupt):
         raise
     except Exception as exc:  # a worker's error (Dask re-raises it here) or Dask's own (a worker killed)
@@ -514,10 +532,10 @@ def _denoise(source: Path, model: Path, output: Path, cfg: DenoiseConfig,
     resume = "rerun the same command to continue"
     try:
         if local or not todo:
-            workers = _run_here(job, _tasks(todo, size), commit, started)
+            peaks = _run_here(job, _tasks(todo, size), commit, started)
         else:
-            workers = _run_dask(job, todo, size, commit, cfg.workers, cfg.scheduler, started,
-                                wanted[0] if wanted else None)
+            peaks = _run_dask(job, todo, size, commit, cfg.workers, cfg.scheduler, started,
+                              wanted[0] if wanted else None)
     except KeyboardInterrupt:
         raise DenoiseInterrupted(f"stopped after {int(counts['planes'])} of {info.planes} planes; {store} keeps "
                                  f"them: {resume}") from None
@@ -534,10 +552,11 @@ def _denoise(source: Path, model: Path, output: Path, cfg: DenoiseConfig,
     return {"input": str(source), "output": str(output), "format": out_kind, "planes": info.planes,
             "planes_run": run, "planes_resumed": skipped, "planes_denoised": int(counts["denoised"]),
             "channel": channel, "dtype": out_dtype.name, "engine": job.engine, "precision": job.precision,
-            "workers": workers, "scheduler": cfg.scheduler or ("this process" if local else "LocalCluster"),
+            "workers": len(peaks), "scheduler": cfg.scheduler or ("this process" if local else "LocalCluster"),
             "seconds": round(seconds, 3), "startup_s": round(seconds - running, 3),
             "planes_per_s": round(run / running, 2) if run and running > 0 else None,
-            "planes_to_denoise": len(wanted), "task_seconds": round(counts["busy_s"], 3)}
+            "planes_to_denoise": len(wanted), "task_seconds": round(counts["busy_s"], 3),
+            "peak_mib_workers": peaks, "peak_mib_command": peak_mib()}
 
 
 def _start(store: Path, replaced: list[Path], info: DatasetInfo, out_dtype: np.dtype, settings: dict[str, Any],

@@ -240,3 +240,30 @@ def test_a_frame_denoised_offline_is_the_frame_the_server_sends(trained_run: dic
     assert [r.seq for r in live] == list(range(5))
     assert all(np.array_equal(a, r.pixels) for a, r in zip(offline, live))
     assert not np.array_equal(offline, raw)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_ctrl_c_stops_cleanly_says_how_to_continue_and_the_rerun_finishes(trained_run: dict[str, Path],
+                                                                         tmp_path: Path, workers: int) -> None:
+    raw = tmp_path / "big.ome.tif"
+    tifffile.imwrite(raw, frames(24, size=1024), ome=True, metadata={"axes": "TYX"})
+    cfg = tmp_path / "denoise.yaml"
+    cfg.write_text(f"version: 1\nprecision: fp32\nthreads: 1\nchunk_mib: 2\nworkers: {workers}\n")
+    out = tmp_path / "den.zarr"
+    cmd = [sys.executable, "-m", "n2n", "denoise", str(raw), "--model", str(trained_run["run"]), "--out", str(out),
+           "--config", str(cfg)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = out / PROGRESS_NAME
+    deadline = time.monotonic() + 90
+    while not (log.exists() and len(log.read_text().splitlines()) >= 2):
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before it could be stopped"
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+
+    assert proc.returncode == 130, err
+    assert "interrupted: stopped after" in " ".join(err.split()) and "Traceback" not in err
+    assert "rerun the same command to continue" in " ".join(err.split())
+    rerun = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    assert opened(out)[0].shape == (24, 1024, 1024) and not (out / PROGRESS_NAME).exists()
