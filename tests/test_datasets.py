@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
+from test_denoise import opened
 
 from streamer.datasets import DatasetError, DatasetInfo, open_dataset
 from streamer.datasets.ometiff import write_ome_tiff
@@ -17,14 +18,6 @@ from streamer.datasets.ometiff import write_ome_tiff
 def coded(t: int, c: int, z: int) -> np.ndarray:
     """A 16×16 plane whose every pixel says where it belongs: 100·t + 10·c + z."""
     return np.full((16, 16), 100 * t + 10 * c + z, np.uint16)
-
-
-def read_all(path: Path) -> tuple[DatasetInfo, np.ndarray]:
-    reader = open_dataset(path)
-    try:
-        return reader.info, reader.read(0, reader.info.planes)
-    finally:
-        reader.close()
 
 
 @pytest.mark.parametrize(("writer", "axes"), [("imagej", "TZCYX"), ("ome", "TZCYX"), ("ome", "ZTCYX")])
@@ -38,7 +31,7 @@ def test_planes_come_in_t_c_z_order_whatever_the_files_page_order(tmp_path: Path
     path = tmp_path / "stack.tif"
     tifffile.imwrite(path, stack, imagej=writer == "imagej", ome=writer == "ome", metadata={"axes": axes})
 
-    info, planes = read_all(path)
+    info, planes = opened(path)
 
     assert (info.axes, info.shape) == ("TCZYX", (2, 3, 2, 16, 16))
     expected = [100 * t + 10 * c + z for t in range(2) for c in range(3) for z in range(2)]
@@ -60,7 +53,7 @@ def test_ome_zarr_0_4_on_zarr_v2_big_endian_is_read_in_native_order(tmp_path: Pa
         {"name": "x", "type": "space", "unit": "micrometer"}],
         "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0, 0.2, 0.2]}]}]}]
 
-    info, got = read_all(tmp_path / "b2r.zarr")
+    info, got = opened(tmp_path / "b2r.zarr")
 
     assert info.dtype == np.dtype("uint16") and info.dtype.isnative
     assert got.dtype == np.dtype("uint16") and np.array_equal(got, planes.astype(np.uint16))
@@ -73,8 +66,8 @@ def test_numeric_and_single_channel_names_survive_a_round_trip(tmp_path: Path) -
     one = DatasetInfo(axes="TYX", shape=(2, 16, 16), dtype=np.uint16, channel_names=["GFP"])
     write_ome_tiff(tmp_path / "one.ome.tif", one, iter([coded(0, 0, 0), coded(1, 0, 0)]), np.dtype(np.uint16))
 
-    assert read_all(tmp_path / "two.ome.tif")[0].channel_names == ["488", "561"]
-    assert read_all(tmp_path / "one.ome.tif")[0].channel_names == ["GFP"]
+    assert opened(tmp_path / "two.ome.tif")[0].channel_names == ["488", "561"]
+    assert opened(tmp_path / "one.ome.tif")[0].channel_names == ["GFP"]
 
 
 def test_an_uncalibrated_imagej_stack_gets_no_invented_pixel_size(tmp_path: Path) -> None:
@@ -83,8 +76,8 @@ def test_an_uncalibrated_imagej_stack_gets_no_invented_pixel_size(tmp_path: Path
     tifffile.imwrite(tmp_path / "cal.tif", np.stack([coded(t, 0, 0) for t in range(2)]), imagej=True,
                      resolution=(1 / 0.65, 1 / 0.65), metadata={"axes": "TYX", "unit": "um"})
 
-    assert "X" not in read_all(tmp_path / "plain.tif")[0].physical
-    x, unit = read_all(tmp_path / "cal.tif")[0].physical["X"]
+    assert "X" not in opened(tmp_path / "plain.tif")[0].physical
+    x, unit = opened(tmp_path / "cal.tif")[0].physical["X"]
     assert unit == "µm" and x == pytest.approx(0.65)
 
 

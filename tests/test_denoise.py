@@ -227,13 +227,13 @@ def test_a_resumed_run_uses_the_recorded_precision_not_a_new_decision(trained_ru
 
 def test_a_second_run_into_the_same_output_is_refused_while_one_runs(trained_run: dict[str, Path],
                                                                      tmp_path: Path) -> None:
-    from streamer.offline import _exclusive
+    from streamer.offline.store import exclusive
 
     raw = tmp_path / "raw.ome.tif"
     tifffile.imwrite(raw, frames(2), ome=True, metadata={"axes": "TYX"})
     out = tmp_path / "den.ome.tif"
 
-    with _exclusive(out), pytest.raises(DatasetError, match=rf"{out}: another n2n denoise is writing it \(pid "):
+    with exclusive(out), pytest.raises(DatasetError, match=rf"{out}: another n2n denoise is writing it \(pid "):
         denoise(raw, trained_run["run"], out, DenoiseConfig(**FP32))
 
     denoise(raw, trained_run["run"], out, DenoiseConfig(**FP32))  # once it has ended, the output is free
@@ -247,3 +247,20 @@ def test_a_channel_index_in_a_config_file_is_accepted(tmp_path: Path) -> None:
     path.write_text("version: 1\nchannel: 1\n")
 
     assert load_config(DenoiseConfig, path).channel == 1
+
+
+def test_an_existing_dask_cluster_gives_the_same_pixels(
+        trained_run: dict[str, Path], hyperstack: tuple[Path, DatasetInfo, np.ndarray], tmp_path: Path) -> None:
+    """--scheduler: a cluster started elsewhere (here: two worker processes of two threads each, so two tasks
+    share one worker's engine by turns)."""
+    from distributed import LocalCluster
+
+    path, _, _ = hyperstack
+    here = denoise(path, trained_run["run"], tmp_path / "here.zarr", DenoiseConfig(precision="fp32", threads=1))
+    with LocalCluster(n_workers=2, threads_per_worker=2, processes=True, dashboard_address=None) as cluster:
+        there = denoise(path, trained_run["run"], tmp_path / "there.zarr",
+                        DenoiseConfig(precision="fp32", threads=1, scheduler=cluster.scheduler_address,
+                                      chunk_mib=64 * 64 * 2 / 2**20))
+
+    assert (there["scheduler"], there["workers"], here["workers"]) == (cluster.scheduler_address, 2, 1)
+    assert np.array_equal(opened(tmp_path / "here.zarr")[1], opened(tmp_path / "there.zarr")[1])

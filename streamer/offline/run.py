@@ -1,0 +1,301 @@
+"""``n2n denoise``: the job. Checks the input against the model, decides the engine and precision once,
+prepares or resumes the work store, runs the tasks here or on Dask, and finishes the output."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import time
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import DenoiseConfig
+from ..datasets import DatasetError, DatasetInfo, open_dataset, output_kind
+from ..datasets.base import Reader
+from .store import (
+    MAX_TASK_PLANES,
+    PROGRESS_NAME,
+    check_writable,
+    done_ranges,
+    exclusive,
+    finish,
+    prepare_output,
+    remove_path,
+    sha256,
+    split_tasks,
+    todo_planes,
+    writing,
+)
+from .task import Job, keep, make_denoiser, peak_mib, release, run_task, warm_up
+
+__all__ = ["DenoiseInterrupted", "denoise"]
+
+log = logging.getLogger("n2n.streamer")
+
+
+class DenoiseInterrupted(KeyboardInterrupt):
+    """Ctrl-C: what was finished is kept; the message says how to continue."""
+
+
+# --- executors: tasks run here, or on Dask ----------------------------------------------------------------
+
+Commit = Callable[[tuple[int, int, int, float]], None]
+
+
+def _run_here(job: Job, tasks: list[tuple[int, int]], commit: Commit, started: Callable[[], None]) -> list[float]:
+    """Run the tasks in this process; returns its peak memory (MiB) as the one worker's."""
+    started()
+    for start, stop in tasks:
+        commit(run_task(job, start, stop))
+    return [peak_mib()]
+
+
+def _local_cluster(workers: int) -> Any:
+    import dask
+    from distributed import LocalCluster
+
+    # Dask's workers start with MALLOC_TRIM_THRESHOLD_ set, which also fixes glibc's mmap threshold: every
+    # plane-sized buffer is then mapped and unmapped anew, and compressing a plane took 1.7x as long; its
+    # profiler samples every thread each 10 ms
+    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
+    environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+    quiet = {"distributed.nanny.pre-spawn-environ": environ, "distributed.worker.profile.enabled": False}
+    with dask.config.set(quiet):
+        return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                            silence_logs=logging.ERROR)
+
+
+def _run_dask(job: Job, todo: list[int], size: int, commit: Commit, workers: int, scheduler: str | None,
+              started: Callable[[], None], first: int | None) -> list[float]:
+    """Run the tasks on a LocalCluster of ``workers`` (or the cluster at ``scheduler``), at most two per
+    worker in flight; returns each worker's peak memory (MiB)."""
+    from distributed import Client, as_completed
+
+    cluster = _local_cluster(workers) if scheduler is None else None
+    try:
+        client = Client(cluster if cluster is not None else scheduler, timeout="10s")
+    except OSError as exc:
+        if cluster is not None:
+            cluster.close()
+        raise DatasetError(f"--scheduler {scheduler}: expected a running Dask scheduler there, could not connect "
+                           f"({exc})") from None
+    try:
+        addresses = list(client.scheduler_info().get("workers", {}))
+        if not addresses:
+            raise DatasetError(f"--scheduler {scheduler}: the cluster has no workers")
+        tasks = split_tasks(todo, size, len(addresses))
+        # warmed where the tasks run (each worker's task thread)
+        client.gather([client.submit(warm_up, job, first, workers=[a], pure=False, allow_other_workers=False)
+                       for a in addresses])
+        started()
+        pending = iter(tasks)
+        running = as_completed()
+        for start, stop in pending:
+            running.add(client.submit(run_task, job, start, stop, pure=False))
+            if running.count() >= 2 * len(addresses):
+                break
+        for future in running:
+            commit(future.result())
+            future.release()
+            nxt = next(pending, None)
+            if nxt is not None:
+                running.add(client.submit(run_task, job, *nxt, pure=False))
+        return sorted(client.run(peak_mib).values())
+    except (DatasetError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # a worker's error (Dask re-raises it here) or Dask's own (a worker killed)
+        detail = " ".join(str(exc).split())[:500] or "no message"
+        raise RuntimeError(f"a Dask worker failed: {type(exc).__name__}: {detail}") from exc
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+# --- the command's job ---------------------------------------------------------------------------------
+
+def _channel_index(info: DatasetInfo, channel: str | int | None, where: str) -> int | None:
+    if channel is None:
+        return None
+    channel = str(channel)
+    if "C" not in info.axes:
+        raise DatasetError(f"--channel {channel}: {where} has no channel axis (axes {info.axes})")
+    count = info.shape[info.axes.index("C")]
+    names = info.channel_names or []
+    if channel in names:
+        return names.index(channel)
+    if channel.lstrip("-").isdigit():
+        index = int(channel)
+        if 0 <= index < count:
+            return index
+    listed = ", ".join(repr(n) for n in names) if names else "unnamed"
+    raise DatasetError(f"--channel {channel}: expected a channel index 0..{count - 1} or a name ({listed}), "
+                       f"got {channel!r}")
+
+
+def _check_model(card: Any, info: DatasetInfo, where: str, model: Path) -> None:
+    trained = card.input_dtype
+    if trained is not None and np.dtype(trained) != info.dtype:
+        raise DatasetError(f"{where}: expected {trained} planes (the bit depth {model} was trained on), got "
+                           f"{info.dtype.name}; a model applies to the camera data it was trained on: train one on "
+                           "frames of this bit depth")
+    if min(info.plane_shape) < card.size_multiple:
+        raise DatasetError(f"{where}: expected planes of at least {card.size_multiple}x{card.size_multiple} "
+                           f"pixels for this model, got {info.plane_shape[0]}x{info.plane_shape[1]}")
+
+
+def denoise(input_path: str | Path, model: str | Path, output: str | Path, cfg: DenoiseConfig | None = None,
+            progress: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
+    """Denoise every plane of a recorded dataset (or one channel's, copying the others) into ``output``
+    (OME-TIFF or OME-Zarr by its extension); rerun after an interruption to continue. ``progress(done,
+    total, stage)`` is called as planes finish. Returns a summary (planes, rate, engine, where it went)."""
+    cfg = cfg or DenoiseConfig()
+    source, model, output = Path(input_path), Path(model), Path(output)
+    output_kind(output)
+    from ..model import ModelCard
+
+    ModelCard.load(model)  # a missing or damaged model is the first thing to say
+    check_writable(output.parent)
+    with exclusive(output):
+        try:
+            return _denoise(source, model, output, cfg, progress)
+        finally:
+            release()
+
+
+def _denoise(source: Path, model: Path, output: Path, cfg: DenoiseConfig,
+             progress: Callable[[int, int, str], None] | None) -> dict[str, Any]:
+    from ..model import ModelCard
+
+    out_kind = output_kind(output)
+    card = ModelCard.load(model)
+    store = output if out_kind == "zarr" else output.with_name(output.name + ".partial.zarr")
+    reader = open_dataset(source)
+    try:
+        info = reader.info
+        _check_model(card, info, str(source), model)
+        channel = _channel_index(info, cfg.channel, str(source))
+        settings: dict[str, Any] = {  # what a resumed run must share with the run it continues
+            "input": str(source.resolve()), "input_kind": reader.kind, "input_shape": list(info.shape),
+            "input_dtype": info.dtype.name, "model": str(model.resolve()),
+            "model_card_sha256": sha256(model / "model.json"), "channel": channel, "output_dtype": cfg.dtype,
+            "requested_engine": cfg.engine, "requested_precision": cfg.precision, "device": cfg.device}
+        record, replaced = prepare_output(output, store, settings, cfg.overwrite, source)
+        out_dtype = np.dtype(np.float32) if cfg.dtype == "float32" else info.dtype
+        wanted = [p for p in range(info.planes) if channel is None or info.index(p)["C"] == channel]
+        local = cfg.scheduler is None and cfg.workers == 1
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        threads = cfg.threads or (None if local or cfg.scheduler else max(1, cores // cfg.workers))
+        try:
+            if record is None:
+                record = _start(store, replaced, info, out_dtype, settings, cfg, reader, wanted,
+                                threads if local else None)
+            else:
+                log.info("resuming %s: %d of %d planes were done", store,
+                         sum(b - a for a, b in done_ranges(store)), info.planes)
+        except KeyboardInterrupt:
+            raise DenoiseInterrupted("stopped before any plane was denoised; nothing to keep") from None
+    finally:
+        reader.close()
+    job = Job(input=settings["input"], kind=reader.kind, model=settings["model"], store=str(store.resolve()),
+              engine=record["engine"], precision=record["precision"], device=cfg.device, threads=threads,
+              output_dtype=cfg.dtype, channel=channel, id=record.get("id", ""),
+              model_sha256=settings["model_card_sha256"])
+    todo = todo_planes(info.planes, done_ranges(store))
+    skipped = info.planes - len(todo)
+    plane_mib = math.prod(info.plane_shape) * info.dtype.itemsize / 2**20
+    size = max(1, min(MAX_TASK_PLANES, int(cfg.chunk_mib // max(plane_mib, 1e-9))))
+    counts = {"planes": skipped, "denoised": 0, "busy_s": 0.0}
+    t0 = time.perf_counter()
+    ready = [t0]
+    log_file = (store / PROGRESS_NAME).open("a")
+
+    def commit(result: tuple[int, int, int, float]) -> None:
+        start, stop, denoised, seconds = result
+        log_file.write(f"{start} {stop}\n")
+        log_file.flush()
+        os.fsync(log_file.fileno())
+        counts["planes"] += stop - start
+        counts["denoised"] += denoised
+        counts["busy_s"] += seconds
+        if progress:
+            progress(int(counts["planes"]), info.planes, "denoising")
+
+    def started() -> None:
+        ready[0] = time.perf_counter()
+
+    if progress:
+        progress(skipped, info.planes, "denoising")
+    resume = "rerun the same command to continue"
+    try:
+        if local or not todo:
+            peaks = _run_here(job, split_tasks(todo, size), commit, started)
+        else:
+            peaks = _run_dask(job, todo, size, commit, cfg.workers, cfg.scheduler, started,
+                              wanted[0] if wanted else None)
+    except KeyboardInterrupt:
+        raise DenoiseInterrupted(f"stopped after {int(counts['planes'])} of {info.planes} planes; {store} keeps "
+                                 f"them: {resume}") from None
+    finally:
+        log_file.close()
+    seconds = time.perf_counter() - t0
+    running = time.perf_counter() - ready[0]
+    try:
+        finish(output, store, out_kind, info, out_dtype, progress)
+    except KeyboardInterrupt:
+        raise DenoiseInterrupted(f"stopped while writing {output}; every plane is done in {store}: {resume}") \
+            from None
+    run = len(todo)
+    return {"input": str(source), "output": str(output), "format": out_kind, "planes": info.planes,
+            "planes_run": run, "planes_resumed": skipped, "planes_denoised": int(counts["denoised"]),
+            "channel": channel, "dtype": out_dtype.name, "engine": job.engine, "precision": job.precision,
+            "workers": len(peaks), "scheduler": cfg.scheduler or ("this process" if local else "LocalCluster"),
+            "seconds": round(seconds, 3), "startup_s": round(seconds - running, 3),
+            "planes_per_s": round(run / running, 2) if run and running > 0 else None,
+            "planes_to_denoise": len(wanted), "task_seconds": round(counts["busy_s"], 3),
+            "peak_mib_workers": peaks, "peak_mib_command": peak_mib()}
+
+
+def _start(store: Path, replaced: list[Path], info: DatasetInfo, out_dtype: np.dtype, settings: dict[str, Any],
+           cfg: DenoiseConfig, reader: Reader, wanted: list[int], threads: int | None) -> dict[str, Any]:
+    """Decide the engine and precision on the first plane to denoise (timing precisions where ``auto``),
+    then replace what ``--overwrite`` replaces and create the store with the job's record."""
+    from ..datasets.omezarr import OmeZarrWriter
+
+    engine, precision = cfg.engine, cfg.precision
+    if wanted:
+        denoiser = make_denoiser(str(Path(settings["model"])), cfg.engine, cfg.precision, cfg.device, threads,
+                                  cfg.dtype)
+        denoiser(reader.read(wanted[0], wanted[0] + 1)[0])
+        engine, precision = denoiser.engine.name, denoiser.engine.precision
+        log.info("denoising with %s at %s (recorded: a resumed run and every worker use it)", engine, precision)
+        if cfg.scheduler is None and cfg.workers == 1:  # the same engine serves this process's tasks
+            keep(("denoiser", settings["model"], engine, precision, cfg.device, threads, cfg.dtype,
+                   settings["model_card_sha256"]), denoiser)
+        else:
+            denoiser.engine.close()
+    record = {**settings, "engine": engine, "precision": precision, "complete": False, "id": uuid.uuid4().hex,
+              "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "n2n_version": _version()}
+    out_info = dataclasses.replace(info, dtype=out_dtype)  # the input's description, the output's pixels
+    with writing(store.parent):
+        for path in replaced:
+            remove_path(path)
+        OmeZarrWriter.create(store, out_info, out_dtype, extra_attrs={"job": record})
+        (store / PROGRESS_NAME).touch()
+    return record
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("n2n-live")
+    except PackageNotFoundError:
+        return "unknown"

@@ -1,0 +1,162 @@
+"""The task of ``n2n denoise``: the same code in this process and on every Dask worker. Each process keeps
+the open input, output and compiled Denoiser of the job it last ran (one engine per process)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..datasets import open_dataset
+from ..datasets.base import Reader
+from .store import store_job
+
+__all__ = ["Job", "keep", "make_denoiser", "peak_mib", "release", "run_task", "warm_up"]
+
+
+@dataclass(frozen=True)
+class Job:
+    """What a worker needs to run a task (sent to Dask workers, so plain values only)."""
+
+    input: str
+    kind: str
+    model: str
+    store: str
+    engine: str
+    precision: str
+    device: str
+    threads: int | None
+    output_dtype: str
+    channel: int | None
+    """The channel (index along C) denoised; the others are copied. None: every plane is denoised."""
+    id: str
+    """The store's job id (a new one when a store is replaced): what a worker opened for another job is not
+    reused."""
+    model_sha256: str
+
+
+_CACHE: dict[tuple[Any, ...], Any] = {}
+"""Per process: the open input, the compiled Denoiser and the open output of the job last run here."""
+
+
+def _cached(key: tuple[Any, ...], make: Callable[[], Any]) -> Any:
+    if key not in _CACHE:
+        keep(key, make())
+    return _CACHE[key]
+
+
+def _close(value: Any) -> None:
+    if hasattr(value, "close"):
+        value.close()
+    elif hasattr(getattr(value, "engine", None), "close"):
+        value.engine.close()
+
+
+def release() -> None:
+    """Close what this process holds open for the last job (its input, output and engine)."""
+    while _CACHE:
+        _close(_CACHE.popitem()[1])
+
+
+def keep(key: tuple[Any, ...], value: Any) -> None:
+    """Cache ``value``; one of each kind (key[0]) at a time: a new job's releases the last job's."""
+    for old in [k for k in _CACHE if k[0] == key[0] and k != key]:
+        _close(_CACHE.pop(old))
+    _CACHE[key] = value
+
+
+def make_denoiser(model: str, engine: str, precision: str, device: str, threads: int | None,
+                   output_dtype: str) -> Any:
+    from ..engines import create_engine
+    from ..model import ModelCard
+    from ..pipeline import Denoiser
+
+    card = ModelCard.load(model)
+    return Denoiser(card, create_engine(engine, card, precision=precision, device=device, num_threads=threads),
+                    output_dtype=output_dtype)
+
+
+def _denoiser(job: Job) -> Any:
+    key = ("denoiser", job.model, job.engine, job.precision, job.device, job.threads, job.output_dtype,
+           job.model_sha256)
+    return _cached(key, lambda: make_denoiser(*key[1:-1]))
+
+
+def _open(job: Job) -> tuple[Reader, Any]:
+    """This process's input (planes only: a worker needs no per-plane metadata) and output for the job."""
+    from ..datasets.omezarr import OmeZarrWriter
+
+    reader = _cached(("reader", job.input, job.kind, job.id), lambda: open_dataset(job.input, job.kind, False))
+    writer = _cached(("writer", job.store, job.id), lambda: OmeZarrWriter.open(job.store, job.threads))
+    return reader, writer
+
+
+_ENGINE_LOCK = threading.Lock()
+"""One engine per process: tasks running in several threads of one Dask worker take turns with it."""
+
+
+def warm_up(job: Job, plane: int | None) -> None:
+    """Open the input and output and compile the engine on one plane, before the clock starts (run on
+    every Dask worker as it joins, so that planes/s measures work, not start-up)."""
+    reader, _ = _open(job)
+    if plane is not None:
+        with _ENGINE_LOCK:
+            _denoiser(job)(reader.read(plane, plane + 1)[0])
+
+
+def _job_id(store: str) -> str | None:
+    record = store_job(Path(store))
+    return None if record is None else record.get("id")
+
+
+def run_task(job: Job, start: int, stop: int) -> tuple[int, int, int, float]:
+    """Denoise planes ``start:stop`` of the job's input into its store. Returns (start, stop, planes
+    denoised, seconds)."""
+    from ..pipeline import to_dtype
+
+    t0 = time.perf_counter()
+    reader, writer = _open(job)
+    info = reader.info
+    planes = reader.read(start, stop)
+    out_dtype = np.dtype(np.float32) if job.output_dtype == "float32" else info.dtype
+    out = np.empty((len(planes), *info.plane_shape), out_dtype)
+    denoised = 0
+    for i, plane in enumerate(planes):
+        if job.channel is None or info.index(start + i)["C"] == job.channel:
+            with _ENGINE_LOCK:
+                denoiser = _denoiser(job)
+                out[i] = denoiser(plane)
+            if denoiser.engine.precision != job.precision or denoiser.engine.name != job.engine:
+                raise RuntimeError(f"expected the job's engine {job.engine} at {job.precision}, but this worker's "
+                                   f"engine runs {denoiser.engine.name} at {denoiser.engine.precision} "
+                                   f"({denoiser.engine.precision_note}); its pixels would differ")
+            denoised += 1
+        else:
+            out[i] = to_dtype(np.asarray(plane, np.float32), out_dtype) if plane.dtype != out_dtype else plane
+    if _job_id(job.store) != job.id:  # the store was replaced since (a rerun with --overwrite): keep out of it
+        raise RuntimeError(f"{job.store} now belongs to another run; planes {start}:{stop} of this one were "
+                           "not written")
+    writer.write(start, out)
+    return start, stop, denoised, time.perf_counter() - t0
+
+
+def peak_mib() -> float:
+    """This process's peak resident memory so far, in MiB: ``VmHWM`` where there is a /proc (``ru_maxrss``
+    would count a spawned worker's parent too: Linux carries it over an exec)."""
+    import resource
+    import sys
+
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 2**10, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
