@@ -131,7 +131,7 @@ def decode_header(part: bytes | memoryview) -> dict[str, Any]:
     seq = header.get("seq")
     seq = seq if isinstance(seq, int) and not isinstance(seq, bool) else None
     v = header.get("v")
-    if v != PROTOCOL_VERSION:
+    if type(v) is not int or v != PROTOCOL_VERSION:  # JSON true equals 1 in Python: not a version number
         raise ProtocolError("bad_version", f"expected protocol version v={PROTOCOL_VERSION}, got v={v!r}", seq)
     return header
 

@@ -54,6 +54,7 @@ __all__ = ["Server", "running_server", "load_denoiser"]
 log = logging.getLogger("n2n.streamer")
 
 _DRAIN_LIMIT = 10_000  # messages read in one turn at most (a flood cannot starve the loop)
+_CONTROL_MAX_BYTES = 64 * 1024  # a control command is a small JSON object
 
 
 def load_denoiser(model_dir: str | Path, config: ServeConfig, engine: str | None = None) -> Denoiser:
@@ -372,12 +373,19 @@ class Server:
                 self.subscribers += 1 if event[:1] == b"\x01" else -1
 
     def _on_control(self) -> None:
+        """One command in, one reply out, whatever arrives: the whole message is always read (a REP socket
+        that leaves parts unread cannot reply), and a reply that cannot be sent is counted, not raised."""
         sock = self._sockets["control"]
         try:
-            raw = sock.recv(zmq.NOBLOCK)
+            parts = sock.recv_multipart(zmq.NOBLOCK)
         except zmq.Again:
             return
         try:
+            if len(parts) != 1:
+                raise ValueError(f"expected one part (a JSON object), got {len(parts)} parts")
+            raw = parts[0]
+            if len(raw) > _CONTROL_MAX_BYTES:
+                raise ValueError(f"expected at most {_CONTROL_MAX_BYTES} bytes, got {len(raw)}")
             request = json.loads(raw)
             if not isinstance(request, dict):
                 raise ValueError(f"expected a JSON object, got a JSON {type(request).__name__}")
@@ -388,7 +396,11 @@ class Server:
         except Exception as exc:  # a failed swap etc.: say why, keep serving
             log.warning("control command failed: %s", exc)
             reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-        sock.send(json.dumps(reply).encode())
+        try:
+            sock.send(json.dumps(reply, default=str).encode())
+        except zmq.ZMQError as exc:  # the peer is gone or the socket's state is off: count it, keep serving
+            self.stats.on_error("control_reply_failed")
+            self._log_error("control_reply_failed", f"control reply not sent ({exc})")
 
     def _command(self, request: dict[str, Any]) -> dict[str, Any]:
         cmd = request.get("cmd")

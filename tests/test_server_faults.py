@@ -1,0 +1,61 @@
+"""Faults a real server must survive, over real sockets on 127.0.0.1: whatever arrives on a socket, it keeps
+serving and says what was wrong."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import zmq
+from serverkit import camera_frames, config
+
+from streamer.client import StreamClient
+from streamer.protocol import ProtocolError, decode_header
+from streamer.server import running_server
+
+
+@pytest.fixture(scope="module")
+def run(trained_run: dict[str, Path]) -> Path:
+    return trained_run["run"]
+
+
+def control_exchange(address: str, parts: list[bytes]) -> dict:
+    """Send ``parts`` as one message on a REQ socket and return the reply."""
+    ctx = zmq.Context()
+    req = ctx.socket(zmq.REQ)
+    try:
+        req.connect(address)
+        req.send_multipart(parts)
+        assert req.poll(5000), "no reply from the control socket"
+        return json.loads(req.recv())
+    finally:
+        req.close(linger=0)
+        ctx.term()
+
+
+@pytest.mark.parametrize(("parts", "expected"), [
+    ([b'{"cmd": "status"}', b"extra"], "expected one part (a JSON object), got 2 parts"),
+    ([b"a", b"b", b"c", b"d"], "expected one part (a JSON object), got 4 parts"),
+    ([b'{"cmd": "status", "pad": "' + b"x" * 70_000 + b'"}'], "expected at most 65536 bytes, got 70028"),
+])
+def test_a_malformed_control_message_is_answered_and_the_server_keeps_serving(run: Path, parts: list[bytes],
+                                                                              expected: str) -> None:
+    with running_server(run, config()) as server, StreamClient(server.endpoints) as client:
+        reply = control_exchange(server.endpoints["control"], parts)
+        status = client.status()
+        frame = camera_frames(1)[0]
+        result = client.request(frame)
+
+    assert reply["ok"] is False and expected in reply["error"]
+    assert status["errors_by_kind"] == {"bad_control": 1}
+    assert result.pixels.shape == frame.shape
+
+
+@pytest.mark.parametrize("version", ["true", "1.0", '"1"'])
+def test_a_version_that_only_looks_like_1_is_refused(version: str) -> None:
+    head = ('{"v": ' + version + ', "seq": 1, "shape": [8, 8], "dtype": "uint16"}').encode()
+
+    with pytest.raises(ProtocolError, match="expected protocol version v=1") as caught:
+        decode_header(head)
+    assert caught.value.code == "bad_version"
