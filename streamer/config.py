@@ -206,9 +206,10 @@ class ServeConfig(_Versioned):
     queue_size: int = Field(4, ge=1)
     """Lossless mode: frames held in the server before the producer is made to wait."""
     max_batch: int = Field(4, ge=1, le=64)
-    """Lossless mode: this many frames already waiting (at most queue_size), of one shape and dtype and at most
-    batch_max_pixels each, run as one engine batch (1: never). Measured: +13-19% frames/s at 128², +1% at
-    256², 0 to -15% at 512²."""
+    """The most images one engine call takes: frames (lossless mode: this many frames already waiting, at most
+    queue_size, of one shape and dtype and at most batch_max_pixels each; 1: never; measured +13-19% frames/s
+    at 128², +1% at 256², 0 to -15% at 512²) or the tiles of one large frame (so that the engine's memory is
+    bounded by this many tiles, not by the frame's area)."""
     batch_max_pixels: int = Field(128 * 128, ge=1)
     """Only frames this small are batched: larger ones keep the cores busy on their own."""
     max_message_bytes: int = Field(256 * 2**20, ge=1024)

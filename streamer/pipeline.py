@@ -115,7 +115,7 @@ class Denoiser:
     """Normalise → (tile) → engine → (stitch) → denormalise → output dtype."""
 
     def __init__(self, card: ModelCard, engine: Engine, tile_size: int | None = None,
-                 tile_overlap: int | None = None, output_dtype: str = "same") -> None:
+                 tile_overlap: int | None = None, output_dtype: str = "same", max_tiles: int | None = None) -> None:
         if output_dtype not in ("same", "float32"):
             raise ValueError(f"expected output_dtype 'same' or 'float32', got {output_dtype!r}")
         self.card = card
@@ -129,6 +129,9 @@ class Denoiser:
             logging.getLogger("n2n.streamer").warning(
                 "tile overlap %d is below the U-Net's reach %d: tile borders may show", self.margin, card.reach)
         self.output_dtype = output_dtype
+        self.max_tiles = max_tiles
+        """Tiles per engine call at most (None: all of a frame's): the engine's memory is bounded by this
+        many tiles, not by the frame's area."""
         self._scale = np.float32(1.0 / card.std)
         self._offset = np.float32(-card.mean / card.std)
         self._plans: dict[tuple[int, int], TilePlan] = {}
@@ -157,13 +160,36 @@ class Denoiser:
         dtype = np.dtype(sample.dtype if sample is not None else self.card.input_dtype or "float32")
         framed = self._framed(plan, dtype)
         if not (framed and self.engine.precision_decided):  # the frame path alone needs no float model
-            calib = self.preprocess(sample, plan) if sample is not None else None
-            self.engine.prepare(plan.batch_shape, calib)
+            calib = self.preprocess(sample, plan)[: self._chunk(plan)] if sample is not None else None
+            self.engine.prepare(self._engine_shape(plan), calib)
         if framed:
             self.engine.infer_frames(np.zeros(plan.batch_shape, dtype), self.card.mean, self.card.std,
                                      self._out_dtype(dtype).name)
         self._prepared.add((tuple(shape), dtype.name))
         return plan
+
+    def _chunk(self, plan: TilePlan) -> int:
+        """Tiles per engine call for this plan."""
+        n = plan.batch_shape[0]
+        return n if self.max_tiles is None else max(1, min(n, self.max_tiles))
+
+    def _engine_shape(self, plan: TilePlan) -> tuple[int, int, int, int]:
+        return (self._chunk(plan), *plan.batch_shape[1:])
+
+    def _infer_tiles(self, batch: np.ndarray, plan: TilePlan) -> np.ndarray:
+        """The engine on a frame's tiles, ``max_tiles`` at a time (the last call padded with copies of its
+        last tile, so that one compiled shape serves every call)."""
+        k = self._chunk(plan)
+        if len(batch) <= k:
+            return self.engine.infer(batch)
+        out = np.empty_like(batch)
+        for i in range(0, len(batch), k):
+            part = batch[i : i + k]
+            n = len(part)
+            if n < k:
+                part = np.concatenate([part, np.repeat(part[-1:], k - n, axis=0)])
+            out[i : i + n] = self.engine.infer(part)[:n]
+        return out
 
     def _framed(self, plan: TilePlan, dtype: np.dtype) -> bool:
         """Whether frames of this plan and dtype take the engine's frame path (conversion in the engine)."""
@@ -229,7 +255,7 @@ class Denoiser:
             return out
         batch = self.preprocess(pixels, plan)
         t.preprocessed = time.time_ns()
-        out = self.engine.infer(batch)
+        out = self._infer_tiles(batch, plan)
         t.inferred = time.time_ns()
         result = self.postprocess(self.stitch(out, plan), pixels.dtype)
         t.postprocessed = time.time_ns()
@@ -271,4 +297,5 @@ class Denoiser:
 
     def info(self) -> dict[str, Any]:
         return {"model": self.card.name, "model_dir": str(self.card.run_dir), **self.engine.info(),
-                "tile_size": self.tile_size, "tile_overlap": self.margin, "output_dtype": self.output_dtype}
+                "tile_size": self.tile_size, "tile_overlap": self.margin, "output_dtype": self.output_dtype,
+                "max_tiles": self.max_tiles}

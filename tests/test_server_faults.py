@@ -59,3 +59,26 @@ def test_a_version_that_only_looks_like_1_is_refused(version: str) -> None:
     with pytest.raises(ProtocolError, match="expected protocol version v=1") as caught:
         decode_header(head)
     assert caught.value.code == "bad_version"
+
+
+def test_a_large_frame_runs_its_tiles_a_few_at_a_time_with_the_same_result(run: Path) -> None:
+    """The engine never sees more than max_tiles tiles at once, however large the frame; the stitched frame is
+    the one all tiles at once give."""
+    from streamer.engines import create_engine
+    from streamer.model import ModelCard
+    from streamer.pipeline import Denoiser
+
+    card = ModelCard.load(run)
+    frame = camera_frames(1, size=160)[0]
+    shapes: list[tuple[int, ...]] = []
+    whole = Denoiser(card, create_engine("onnxruntime", card, precision="fp32", num_threads=1), tile_size=48)
+    chunked = Denoiser(card, create_engine("onnxruntime", card, precision="fp32", num_threads=1), tile_size=48,
+                       max_tiles=3)
+    infer = chunked.engine.infer
+    chunked.engine.infer = lambda batch: (shapes.append(batch.shape), infer(batch))[1]  # type: ignore[method-assign]
+
+    a, b = whole(frame), chunked(frame)
+
+    n_tiles = whole.plan(frame.shape).batch_shape[0]
+    assert n_tiles > 3 and {s[0] for s in shapes} == {3} and len(shapes) == -(-n_tiles // 3)
+    assert (a == b).all()
