@@ -210,6 +210,9 @@ class ServeConfig(_Versioned):
     queue_size, of one shape and dtype and at most batch_max_pixels each; 1: never; measured +13-19% frames/s
     at 128², +1% at 256², 0 to -15% at 512²) or the tiles of one large frame (so that the engine's memory is
     bounded by this many tiles, not by the frame's area)."""
+    max_shapes: int = Field(8, ge=1)
+    """Frame shapes kept compiled at most; a new one beyond releases the least recently used (memory stays
+    bounded however many shapes arrive, and a swap compiles at most this many)."""
     batch_max_pixels: int = Field(128 * 128, ge=1)
     """Only frames this small are batched: larger ones keep the cores busy on their own."""
     max_message_bytes: int = Field(256 * 2**20, ge=1024)

@@ -115,7 +115,8 @@ class Denoiser:
     """Normalise → (tile) → engine → (stitch) → denormalise → output dtype."""
 
     def __init__(self, card: ModelCard, engine: Engine, tile_size: int | None = None,
-                 tile_overlap: int | None = None, output_dtype: str = "same", max_tiles: int | None = None) -> None:
+                 tile_overlap: int | None = None, output_dtype: str = "same", max_tiles: int | None = None,
+                 max_shapes: int | None = None) -> None:
         if output_dtype not in ("same", "float32"):
             raise ValueError(f"expected output_dtype 'same' or 'float32', got {output_dtype!r}")
         self.card = card
@@ -130,6 +131,11 @@ class Denoiser:
                 "tile overlap %d is below the U-Net's reach %d: tile borders may show", self.margin, card.reach)
         self.output_dtype = output_dtype
         self.max_tiles = max_tiles
+        self.max_shapes = max_shapes
+        """Frame shapes kept compiled at most (None: all): a new shape beyond it releases the least recently
+        used one (its plan and what the engine compiled for it), so memory does not grow with every shape seen
+        and a swap compiles at most this many."""
+        self.evicted = 0
         """Tiles per engine call at most (None: all of a frame's): the engine's memory is bounded by this
         many tiles, not by the frame's area."""
         self._scale = np.float32(1.0 / card.std)
@@ -147,11 +153,20 @@ class Denoiser:
         return self.card.size_multiple
 
     def plan(self, shape: tuple[int, int]) -> TilePlan:
-        plan = self._plans.get(shape)
+        plan = self._plans.pop(shape, None)  # popped and put back: the most recently used is last
         if plan is None:
             plan = TilePlan.make(shape, self.tile_size, self.margin, self.card.size_multiple)
-            self._plans[shape] = plan
+            if self.max_shapes is not None:
+                while len(self._plans) >= self.max_shapes:
+                    self._evict(next(iter(self._plans)))
+        self._plans[shape] = plan
         return plan
+
+    def _evict(self, shape: tuple[int, int]) -> None:
+        old = self._plans.pop(shape)
+        self._prepared = {p for p in self._prepared if p[0] != tuple(shape)}
+        self.engine.forget(*old.tile)
+        self.evicted += 1
 
     def prepare(self, shape: tuple[int, int], sample: np.ndarray | None = None) -> TilePlan:
         """Compile the engine for frames of ``shape`` (a real ``sample`` frame calibrates precision), and
@@ -298,4 +313,4 @@ class Denoiser:
     def info(self) -> dict[str, Any]:
         return {"model": self.card.name, "model_dir": str(self.card.run_dir), **self.engine.info(),
                 "tile_size": self.tile_size, "tile_overlap": self.margin, "output_dtype": self.output_dtype,
-                "max_tiles": self.max_tiles}
+                "max_tiles": self.max_tiles, "max_shapes": self.max_shapes, "shapes_evicted": self.evicted}

@@ -62,7 +62,8 @@ def load_denoiser(model_dir: str | Path, config: ServeConfig, engine: str | None
     card = ModelCard.load(model_dir)
     eng = create_engine(engine or config.engine, card, precision=config.precision, device=config.device,
                         num_threads=config.num_threads, min_psnr_db=config.min_precision_psnr_db)
-    return Denoiser(card, eng, config.tile_size, config.tile_overlap, config.output_dtype, max_tiles=config.max_batch)
+    return Denoiser(card, eng, config.tile_size, config.tile_overlap, config.output_dtype, max_tiles=config.max_batch,
+                    max_shapes=config.max_shapes)
 
 
 class Server:

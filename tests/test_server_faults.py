@@ -82,3 +82,25 @@ def test_a_large_frame_runs_its_tiles_a_few_at_a_time_with_the_same_result(run: 
     n_tiles = whole.plan(frame.shape).batch_shape[0]
     assert n_tiles > 3 and {s[0] for s in shapes} == {3} and len(shapes) == -(-n_tiles // 3)
     assert (a == b).all()
+
+
+def test_compiled_shapes_are_bounded_and_the_least_recently_used_goes(run: Path) -> None:
+    """Every new frame shape compiles; beyond max_shapes the least recently used one is released, so memory
+    does not grow with the shapes seen, and a released shape still denoises the same when it comes back."""
+    from streamer.engines import create_engine
+    from streamer.model import ModelCard
+    from streamer.pipeline import Denoiser
+
+    card = ModelCard.load(run)
+    den = Denoiser(card, create_engine("openvino", card, precision="fp32", num_threads=1), max_shapes=2)
+    frames = {size: camera_frames(1, size=size)[0] for size in (32, 48, 64)}
+    first = den(frames[32])
+    den(frames[48])
+    den(frames[32])  # used again: 48 is now the least recently used
+
+    den(frames[64])
+
+    assert sorted(den.shapes) == [(32, 32), (64, 64)] and den.evicted == 1
+    assert {tuple(s[-2:]) for s in den.engine.info()["shapes"]} == {(32, 32), (64, 64)}
+    assert (den(frames[48]) == den(frames[48])).all() and (den(frames[32]) == first).all()
+    assert den.evicted == 3 and len(den.shapes) == 2

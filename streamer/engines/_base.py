@@ -218,6 +218,16 @@ class Engine(ABC):
                 "precision_note": self.precision_note, "threads": self.num_threads,
                 "shapes": [list(s) for s in self._compiled]}
 
+    def forget(self, height: int, width: int) -> int:
+        """Release what was compiled for images of ``height`` × ``width`` (every batch size); the precision
+        stays decided. Returns how many compiled shapes went."""
+        gone = [s for s in self._compiled if tuple(s[-2:]) == (height, width)]
+        for shape in gone:
+            del self._compiled[shape]
+            if shape == self._current:
+                self._current = None
+        return len(gone)
+
     def close(self) -> None:
         self._compiled.clear()
         self._current = None

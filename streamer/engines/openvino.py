@@ -157,6 +157,11 @@ class OpenVINOEngine(Engine):
         config = self._config(hint)
         return self._core.compile_model(ppp.build(), "CPU", config).create_infer_request()
 
+    def forget(self, height: int, width: int) -> int:
+        for key in [k for k in self._framed if tuple(k[0][-2:]) == (height, width)]:
+            del self._framed[key]
+        return super().forget(height, width)
+
     def close(self) -> None:
         super().close()
         self._framed.clear()
