@@ -3,9 +3,13 @@ serving and says what was wrong."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import zmq
 from serverkit import camera_frames, config
@@ -104,3 +108,58 @@ def test_compiled_shapes_are_bounded_and_the_least_recently_used_goes(run: Path)
     assert {tuple(s[-2:]) for s in den.engine.info()["shapes"]} == {(32, 32), (64, 64)}
     assert (den(frames[48]) == den(frames[48])).all() and (den(frames[32]) == first).all()
     assert den.evicted == 3 and len(den.shapes) == 2
+
+
+@pytest.mark.parametrize(("image", "reason"), [
+    (np.zeros((32, 32, 3), np.uint8), "expected a single-channel 2-D image, got shape (32, 32, 3)"),
+    (np.zeros((32, 32, 4), np.uint8), "expected a single-channel 2-D image, got shape (32, 32, 4)"),
+    (np.zeros((32, 32), np.int8), "got int8"),
+    (np.zeros((32, 32), bool), "got bool"),
+    (np.zeros((32, 32), np.float16), "got float16"),
+    (np.zeros((32, 32), np.uint64), "got uint64"),
+])
+def test_the_hook_keeps_any_image_it_cannot_denoise_raw_and_never_raises(run: Path, image: np.ndarray,
+                                                                         reason: str) -> None:
+    from streamer.micromanager import denoise_hook
+
+    with running_server(run, config()) as server, denoise_hook(server.endpoints) as hook:
+        out, meta = hook(image, {"ImageNumber": "0"})
+        good, good_meta = hook(camera_frames(1, size=32)[0], {})
+
+    assert out is image and meta["n2n-denoised"] is False and reason in meta["n2n-error"]
+    assert good_meta["n2n-denoised"] is True and hook.errors == 1 and hook.denoised == 1
+
+
+def test_the_hook_stops_waiting_on_a_dead_server_and_comes_back_when_it_does(run: Path) -> None:
+    """Circuit breaker: after one frame that waited the timeout, frames are kept raw at once until the next
+    try; once the server answers, frames are denoised again."""
+    from streamer.config import Endpoints
+    from streamer.micromanager import denoise_hook
+
+    with socket_free_address() as address:
+        frames = camera_frames(20, size=32)
+        hook = denoise_hook(address, timeout_s=0.3)
+        results = [hook(f, {})[1] for f in frames]
+        assert hook.errors == 20 and hook.skipped >= 18, "only the first frame(s) may wait for the timeout"
+        assert "server unavailable" in results[-1]["n2n-error"]
+        endpoints = Endpoints.local().model_dump()
+        endpoints["request"] = address
+        with running_server(run, config(endpoints=endpoints)):
+            deadline = time.monotonic() + 20
+            while hook.denoised == 0 and time.monotonic() < deadline:
+                hook(frames[0], {})
+                time.sleep(0.05)
+        hook.close()
+
+    assert hook.denoised >= 1 and hook._backoff_s == 0.0
+
+
+@contextlib.contextmanager
+def socket_free_address() -> Iterator[str]:
+    """A loopback TCP address nothing listens on (yet)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    yield f"tcp://127.0.0.1:{port}"

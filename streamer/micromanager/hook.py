@@ -10,9 +10,12 @@
 
 The hook sends the image to the server's request/reply socket and returns one
 ``(image, metadata)`` tuple of the input's dtype (what both pycromanager backends require).
-If the server does not answer in time or refuses the frame, the raw image is returned with
-``n2n-denoised: false`` and the reason in its metadata (the acquisition is never lost or
-aborted), and ``hook.errors`` counts it. ``keep_raw="raw.ome.tif"`` also saves every raw image.
+Whatever happens it never raises (an exception would abort the acquisition): if the server does not
+answer in time or refuses the frame, or the image is not one the server takes (RGB, a dtype outside the
+wire protocol's), the raw image is returned with ``n2n-denoised: false`` and the reason in its metadata,
+and ``hook.errors`` counts it. After a server that did not answer, the hook stops waiting on every frame:
+frames are kept raw at once (``hook.skipped``) until a retry, after 1 s, then 2, 4, … up to 30 s between
+tries, and the first answer ends it. ``keep_raw="raw.ome.tif"`` also saves every raw image.
 """
 
 from __future__ import annotations
@@ -27,11 +30,14 @@ import numpy as np
 
 from ..client import ServerError, StreamClient
 from ..pipeline import to_dtype
+from ..protocol import DTYPES
 from ..sources import OmeTiffWriter
 
 __all__ = ["DenoiseHook", "denoise_hook"]
 
 log = logging.getLogger("n2n.micromanager")
+
+_MAX_BACKOFF_S = 30.0
 
 
 class DenoiseHook:
@@ -48,7 +54,10 @@ class DenoiseHook:
         self.denoised = 0
         self.errors = 0
         self.raw_errors = 0  # raw frames that could not be saved (keep_raw)
+        self.skipped = 0  # kept raw without asking: the server was down and the next try not due yet
         self.last_error: str | None = None
+        self._backoff_s = 0.0
+        self._retry_at = 0.0
         self._client: StreamClient | None = None
         self._raw: OmeTiffWriter | None = None
         self._lock = threading.Lock()
@@ -61,36 +70,60 @@ class DenoiseHook:
     def __call__(self, image: np.ndarray, metadata: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
         with self._lock:  # pycromanager calls from one thread; be safe if a user shares the hook
             self.frames += 1
-            meta = dict(metadata) if metadata is not None else {}
-            image = np.asarray(image)
-            if self.keep_raw is not None:
-                try:
-                    if self._raw is None:
-                        self._raw = OmeTiffWriter(self.keep_raw, image.shape[-2:], image.dtype, name="raw")
-                    self._raw.write(image.reshape(image.shape[-2:]), _plain(meta))
-                except (OSError, ValueError) as exc:  # disk full, a new ROI size: never abort the acquisition
-                    self.raw_errors += 1
-                    if self.raw_errors <= 10:
-                        log.warning("raw frame %d not saved to %s: %s", self.frames, self.keep_raw, exc)
-                    meta["n2n-raw-saved"] = False
-            small: dict[str, Any] = {k: meta[k] for k in ("ImageNumber", "Axes", "Camera") if k in meta}
-            t0 = time.perf_counter()
+            meta = dict(metadata) if isinstance(metadata, dict) else {}
             try:
-                out = self._request(image.reshape(image.shape[-2:]), _plain(small))
-            except (TimeoutError, ServerError, OSError) as exc:
-                self.errors += 1
-                self.last_error = str(exc)
-                if self.errors <= 10 or self.errors % 100 == 0:
-                    log.warning("frame %d not denoised (kept raw): %s", self.frames, exc)
-                if isinstance(exc, TimeoutError) and self._client is not None:
-                    self._client.close()  # a fresh socket for the next frame
-                    self._client = None
-                meta.update({"n2n-denoised": False, "n2n-error": str(exc)})
-                return image, meta
-            out = to_dtype(out, image.dtype)  # a server set to float32 output: back to the camera's type
-            self.denoised += 1
-            meta.update({"n2n-denoised": True, "n2n-latency-ms": round((time.perf_counter() - t0) * 1000, 3)})
-            return out.reshape(image.shape), meta
+                return self._denoise(np.asarray(image), meta)
+            except Exception as exc:  # anything unforeseen: the acquisition goes on with the raw image
+                return self._kept_raw(image, meta, f"{type(exc).__name__}: {exc}")
+
+    def _kept_raw(self, image: Any, meta: dict[str, Any], reason: str, skipped: bool = False) -> tuple[Any, dict]:
+        self.errors += 1
+        self.skipped += skipped
+        self.last_error = reason
+        if not skipped and (self.errors <= 10 or self.errors % 100 == 0):
+            log.warning("frame %d not denoised (kept raw): %s", self.frames, reason)
+        meta.update({"n2n-denoised": False, "n2n-error": reason})
+        return image, meta
+
+    def _denoise(self, image: np.ndarray, meta: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
+        squeezed = image.reshape([n for n in image.shape if n != 1] or [1]) if image.ndim > 2 else image
+        if self.keep_raw is not None:  # every frame, whatever comes of it
+            try:
+                if self._raw is None:
+                    self._raw = OmeTiffWriter(self.keep_raw, squeezed.shape, image.dtype, name="raw")
+                self._raw.write(squeezed, _plain(meta))
+            except (OSError, ValueError) as exc:  # disk full, a new ROI size: never abort the acquisition
+                self.raw_errors += 1
+                if self.raw_errors <= 10:
+                    log.warning("raw frame %d not saved to %s: %s", self.frames, self.keep_raw, exc)
+                meta["n2n-raw-saved"] = False
+        if squeezed.ndim != 2:
+            return self._kept_raw(image, meta, f"expected a single-channel 2-D image, got shape {image.shape} "
+                                               "(RGB or several channels are not denoised)")
+        if image.dtype.name not in DTYPES:
+            return self._kept_raw(image, meta, f"expected pixels of one of {', '.join(DTYPES)}, got {image.dtype}")
+        now = time.monotonic()
+        if now < self._retry_at:
+            return self._kept_raw(image, meta, f"server unavailable ({self.last_error}); next try in "
+                                               f"{self._retry_at - now:.1f} s", skipped=True)
+        small: dict[str, Any] = {k: meta[k] for k in ("ImageNumber", "Axes", "Camera") if k in meta}
+        t0 = time.perf_counter()
+        try:
+            out = self._request(squeezed, _plain(small))
+        except ServerError as exc:  # the server answered: it is up, this frame was refused
+            return self._kept_raw(image, meta, str(exc))
+        except (TimeoutError, OSError) as exc:  # no answer: back off before waiting on the server again
+            if self._client is not None:
+                self._client.close()  # a fresh socket for the next try
+                self._client = None
+            self._backoff_s = min(_MAX_BACKOFF_S, max(1.0, 2 * self._backoff_s))
+            self._retry_at = time.monotonic() + self._backoff_s
+            return self._kept_raw(image, meta, str(exc))
+        self._backoff_s = 0.0
+        out = to_dtype(out, image.dtype)  # a server set to float32 output: back to the camera's type
+        self.denoised += 1
+        meta.update({"n2n-denoised": True, "n2n-latency-ms": round((time.perf_counter() - t0) * 1000, 3)})
+        return out.reshape(image.shape), meta
 
     def close(self) -> None:
         """Close the socket and finish the raw file (call after the acquisition)."""
