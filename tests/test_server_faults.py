@@ -124,7 +124,7 @@ def test_the_hook_keeps_any_image_it_cannot_denoise_raw_and_never_raises(run: Pa
 
     with running_server(run, config()) as server, denoise_hook(server.endpoints) as hook:
         out, meta = hook(image, {"ImageNumber": "0"})
-        good, good_meta = hook(camera_frames(1, size=32)[0], {})
+        _, good_meta = hook(camera_frames(1, size=32)[0], {})
 
     assert out is image and meta["n2n-denoised"] is False and reason in meta["n2n-error"]
     assert good_meta["n2n-denoised"] is True and hook.errors == 1 and hook.denoised == 1
