@@ -210,6 +210,10 @@ class ServeConfig(_Versioned):
     queue_size, of one shape and dtype and at most batch_max_pixels each; 1: never; measured +13-19% frames/s
     at 128², +1% at 256², 0 to -15% at 512²) or the tiles of one large frame (so that the engine's memory is
     bounded by this many tiles, not by the frame's area)."""
+    slow_subscriber_timeout_s: float = Field(2.0, gt=0)
+    """Lossless mode: how long a denoised frame waits for a subscriber with no room (requests, stats and
+    control are served meanwhile); then it is dropped and counted (``slow_subscriber``), and so is every
+    frame after it until the subscriber has room again: one stalled viewer never stops the server."""
     max_shapes: int = Field(8, ge=1)
     """Frame shapes kept compiled at most; a new one beyond releases the least recently used (memory stays
     bounded however many shapes arrive, and a swap compiles at most this many)."""

@@ -82,6 +82,8 @@ class Server:
         self._queue: deque[tuple[Message, list[Any] | None]] = deque()
         self._stop = threading.Event()
         self._closed = False
+        self._stalled = False  # lossless: a subscriber has been past its wait; frames drop until it reads
+        self._next_stats = 0.0
         self._error_logs: dict[str, int] = {}
         self._warned_dtypes: set[str] = set()
 
@@ -166,11 +168,11 @@ class Server:
         for name in ("control", "request", "input", "output"):
             poller.register(s[name], zmq.POLLIN)
         interval = self.config.stats_interval_s
-        next_stats = time.monotonic() + interval
+        self._next_stats = time.monotonic() + interval
         log.info("serving %s (%s mode) on %s", self.denoiser.card.name, self.config.mode, self.endpoints["input"])
         while not self._stop.is_set():
             now = time.monotonic()
-            wait_ms = 0 if self._queue else max(0, min(100, int((next_stats - now) * 1000)))
+            wait_ms = 0 if self._queue else max(0, min(100, int((self._next_stats - now) * 1000)))
             events = dict(poller.poll(wait_ms))
             if s["control"] in events:
                 self._on_control()
@@ -189,9 +191,8 @@ class Server:
                     self._process_batch(batch)
                 else:
                     self._process(batch[0], None)
-            if time.monotonic() >= next_stats:
+            if time.monotonic() >= self._next_stats:
                 self._publish_stats()
-                next_stats = time.monotonic() + interval
         if self.config.mode == "lossless" and self._queue:
             log.info("finishing %d frames already accepted before stopping", len(self._queue))
             while self._queue:
@@ -317,31 +318,57 @@ class Server:
             self._sockets["request"].send_multipart([*envelope, head, body], copy=False)
         # a request's result goes back to its caller; on the output it is a 'reply' (viewers may watch it),
         # never a 'frame': a consumer of the stream must not take it for the result of a frame it pushed
-        published = self._send_output([TOPIC_REPLY if envelope is not None else TOPIC_FRAME, head, body])
-        if not published and envelope is None:
-            self.stats.on_dropped()  # denoised but never delivered (stopping with a stalled subscriber)
-            return
+        if envelope is not None:  # viewers may watch replies, never worth waiting for: the caller has its own
+            self._publish_now([TOPIC_REPLY, head, body])
+        else:
+            dropped = self._send_output([TOPIC_FRAME, head, body])
+            if dropped is not None:
+                self.stats.on_dropped(reason=dropped)  # denoised, never delivered
+                return
         stages["sent"] = sent
         self.stats.on_done(stages, h.get("ts_ns"), request=envelope is not None)
 
-    def _send_output(self, parts: list[Any]) -> bool:
-        """Publish; in lossless mode wait for a slow subscriber (answering control meanwhile).
-        False when the server is stopping and the subscriber still has no room."""
-        sock = self._sockets["output"]
-        poller: zmq.Poller | None = None
-        while True:
-            try:
-                sock.send_multipart(parts, zmq.NOBLOCK, copy=False)
-                return True
-            except zmq.Again:  # lossless: a subscriber is behind; wait for it (not forever if stopping)
-                if self._stop.is_set():
-                    return False
-                if poller is None:  # while waiting, keep answering commands (status, shutdown)
-                    poller = zmq.Poller()
-                    poller.register(sock, zmq.POLLOUT)
-                    poller.register(self._sockets["control"], zmq.POLLIN)
-                if self._sockets["control"] in dict(poller.poll(100)):
-                    self._on_control()
+    def _publish_now(self, parts: list[Any]) -> bool:
+        try:
+            self._sockets["output"].send_multipart(parts, zmq.NOBLOCK, copy=False)
+            return True
+        except zmq.Again:
+            return False
+
+    def _send_output(self, parts: list[Any]) -> str | None:
+        """Publish a frame; None when it went, else why it was dropped. Live mode drops at a full subscriber
+        (ZeroMQ's high-water mark) by itself. Lossless mode waits for a slow subscriber, up to
+        ``slow_subscriber_timeout_s``, serving control, requests and stats meanwhile; past it the frame and
+        every frame after it are dropped (counted) until the subscriber has room again."""
+        if self._publish_now(parts):
+            self._stalled = False
+            return None
+        if self.config.mode != "lossless":
+            return "slow_subscriber"
+        if self._stalled or self._stop.is_set():
+            return "slow_subscriber" if self._stalled else "stopping"
+        s = self._sockets
+        poller = zmq.Poller()
+        poller.register(s["output"], zmq.POLLOUT)
+        for name in ("control", "request"):
+            poller.register(s[name], zmq.POLLIN)
+        deadline = time.monotonic() + self.config.slow_subscriber_timeout_s
+        while time.monotonic() < deadline:
+            if self._stop.is_set():
+                return "stopping"
+            events = dict(poller.poll(50))
+            if s["control"] in events:
+                self._on_control()
+            if s["request"] in events:
+                self._on_request()
+            if s["output"] in events and self._publish_now(parts):
+                return None
+            if time.monotonic() >= self._next_stats:
+                self._publish_stats()
+        self._stalled = True  # from now on drop at once, until a frame goes through again
+        log.warning("a subscriber took no frame for %.1f s: dropping frames until it reads again",
+                    self.config.slow_subscriber_timeout_s)
+        return "slow_subscriber"
 
     def _reject(self, exc: ProtocolError, envelope: list[Any] | None) -> None:
         self.stats.on_error(exc.code)
@@ -439,6 +466,7 @@ class Server:
                                    model=info["model"], shapes=info["shapes"], endpoints=self.endpoints)
 
     def _publish_stats(self) -> None:
+        self._next_stats = time.monotonic() + self.config.stats_interval_s
         try:
             self._sockets["stats"].send_multipart([TOPIC_STATS, json.dumps(self.status()).encode()], zmq.NOBLOCK)
         except zmq.Again:

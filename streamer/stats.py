@@ -60,6 +60,7 @@ class ServerStats:
         self.frames_out = 0
         self.requests = 0
         self.drops = 0
+        self.drops_by_reason: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
         self.queue_depth = 0
         self.swaps = 0
@@ -74,8 +75,11 @@ class ServerStats:
         self.frames_in += n
         self.rate_in.tick(n=n)
 
-    def on_dropped(self, n: int = 1) -> None:
+    def on_dropped(self, n: int = 1, reason: str = "input") -> None:
+        """Frames lost: at the input (live mode: a newer frame came), or after denoising (``slow_subscriber``:
+        a lossless subscriber past its wait; ``stopping``)."""
         self.drops += n
+        self.drops_by_reason[reason] += n
 
     def on_error(self, code: str) -> None:
         self.errors[code] += 1
@@ -116,6 +120,7 @@ class ServerStats:
             "server_ms": percentiles(self.server_ms),
             "stages_ms": {s: percentiles(v, (50,))["p50"] for s, v in self.stage_ms.items()},
             "drops": self.drops,
+            "drops_by_reason": dict(self.drops_by_reason),
             "drop_fraction": round(self.drops / seen, 4) if seen else 0.0,
             "errors": sum(self.errors.values()),
             "errors_by_kind": dict(self.errors),

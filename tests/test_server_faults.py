@@ -163,3 +163,50 @@ def socket_free_address() -> Iterator[str]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     yield f"tcp://127.0.0.1:{port}"
+
+
+def test_a_stalled_subscriber_in_lossless_mode_never_stops_the_server(run: Path) -> None:
+    """A viewer subscribes and never reads: requests are still answered, stats still flow, and past the wait
+    frames are dropped and counted (slow_subscriber) instead of freezing everything."""
+    import threading
+
+    with running_server(run, config(mode="lossless", slow_subscriber_timeout_s=0.3)) as server, \
+            StreamClient(server.endpoints) as client:
+        ctx = zmq.Context()
+        stalled = ctx.socket(zmq.SUB)
+        stalled.setsockopt(zmq.RCVHWM, 1)
+        stalled.setsockopt(zmq.RCVBUF, 4096)
+        stalled.connect(server.endpoints["output"])
+        stalled.setsockopt(zmq.SUBSCRIBE, b"")
+        try:
+            client.wait_subscribed()
+            frames = camera_frames(4, size=64)
+            done = threading.Event()
+
+            def produce() -> None:
+                for i in range(400):
+                    client_push.send(frames[i % 4], seq=i)
+                done.set()
+
+            with StreamClient(server.endpoints) as client_push:
+                producer = threading.Thread(target=produce, daemon=True)
+                producer.start()
+                deadline = time.monotonic() + 60
+                while server.stats.drops_by_reason.get("slow_subscriber", 0) == 0:
+                    assert time.monotonic() < deadline, "frames were never dropped for the stalled subscriber"
+                    time.sleep(0.01)
+                t0 = time.monotonic()
+                answer = client.request(frames[0], timeout=5)
+                waited = time.monotonic() - t0
+                assert done.wait(60), "the producer was blocked for good"
+                deadline = time.monotonic() + 30
+                while (status := client.status())["frames_in"] < 401 or status["queue_depth"]:
+                    assert time.monotonic() < deadline, f"frames stopped flowing: {status}"
+                    time.sleep(0.05)
+        finally:
+            stalled.close(linger=0)
+            ctx.term()
+
+    assert answer.pixels.shape == frames[0].shape and waited < 1.0
+    assert status["drops_by_reason"]["slow_subscriber"] > 0
+    assert status["frames_out"] + status["drops"] == status["frames_in"] == 401  # each frame counted once
