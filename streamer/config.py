@@ -181,6 +181,10 @@ class Endpoints(_Strict):
         return self
 
 
+ControlCommand = Literal["status", "swap", "shutdown"]
+CONTROL_COMMANDS: tuple[ControlCommand, ...] = ("status", "swap", "shutdown")
+
+
 class ServeConfig(_Versioned):
     """``n2n serve``: the ZeroMQ denoising service."""
 
@@ -210,6 +214,11 @@ class ServeConfig(_Versioned):
     queue_size, of one shape and dtype and at most batch_max_pixels each; 1: never; measured +13-19% frames/s
     at 128², +1% at 256², 0 to -15% at 512²) or the tiles of one large frame (so that the engine's memory is
     bounded by this many tiles, not by the frame's area)."""
+    control_commands: list[ControlCommand] = Field(default_factory=lambda: list(CONTROL_COMMANDS))
+    """Commands the control socket accepts (``[status]``: nobody can swap the model or stop the server)."""
+    models_root: str | None = None
+    """``swap`` takes only model folders inside this folder (relative names are taken inside it); None: the
+    folder holding the served model's folder (its siblings, e.g. runs/)."""
     slow_subscriber_timeout_s: float = Field(2.0, gt=0)
     """Lossless mode: how long a denoised frame waits for a subscriber with no room (requests, stats and
     control are served meanwhile); then it is dropped and counted (``slow_subscriber``), and so is every
@@ -219,6 +228,8 @@ class ServeConfig(_Versioned):
     bounded however many shapes arrive, and a swap compiles at most this many)."""
     batch_max_pixels: int = Field(128 * 128, ge=1)
     """Only frames this small are batched: larger ones keep the cores busy on their own."""
+    input_buffer_bytes: int = Field(1 * 2**30, ge=1024)
+    """Live mode: the input messages ZeroMQ may queue, in bytes (counted at max_message_bytes each)."""
     max_message_bytes: int = Field(256 * 2**20, ge=1024)
     """Largest frame message accepted; larger ones get an error (oversized beyond twice this: disconnected)."""
     stats_interval_s: float = Field(0.5, gt=0)

@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 __all__ = ["CARD_NAME", "CARD_VERSION", "Architecture", "Artifact", "CardError", "ModelCard", "Quantization",
            "file_digest", "unet_reach"]
@@ -115,6 +115,14 @@ class Artifact(_Part):
     weights: str | None = None
     """A second file the artifact needs (OpenVINO's .bin)."""
     weights_sha256: str | None = None
+
+    @field_validator("path", "weights")
+    @classmethod
+    def _inside_the_folder(cls, v: str | None) -> str | None:
+        """A file name in the model folder, never a path out of it (``../``, absolute, a sub-folder)."""
+        if v is not None and (v in ("", ".", "..") or "/" in v or "\\" in v or Path(v).name != v):
+            raise ValueError(f"expected a file name inside the model folder, got {v!r}")
+        return v
 
 
 class Quantization(_Part):

@@ -55,6 +55,8 @@ log = logging.getLogger("n2n.streamer")
 
 _DRAIN_LIMIT = 10_000  # messages read in one turn at most (a flood cannot starve the loop)
 _CONTROL_MAX_BYTES = 64 * 1024  # a control command is a small JSON object
+_INPUT_MAX_PARTS = 2  # header, pixels
+_REQUEST_MAX_PARTS = 8  # a ROUTER's routing frames, the empty delimiter, header, pixels
 
 
 def load_denoiser(model_dir: str | Path, config: ServeConfig, engine: str | None = None) -> Denoiser:
@@ -82,6 +84,11 @@ class Server:
         self._queue: deque[tuple[Message, list[Any] | None]] = deque()
         self._stop = threading.Event()
         self._closed = False
+        self._monitor: zmq.Socket | None = None
+        self._peers = 0  # connected to the output
+        self._subscriptions = 0  # to frames, by all peers
+        self._too_many = 0  # parts of the last message refused for having too many
+        self._first_parts: list[Any] = []
         self._stalled = False  # lossless: a subscriber has been past its wait; frames drop until it reads
         self._next_stats = 0.0
         self._error_logs: dict[str, int] = {}
@@ -104,13 +111,17 @@ class Server:
                 if name in ("input", "request"):
                     sock.setsockopt(zmq.MAXMSGSIZE, hard_max)
                 if name == "input":
-                    sock.setsockopt(zmq.RCVHWM, cfg.queue_size if cfg.mode == "lossless" else 1000)
+                    sock.setsockopt(zmq.RCVHWM, self._input_hwm())
                 if name == "output":
                     sock.setsockopt(zmq.SNDHWM, 64 if cfg.mode == "lossless" else 16)
                     sock.setsockopt(zmq.XPUB_NODROP, 1 if cfg.mode == "lossless" else 0)
                     # every (un)subscription, duplicates included: otherwise a second subscriber to
                     # 'frame' is never seen and the subscriber count stays at 1
                     sock.setsockopt(zmq.XPUB_VERBOSER, 1)
+                    # connections, to count subscribers by peer (one peer subscribing 1,000 times is one);
+                    # inproc has no connection events: there subscriptions are counted as they come
+                    if not cfg.endpoints.output.startswith("inproc://"):
+                        self._monitor = sock.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
                 self._sockets[name] = sock
                 address = getattr(cfg.endpoints, name)
                 if address.startswith("tcp://") and not address.startswith(("tcp://127.", "tcp://localhost")):
@@ -131,6 +142,22 @@ class Server:
                      time.perf_counter() - t0, self.denoiser.engine.precision)
         return self.endpoints
 
+    def _input_hwm(self) -> int:
+        """Messages ZeroMQ may queue at the input: lossless, the queue's size (backpressure); live, as many as
+        fit ``input_buffer_bytes`` at the largest message allowed (the newest frame wins anyway)."""
+        cfg = self.config
+        if cfg.mode == "lossless":
+            return cfg.queue_size
+        return max(2, min(1000, cfg.input_buffer_bytes // cfg.max_message_bytes))
+
+    def memory_bound_mb(self) -> dict[str, float]:
+        """What the configuration lets the server hold, at most (MiB): input messages queued by ZeroMQ and by
+        the server, each up to the largest message allowed (ZeroMQ's kernel buffers aside)."""
+        cfg = self.config
+        per = cfg.max_message_bytes / 2**20
+        queued = self._input_hwm() + (cfg.queue_size if cfg.mode == "lossless" else 1)
+        return {"input_mb": round(queued * per, 1), "request_mb": round(per, 1)}
+
     def _shape_hint(self) -> tuple[int, int] | None:
         return self.denoiser.card.shape_hint
 
@@ -147,6 +174,10 @@ class Server:
         if self._closed:
             return
         self._closed = True
+        if self._monitor is not None:
+            self._sockets["output"].disable_monitor()
+            self._monitor.close(linger=0)
+            self._monitor = None
         for sock in self._sockets.values():
             sock.close(linger=0)
         self._sockets.clear()
@@ -167,15 +198,23 @@ class Server:
         poller = zmq.Poller()
         for name in ("control", "request", "input", "output"):
             poller.register(s[name], zmq.POLLIN)
+        if self._monitor is not None:
+            poller.register(self._monitor, zmq.POLLIN)
         interval = self.config.stats_interval_s
         self._next_stats = time.monotonic() + interval
         log.info("serving %s (%s mode) on %s", self.denoiser.card.name, self.config.mode, self.endpoints["input"])
+        bound = self.memory_bound_mb()
+        log.info("input held at most: %.0f MiB (%d queued messages of up to %.0f MiB); engine: %d tiles or frames "
+                 "per call; %d frame shapes compiled", bound["input_mb"], self._input_hwm(),
+                 self.config.max_message_bytes / 2**20, self.config.max_batch, self.config.max_shapes)
         while not self._stop.is_set():
             now = time.monotonic()
             wait_ms = 0 if self._queue else max(0, min(100, int((self._next_stats - now) * 1000)))
             events = dict(poller.poll(wait_ms))
             if s["control"] in events:
                 self._on_control()
+            if self._monitor is not None and self._monitor in events:
+                self._on_connection()
             if s["output"] in events:
                 self._on_subscription()
             if s["request"] in events:
@@ -213,6 +252,22 @@ class Server:
                         dtype, expected)
         return msg
 
+    def _recv_bounded(self, sock: zmq.Socket, max_parts: int) -> list[Any] | None:
+        """One whole message, part by part; None when it has more than ``max_parts`` (the first ones kept in
+        ``self._first_parts``, the rest read and let go one at a time), so that a message of many parts never
+        sits in memory here at once."""
+        parts: list[Any] = [sock.recv(zmq.NOBLOCK, copy=False)]
+        count = 1
+        while sock.getsockopt(zmq.RCVMORE):
+            part = sock.recv(copy=False)
+            count += 1
+            if count <= max_parts:
+                parts.append(part)  # beyond: counted, let go
+        if count > max_parts:
+            self._too_many, self._first_parts = count, parts
+            return None
+        return parts
+
     def _drain_input(self) -> None:
         sock = self._sockets["input"]
         lossless = self.config.mode == "lossless"
@@ -220,10 +275,14 @@ class Server:
             if lossless and len(self._queue) >= self.config.queue_size:
                 break  # backpressure: leave the rest in ZeroMQ's queues
             try:
-                parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                parts = self._recv_bounded(sock, _INPUT_MAX_PARTS)
             except zmq.Again:
                 break
             self.stats.on_received()
+            if parts is None:
+                self._reject(ProtocolError("bad_parts", f"expected 2 message parts (JSON header, pixels), got "
+                                                        f"{self._too_many}"), None)
+                continue
             try:
                 msg = self._decode(parts)
             except ProtocolError as exc:
@@ -238,9 +297,22 @@ class Server:
     def _on_request(self) -> bool:
         sock = self._sockets["request"]
         try:
-            parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            parts = self._recv_bounded(sock, _REQUEST_MAX_PARTS)
         except zmq.Again:
             return False
+        if parts is None:
+            parts, count = self._first_parts, self._too_many
+            self._first_parts = []
+            split = next((i for i, p in enumerate(parts) if len(p.buffer) == 0), None)
+            if split is None:
+                self.stats.on_error("bad_envelope")
+                self._log_error("bad_envelope", f"request of {count} parts without an empty delimiter frame")
+                return True
+            self.stats.on_received()
+            # answered (a REQ caller would otherwise wait for its timeout): the envelope came whole
+            self._reject(ProtocolError("bad_parts", f"expected 2 message parts (JSON header, pixels) after the "
+                                                    f"envelope, got {count - split - 1}"), parts[: split + 1])
+            return True
         # envelope: routing id(s) up to and including the empty delimiter frame
         split = next((i for i, p in enumerate(parts) if len(p.buffer) == 0), None)
         if split is None:
@@ -322,6 +394,8 @@ class Server:
             self._publish_now([TOPIC_REPLY, head, body])
         else:
             dropped = self._send_output([TOPIC_FRAME, head, body])
+            if dropped is None and self.subscribers == 0:
+                dropped = "no_subscriber"  # published to nobody: not delivered
             if dropped is not None:
                 self.stats.on_dropped(reason=dropped)  # denoised, never delivered
                 return
@@ -398,7 +472,24 @@ class Server:
             # a (un)subscription to frames ('' or a prefix of 'frame'); XPUB also passes up any other
             # message an XSUB peer sends, which must not move the count
             if event[:1] in (b"\x00", b"\x01") and TOPIC_FRAME.startswith(event[1:]):
-                self.subscribers += 1 if event[:1] == b"\x01" else -1
+                self._subscriptions = max(0, self._subscriptions + (1 if event[:1] == b"\x01" else -1))
+            elif len(event) > 256:
+                self.stats.on_error("bad_subscription")
+            self._count_subscribers()
+
+    def _on_connection(self) -> None:
+        from zmq.utils.monitor import recv_monitor_message
+
+        assert self._monitor is not None
+        while self._monitor.poll(0):
+            event = recv_monitor_message(self._monitor)
+            self._peers = max(0, self._peers + (1 if event["event"] == zmq.EVENT_ACCEPTED else -1))
+        self._count_subscribers()
+
+    def _count_subscribers(self) -> None:
+        """Subscribers to frames, by peer: subscriptions, but never more than the peers connected."""
+        peers = self._peers if self._monitor is not None else self._subscriptions
+        self.subscribers = min(self._subscriptions, peers)
 
     def _on_control(self) -> None:
         """One command in, one reply out, whatever arrives: the whole message is always read (a REP socket
@@ -432,6 +523,11 @@ class Server:
 
     def _command(self, request: dict[str, Any]) -> dict[str, Any]:
         cmd = request.get("cmd")
+        allowed = self.config.control_commands
+        if cmd in ("status", "stats", "swap", "shutdown") and (cmd if cmd != "stats" else "status") not in allowed:
+            self.stats.on_error("control_refused")
+            raise PermissionError(f"command {cmd!r} is turned off on this server (control_commands: "
+                                  f"{', '.join(allowed) or 'none'})")
         if cmd in ("status", "stats"):
             return {"ok": True, "status": self.status()}
         if cmd == "shutdown":
@@ -442,9 +538,18 @@ class Server:
             model = request.get("model")
             if not isinstance(model, str):
                 raise ValueError(f"swap needs 'model': a model folder path, got {model!r}")
-            self.swap(model, request.get("engine"))
+            self.swap(self._model_in_root(model), request.get("engine"))
             return {"ok": True, "status": self.status()}
         raise ValueError(f"unknown command {cmd!r}; expected one of status, swap, shutdown")
+
+    def _model_in_root(self, model: str) -> Path:
+        """A model folder for ``swap``, inside the models root (relative names are taken inside it)."""
+        root = Path(self.config.models_root or self.denoiser.card.run_dir.resolve().parent).resolve()
+        path = (root / model).resolve()  # an absolute ``model`` replaces root here, and is checked the same
+        if path != root and root not in path.parents:
+            self.stats.on_error("control_refused")
+            raise PermissionError(f"swap: expected a model folder inside {root} (models_root), got {model!r}")
+        return path
 
     def swap(self, model_dir: str | Path, engine: str | None = None) -> None:
         """Load another model (compiled for the shapes seen so far); the next frame uses it.

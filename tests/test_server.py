@@ -295,7 +295,8 @@ def test_model_swap(run: Path, other_run: Path) -> None:
     frame = camera_frames(1)[0]
     expected_new = load_denoiser(other_run, config())(frame)
 
-    with running_server(run, config()) as server, StreamClient(server.endpoints, replies=True) as client:
+    with running_server(run, config(models_root=str(other_run.parent.parent))) as server, \
+            StreamClient(server.endpoints, replies=True) as client:
         client.wait_subscribed()
         before = client.request(frame)
         reply = client.control("swap", model=str(other_run))
@@ -316,7 +317,8 @@ def test_failed_swap_keeps_the_old_model(run: Path, tmp_path: Path) -> None:
     frame = camera_frames(1)[0]
     missing = tmp_path / "nowhere"
 
-    with running_server(run, config()) as server, StreamClient(server.endpoints) as client:
+    with running_server(run, config(models_root=str(tmp_path))) as server, \
+            StreamClient(server.endpoints) as client:
         before = client.request(frame)
         with pytest.raises(RuntimeError, match="no such model folder") as info:
             client.control("swap", model=str(missing))

@@ -210,3 +210,92 @@ def test_a_stalled_subscriber_in_lossless_mode_never_stops_the_server(run: Path)
     assert answer.pixels.shape == frames[0].shape and waited < 1.0
     assert status["drops_by_reason"]["slow_subscriber"] > 0
     assert status["frames_out"] + status["drops"] == status["frames_in"] == 401  # each frame counted once
+
+
+def test_one_peer_subscribing_many_times_counts_once_and_frames_to_nobody_are_not_delivered(run: Path) -> None:
+    with running_server(run, config(mode="lossless")) as server, StreamClient(server.endpoints) as client:
+        client.send(camera_frames(1)[0], seq=0)  # nobody subscribed yet
+        deadline = time.monotonic() + 10
+        while (before := client.status())["frames_in"] + before["queue_depth"] < 1 or before["queue_depth"]:
+            assert time.monotonic() < deadline, before
+            time.sleep(0.02)
+        ctx = zmq.Context()
+        greedy = ctx.socket(zmq.SUB)
+        try:
+            greedy.connect(server.endpoints["output"])
+            for _ in range(1000):
+                greedy.setsockopt(zmq.SUBSCRIBE, b"")
+            deadline = time.monotonic() + 10
+            while (status := client.status())["subscribers"] < 1 or status["frames_in"] < 1:
+                assert time.monotonic() < deadline, status
+                time.sleep(0.02)
+            time.sleep(0.2)  # the rest of the 1,000 subscriptions arrive
+            status = client.status()
+        finally:
+            greedy.close(linger=0)
+            ctx.term()
+
+    assert before["drops_by_reason"] == {"no_subscriber": 1} and before["frames_out"] == 0
+    assert status["subscribers"] == 1
+
+
+def test_a_message_of_many_parts_is_refused_and_counted_on_input_and_request(run: Path) -> None:
+    with running_server(run, config()) as server, StreamClient(server.endpoints, errors=True) as client:
+        ctx = zmq.Context()
+        push, dealer = ctx.socket(zmq.PUSH), ctx.socket(zmq.DEALER)
+        try:
+            push.connect(server.endpoints["input"])
+            dealer.connect(server.endpoints["request"])
+            push.send_multipart([b"x" * 1024] * 150)
+            dealer.send_multipart([b"", *[b"x" * 1024] * 150])
+            deadline = time.monotonic() + 10
+            while sum((status := client.status())["errors_by_kind"].values()) < 2:
+                assert time.monotonic() < deadline, status
+                time.sleep(0.02)
+            result = client.request(camera_frames(1)[0])
+        finally:
+            push.close(linger=0)
+            dealer.close(linger=0)
+            ctx.term()
+
+    assert status["errors_by_kind"] == {"bad_parts": 2}
+    assert result.pixels.shape == (64, 64)
+
+
+def test_swap_takes_only_model_folders_inside_the_models_root_and_commands_can_be_turned_off(
+        run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    inside = tmp_path / "root" / "m"
+    shutil.copytree(run, inside)
+    with running_server(run, config(models_root=str(tmp_path / "root"))) as server, \
+            StreamClient(server.endpoints) as client:
+        with pytest.raises(RuntimeError, match=r"swap: expected a model folder inside .*root \(models_root\), got "
+                                               r"'\.\./elsewhere'"):
+            client.control("swap", model="../elsewhere")
+        with pytest.raises(RuntimeError, match="expected a model folder inside"):
+            client.control("swap", model=str(run))  # an absolute path outside
+        reply = client.control("swap", model="m")  # a name inside the root
+    with running_server(run, config(control_commands=["status"])) as server, \
+            StreamClient(server.endpoints) as client:
+        with pytest.raises(RuntimeError, match=r"command 'shutdown' is turned off on this server"):
+            client.control("shutdown")
+        status = client.status()
+
+    assert reply["ok"] and reply["status"]["swaps"] == 1
+    assert status["errors_by_kind"] == {"control_refused": 1} and status["swaps"] == 0
+
+
+def test_a_model_card_pointing_out_of_its_folder_is_refused(run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from streamer.model import CardError, ModelCard
+
+    copy = tmp_path / "m"
+    shutil.copytree(run, copy)
+    card = json.loads((copy / "model.json").read_text())
+    card["artifacts"]["onnx"]["path"] = "../../etc/passwd"
+    (copy / "model.json").write_text(json.dumps(card))
+
+    with pytest.raises(CardError, match=r"expected a file name inside the model folder, got '\.\./\.\./etc/passwd'"):
+        ModelCard.load(copy)
