@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,7 @@ import zmq
 
 from .config import Endpoints
 from .protocol import TOPIC_ERROR, TOPIC_FRAME, TOPIC_REPLY, TOPIC_STATS, decode_header, encode_frame
+from .security import ClientKeys
 
 __all__ = ["StreamClient", "Result", "ServerError"]
 
@@ -47,6 +49,9 @@ class Result:
         return self.header.get("seq")
 
 
+_MAX_OUTSTANDING = 100_000  # frames tracked at most (the oldest are forgotten beyond)
+
+
 def _decode_result(parts: list[bytes]) -> Result:
     header = decode_header(parts[0])
     if header.get("type") == "error":
@@ -65,7 +70,8 @@ class StreamClient:
     ``replies=True`` also copies of request results (what a viewer of everything wants)."""
 
     def __init__(self, endpoints: Endpoints | Mapping[str, str] | None = None, timeout: float = 10.0,
-                 errors: bool = False, send_hwm: int | None = None, replies: bool = False) -> None:
+                 errors: bool = False, send_hwm: int | None = None, replies: bool = False,
+                 keys: ClientKeys | None = None) -> None:
         if endpoints is None:
             endpoints = Endpoints()
         self.endpoints = dict(endpoints.model_dump() if isinstance(endpoints, Endpoints) else endpoints)
@@ -73,9 +79,15 @@ class StreamClient:
         self.errors = errors
         self.replies = replies
         self.send_hwm = send_hwm  # frames the input socket queues before send() waits (None: ZeroMQ's 1000)
+        self.keys = keys  # CURVE: the server's public key and this client's pair (a server with curve_keys)
         self._ctx = zmq.Context()
         self._sockets: dict[str, zmq.Socket] = {}
         self._seq = 0
+        # accounting of the frames this client pushes and gets back (see accounting())
+        self.sent = 0
+        self.acknowledged = 0
+        self.lost = 0
+        self._outstanding: OrderedDict[int, None] = OrderedDict()
 
     def __enter__(self) -> StreamClient:
         return self
@@ -96,8 +108,14 @@ class StreamClient:
                     "control": zmq.REQ}[name]
             sock = self._ctx.socket(kind)
             sock.setsockopt(zmq.LINGER, 0)
-            if name == "input" and self.send_hwm is not None:
-                sock.setsockopt(zmq.SNDHWM, self.send_hwm)
+            if self.keys is not None:
+                self.keys.apply(sock)
+            if name == "input":
+                # queue frames only on a live connection: against a dead server send() waits its timeout and
+                # says so, instead of filling a queue nobody will read (and losing it silently)
+                sock.setsockopt(zmq.IMMEDIATE, 1)
+                if self.send_hwm is not None:
+                    sock.setsockopt(zmq.SNDHWM, self.send_hwm)
             if kind == zmq.REQ:  # a timed-out request must not wedge the socket
                 sock.setsockopt(zmq.REQ_RELAXED, 1)
                 sock.setsockopt(zmq.REQ_CORRELATE, 1)
@@ -128,7 +146,19 @@ class StreamClient:
         sock = self._socket("input")
         self._wait(sock, timeout, zmq.POLLOUT, "room to send (the server is not taking frames)")
         sock.send_multipart(encode_frame(pixels, seq, ts_ns, meta), copy=False)
+        self.sent += 1
+        if "output" in self._sockets:  # this client reads the results: account for each frame it pushed
+            self._outstanding[seq] = None
+            while len(self._outstanding) > _MAX_OUTSTANDING:
+                self._outstanding.popitem(last=False)
         return seq
+
+    def accounting(self) -> dict[str, int]:
+        """Frames this client pushed (while subscribed) and what became of them: ``acknowledged`` (its result came
+        back), ``lost`` (never came back though a later frame's did: the output keeps the order, so these were
+        dropped, or lost with a server that died), ``outstanding`` (not back yet)."""
+        return {"sent": self.sent, "acknowledged": self.acknowledged, "lost": self.lost,
+                "outstanding": len(self._outstanding)}
 
     def request(self, pixels: np.ndarray, meta: Mapping[str, Any] | None = None, seq: int | None = None,
                 timeout: float | None = None) -> Result:
@@ -155,7 +185,16 @@ class StreamClient:
         message when constructed with ``errors=True``)."""
         sock = self._socket("output")
         self._wait(sock, timeout, zmq.POLLIN, "denoised frame")
-        return _decode_result(sock.recv_multipart()[1:])
+        parts = sock.recv_multipart()
+        result = _decode_result(parts[1:])
+        if parts[0] == TOPIC_FRAME and result.seq in self._outstanding:
+            while self._outstanding:
+                seq, _ = self._outstanding.popitem(last=False)
+                if seq == result.seq:
+                    self.acknowledged += 1
+                    break
+                self.lost += 1  # an earlier frame of ours never came back
+        return result
 
     def frames(self, timeout: float | None = None) -> Iterator[Result]:
         """Iterate over denoised frames; stops with TimeoutError when none comes within ``timeout``."""
@@ -183,12 +222,26 @@ class StreamClient:
     def status(self, timeout: float | None = None) -> dict[str, Any]:
         return self.control("status", timeout)["status"]
 
+    def resubscribe(self) -> None:
+        """Subscribe again on a new socket: a SUB socket that reconnects to a restarted server does not send
+        its subscription again (measured with libzmq 4.3), so it would never get another frame."""
+        sock = self._sockets.pop("output", None)
+        if sock is not None:
+            sock.close(linger=0)
+        self._socket("output")
+
     def wait_subscribed(self, n: int = 1, timeout: float | None = None) -> None:
-        """Connect the output and wait until the server counts ``n`` frame subscribers."""
+        """Connect the output and wait until the server counts ``n`` frame subscribers (subscribing again
+        each second it does not: after a server restart)."""
         self.subscribe()
         t = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + t
+        again = time.monotonic() + 1.0
         while self.status(timeout=t)["subscribers"] < n:
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if now > deadline:
                 raise TimeoutError(f"the server saw fewer than {n} subscribers within {t:g} s")
+            if now > again:
+                self.resubscribe()
+                again = now + 1.0
             time.sleep(0.01)

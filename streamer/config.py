@@ -214,6 +214,12 @@ class ServeConfig(_Versioned):
     queue_size, of one shape and dtype and at most batch_max_pixels each; 1: never; measured +13-19% frames/s
     at 128², +1% at 256², 0 to -15% at 512²) or the tiles of one large frame (so that the engine's memory is
     bounded by this many tiles, not by the frame's area)."""
+    curve_keys: str | None = None
+    """A folder made by ``n2n keys``: every socket encrypted and authenticated with CURVE, only the clients whose
+    public keys are in its ``allowed/`` let in (refusals counted as ``auth_refused``)."""
+    insecure: bool = False
+    """Allow an address other machines can reach without CURVE keys: anyone who reaches it can send frames, read
+    every frame, swap the model (inside models_root) and shut the server down."""
     control_commands: list[ControlCommand] = Field(default_factory=lambda: list(CONTROL_COMMANDS))
     """Commands the control socket accepts (``[status]``: nobody can swap the model or stop the server)."""
     models_root: str | None = None

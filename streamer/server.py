@@ -47,6 +47,7 @@ from .protocol import (
     decode_frame,
     encode_error,
 )
+from .security import CurveServer, is_loopback
 from .stats import ServerStats
 
 __all__ = ["Server", "running_server", "load_denoiser"]
@@ -56,6 +57,8 @@ log = logging.getLogger("n2n.streamer")
 _DRAIN_LIMIT = 10_000  # messages read in one turn at most (a flood cannot starve the loop)
 _CONTROL_MAX_BYTES = 64 * 1024  # a control command is a small JSON object
 _INPUT_MAX_PARTS = 2  # header, pixels
+_HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                     | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
 _REQUEST_MAX_PARTS = 8  # a ROUTER's routing frames, the empty delimiter, header, pixels
 
 
@@ -84,6 +87,8 @@ class Server:
         self._queue: deque[tuple[Message, list[Any] | None]] = deque()
         self._stop = threading.Event()
         self._closed = False
+        self._curve: CurveServer | None = None
+        self._auth_monitors: list[zmq.Socket] = []
         self._monitor: zmq.Socket | None = None
         self._peers = 0  # connected to the output
         self._subscriptions = 0  # to frames, by all peers
@@ -104,10 +109,25 @@ class Server:
         hard_max = 2 * cfg.max_message_bytes + 65536
         spec = {"input": zmq.PULL, "output": zmq.XPUB, "request": zmq.ROUTER, "stats": zmq.PUB,
                 "control": zmq.REP}
+        exposed = [f"{name} {getattr(cfg.endpoints, name)}" for name in spec
+                   if not is_loopback(getattr(cfg.endpoints, name))]
+        if exposed and cfg.curve_keys is None and not cfg.insecure:
+            raise OSError(f"binding {', '.join(exposed)} makes the server reachable from other machines: give "
+                          "CURVE keys (curve_keys, made by `n2n keys DIR`) or, knowingly, insecure: true")
+        if cfg.curve_keys is not None:
+            self._curve = CurveServer(self._ctx, cfg.curve_keys)
+            log.info("CURVE on: clients let in from %s/allowed (%s)", cfg.curve_keys, ", ".join(self._curve.allowed))
+        elif exposed:
+            log.warning("INSECURE: %s reachable from other machines without authentication: anyone who reaches "
+                        "them can send and read frames and use the control socket", ", ".join(exposed))
         try:
             for name, kind in spec.items():
                 sock = self._ctx.socket(kind)
                 sock.setsockopt(zmq.LINGER, 0)
+                if self._curve is not None:
+                    self._curve.apply(sock)
+                    # a peer without the keys (or with keys not let in) fails its handshake: count it
+                    self._auth_monitors.append(sock.get_monitor_socket(_HANDSHAKE_FAILED))
                 if name in ("input", "request"):
                     sock.setsockopt(zmq.MAXMSGSIZE, hard_max)
                 if name == "input":
@@ -124,8 +144,6 @@ class Server:
                         self._monitor = sock.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
                 self._sockets[name] = sock
                 address = getattr(cfg.endpoints, name)
-                if address.startswith("tcp://") and not address.startswith(("tcp://127.", "tcp://localhost")):
-                    log.warning("%s socket binds %s: reachable from other machines", name, address)
                 try:
                     sock.bind(address)
                 except zmq.ZMQError as exc:
@@ -174,13 +192,21 @@ class Server:
         if self._closed:
             return
         self._closed = True
+        if self._monitor is not None or self._auth_monitors:
+            for sock in self._sockets.values():
+                sock.disable_monitor()
         if self._monitor is not None:
-            self._sockets["output"].disable_monitor()
             self._monitor.close(linger=0)
             self._monitor = None
+        for mon in self._auth_monitors:
+            mon.close(linger=0)
+        self._auth_monitors.clear()
         for sock in self._sockets.values():
             sock.close(linger=0)
         self._sockets.clear()
+        if self._curve is not None:
+            self._curve.stop()
+            self._curve = None
         self._ctx.term()
         self.denoiser.engine.close()
 
@@ -200,6 +226,8 @@ class Server:
             poller.register(s[name], zmq.POLLIN)
         if self._monitor is not None:
             poller.register(self._monitor, zmq.POLLIN)
+        for mon in self._auth_monitors:
+            poller.register(mon, zmq.POLLIN)
         interval = self.config.stats_interval_s
         self._next_stats = time.monotonic() + interval
         log.info("serving %s (%s mode) on %s", self.denoiser.card.name, self.config.mode, self.endpoints["input"])
@@ -215,6 +243,9 @@ class Server:
                 self._on_control()
             if self._monitor is not None and self._monitor in events:
                 self._on_connection()
+            for mon in self._auth_monitors:
+                if mon in events:
+                    self._on_handshake_failed(mon)
             if s["output"] in events:
                 self._on_subscription()
             if s["request"] in events:
@@ -485,6 +516,13 @@ class Server:
             event = recv_monitor_message(self._monitor)
             self._peers = max(0, self._peers + (1 if event["event"] == zmq.EVENT_ACCEPTED else -1))
         self._count_subscribers()
+
+    def _on_handshake_failed(self, mon: zmq.Socket) -> None:
+        from zmq.utils.monitor import recv_monitor_message
+
+        while mon.poll(0):
+            recv_monitor_message(mon)
+            self.stats.on_error("auth_refused")
 
     def _count_subscribers(self) -> None:
         """Subscribers to frames, by peer: subscriptions, but never more than the peers connected."""

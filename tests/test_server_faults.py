@@ -299,3 +299,71 @@ def test_a_model_card_pointing_out_of_its_folder_is_refused(run: Path, tmp_path:
 
     with pytest.raises(CardError, match=r"expected a file name inside the model folder, got '\.\./\.\./etc/passwd'"):
         ModelCard.load(copy)
+
+
+def test_a_curve_server_answers_a_client_with_the_key_and_refuses_and_counts_one_without(run: Path,
+                                                                                         tmp_path: Path) -> None:
+    from streamer.security import ClientKeys, make_keys
+
+    make_keys(tmp_path / "keys")
+    frame = camera_frames(1)[0]
+    with running_server(run, config(curve_keys=str(tmp_path / "keys"))) as server:
+        with StreamClient(server.endpoints, keys=ClientKeys.load(tmp_path / "keys")) as trusted:
+            result = trusted.request(frame)
+            with StreamClient(server.endpoints, timeout=1.0) as stranger, pytest.raises(TimeoutError):
+                stranger.request(frame)
+            deadline = time.monotonic() + 10
+            while "auth_refused" not in (status := trusted.status())["errors_by_kind"]:
+                assert time.monotonic() < deadline, status
+                time.sleep(0.05)
+
+    assert result.pixels.shape == frame.shape and status["frames_in"] == 1
+
+
+def test_an_address_other_machines_reach_needs_keys_or_an_explicit_insecure(run: Path) -> None:
+    from streamer.config import Endpoints
+
+    exposed = {**Endpoints.local().model_dump(), "input": "tcp://0.0.0.0:*"}
+
+    with pytest.raises(OSError, match=r"binding input tcp://0\.0\.0\.0:\* makes the server reachable from other "
+                                      r"machines: give CURVE keys"):
+        with running_server(run, config(endpoints=exposed)):
+            pass
+    with running_server(run, config(endpoints=exposed, insecure=True)) as server, \
+            StreamClient(server.endpoints) as client:
+        assert client.status()["frames_in"] == 0
+
+
+def test_after_a_kill_9_and_a_restart_the_client_reports_exactly_the_frames_lost(run: Path, tmp_path: Path) -> None:
+    """Frames pushed to a frozen server that is then killed never come back; the client, which keeps the
+    order of what it pushed, counts exactly those once a later frame's result arrives from the restarted one."""
+    import os
+    import signal as sig
+
+    from bench.processes import serve_command, spawn
+    from streamer.config import Endpoints
+
+    endpoints = Endpoints.local("ipc", tmp_path)  # fixed addresses: the restarted server binds the same
+    cmd = serve_command(run, endpoints, mode="lossless", precision="fp32", threads=1)
+    frames = camera_frames(3)
+    with StreamClient(endpoints, timeout=20) as client:
+        first = spawn(cmd, tmp_path, "first")
+        try:
+            client.wait_subscribed()
+            for i in range(5):
+                client.send(frames[i % 3], seq=i)
+            assert [client.receive().seq for _ in range(5)] == list(range(5))
+            os.kill(first.pid, sig.SIGSTOP)
+            for i in range(5, 8):  # into a frozen server: accepted by its sockets, never denoised
+                client.send(frames[i % 3], seq=i)
+            os.kill(first.pid, sig.SIGKILL)
+        finally:
+            first.stop()
+        with spawn(cmd, tmp_path, "second"):
+            client.wait_subscribed()
+            client.send(frames[0], seq=8)
+            back = client.receive()
+        accounting = client.accounting()
+
+    assert back.seq == 8
+    assert accounting == {"sent": 9, "acknowledged": 6, "lost": 3, "outstanding": 0}

@@ -11,16 +11,18 @@ import typer
 from n2n.command import Command, ConfigOpt, DryRunOpt, console, log
 from n2n.errors import UserError, user_errors
 
-__all__ = ["DASH", "SERVE", "dash", "serve"]
+__all__ = ["KEYS", "keys", "DASH", "SERVE", "dash", "serve"]
 
 #: the server's five sockets: ``--input-address`` … ``--control-address`` (the old ``--input`` … still work)
 ADDRESS_FLAGS = {name: f"--{name}-address" for name in ("input", "output", "request", "stats", "control")}
 
 SERVE = Command("streamer.config:ServeConfig", flags={
     "--engine": "engine", "--mode": "mode", "--precision": "precision", "--device": "device",
-    "--threads": "num_threads", "--output-dtype": "output_dtype",
+    "--threads": "num_threads", "--output-dtype": "output_dtype", "--curve-keys": "curve_keys",
+    "--insecure": "insecure", "--models-root": "models_root",
     **{flag: f"endpoints.{name}" for name, flag in ADDRESS_FLAGS.items()}},
-    defaults={"--threads": "the engine's (all cores)", "--ready-file": "not written"},
+    defaults={"--threads": "the engine's (all cores)", "--ready-file": "not written", "--curve-keys": "none: "
+              "loopback only", "--models-root": "the served model's parent folder"},
     deprecated={f"--{name}": flag for name, flag in ADDRESS_FLAGS.items()})
 
 
@@ -44,6 +46,14 @@ def serve(
                                                         help="REP address for commands.")] = None,
     ready_file: Annotated[Path | None, typer.Option("--ready-file", help="Write the bound addresses here (JSON) "
                                                      "once the engine is compiled; removed on exit.")] = None,
+    curve_keys: Annotated[Path | None, typer.Option("--curve-keys", help="A folder made by `n2n keys`: encrypt "
+                                                    "and authenticate every socket (needed off this machine).")]
+    = None,
+    insecure: Annotated[bool | None, typer.Option("--insecure", help="Allow addresses other machines reach "
+                                                  "without keys (anyone reaching them can use the server).")]
+    = None,
+    models_root: Annotated[Path | None, typer.Option("--models-root", help="swap takes model folders inside "
+                                                     "this one only.")] = None,
     config: ConfigOpt = None,
     dry_run: DryRunOpt = False,
 ) -> None:
@@ -52,7 +62,8 @@ def serve(
         "--engine": engine, "--mode": mode, "--precision": precision, "--device": device, "--threads": threads,
         "--output-dtype": output_dtype, "--input-address": input_address, "--output-address": output_address,
         "--request-address": request_address, "--stats-address": stats_address,
-        "--control-address": control_address})
+        "--control-address": control_address, "--curve-keys": curve_keys, "--insecure": insecure,
+        "--models-root": models_root})
     import signal
 
     import zmq
@@ -118,3 +129,22 @@ def dash(
     finally:
         sock.close(linger=0)
     raise typer.Exit(code=run_dashboard(cfg.stats, console=out))
+
+
+KEYS = Command()
+
+
+@KEYS
+def keys(
+    folder: Annotated[Path, typer.Argument(metavar="DIR", help="Folder for the keys (created).", show_default=False)],
+    client: Annotated[str, typer.Option(help="Name of the client key pair.")] = "client",
+) -> None:
+    """Make CURVE keys for a server reachable from other machines: the server's pair, a client's pair and the
+    allow-list the server checks (n2n serve --curve-keys DIR)."""
+    from streamer.security import make_keys
+
+    with user_errors(prefix=f"{folder}: "):
+        made = make_keys(folder, client)
+    console.print(f"server secret key {made['server_secret']} (stays on the server); give clients "
+                  f"{made['server_public']} and their own pair ({made['client_secret']}); the server lets in the "
+                  f"public keys in {made['allowed'].parent}/", highlight=False)
