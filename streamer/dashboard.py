@@ -386,6 +386,9 @@ def render(stats: Mapping[str, Any] | None, history: History, address: str, *,
     drop_text = Text(no_wrap=True, overflow="ellipsis")
     drop_text.append(f"{_count(drops)} ({_fmt(None if fraction is None else fraction * 100, '%')})",
                      style="bold yellow" if drops else "bold")
+    reasons = stats.get("drops_by_reason")
+    if isinstance(reasons, dict) and reasons:  # where frames were lost: input, slow_subscriber, no_subscriber...
+        drop_text.append(" " + ", ".join(f"{k} {_count(v)}" for k, v in sorted(reasons.items())))
     drop_text.append("   ")
     drop_text.append_text(_pairs(("queue depth", _count(stats.get("queue_depth"))),
                                  ("subscribers", _count(stats.get("subscribers")))))

@@ -484,8 +484,8 @@ class Server:
             return
         try:
             self._sockets["output"].send_multipart([TOPIC_ERROR, head], zmq.NOBLOCK)
-        except zmq.Again:
-            pass  # errors are never worth blocking for
+        except zmq.Again:  # errors are never worth blocking for; the notice lost is counted
+            self.stats.notices_dropped += 1
 
     def _log_error(self, code: str, text: str) -> None:
         n = self._error_logs[code] = self._error_logs.get(code, 0) + 1

@@ -61,6 +61,7 @@ class ServerStats:
         self.requests = 0
         self.drops = 0
         self.drops_by_reason: Counter[str] = Counter()
+        self.notices_dropped = 0  # error notices for pushed frames a full output could not take
         self.errors: Counter[str] = Counter()
         self.queue_depth = 0
         self.swaps = 0
@@ -121,6 +122,7 @@ class ServerStats:
             "stages_ms": {s: percentiles(v, (50,))["p50"] for s, v in self.stage_ms.items()},
             "drops": self.drops,
             "drops_by_reason": dict(self.drops_by_reason),
+            "notices_dropped": self.notices_dropped,
             "drop_fraction": round(self.drops / seen, 4) if seen else 0.0,
             "errors": sum(self.errors.values()),
             "errors_by_kind": dict(self.errors),

@@ -98,9 +98,27 @@ def test_default_endpoints() -> None:
 
 
 def test_sequence_numbers(nowhere: dict[str, str]) -> None:
-    """send numbers frames from 0, or from a given seq onwards."""
-    frame = np.zeros((4, 4), np.uint8)
-    with StreamClient(nowhere, timeout=0.2) as client:
-        seqs = [client.send(frame), client.send(frame), client.send(frame, seq=10), client.send(frame)]
+    """send numbers frames from 0, or from a given seq onwards (as they arrive at a PULL socket)."""
+    import json
 
-    assert seqs == [0, 1, 10, 11]
+    frame = np.zeros((4, 4), np.uint8)
+    ctx = zmq.Context()
+    pull = ctx.socket(zmq.PULL)
+    try:
+        pull.bind(nowhere["input"])
+        with StreamClient(nowhere, timeout=5) as client:
+            seqs = [client.send(frame), client.send(frame), client.send(frame, seq=10), client.send(frame)]
+            arrived = [json.loads(pull.recv_multipart()[0])["seq"] for _ in seqs]
+    finally:
+        pull.close(linger=0)
+        ctx.term()
+
+    assert seqs == arrived == [0, 1, 10, 11]
+
+
+def test_send_to_a_dead_server_fails_within_its_timeout(nowhere: dict[str, str]) -> None:
+    """Frames are queued only on a live connection: with nobody there, send() says so instead of queueing
+    frames that would be lost."""
+    with StreamClient(nowhere, timeout=0.2) as client, pytest.raises(TimeoutError, match="no room to send"):
+        client.send(np.zeros((4, 4), np.uint8))
+    assert client.sent == 0
