@@ -215,11 +215,16 @@ def _growing(model: Path, workdir: Path, threads: int | None, precision: str, ma
         status = client.status()
         alive = srv.popen.poll() is None
     max_pixels = sides[-1] ** 2
-    # the budget: what was resident once compiled, the input the configuration lets queue (two messages at
-    # the limit: the one being read and the one being denoised), and the frame's own float32 copies and tiles
-    # (about 24 bytes a pixel), the engine's activations bounded by max_batch tiles (measured on the way)
-    one_tile = max(0.0, next((p for s, p in peaks if s >= 2048), peaks[-1][1]) - baseline)
-    budget = baseline + 2 * max_mb + 24 * max_pixels / 2**20 + one_tile
+    # the budget the configuration states: what was resident once compiled, the input it lets queue (two
+    # messages at the limit: the one being read and the one being denoised), the frame's own float32 copies and
+    # tiles (about 24 bytes a pixel), and the engine's activations for max_batch tiles of tile_size (one such
+    # tile measured on the way: the 2048² frame)
+    from streamer.config import ServeConfig
+    from streamer.model import ModelCard
+
+    tile, max_batch = ModelCard.load(model).tile_size, ServeConfig().max_batch
+    one_tile = max(0.0, next((p for s, p in peaks if s >= tile), peaks[-1][1]) - baseline)
+    budget = baseline + 2 * max_mb + 24 * max_pixels / 2**20 + max_batch * one_tile
     return {"peak_rss_mb": max(p for _, p in peaks), "rss_budget_mb": round(budget, 1), "baseline_mb": baseline,
             "peaks_by_side": peaks, "alive": alive, "errors": status["errors_by_kind"]}
 
