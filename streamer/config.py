@@ -225,17 +225,19 @@ class ServeConfig(_Versioned):
     models_root: str | None = None
     """``swap`` takes only model folders inside this folder (relative names are taken inside it); None: the
     folder holding the served model's folder (its siblings, e.g. runs/)."""
-    slow_subscriber_timeout_s: float = Field(2.0, gt=0)
-    """Lossless mode: how long a denoised frame waits for a subscriber with no room (requests, stats and
-    control are served meanwhile); then it is dropped and counted (``slow_subscriber``), and so is every
-    frame after it until the subscriber has room again: one stalled viewer never stops the server."""
+    slow_subscriber_timeout_s: float | None = Field(None, gt=0)
+    """Lossless mode: a denoised frame waits for a subscriber with no room (requests, stats and control are
+    served meanwhile, so a stalled viewer never stops the server; the producers wait: that is lossless). A
+    number of seconds: past it the frame is dropped and counted (``slow_subscriber``), and so is every frame
+    after it until the subscriber has room again (for every subscriber: ZeroMQ refuses the frame to all)."""
     max_shapes: int = Field(8, ge=1)
     """Frame shapes kept compiled at most; a new one beyond releases the least recently used (memory stays
     bounded however many shapes arrive, and a swap compiles at most this many)."""
     batch_max_pixels: int = Field(128 * 128, ge=1)
     """Only frames this small are batched: larger ones keep the cores busy on their own."""
     input_buffer_bytes: int = Field(1 * 2**30, ge=1024)
-    """Live mode: the input messages ZeroMQ may queue, in bytes (counted at max_message_bytes each)."""
+    """Live mode: the input ZeroMQ may queue, in bytes at the expected frame size (the model's shape hint,
+    16-bit), between 16 and 1000 frames: room for the newest frame of a fast camera."""
     max_message_bytes: int = Field(256 * 2**20, ge=1024)
     """Largest frame message accepted; larger ones get an error (oversized beyond twice this: disconnected)."""
     stats_interval_s: float = Field(0.5, gt=0)

@@ -126,8 +126,9 @@ class Server:
                 sock.setsockopt(zmq.LINGER, 0)
                 if self._curve is not None:
                     self._curve.apply(sock)
-                    # a peer without the keys (or with keys not let in) fails its handshake: count it
-                    self._auth_monitors.append(sock.get_monitor_socket(_HANDSHAKE_FAILED))
+                    if name != "output":  # (the output's one monitor watches its handshakes too)
+                        # a peer without the keys (or with keys not let in) fails its handshake: count it
+                        self._auth_monitors.append(sock.get_monitor_socket(_HANDSHAKE_FAILED))
                 if name in ("input", "request"):
                     sock.setsockopt(zmq.MAXMSGSIZE, hard_max)
                 if name == "input":
@@ -141,7 +142,8 @@ class Server:
                     # connections, to count subscribers by peer (one peer subscribing 1,000 times is one);
                     # inproc has no connection events: there subscriptions are counted as they come
                     if not cfg.endpoints.output.startswith("inproc://"):
-                        self._monitor = sock.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
+                        self._monitor = sock.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
+                                                                | _HANDSHAKE_FAILED)
                 self._sockets[name] = sock
                 address = getattr(cfg.endpoints, name)
                 try:
@@ -166,15 +168,20 @@ class Server:
         cfg = self.config
         if cfg.mode == "lossless":
             return cfg.queue_size
-        return max(2, min(1000, cfg.input_buffer_bytes // cfg.max_message_bytes))
+        # live mode must reach the newest frame each turn, so it needs room for the frames a fast camera queues:
+        # as many as the byte budget holds at the expected frame size (the model's shape hint, 16-bit), 16 to 1000
+        hint = self._shape_hint() or (2048, 2048)
+        return int(max(16, min(1000, cfg.input_buffer_bytes // (hint[0] * hint[1] * 2))))
 
     def memory_bound_mb(self) -> dict[str, float]:
-        """What the configuration lets the server hold, at most (MiB): input messages queued by ZeroMQ and by
-        the server, each up to the largest message allowed (ZeroMQ's kernel buffers aside)."""
+        """What the configuration lets the server's input hold (MiB): the messages queued by ZeroMQ and by the
+        server, at the expected frame size (the budget) and, at worst, each at the largest message allowed
+        (ZeroMQ's kernel buffers aside)."""
         cfg = self.config
-        per = cfg.max_message_bytes / 2**20
         queued = self._input_hwm() + (cfg.queue_size if cfg.mode == "lossless" else 1)
-        return {"input_mb": round(queued * per, 1), "request_mb": round(per, 1)}
+        hint = self._shape_hint() or (2048, 2048)
+        return {"input_mb": round(queued * hint[0] * hint[1] * 2 / 2**20, 1),
+                "input_worst_mb": round(queued * cfg.max_message_bytes / 2**20, 1)}
 
     def _shape_hint(self) -> tuple[int, int] | None:
         return self.denoiser.card.shape_hint
@@ -232,9 +239,10 @@ class Server:
         self._next_stats = time.monotonic() + interval
         log.info("serving %s (%s mode) on %s", self.denoiser.card.name, self.config.mode, self.endpoints["input"])
         bound = self.memory_bound_mb()
-        log.info("input held at most: %.0f MiB (%d queued messages of up to %.0f MiB); engine: %d tiles or frames "
-                 "per call; %d frame shapes compiled", bound["input_mb"], self._input_hwm(),
-                 self.config.max_message_bytes / 2**20, self.config.max_batch, self.config.max_shapes)
+        log.info("input held: %.0f MiB at the expected frame size, %.0f MiB at worst (%d queued messages of up to "
+                 "%.0f MiB); engine: %d tiles or frames per call; %d frame shapes compiled", bound["input_mb"],
+                 bound["input_worst_mb"], self._input_hwm(), self.config.max_message_bytes / 2**20,
+                 self.config.max_batch, self.config.max_shapes)
         while not self._stop.is_set():
             now = time.monotonic()
             wait_ms = 0 if self._queue else max(0, min(100, int((self._next_stats - now) * 1000)))
@@ -453,26 +461,25 @@ class Server:
         if self._stalled or self._stop.is_set():
             return "slow_subscriber" if self._stalled else "stopping"
         s = self._sockets
-        poller = zmq.Poller()
-        poller.register(s["output"], zmq.POLLOUT)
+        poller = zmq.Poller()  # (not the output: an XPUB always says it can send)
         for name in ("control", "request"):
             poller.register(s[name], zmq.POLLIN)
-        deadline = time.monotonic() + self.config.slow_subscriber_timeout_s
-        while time.monotonic() < deadline:
+        timeout = self.config.slow_subscriber_timeout_s
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while deadline is None or time.monotonic() < deadline:
             if self._stop.is_set():
                 return "stopping"
-            events = dict(poller.poll(50))
+            events = dict(poller.poll(10))
             if s["control"] in events:
                 self._on_control()
             if s["request"] in events:
                 self._on_request()
-            if s["output"] in events and self._publish_now(parts):
+            if self._publish_now(parts):
                 return None
             if time.monotonic() >= self._next_stats:
                 self._publish_stats()
         self._stalled = True  # from now on drop at once, until a frame goes through again
-        log.warning("a subscriber took no frame for %.1f s: dropping frames until it reads again",
-                    self.config.slow_subscriber_timeout_s)
+        log.warning("a subscriber took no frame for %.1f s: dropping frames until it reads again", timeout)
         return "slow_subscriber"
 
     def _reject(self, exc: ProtocolError, envelope: list[Any] | None) -> None:
@@ -513,8 +520,13 @@ class Server:
 
         assert self._monitor is not None
         while self._monitor.poll(0):
-            event = recv_monitor_message(self._monitor)
-            self._peers = max(0, self._peers + (1 if event["event"] == zmq.EVENT_ACCEPTED else -1))
+            kind = recv_monitor_message(self._monitor)["event"]
+            if kind == zmq.EVENT_ACCEPTED:
+                self._peers += 1
+            elif kind == zmq.EVENT_DISCONNECTED:
+                self._peers = max(0, self._peers - 1)
+            elif kind & _HANDSHAKE_FAILED:
+                self.stats.on_error("auth_refused")
         self._count_subscribers()
 
     def _on_handshake_failed(self, mon: zmq.Socket) -> None:
@@ -576,7 +588,11 @@ class Server:
             model = request.get("model")
             if not isinstance(model, str):
                 raise ValueError(f"swap needs 'model': a model folder path, got {model!r}")
-            self.swap(self._model_in_root(model), request.get("engine"))
+            engine = request.get("engine")
+            if engine is not None and engine not in ("auto", self.config.engine, self.denoiser.engine.name):
+                raise PermissionError(f"swap: expected the server's engine ({self.denoiser.engine.name}) or auto, "
+                                      f"got {engine!r}")
+            self.swap(self._model_in_root(model), engine)
             return {"ok": True, "status": self.status()}
         raise ValueError(f"unknown command {cmd!r}; expected one of status, swap, shutdown")
 

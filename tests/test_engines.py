@@ -94,8 +94,9 @@ def test_psnr_between() -> None:
     assert psnr_between(small, ref) > psnr_between(large, ref) > 0
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="'auto' prefers PyTorch on CUDA when a GPU is present")
 def test_auto_picks_openvino_on_cpu(card: ModelCard) -> None:
-    """'auto' takes OpenVINO on the CPU (the TorchScript engine only when asked for, GPU or not)."""
+    """Without a GPU, 'auto' takes OpenVINO on the CPU (the TorchScript engine only when asked for)."""
     need("openvino")
     engine = create_engine("auto", card, num_threads=1)
 

@@ -320,6 +320,22 @@ def test_a_curve_server_answers_a_client_with_the_key_and_refuses_and_counts_one
     assert result.pixels.shape == frame.shape and status["frames_in"] == 1
 
 
+def test_a_curve_server_streams_to_a_subscribed_client_and_counts_it(run: Path, tmp_path: Path) -> None:
+    from streamer.security import ClientKeys, make_keys
+
+    make_keys(tmp_path / "keys")
+    frame = camera_frames(1)[0]
+    with running_server(run, config(mode="lossless", curve_keys=str(tmp_path / "keys"))) as server, \
+            StreamClient(server.endpoints, keys=ClientKeys.load(tmp_path / "keys")) as client:
+        client.wait_subscribed()
+        client.send(frame, seq=5)
+        back = client.receive()
+        status = client.status()
+
+    assert back.seq == 5 and status["subscribers"] == 1 and status["frames_out"] == 1
+    assert "auth_refused" not in status["errors_by_kind"]
+
+
 def test_an_address_other_machines_reach_needs_keys_or_an_explicit_insecure(run: Path) -> None:
     from streamer.config import Endpoints
 

@@ -64,9 +64,9 @@ def _make(name: str, card: ModelCard, **kwargs: Any) -> Engine:
 
 def create_engine(name: str, card: ModelCard, precision: str = "auto", device: str = "auto",
                   num_threads: int | None = None, min_psnr_db: float = 50.0) -> Engine:
-    """The engine ``name`` for the model ``card``; ``auto`` takes the first that works here: OpenVINO, then ONNX
-    Runtime on the CPU, or with ``device='cuda'`` PyTorch on the GPU. The TorchScript engine runs only when asked
-    for (``torch``, or the device ``cuda``): a TorchScript file is a program, the others are graphs."""
+    """The engine ``name`` for the model ``card``; ``auto`` takes the first that works here: PyTorch on a CUDA
+    GPU, else OpenVINO, then ONNX Runtime on the CPU. On the CPU the TorchScript engine runs only when asked for
+    (``torch``): a TorchScript file is a program, the others are graphs."""
     kwargs = {"precision": precision, "num_threads": num_threads, "min_psnr_db": min_psnr_db}
     if name != "auto":
         dev = device
@@ -74,14 +74,12 @@ def create_engine(name: str, card: ModelCard, precision: str = "auto", device: s
             dev = "cpu"
         return _make(name, card, device=dev, **kwargs)
     order: list[tuple[str, str]] = []
-    if device == "cuda":
-        if not _cuda_available():
-            raise EngineUnavailable("device 'cuda' was asked for, but no CUDA GPU is visible to PyTorch")
+    if device in ("auto", "cuda") and _cuda_available():
         order.append(("torch", "cuda"))
-    else:
+    if device == "cuda" and not order:
+        raise EngineUnavailable("device 'cuda' was asked for, but no CUDA GPU is visible to PyTorch")
+    if device != "cuda":
         order += [("openvino", "cpu"), ("onnxruntime", "cpu")]
-        if device == "auto" and _cuda_available():
-            log.info("a CUDA GPU is here: --device cuda runs the model on it (PyTorch's TorchScript engine)")
     reasons = []
     for engine, dev in order:
         try:
