@@ -121,7 +121,8 @@ def _request_latency(client: StreamClient, frame: np.ndarray, n: int) -> list[fl
 
 def _stall(model: Path, workdir: Path, mode: str, seconds: float, frame: np.ndarray, threads: int | None,
            precision: str) -> dict[str, Any]:
-    """A subscriber that never reads, ``seconds`` long, while a producer pushes and a caller requests."""
+    """A subscriber that never reads, ``seconds`` long, while a producer pushes at twice the rate the server
+    can denoise (as the overload run) and a caller requests."""
     endpoints = Endpoints.local("tcp")
     with spawn(serve_command(model, endpoints, mode, "auto", precision, threads), workdir, f"stall-{mode}") as srv, \
             StreamClient(srv.endpoints, timeout=30) as caller, StreamClient(srv.endpoints, timeout=30) as producer:
@@ -134,12 +135,17 @@ def _stall(model: Path, workdir: Path, mode: str, seconds: float, frame: np.ndar
         stalled.setsockopt(zmq.SUBSCRIBE, b"")
         stop = threading.Event()
 
+        interval = service / 2 / 1000  # twice the server's rate
+
         def produce() -> None:
+            next_at = time.perf_counter()
             while not stop.is_set():
                 try:
                     producer.send(frame, timeout=1)
                 except TimeoutError:
                     pass
+                next_at += interval
+                time.sleep(max(0.0, next_at - time.perf_counter()))
 
         thread = threading.Thread(target=produce, daemon=True)
         thread.start()

@@ -54,7 +54,7 @@ __all__ = ["Server", "running_server", "load_denoiser"]
 
 log = logging.getLogger("n2n.streamer")
 
-_DRAIN_LIMIT = 10_000  # messages read in one turn at most (a flood cannot starve the loop)
+_DRAIN_LIMIT = 1_000  # messages read in one turn at most (a flood cannot starve requests and control)
 _CONTROL_MAX_BYTES = 64 * 1024  # a control command is a small JSON object
 _INPUT_MAX_PARTS = 2  # header, pixels
 _HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
