@@ -164,7 +164,7 @@ class Server:
 
     def _input_hwm(self) -> int:
         """Messages ZeroMQ may queue at the input: lossless, the queue's size (backpressure); live, as many as
-        fit ``input_buffer_bytes`` at the largest message allowed (the newest frame wins anyway)."""
+        fit ``input_buffer_bytes`` at the expected frame size, 16 to 1000 (room to reach the newest frame)."""
         cfg = self.config
         if cfg.mode == "lossless":
             return cfg.queue_size
