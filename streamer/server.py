@@ -92,8 +92,6 @@ class Server:
         self._monitor: zmq.Socket | None = None
         self._peers = 0  # connected to the output
         self._subscriptions = 0  # to frames, by all peers
-        self._too_many = 0  # parts of the last message refused for having too many
-        self._first_parts: list[Any] = []
         self._stalled = False  # lossless: a subscriber has been past its wait; frames drop until it reads
         self._next_stats = 0.0
         self._error_logs: dict[str, int] = {}
@@ -291,10 +289,9 @@ class Server:
                         dtype, expected)
         return msg
 
-    def _recv_bounded(self, sock: zmq.Socket, max_parts: int) -> list[Any] | None:
-        """One whole message, part by part; None when it has more than ``max_parts`` (the first ones kept in
-        ``self._first_parts``, the rest read and let go one at a time), so that a message of many parts never
-        sits in memory here at once."""
+    def _recv_bounded(self, sock: zmq.Socket, max_parts: int) -> tuple[list[Any], int]:
+        """One whole message, part by part: its first ``max_parts`` parts and how many it had (the rest read and
+        let go one at a time, so that a message of many parts never sits in memory here at once)."""
         parts: list[Any] = [sock.recv(zmq.NOBLOCK, copy=False)]
         count = 1
         while sock.getsockopt(zmq.RCVMORE):
@@ -302,10 +299,7 @@ class Server:
             count += 1
             if count <= max_parts:
                 parts.append(part)  # beyond: counted, let go
-        if count > max_parts:
-            self._too_many, self._first_parts = count, parts
-            return None
-        return parts
+        return parts, count
 
     def _drain_input(self) -> None:
         sock = self._sockets["input"]
@@ -314,13 +308,13 @@ class Server:
             if lossless and len(self._queue) >= self.config.queue_size:
                 break  # backpressure: leave the rest in ZeroMQ's queues
             try:
-                parts = self._recv_bounded(sock, _INPUT_MAX_PARTS)
+                parts, count = self._recv_bounded(sock, _INPUT_MAX_PARTS)
             except zmq.Again:
                 break
             self.stats.on_received()
-            if parts is None:
+            if count > _INPUT_MAX_PARTS:
                 self._reject(ProtocolError("bad_parts", f"expected 2 message parts (JSON header, pixels), got "
-                                                        f"{self._too_many}"), None)
+                                                        f"{count}"), None)
                 continue
             try:
                 msg = self._decode(parts)
@@ -336,22 +330,9 @@ class Server:
     def _on_request(self) -> bool:
         sock = self._sockets["request"]
         try:
-            parts = self._recv_bounded(sock, _REQUEST_MAX_PARTS)
+            parts, count = self._recv_bounded(sock, _REQUEST_MAX_PARTS)
         except zmq.Again:
             return False
-        if parts is None:
-            parts, count = self._first_parts, self._too_many
-            self._first_parts = []
-            split = next((i for i, p in enumerate(parts) if len(p.buffer) == 0), None)
-            if split is None:
-                self.stats.on_error("bad_envelope")
-                self._log_error("bad_envelope", f"request of {count} parts without an empty delimiter frame")
-                return True
-            self.stats.on_received()
-            # answered (a REQ caller would otherwise wait for its timeout): the envelope came whole
-            self._reject(ProtocolError("bad_parts", f"expected 2 message parts (JSON header, pixels) after the "
-                                                    f"envelope, got {count - split - 1}"), parts[: split + 1])
-            return True
         # envelope: routing id(s) up to and including the empty delimiter frame
         split = next((i for i, p in enumerate(parts) if len(p.buffer) == 0), None)
         if split is None:
@@ -360,6 +341,10 @@ class Server:
             return True
         envelope, body = parts[: split + 1], parts[split + 1 :]
         self.stats.on_received()
+        if count > _REQUEST_MAX_PARTS:  # answered (a REQ caller would otherwise wait for its timeout)
+            self._reject(ProtocolError("bad_parts", f"expected 2 message parts (JSON header, pixels) after the "
+                                                    f"envelope, got {count - split - 1}"), envelope)
+            return True
         try:
             msg = self._decode(body)
         except ProtocolError as exc:
