@@ -23,7 +23,7 @@ import numpy as np
 import zmq
 
 from bench.overload import live_overload
-from bench.processes import Process, rss_mb, serve_command, spawn
+from bench.processes import Process, peak_mb, rss_mb, serve_command, spawn
 from bench.report import machine
 from streamer.client import StreamClient
 from streamer.config import Endpoints
@@ -217,7 +217,7 @@ def _growing(model: Path, workdir: Path, threads: int | None, precision: str, ma
         for side in sides:
             frame = np.random.default_rng(side).poisson(300, (side, side)).astype(np.uint16)
             client.request(frame)
-            peaks.append((side, _peak_mb(srv.pid)))
+            peaks.append((side, round(peak_mb(srv.pid) or 0.0, 1)))
         status = client.status()
         alive = srv.popen.poll() is None
     max_pixels = sides[-1] ** 2
@@ -233,17 +233,6 @@ def _growing(model: Path, workdir: Path, threads: int | None, precision: str, ma
     budget = baseline + 2 * max_mb + 24 * max_pixels / 2**20 + max_batch * one_tile
     return {"peak_rss_mb": max(p for _, p in peaks), "rss_budget_mb": round(budget, 1), "baseline_mb": baseline,
             "peaks_by_side": peaks, "alive": alive, "errors": status["errors_by_kind"]}
-
-
-def _peak_mb(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        pass
-    return 0.0
 
 
 def run_faults(model: Path, fuzz: int = 10_000, stall_s: float = 10.0, overload_s: float = 60.0,

@@ -20,7 +20,8 @@ from typing import Any
 
 from streamer.config import ENDPOINT_NAMES, Endpoints
 
-__all__ = ["Process", "log_tail", "rss_mb", "serve_command", "spawn", "start_echo", "start_server", "stop_process"]
+__all__ = ["Process", "log_tail", "peak_mb", "rss_mb", "serve_command", "spawn", "start_echo", "start_server",
+           "stop_process"]
 
 READY_POLL_S = 0.05
 
@@ -133,13 +134,24 @@ def start_echo(workdir: Path, transport: str = "tcp", idle_s: float = 60.0, log_
     return spawn(cmd, workdir, "echo", timeout, log_dir)
 
 
-def rss_mb(pid: int) -> float | None:
-    """Resident memory of a process from /proc (None where there is no /proc or it is gone)."""
+def _status_mb(pid: int, field: str) -> float | None:
+    """A memory line (``VmRSS``, ``VmHWM``) of a process's /proc status in MiB (None where there is no /proc or
+    the process is gone)."""
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(f"{field}:"):
                     return int(line.split()[1]) / 1024.0
     except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+def rss_mb(pid: int) -> float | None:
+    """Resident memory of a process from /proc (None where there is no /proc or it is gone)."""
+    return _status_mb(pid, "VmRSS")
+
+
+def peak_mb(pid: int) -> float | None:
+    """A process's peak resident memory so far (its high-water mark) from /proc."""
+    return _status_mb(pid, "VmHWM")

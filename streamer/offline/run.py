@@ -158,24 +158,20 @@ def denoise(input_path: str | Path, model: str | Path, output: str | Path, cfg: 
     total, stage)`` is called as planes finish. Returns a summary (planes, rate, engine, where it went)."""
     cfg = cfg or DenoiseConfig()
     source, model, output = Path(input_path), Path(model), Path(output)
-    output_kind(output)
+    out_kind = output_kind(output)
     from ..model import ModelCard
 
-    ModelCard.load(model)  # a missing or damaged model is the first thing to say
+    card = ModelCard.load(model)  # a missing or damaged model is the first thing to say
     check_writable(output.parent)
     with exclusive(output):
         try:
-            return _denoise(source, model, output, cfg, progress)
+            return _denoise(source, model, card, output, out_kind, cfg, progress)
         finally:
             release()
 
 
-def _denoise(source: Path, model: Path, output: Path, cfg: DenoiseConfig,
+def _denoise(source: Path, model: Path, card: Any, output: Path, out_kind: str, cfg: DenoiseConfig,
              progress: Callable[[int, int, str], None] | None) -> dict[str, Any]:
-    from ..model import ModelCard
-
-    out_kind = output_kind(output)
-    card = ModelCard.load(model)
     store = output if out_kind == "zarr" else output.with_name(output.name + ".partial.zarr")
     reader = open_dataset(source)
     try:
