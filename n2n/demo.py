@@ -18,7 +18,10 @@ keeps no state to resume from, so running it again starts over.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -106,8 +109,10 @@ def _train(s: DemoSettings, run_dir: Path, grab_path: Path, console: Console) ->
 
 
 def run_demo(out: Path, settings: DemoSettings = FULL, console: Console | None = None, dashboard: bool = True,
-             stop: threading.Event | None = None, stage: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Run the demo into ``out``; returns the report (also written to ``out/report.json``)."""
+             stop: threading.Event | None = None, stage: Callable[[str], None] | None = None,
+             viewer: bool = False) -> dict[str, Any]:
+    """Run the demo into ``out``; returns the report (also written to ``out/report.json``). ``viewer``: napari
+    (``n2n view``) shows raw | denoised during the live stage."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from n2n.bridging import BridgeRun, bridge_live
@@ -158,16 +163,21 @@ def run_demo(out: Path, settings: DemoSettings = FULL, console: Console | None =
         raise KeyboardInterrupt
 
     # 4-5: serve + bridge with the dashboard: live (latest frame wins) for a while, then lossless
-    def bridged(mode: str, frames: int | None, seconds: float | None, path: Path | None) -> BridgeRun:
+    def bridged(mode: str, frames: int | None, seconds: float | None, path: Path | None,
+                started: Callable[..., None] | None = None) -> BridgeRun:
         serve = ServeConfig(mode=mode, endpoints=Endpoints.local(), stats_interval_s=0.25)
         run = bridge_live(source_cfg, model=run_dir, serve=serve, frames=frames, seconds=seconds, out=path,
-                          timeout_s=30, view="dashboard" if dashboard else "none", console=console, stop=stop)
+                          timeout_s=30, view="dashboard" if dashboard else "none", console=console, stop=stop,
+                          started=started)
         if run.stopped:
             raise KeyboardInterrupt
         return run
 
     say(f"3/5  serve and bridge the live stream for {s.live_seconds:g} s (live mode: latest frame wins)")
-    live_run = bridged("live", None, s.live_seconds, None)
+    with _Viewer(out / "viewer.json", console) if viewer else contextlib.nullcontext() as view:
+        live_run = bridged("live", None, s.live_seconds, None, view.open if view is not None else None)
+    if view is not None:
+        report["viewer"] = view.summary
     live, info = live_run.report, live_run.server or {}
     report["live"] = {**live.to_dict(), "drop_fraction": round((live_run.status or {})["drop_fraction"], 4),
                       "engine": info["engine"], "precision": info["precision"], "device": info["device"]}
@@ -220,6 +230,42 @@ def run_demo(out: Path, settings: DemoSettings = FULL, console: Console | None =
     report["files"] = sorted({p.name for p in out.iterdir()} | {"report.json"})
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+class _Viewer:
+    """``n2n view`` in a process of its own on the server of the live stage; closed (SIGTERM) when the stage ends,
+    its summary read back from ``summary_path``."""
+
+    def __init__(self, summary_path: Path, console: Console) -> None:
+        self.summary_path = summary_path
+        self.console = console
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.summary: dict[str, Any] | None = None
+
+    def open(self, _info: Any, endpoints: dict[str, str], _source: Any) -> None:
+        self.summary_path.unlink(missing_ok=True)
+        self.proc = subprocess.Popen([sys.executable, "-m", "n2n", "view", "--view-address", endpoints["view"],
+                                      "--stats-address", endpoints["stats"], "--json", str(self.summary_path)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.console.print("  napari opened on the live stream (n2n view): raw | denoised", highlight=False)
+
+    def __enter__(self) -> _Viewer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.terminate()  # n2n view closes its window on SIGTERM and writes its summary
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.summary_path.is_file():
+            self.summary = json.loads(self.summary_path.read_text())
+            self.console.print(f"  viewer: {self.summary['shown']} frames shown at {self.summary['display_fps']:.1f} "
+                               f"frames/s, {self.summary['skipped']} skipped", highlight=False)
 
 
 def _read_pairs(path: Path) -> np.ndarray:

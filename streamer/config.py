@@ -130,7 +130,7 @@ class _Versioned(_Strict):
 
 
 _SCHEMES = ("tcp://", "ipc://", "inproc://")
-ENDPOINT_NAMES = ("input", "output", "request", "stats", "control")
+ENDPOINT_NAMES = ("input", "output", "request", "stats", "control", "view")
 """The server's five sockets, in the order of :class:`Endpoints`."""
 
 
@@ -152,6 +152,10 @@ class Endpoints(_Strict):
     """PUB: statistics as JSON (topic ``stats``), twice a second."""
     control: str = "tcp://127.0.0.1:5559"
     """REP: status, model swap, shutdown (JSON commands)."""
+    view: str = "tcp://127.0.0.1:5560"
+    """XPUB: for viewers (``n2n view``, the napari widget), each frame's raw and denoised pixels in one message
+    (topic ``view``), sent only while a viewer is subscribed; lossy: a viewer that falls behind misses frames,
+    never slows the server (at most 2 messages queue for it)."""
 
     @classmethod
     def local(cls, transport: str = "tcp", folder: str | Path | None = None) -> Endpoints:
@@ -165,7 +169,7 @@ class Endpoints(_Strict):
             raise ValueError(f"expected transport tcp or ipc, got {transport!r}")
         return cls(**{name: "tcp://127.0.0.1:*" for name in ENDPOINT_NAMES})
 
-    @field_validator("input", "output", "request", "stats", "control")
+    @field_validator(*ENDPOINT_NAMES)
     @classmethod
     def _scheme(cls, v: str) -> str:
         if not v.startswith(_SCHEMES):
@@ -446,6 +450,8 @@ class DemoConfig(_Versioned):
     """Report folder."""
     dash: bool = True
     """Show the live dashboard while bridging."""
+    view: bool = False
+    """Open napari (n2n view) on the live stage: raw | denoised (needs the viewer extra and a display)."""
 
 
 class DenoiseConfig(_Versioned):

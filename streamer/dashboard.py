@@ -391,7 +391,8 @@ def render(stats: Mapping[str, Any] | None, history: History, address: str, *,
         drop_text.append(" " + ", ".join(f"{k} {_count(v)}" for k, v in sorted(reasons.items())))
     drop_text.append("   ")
     drop_text.append_text(_pairs(("queue depth", _count(stats.get("queue_depth"))),
-                                 ("subscribers", _count(stats.get("subscribers")))))
+                                 ("subscribers", _count(stats.get("subscribers"))),
+                                 ("viewers", _count(stats.get("viewers")))))
     grid.add_row("drops", drop_text)
     grid.add_row("errors", _errors(stats))
     load = [("CPU", _fmt(cpu_percent, "%", 0))]

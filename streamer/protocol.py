@@ -20,8 +20,15 @@ Errors are a one-part message (or two, with an empty second part on the reply pa
     {"v": 1, "type": "error", "seq": 17, "error": "bad_shape", "message": "..."}
 
 On the output (XPUB) and stats (PUB) sockets a topic part comes first: ``frame`` (a pushed frame,
-denoised), ``reply`` (a copy of a request's result, for viewers), ``error`` or ``stats``. Never
-pickle: any language with ZeroMQ and JSON can speak this.
+denoised), ``reply`` (a copy of a request's result, for viewers), ``error`` or ``stats``.
+
+The view socket (XPUB, for viewers) sends each denoised frame with the raw frame it came from, in
+one four-part message, while at least one viewer subscribes::
+
+    b"view", header (the denoised frame's, plus "raw": {"shape": [...], "dtype": "uint16"}),
+    raw pixels, denoised pixels
+
+Never pickle: any language with ZeroMQ and JSON can speak this.
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ __all__ = [
     "TOPIC_ERROR",
     "TOPIC_STATS",
     "TOPIC_REPLY",
+    "TOPIC_VIEW",
 ]
 
 PROTOCOL_VERSION = 1
@@ -57,6 +65,7 @@ TOPIC_FRAME = b"frame"
 TOPIC_ERROR = b"error"
 TOPIC_STATS = b"stats"
 TOPIC_REPLY = b"reply"  # request results on the output: viewers may watch them, stream consumers never get them
+TOPIC_VIEW = b"view"  # raw and denoised pixels of one frame, on the view socket
 
 
 class ProtocolError(ValueError):

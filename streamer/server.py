@@ -1,9 +1,10 @@
 """The ZeroMQ denoising server (``n2n serve``).
 
-One thread runs one loop over five sockets (see :class:`~streamer.config.Endpoints`): frames
+One thread runs one loop over six sockets (see :class:`~streamer.config.Endpoints`): frames
 pushed to ``input`` (PULL), synchronous requests on ``request`` (ROUTER, for REQ callers),
 commands on ``control`` (REP); denoised frames go out on ``output`` (XPUB: any number of
-subscribers) and statistics on ``stats`` (PUB). No locks, no per-frame threads: on the CPU
+subscribers), statistics on ``stats`` (PUB), and raw | denoised pairs on ``view`` (XPUB, lossy,
+only while a viewer subscribes). No locks, no per-frame threads: on the CPU
 the engine is the only thing that takes time, and ZeroMQ's own I/O thread moves the bytes.
 
 * live mode: each turn drains everything that arrived, keeps the latest frame and counts
@@ -42,6 +43,7 @@ from .protocol import (
     TOPIC_FRAME,
     TOPIC_REPLY,
     TOPIC_STATS,
+    TOPIC_VIEW,
     Message,
     ProtocolError,
     decode_frame,
@@ -60,6 +62,8 @@ _INPUT_MAX_PARTS = 2  # header, pixels
 _HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                      | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
 _REQUEST_MAX_PARTS = 8  # a ROUTER's routing frames, the empty delimiter, header, pixels
+_VIEW_HWM = 2  # messages queued for one viewer at most: a viewer that falls behind skips to the newest
+_VIEW_SOCKET_BUFFER = 256 * 1024  # bytes: the kernel's send buffer of the view socket
 
 
 def load_denoiser(model_dir: str | Path, config: ServeConfig, engine: str | None = None) -> Denoiser:
@@ -82,6 +86,7 @@ class Server:
         self.stats = ServerStats(self.config.latency_window)
         self.endpoints: dict[str, str] = {}
         self.subscribers = 0
+        self.viewers = 0  # subscriptions on the view socket
         self._ctx = zmq.Context()
         self._sockets: dict[str, zmq.Socket] = {}
         self._queue: deque[tuple[Message, list[Any] | None]] = deque()
@@ -106,7 +111,7 @@ class Server:
         cfg = self.config
         hard_max = 2 * cfg.max_message_bytes + 65536
         spec = {"input": zmq.PULL, "output": zmq.XPUB, "request": zmq.ROUTER, "stats": zmq.PUB,
-                "control": zmq.REP}
+                "control": zmq.REP, "view": zmq.XPUB}
         exposed = [f"{name} {getattr(cfg.endpoints, name)}" for name in spec
                    if not is_loopback(getattr(cfg.endpoints, name))]
         if exposed and cfg.curve_keys is None and not cfg.insecure:
@@ -142,6 +147,11 @@ class Server:
                     if not cfg.endpoints.output.startswith("inproc://"):
                         self._monitor = sock.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
                                                                 | _HANDSHAKE_FAILED)
+                if name == "view":  # lossy, two messages deep (and a small kernel buffer, so that frames do not
+                    # queue there instead): a viewer never slows the server, and one behind sees the newest frames
+                    sock.setsockopt(zmq.SNDHWM, _VIEW_HWM)
+                    sock.setsockopt(zmq.SNDBUF, _VIEW_SOCKET_BUFFER)
+                    sock.setsockopt(zmq.XPUB_VERBOSER, 1)
                 self._sockets[name] = sock
                 address = getattr(cfg.endpoints, name)
                 try:
@@ -227,7 +237,7 @@ class Server:
     def _loop(self) -> None:
         s = self._sockets
         poller = zmq.Poller()
-        for name in ("control", "request", "input", "output"):
+        for name in ("control", "request", "input", "output", "view"):
             poller.register(s[name], zmq.POLLIN)
         if self._monitor is not None:
             poller.register(self._monitor, zmq.POLLIN)
@@ -254,6 +264,8 @@ class Server:
                     self._on_handshake_failed(mon)
             if s["output"] in events:
                 self._on_subscription()
+            if s["view"] in events:
+                self._on_view_subscription()
             if s["request"] in events:
                 for _ in range(64):  # answer waiting callers first; they block on us
                     if not self._on_request():
@@ -412,19 +424,31 @@ class Server:
         body = np.ascontiguousarray(out).data
         if envelope is not None:
             self._sockets["request"].send_multipart([*envelope, head, body], copy=False)
+        if self.viewers:
+            self._publish_view(msg, header, body)
         # a request's result goes back to its caller; on the output it is a 'reply' (viewers may watch it),
         # never a 'frame': a consumer of the stream must not take it for the result of a frame it pushed
         if envelope is not None:  # viewers may watch replies, never worth waiting for: the caller has its own
             self._publish_now([TOPIC_REPLY, head, body])
         else:
             dropped = self._send_output([TOPIC_FRAME, head, body])
-            if dropped is None and self.subscribers == 0:
+            if dropped is None and self.subscribers == 0 and self.viewers == 0:
                 dropped = "no_subscriber"  # published to nobody: not delivered
             if dropped is not None:
                 self.stats.on_dropped(reason=dropped)  # denoised, never delivered
                 return
         stages["sent"] = sent
         self.stats.on_done(stages, h.get("ts_ns"), request=envelope is not None)
+
+    def _publish_view(self, msg: Message, header: dict[str, Any], body: Any) -> None:
+        """Raw and denoised pixels of one frame to the viewers. Never waits: the view socket is lossy, a viewer with
+        two messages queued misses this one (it sees the gap in ``seq``)."""
+        raw = msg.pixels
+        head = json.dumps({**header, "raw": {"shape": list(raw.shape), "dtype": raw.dtype.name}},
+                          separators=(",", ":")).encode()
+        self._sockets["view"].send_multipart([TOPIC_VIEW, head, np.ascontiguousarray(raw).data, body],
+                                             zmq.NOBLOCK, copy=False)
+        self.stats.view_frames += 1
 
     def _publish_now(self, parts: list[Any]) -> bool:
         try:
@@ -499,6 +523,19 @@ class Server:
             elif len(event) > 256:
                 self.stats.on_error("bad_subscription")
             self._count_subscribers()
+
+    def _on_view_subscription(self) -> None:
+        """Viewers: (un)subscriptions to ``view`` on the view socket (a disconnected viewer's are withdrawn)."""
+        sock = self._sockets["view"]
+        while True:
+            try:
+                event = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if event[:1] in (b"\x00", b"\x01") and TOPIC_VIEW.startswith(event[1:]):
+                self.viewers = max(0, self.viewers + (1 if event[:1] == b"\x01" else -1))
+            elif len(event) > 256:
+                self.stats.on_error("bad_subscription")
 
     def _on_connection(self) -> None:
         from zmq.utils.monitor import recv_monitor_message
@@ -604,7 +641,7 @@ class Server:
 
     def status(self) -> dict[str, Any]:
         info = self.denoiser.info()
-        return self.stats.snapshot(mode=self.config.mode, subscribers=self.subscribers,
+        return self.stats.snapshot(mode=self.config.mode, subscribers=self.subscribers, viewers=self.viewers,
                                    engine=info["engine"], precision=info["precision"],
                                    precision_note=info["precision_note"], device=info["device"],
                                    model=info["model"], shapes=info["shapes"], endpoints=self.endpoints)

@@ -62,6 +62,7 @@ class ServerStats:
         self.drops = 0
         self.drops_by_reason: Counter[str] = Counter()
         self.notices_dropped = 0  # error notices for pushed frames a full output could not take
+        self.view_frames = 0  # raw | denoised pairs published to viewers
         self.errors: Counter[str] = Counter()
         self.queue_depth = 0
         self.swaps = 0
@@ -123,6 +124,7 @@ class ServerStats:
             "drops": self.drops,
             "drops_by_reason": dict(self.drops_by_reason),
             "notices_dropped": self.notices_dropped,
+            "view_frames": self.view_frames,
             "drop_fraction": round(self.drops / seen, 4) if seen else 0.0,
             "errors": sum(self.errors.values()),
             "errors_by_kind": dict(self.errors),

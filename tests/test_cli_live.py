@@ -17,7 +17,7 @@ import tifffile
 import yaml
 
 from n2n.bridging import bridge_live, read_ready_file
-from streamer.config import Endpoints, MicroManagerSourceConfig, ServeConfig
+from streamer.config import ENDPOINT_NAMES, Endpoints, MicroManagerSourceConfig, ServeConfig
 from streamer.micromanager import SIM_CFG
 
 SIZE = 64
@@ -40,7 +40,7 @@ def _serve_config(mode: str) -> ServeConfig:
 def test_serve_removes_its_ready_file(trained_run: dict[str, Path], tmp_path: Path) -> None:
     """The ready file appears once the server answers and is gone when it exits (SIGTERM: status 0)."""
     ready = tmp_path / "ready.json"
-    addresses = [a for name in ("input", "output", "request", "stats", "control")
+    addresses = [a for name in ENDPOINT_NAMES
                  for a in (f"--{name}-address", "tcp://127.0.0.1:*")]
     proc = subprocess.Popen([sys.executable, "-m", "n2n", "serve", "--model", str(trained_run["run"]), "--threads",
                              "1", "--precision", "fp32", *addresses, "--ready-file", str(ready)],
@@ -50,7 +50,7 @@ def test_serve_removes_its_ready_file(trained_run: dict[str, Path], tmp_path: Pa
         while not ready.exists():
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
             time.sleep(0.05)
-        assert set(read_ready_file(ready)) == {"input", "output", "request", "stats", "control"}
+        assert set(read_ready_file(ready)) == set(ENDPOINT_NAMES)
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=20)
     finally:

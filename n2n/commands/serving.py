@@ -10,11 +10,12 @@ import typer
 
 from n2n.command import Command, ConfigOpt, DryRunOpt, console, log
 from n2n.errors import UserError, user_errors
+from streamer.config import ENDPOINT_NAMES
 
 __all__ = ["KEYS", "keys", "DASH", "SERVE", "dash", "serve"]
 
-#: the server's five sockets: ``--input-address`` … ``--control-address`` (the old ``--input`` … still work)
-ADDRESS_FLAGS = {name: f"--{name}-address" for name in ("input", "output", "request", "stats", "control")}
+#: the server's six sockets: ``--input-address`` … ``--view-address`` (the old ``--input`` … ``--control`` still work)
+ADDRESS_FLAGS = {name: f"--{name}-address" for name in ENDPOINT_NAMES}
 
 SERVE = Command("streamer.config:ServeConfig", flags={
     "--engine": "engine", "--mode": "mode", "--precision": "precision", "--device": "device",
@@ -23,7 +24,7 @@ SERVE = Command("streamer.config:ServeConfig", flags={
     **{flag: f"endpoints.{name}" for name, flag in ADDRESS_FLAGS.items()}},
     defaults={"--threads": "the engine's (all cores)", "--ready-file": "not written", "--curve-keys": "none: "
               "loopback only", "--models-root": "the served model's parent folder"},
-    deprecated={f"--{name}": flag for name, flag in ADDRESS_FLAGS.items()})
+    deprecated={f"--{name}": flag for name, flag in ADDRESS_FLAGS.items() if name != "view"})
 
 
 @SERVE
@@ -44,6 +45,8 @@ def serve(
     stats_address: Annotated[str | None, typer.Option("--stats-address", help="PUB address for statistics.")] = None,
     control_address: Annotated[str | None, typer.Option("--control-address",
                                                         help="REP address for commands.")] = None,
+    view_address: Annotated[str | None, typer.Option("--view-address", help="XPUB address for viewers (raw and "
+                                                     "denoised pixels, lossy).")] = None,
     ready_file: Annotated[Path | None, typer.Option("--ready-file", help="Write the bound addresses here (JSON) "
                                                      "once the engine is compiled; removed on exit.")] = None,
     curve_keys: Annotated[Path | None, typer.Option("--curve-keys", help="A folder made by `n2n keys`: encrypt "
@@ -62,8 +65,8 @@ def serve(
         "--engine": engine, "--mode": mode, "--precision": precision, "--device": device, "--threads": threads,
         "--output-dtype": output_dtype, "--input-address": input_address, "--output-address": output_address,
         "--request-address": request_address, "--stats-address": stats_address,
-        "--control-address": control_address, "--curve-keys": curve_keys, "--insecure": insecure,
-        "--models-root": models_root})
+        "--control-address": control_address, "--view-address": view_address, "--curve-keys": curve_keys,
+        "--insecure": insecure, "--models-root": models_root})
     import signal
 
     import zmq

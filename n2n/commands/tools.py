@@ -14,7 +14,8 @@ from n2n.errors import UserError, user_errors
 
 __all__ = ["BENCH", "DEMO", "FRONTIER", "bench", "demo", "frontier"]
 
-DEMO = Command("streamer.config:DemoConfig", flags={"--quick": "quick", "--out": "out", "--dash": "dash"})
+DEMO = Command("streamer.config:DemoConfig", flags={"--quick": "quick", "--out": "out", "--dash": "dash",
+                                                   "--view": "view"})
 
 
 @DEMO
@@ -24,18 +25,24 @@ def demo(
     out_dir: Annotated[Path | None, typer.Option("--out", help="Report folder.")] = None,
     dash: Annotated[bool | None, typer.Option("--dash/--no-dash", help="Show the live dashboard while bridging.")]
     = None,
+    view: Annotated[bool | None, typer.Option("--view/--no-view", help="Open napari on the live stage: raw | "
+                                              "denoised (the viewer extra).")] = None,
     config: ConfigOpt = None,
     dry_run: DryRunOpt = False,
 ) -> None:
     """The whole product on the simulated Micro-Manager session: grab, train, serve, bridge live, report."""
     from n2n.demo import FULL, QUICK, run_demo
 
-    cfg = DEMO.load(config, dry_run, {"--quick": quick, "--out": out_dir, "--dash": dash})
+    cfg = DEMO.load(config, dry_run, {"--quick": quick, "--out": out_dir, "--dash": dash, "--view": view})
+    if cfg.view:  # before minutes of grabbing and training
+        from n2n.commands.viewer import require_viewer
+
+        require_viewer()
     out_dir = Path(cfg.out)
     settings = QUICK if cfg.quick else FULL
     try:
         with user_errors():
-            report = run_demo(out_dir, settings, console=console, dashboard=cfg.dash)
+            report = run_demo(out_dir, settings, console=console, dashboard=cfg.dash, viewer=cfg.view)
     except KeyboardInterrupt:
         console.print(f"[yellow]interrupted: everything was shut down; partial results in {out_dir}[/yellow]",
                       highlight=False)

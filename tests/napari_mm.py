@@ -1,0 +1,77 @@
+"""napari-micromanager with the n2n widget, on the simulated in-process core (a UniMMCore running the Python camera):
+start live in Micro-Manager, denoise its preview, check and report what the layers hold. Run by
+tests/test_viewer.py under Xvfb, in a process of its own (Qt and a Python camera want their own process)::
+
+    python tests/napari_mm.py MODEL OUT.png OUT.json [FRAMES]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def main(model: Path, png: Path, report: Path, frames: int = 10) -> None:
+    import napari
+    from napari_micromanager.main_window import MainWindow
+    from qtpy.QtWidgets import QApplication
+
+    from streamer.config import ServeConfig
+    from streamer.micromanager.core import SIM_CFG, close_core, load_core
+    from streamer.napari_plugin._widget import DENOISED, RAW, DenoiseWidget
+    from streamer.server import load_denoiser
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = Path(tmp) / "sim.cfg"
+        cfg.write_text(SIM_CFG.replace("Width,512", "Width,96").replace("Height,512", "Height,96")
+                       .replace("Exposure,10.0", "Exposure,20.0"))
+        core = load_core(cfg)
+    viewer = napari.Viewer(title="napari-micromanager + n2n-live", show=True)
+    app = QApplication.instance()
+    mm = MainWindow(viewer, mmcore=core)
+    viewer.window.add_dock_widget(mm, name="Micro-Manager", area="top")
+    widget = DenoiseWidget(viewer)  # watches the layer napari-micromanager names 'preview'
+    viewer.window.add_dock_widget(widget, name="Live denoising", area="right")
+    previews: list[np.ndarray] = []  # every preview image, in the order the widget sends them (seq 0, 1, ...)
+    try:
+        widget.start_denoising(model, engine="onnxruntime", precision="fp32")
+        core.startContinuousSequenceAcquisition(0)
+        deadline = time.monotonic() + 120
+        while "preview" not in viewer.layers and time.monotonic() < deadline:
+            app.processEvents()
+            time.sleep(0.005)
+        viewer.layers["preview"].events.data.connect(lambda e: previews.append(np.array(e.source.data)))
+        previews.append(np.array(viewer.layers["preview"].data))  # (may be before the widget's first send)
+        shown = widget.wait_shown(frames, max(1.0, deadline - time.monotonic()), app)
+        widget.freeze()
+        core.stopSequenceAcquisition()
+        for _ in range(5):
+            app.processEvents()
+        viewer.screenshot(str(png), canvas_only=False, flash=False)
+        last = widget.last
+        out: dict = {"shown": shown, "layers": [layer.name for layer in viewer.layers], "pushed": widget.pushed}
+        if last is not None:
+            raw = np.asarray(viewer.layers[RAW].data)
+            den = np.asarray(viewer.layers[DENOISED].data)
+            expected = load_denoiser(model, ServeConfig(engine="onnxruntime", precision="fp32"))(raw)
+            out.update(seq=last.seq, shape=list(raw.shape), dtype=str(den.dtype),
+                       raw_is_a_preview=any(p.shape == raw.shape and np.array_equal(p, raw) for p in previews),
+                       denoised_max_diff=float(np.abs(den.astype(np.float64) - expected).max()),
+                       denoised_differs_from_raw=bool(np.any(den != raw)), summary=widget.feed.summary()
+                       if widget.feed else None)
+        report.write_text(json.dumps(out, indent=2))
+    finally:
+        widget.close_all()
+        if core.isSequenceRunning():
+            core.stopSequenceAcquisition()
+        viewer.close()
+        close_core(core)
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), *(int(a) for a in sys.argv[4:5]))

@@ -1,0 +1,141 @@
+"""`n2n view` and the napari widget for real: napari under Xvfb (a virtual X display, Debian's ``xvfb``) in a
+process of its own, watching a real server on 127.0.0.1 that denoises simulated camera frames; and the widget
+inside napari-micromanager on the simulated in-process core. Skipped, with the reason, without napari (the
+``viewer`` extra) or Xvfb."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from serverkit import camera_frames, config
+
+from streamer.client import StreamClient
+from streamer.server import running_server
+
+ROOT = Path(__file__).resolve().parent.parent
+HAVE_NAPARI = importlib.util.find_spec("napari") is not None
+needs_napari = pytest.mark.skipif(not HAVE_NAPARI, reason="napari not installed (pip install -e '.[viewer]')")
+
+
+@pytest.fixture(scope="module")
+def display() -> Iterator[dict[str, str]]:
+    """An Xvfb display for this module's napari processes: the environment to run them in."""
+    if shutil.which("Xvfb") is None:
+        pytest.skip("Xvfb not installed (Debian/Ubuntu: apt install xvfb)")
+    read, write = os.pipe()
+    proc = subprocess.Popen(["Xvfb", "-displayfd", str(write), "-screen", "0", "1400x900x24", "-nolisten", "tcp"],
+                            pass_fds=(write,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.close(write)
+    with os.fdopen(read) as f:
+        number = f.readline().strip()
+    try:
+        assert number, "Xvfb did not report its display"
+        env = {k: v for k, v in os.environ.items() if k not in ("WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
+        yield {**env, "DISPLAY": f":{number}", "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def run(trained_run: dict[str, Path]) -> Path:
+    return trained_run["run"]
+
+
+def test_without_napari_view_says_how_to_install_it() -> None:
+    code = "import sys; sys.modules['napari'] = None; from n2n.cli import main; main(['view'])"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("error: n2n view needs napari and Qt: pip install 'n2n-live[viewer]' (in a "
+                                   "checkout: pip install -e '.[viewer]')")
+    assert "Traceback" not in proc.stderr
+
+
+@needs_napari
+def test_without_a_display_view_says_what_to_do() -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    proc = subprocess.run([sys.executable, "-m", "n2n", "view"], capture_output=True, text=True, timeout=120,
+                          env=env, cwd=ROOT)
+    assert proc.returncode == 2
+    assert "error: n2n view needs a display" in proc.stderr and "xvfb-run -a n2n view" in proc.stderr
+
+
+@needs_napari
+def test_view_shows_raw_and_denoised_of_the_same_frame(run: Path, tmp_path: Path, display: dict[str, str]) -> None:
+    """A real napari window on a real server: the layers update, the denoised layer holds the server's output for
+    the frame's seq and the raw layer the frame the camera sent; the snapshot is a picture of them."""
+    frames = camera_frames(8, size=64)
+    sent: dict[int, np.ndarray] = {}
+    outputs: dict[int, np.ndarray] = {}
+    stop = threading.Event()
+    with running_server(run, config(mode="lossless")) as server, \
+            StreamClient(server.endpoints, timeout=5) as producer, StreamClient(server.endpoints) as consumer:
+        consumer.wait_subscribed()
+
+        def produce() -> None:  # a camera at about 50 frames/s, and a subscriber that keeps every output
+            seq = 0
+            while not stop.is_set():
+                sent[seq] = frames[seq % len(frames)]
+                producer.send(sent[seq], seq=seq)
+                result = consumer.receive(timeout=10)
+                outputs[result.seq] = result.pixels.copy()
+                seq += 1
+                stop.wait(0.02)
+
+        thread = threading.Thread(target=produce, daemon=True)
+        thread.start()
+        snap, summary_path = tmp_path / "view.png", tmp_path / "view.json"
+        try:
+            proc = subprocess.run(
+                [sys.executable, "-m", "n2n", "view", "--view-address", server.endpoints["view"], "--stats-address",
+                 server.endpoints["stats"], "--snapshot", str(snap), "--frames", "15", "--timeout", "90",
+                 "--json", str(summary_path)], capture_output=True, text=True, timeout=180, env=display, cwd=ROOT)
+        finally:
+            stop.set()
+            thread.join(timeout=20)
+        status = consumer.status()
+
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    shown = np.load(tmp_path / "view.npz")
+    seq = int(shown["seq"])
+    np.testing.assert_array_equal(shown["raw"], sent[seq])
+    np.testing.assert_array_equal(shown["denoised"], outputs[seq])
+    assert not np.array_equal(shown["denoised"], shown["raw"])
+    summary = json.loads(summary_path.read_text())
+    assert summary["shown"] >= 15 and summary["display_fps"] > 0 and summary["bad"] == 0
+    assert summary["shown"] + summary["skipped"] <= status["view_frames"]
+    from PIL import Image
+
+    picture = np.asarray(Image.open(snap).convert("L"), dtype=np.float64)
+    assert picture.shape[0] > 300 and picture.shape[1] > 500 and picture.std() > 10  # a window, not a blank
+    assert "frames shown at" in proc.stderr
+
+
+@needs_napari
+def test_the_widget_denoises_napari_micromanagers_live_preview(run: Path, tmp_path: Path,
+                                                               display: dict[str, str]) -> None:
+    """Inside napari-micromanager (simulated in-process core): live in Micro-Manager, and a denoised layer beside
+    the preview, computed by a server the widget started, equal to the model's output for the frame shown."""
+    if importlib.util.find_spec("napari_micromanager") is None:
+        pytest.skip("napari-micromanager not installed (pip install -e '.[viewer]')")
+    png, report = tmp_path / "mm.png", tmp_path / "mm.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "napari_mm.py"), str(run), str(png), str(report), "8"],
+                          capture_output=True, text=True, timeout=240, env=display, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(report.read_text())
+    assert got["shown"] is True
+    assert {"preview", "raw (n2n)", "denoised (n2n)"} <= set(got["layers"])
+    assert got["raw_is_a_preview"] is True  # the raw layer is a frame napari-micromanager previewed
+    assert got["denoised_max_diff"] == 0.0 and got["denoised_differs_from_raw"] is True
+    assert got["pushed"] >= 8 and got["summary"]["shown"] >= 8
+    assert png.stat().st_size > 10_000
