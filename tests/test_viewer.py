@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -139,3 +140,50 @@ def test_the_widget_denoises_napari_micromanagers_live_preview(run: Path, tmp_pa
     assert got["denoised_max_diff"] == 0.0 and got["denoised_differs_from_raw"] is True
     assert got["pushed"] >= 8 and got["summary"]["shown"] >= 8
     assert png.stat().st_size > 10_000
+
+
+@needs_napari
+def test_the_viewer_benchmark_reports_consistent_numbers(run: Path, tmp_path: Path, display: dict[str, str]) -> None:
+    """bench.viewer on small frames: rates for each case, napari's frames shown at a positive rate, and numbers
+    that agree with each other (shown + skipped within what the server published to viewers)."""
+    report_path = tmp_path / "viewer.json"
+    proc = subprocess.run([sys.executable, "-m", "bench.viewer", "--model", str(run), "--size", "64", "--trials", "1",
+                           "--shown", "10", "--threads", "1", "--precision", "fp32", "--json", str(report_path)],
+                          capture_output=True, text=True, timeout=300, env=display, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (row,) = json.loads(report_path.read_text())["sizes"]
+    assert row["size"] == 64 and row["server_drops"] == 0
+    assert row["server_fps"]["alone"] > 0 and row["server_fps"]["stalled"] > 0
+    assert row["stalled_over_alone"] == pytest.approx(row["server_fps"]["stalled"] / row["server_fps"]["alone"],
+                                                      abs=0.01)
+    assert 0 < row["camera_fps"] <= 100 and row["server_fps_with_napari"] > 0
+    assert row["napari_shown"] >= 10 and row["napari_display_fps"] > 0
+    assert row["napari_shown"] + row["napari_skipped"] <= row["view_frames"]
+    assert 0 < row["napari_latency_ms"]["p50"] <= row["napari_latency_ms"]["p99"]
+
+
+@needs_napari
+def test_demo_view_opens_napari_on_the_live_stage_and_reads_back_its_numbers(run: Path, tmp_path: Path,
+                                                                             display: dict[str, str],
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """What `n2n demo --view` does around its live stage: n2n view on the stage's server, closed (SIGTERM) when the
+    stage ends, its summary in the report."""
+    from rich.console import Console
+
+    from n2n.demo import _Viewer
+
+    for key, value in display.items():
+        monkeypatch.setenv(key, value)
+    frames = camera_frames(4, size=64)
+    with running_server(run, config(mode="live")) as server, StreamClient(server.endpoints) as client:
+        with _Viewer(tmp_path / "viewer.json", Console(stderr=True)) as viewer:
+            viewer.open(None, server.endpoints, None)
+            deadline = time.monotonic() + 120
+            i = 0
+            while time.monotonic() < deadline and client.status()["view_frames"] < 40:  # the stage's frames
+                client.send(frames[i % 4])
+                i += 1
+                time.sleep(0.02)
+            time.sleep(2)  # napari draws a few more
+        assert viewer.proc is not None and viewer.proc.returncode == 0
+    assert viewer.summary is not None and viewer.summary["shown"] > 0 and viewer.summary["display_fps"] >= 0

@@ -10,14 +10,18 @@ import typer
 
 from n2n.command import Command, console
 from n2n.errors import UserError, user_errors
+from streamer.config import Endpoints
 
 __all__ = ["INSTALL_HINT", "VIEW", "require_viewer", "view"]
 
 INSTALL_HINT = ("n2n view needs napari and Qt: pip install 'n2n-live[viewer]' (in a checkout: "
                 "pip install -e '.[viewer]')")
 
+_DEFAULT = Endpoints()
 VIEW = Command(defaults={"--connect": "none: the default addresses", "--snapshot": "none: a window until closed",
-                         "--curve-keys": "none: loopback only"})
+                         "--curve-keys": "none: loopback only", "--view-address": f"{_DEFAULT.view} (or the "
+                         "ready file's)", "--stats-address": f"{_DEFAULT.stats} (or the ready file's)",
+                         "--json": "not written"})
 
 
 def require_viewer() -> None:
@@ -35,8 +39,6 @@ def require_viewer() -> None:
 
 
 def _endpoints(connect: Path | None, view_address: str | None, stats_address: str | None) -> dict[str, str]:
-    from streamer.config import Endpoints
-
     if connect is not None:
         from n2n.bridging import read_ready_file
 
@@ -46,7 +48,7 @@ def _endpoints(connect: Path | None, view_address: str | None, stats_address: st
             raise UserError(f"--connect {connect}: expected a 'view' address, got none: the server predates "
                             "n2n view; restart it with this version")
     else:
-        endpoints = {"view": Endpoints().view, "stats": Endpoints().stats}
+        endpoints = {"view": _DEFAULT.view, "stats": _DEFAULT.stats}
     if view_address is not None:
         endpoints["view"] = view_address
     if stats_address is not None:
