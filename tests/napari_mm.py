@@ -2,7 +2,10 @@
 start live in Micro-Manager, denoise its preview, check and report what the layers hold. Run by
 tests/test_viewer.py under Xvfb, in a process of its own (Qt and a Python camera want their own process)::
 
-    python tests/napari_mm.py MODEL OUT.png OUT.json [FRAMES]
+    python tests/napari_mm.py MODEL OUT.png OUT.json [FRAMES [SIZE]]
+
+(the README's screenshot: ``xvfb-run -a -s "-screen 0 1400x900x24" python tests/napari_mm.py runs/demo/model
+docs/napari-micromanager.png /tmp/mm.json 30 256``)
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 
-def main(model: Path, png: Path, report: Path, frames: int = 10) -> None:
+def main(model: Path, png: Path, report: Path, frames: int = 10, size: int = 96) -> None:
     import napari
     from napari_micromanager.main_window import MainWindow
     from qtpy.QtWidgets import QApplication
@@ -28,10 +31,11 @@ def main(model: Path, png: Path, report: Path, frames: int = 10) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = Path(tmp) / "sim.cfg"
-        cfg.write_text(SIM_CFG.replace("Width,512", "Width,96").replace("Height,512", "Height,96")
+        cfg.write_text(SIM_CFG.replace("Width,512", f"Width,{size}").replace("Height,512", f"Height,{size}")
                        .replace("Exposure,10.0", "Exposure,20.0"))
         core = load_core(cfg)
     viewer = napari.Viewer(title="napari-micromanager + n2n-live", show=True)
+    viewer.window.resize(1280, 800)
     app = QApplication.instance()
     mm = MainWindow(viewer, mmcore=core)
     viewer.window.add_dock_widget(mm, name="Micro-Manager", area="top")
@@ -74,4 +78,4 @@ def main(model: Path, png: Path, report: Path, frames: int = 10) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), *(int(a) for a in sys.argv[4:5]))
+    main(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), *(int(a) for a in sys.argv[4:6]))

@@ -26,6 +26,7 @@ def run_view(endpoints: dict[str, str], keys: Any = None, side_by_side: bool = T
     from qtpy.QtWidgets import QApplication
 
     viewer = napari.Viewer(title="n2n-live: raw | denoised", show=True)
+    viewer.window.resize(1280, 760)
     widget = DenoiseWidget(viewer, endpoints=endpoints, keys=keys, side_by_side=side_by_side)
     viewer.window.add_dock_widget(widget, name="Live denoising", area="right")
     app: Any = QApplication.instance()

@@ -191,6 +191,9 @@ class DenoiseWidget(QWidget):
 
     def start_denoising(self, model: Path, engine: str = "auto", precision: str = "auto") -> None:
         """A server in this process on ``model``; every update of the source layer goes through it."""
+        self.model.setText(str(model))
+        self.engine.setCurrentText(engine)
+        self.precision.setCurrentText(precision)
         self.local = LocalServer(model, engine, precision)
         self.start_button.setText("Stop denoising")
         self.status.setText(f"compiling {model.name} ({engine}, {precision})…")
