@@ -187,3 +187,19 @@ def test_demo_view_opens_napari_on_the_live_stage_and_reads_back_its_numbers(run
             time.sleep(2)  # napari draws a few more
         assert viewer.proc is not None and viewer.proc.returncode == 0
     assert viewer.summary is not None and viewer.summary["shown"] > 0 and viewer.summary["display_fps"] >= 0
+
+
+@needs_napari
+def test_napari_finds_the_widget_through_the_plugin_entry_point() -> None:
+    """The installed package's npe2 manifest: napari lists the widget and its command imports the class."""
+    code = ("import warnings; warnings.simplefilter('ignore')\n"
+            "from npe2 import PluginManager\n"
+            "pm = PluginManager(); pm.discover()\n"
+            "mf = pm.get_manifest('n2n-live')\n"
+            "(w,) = mf.contributions.widgets\n"
+            "(c,) = [c for c in mf.contributions.commands if c.id == w.command]\n"
+            "from streamer.napari_plugin import DenoiseWidget\n"
+            "print(w.display_name, c.python_name, c.python_name.endswith(':' + DenoiseWidget.__name__))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["Live", "denoising", "streamer.napari_plugin._widget:DenoiseWidget", "True"]

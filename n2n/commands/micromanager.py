@@ -153,7 +153,8 @@ def bridge(
     def started(info: dict[str, Any] | None, endpoints: dict[str, str], source: Any) -> None:
         if info is not None:
             console.print(f"serving {info['model']} with {info['engine']} ({info['precision']}) in "
-                          f"{cfg.serve.mode} mode; viewers subscribe to {endpoints['output']}", highlight=False)
+                          f"{cfg.serve.mode} mode; subscribers take {endpoints['output']}, `n2n view` shows "
+                          f"{endpoints['view']}", highlight=False)
         console.print(f"bridging {total or 'until Ctrl-C'} frames of {source.shape[1]}x{source.shape[0]} from "
                       f"{source.camera!r}", highlight=False)
 
