@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -66,10 +67,11 @@ _VIEW_HWM = 2  # messages queued for one viewer at most: a viewer that falls beh
 _VIEW_SOCKET_BUFFER = 256 * 1024  # bytes: the kernel's send buffer of the view socket
 
 
-def load_denoiser(model_dir: str | Path, config: ServeConfig, engine: str | None = None) -> Denoiser:
+def load_denoiser(model_dir: str | Path, config: ServeConfig, engine: str | None = None,
+                  precision: str | None = None) -> Denoiser:
     """The model card, an engine for it and the pre/post-processing around it."""
     card = ModelCard.load(model_dir)
-    eng = create_engine(engine or config.engine, card, precision=config.precision, device=config.device,
+    eng = create_engine(engine or config.engine, card, precision=precision or config.precision, device=config.device,
                         num_threads=config.num_threads, min_psnr_db=config.min_precision_psnr_db)
     return Denoiser(card, eng, config.tile_size, config.tile_overlap, config.output_dtype, max_tiles=config.max_batch,
                     max_shapes=config.max_shapes)
@@ -100,6 +102,8 @@ class Server:
         self._stalled = False  # lossless: a subscriber has been past its wait; frames drop until it reads
         self._next_stats = 0.0
         self._error_logs: dict[str, int] = {}
+        self._swap: _Swap | None = None  # a model being loaded and compiled off the loop
+        self._sample: np.ndarray | None = None  # the last frame denoised: calibrates a swapped-in model
         self._warned_dtypes: set[str] = set()
 
     # --- life cycle --------------------------------------------------------------------------
@@ -254,9 +258,16 @@ class Server:
         while not self._stop.is_set():
             now = time.monotonic()
             wait_ms = 0 if self._queue else max(0, min(100, int((self._next_stats - now) * 1000)))
+            if self._swap is not None:
+                wait_ms = min(wait_ms, 5)  # look at the swap often; its reply waits meanwhile
+                if self._swap.done.is_set():
+                    self._finish_swap()
+                    poller.register(s["control"], zmq.POLLIN)
             events = dict(poller.poll(wait_ms))
             if s["control"] in events:
                 self._on_control()
+                if self._swap is not None:  # the REP socket replies when the swap ends: no commands till then
+                    poller.unregister(s["control"])
             if self._monitor is not None and self._monitor in events:
                 self._on_connection()
             for mon in self._auth_monitors:
@@ -281,6 +292,12 @@ class Server:
                     self._process(batch[0], None)
             if time.monotonic() >= self._next_stats:
                 self._publish_stats()
+        if self._swap is not None:  # its caller waits for a reply; its model must not outlive the server
+            self._swap.done.wait(60)
+            if self._swap.model is not None:
+                self._swap.model.engine.close()
+            self._reply_control({"ok": False, "error": "the server stopped before the swap ended"})
+            self._swap = None
         if self.config.mode == "lossless" and self._queue:
             log.info("finishing %d frames already accepted before stopping", len(self._queue))
             while self._queue:
@@ -399,6 +416,7 @@ class Server:
             self._deliver(m, None, out, t)
 
     def _process(self, msg: Message, envelope: list[Any] | None) -> None:
+        self._sample = msg.pixels
         t = Timings()
         try:
             out = self.denoiser(msg.pixels, t)
@@ -479,7 +497,7 @@ class Server:
             if self._stop.is_set():
                 return "stopping"
             events = dict(poller.poll(10))
-            if s["control"] in events:
+            if s["control"] in events and self._swap is None:
                 self._on_control()
             if s["request"] in events:
                 self._on_request()
@@ -581,19 +599,24 @@ class Server:
             if not isinstance(request, dict):
                 raise ValueError(f"expected a JSON object, got a JSON {type(request).__name__}")
             reply = self._command(request)
+            if reply is None:  # a swap: answered when its model is ready (or has failed), between two frames
+                return
         except (ValueError, UnicodeDecodeError) as exc:
             self.stats.on_error("bad_control")
             reply = {"ok": False, "error": f"bad control message: {exc}"}
         except Exception as exc:  # a failed swap etc.: say why, keep serving
             log.warning("control command failed: %s", exc)
             reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        self._reply_control(reply)
+
+    def _reply_control(self, reply: dict[str, Any]) -> None:
         try:
-            sock.send(json.dumps(reply, default=str).encode())
+            self._sockets["control"].send(json.dumps(reply, default=str).encode())
         except zmq.ZMQError as exc:  # the peer is gone or the socket's state is off: count it, keep serving
             self.stats.on_error("control_reply_failed")
             self._log_error("control_reply_failed", f"control reply not sent ({exc})")
 
-    def _command(self, request: dict[str, Any]) -> dict[str, Any]:
+    def _command(self, request: dict[str, Any]) -> dict[str, Any] | None:
         cmd = request.get("cmd")
         allowed = self.config.control_commands
         if cmd in ("status", "stats", "swap", "shutdown") and (cmd if cmd != "stats" else "status") not in allowed:
@@ -614,8 +637,8 @@ class Server:
             if engine is not None and engine not in ("auto", self.config.engine, self.denoiser.engine.name):
                 raise PermissionError(f"swap: expected the server's engine ({self.denoiser.engine.name}) or auto, "
                                       f"got {engine!r}")
-            self.swap(self._model_in_root(model), engine)
-            return {"ok": True, "status": self.status()}
+            self._swap = _Swap(self, self._model_in_root(model), engine)
+            return None  # replied to by _finish_swap
         raise ValueError(f"unknown command {cmd!r}; expected one of status, swap, shutdown")
 
     def _model_in_root(self, model: str) -> Path:
@@ -627,17 +650,59 @@ class Server:
             raise PermissionError(f"swap: expected a model folder inside {root} (models_root), got {model!r}")
         return path
 
-    def swap(self, model_dir: str | Path, engine: str | None = None) -> None:
-        """Load another model (compiled for the shapes seen so far); the next frame uses it.
-        On any error the current model stays."""
-        t0 = time.perf_counter()
-        new = load_denoiser(model_dir, self.config, engine)
-        for shape in self.denoiser.shapes or [s for s in [self._shape_hint()] if s]:
-            new.prepare(shape)
+    def prepare_model(self, model_dir: str | Path, engine: str | None = None) -> Denoiser:
+        """Another model, loaded, checked and compiled for the frame shapes served so far (calibrated on the last
+        frame served): ready to take over between two frames. Safe in any thread; the serving loop goes on."""
+        current = self.denoiser.engine
+        if self.config.precision == "auto" and current.precision_decided and engine in (None, "auto", current.name):
+            # the precision auto chose for this server, if the new model passed its check for it (no timing runs
+            # beside the serving loop); else auto again
+            try:
+                new = load_denoiser(model_dir, self.config, current.name, current.precision)
+            except Exception as exc:
+                log.info("swap: %s at %s not usable (%s): choosing again", current.name, current.precision, exc)
+                new = load_denoiser(model_dir, self.config, engine)
+        else:
+            new = load_denoiser(model_dir, self.config, engine)
+        try:
+            sample = self._sample
+            for shape in self.denoiser.shapes or [s for s in [self._shape_hint()] if s]:
+                frame = sample if sample is not None and sample.shape == tuple(shape) else None
+                new.prepare(shape, frame)
+                if frame is not None:  # an engine's first calls run slower: not on the serving loop's time
+                    new(frame)
+                    new(frame)
+        except Exception:
+            new.engine.close()
+            raise
+        return new
+
+    def use(self, new: Denoiser, took_s: float = 0.0) -> None:
+        """Serve the next frame with ``new`` (in the loop's thread, between two frames; or before serving)."""
         old, self.denoiser = self.denoiser, new
-        old.engine.close()
+        threading.Thread(target=old.engine.close, name="n2n-close-model", daemon=True).start()  # not on the loop
         self.stats.swaps += 1
-        log.info("swapped to model %s (%s) in %.1f s", new.card.name, new.engine.name, time.perf_counter() - t0)
+        log.info("swapped to model %s (%s, %s) prepared in %.1f s", new.card.name, new.engine.name,
+                 new.engine.precision, took_s)
+
+    def swap(self, model_dir: str | Path, engine: str | None = None) -> None:
+        """Load another model and serve it from the next frame: all at once, in the caller's thread (a server not
+        yet serving; the ``swap`` command prepares off the loop instead). On any error the current model stays."""
+        t0 = time.perf_counter()
+        self.use(self.prepare_model(model_dir, engine), time.perf_counter() - t0)
+
+    def _finish_swap(self) -> None:
+        """The swap thread has ended: take its model between two frames (or keep the old one), then reply."""
+        swap, self._swap = self._swap, None
+        assert swap is not None
+        if swap.model is None:
+            self.stats.on_error("swap_failed")
+            log.warning("swap to %s failed, still serving %s: %s", swap.model_dir, self.denoiser.card.name,
+                        swap.error)
+            self._reply_control({"ok": False, "error": swap.error})
+            return
+        self.use(swap.model, swap.seconds)
+        self._reply_control({"ok": True, "status": self.status(), "prepared_s": round(swap.seconds, 3)})
 
     def status(self) -> dict[str, Any]:
         info = self.denoiser.info()
@@ -652,6 +717,29 @@ class Server:
             self._sockets["stats"].send_multipart([TOPIC_STATS, json.dumps(self.status()).encode()], zmq.NOBLOCK)
         except zmq.Again:
             pass
+
+
+class _Swap:
+    """A model loaded and compiled in a thread of its own, while the loop serves with the old one."""
+
+    def __init__(self, server: Server, model_dir: Path, engine: str | None) -> None:
+        self.model_dir = model_dir
+        self.model: Denoiser | None = None
+        self.error: str | None = None
+        self.seconds = 0.0
+        self.done = threading.Event()
+        threading.Thread(target=self._run, args=(server, engine), name="n2n-swap", daemon=True).start()
+
+    def _run(self, server: Server, engine: str | None) -> None:
+        t0 = time.perf_counter()
+        with suppress(OSError, AttributeError):  # below the serving loop's priority (Linux: per thread)
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+        try:
+            self.model = server.prepare_model(self.model_dir, engine)
+        except Exception as exc:  # said in the reply; the old model goes on serving
+            self.error = f"{type(exc).__name__}: {exc}"
+        self.seconds = time.perf_counter() - t0
+        self.done.set()
 
 
 @contextmanager

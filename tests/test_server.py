@@ -331,6 +331,77 @@ def test_failed_swap_keeps_the_old_model(run: Path, tmp_path: Path) -> None:
     assert status["swaps"] == 0 and status["model"] == "run"
 
 
+def test_a_swap_under_load_loses_no_frame_keeps_order_and_never_stops_serving(run: Path, other_run: Path) -> None:
+    """Lossless, frames streaming in: the new model is prepared off the loop (frames keep coming out meanwhile),
+    then takes over between two frames; every frame comes out once, in order, the old model's before the new's."""
+    frames = camera_frames(8)
+    received: list[tuple[int, str, float]] = []
+    sent: list[int] = []
+    stop = threading.Event()
+    with running_server(run, config(mode="lossless", models_root=str(other_run.parent.parent))) as server, \
+            StreamClient(server.endpoints, send_hwm=10_000) as client, StreamClient(server.endpoints) as control:
+        client.wait_subscribed()
+
+        def produce() -> None:
+            while not stop.is_set():
+                sent.append(client.send(frames[len(sent) % len(frames)], seq=len(sent)))
+                time.sleep(0.002)
+
+        sender = threading.Thread(target=produce)
+        sender.start()
+
+        def take() -> None:
+            r = client.receive(timeout=20)
+            received.append((r.seq, r.header["model"], time.monotonic()))
+
+        while len(received) < 40:  # serving before the swap
+            take()
+        asked = time.monotonic()
+        replies: list[dict] = []
+        swapper = threading.Thread(target=lambda: replies.append(control.control("swap", model=str(other_run),
+                                                                                  timeout=60)))
+        swapper.start()
+        while not replies or sum(m == "other" for _, m, _ in received) < 20:
+            take()
+        stop.set()
+        sender.join(timeout=60)
+        while len(received) < len(sent):
+            take()
+        swapper.join(timeout=60)
+        status = control.status()
+
+    assert [seq for seq, _, _ in received] == list(range(len(sent)))  # none lost, none twice, in order
+    models = [m for _, m, _ in received]
+    switch = models.index("other")
+    assert set(models[:switch]) == {"run"} and set(models[switch:]) == {"other"}  # one switch, between frames
+    assert replies[0]["ok"] and replies[0]["status"]["model"] == "other" and replies[0]["prepared_s"] > 0
+    assert any(t > asked for _, m, t in received[:switch])  # the old model served while the new one was prepared
+    assert status["swaps"] == 1 and status["drops"] == 0
+
+
+def test_a_candidate_that_fails_its_checks_never_replaces_the_serving_model(run: Path, other_run: Path,
+                                                                             tmp_path: Path) -> None:
+    """A candidate whose ONNX file was changed after its card was written (sha256 mismatch) is refused with the
+    reason; the old model keeps serving, and the refusal is counted."""
+    import shutil
+
+    bad = tmp_path / "candidate"
+    shutil.copytree(other_run, bad)
+    onnx = bad / "model.onnx"
+    onnx.write_bytes(onnx.read_bytes()[:-16] + b"\0" * 16)
+    frame = camera_frames(1)[0]
+    with running_server(run, config(models_root=str(tmp_path))) as server, StreamClient(server.endpoints) as client:
+        before = client.request(frame)
+        with pytest.raises(RuntimeError, match="sha256") as info:
+            client.control("swap", model="candidate")
+        after = client.request(frame)
+        status = client.status()
+
+    assert "candidate" in str(info.value)
+    assert after.header["model"] == before.header["model"] == "run" and np.array_equal(after.pixels, before.pixels)
+    assert status["swaps"] == 0 and status["errors_by_kind"].get("swap_failed") == 1
+
+
 # --- statistics ----------------------------------------------------------------------------------------
 def test_stats_are_complete_and_consistent(run: Path) -> None:
     """The stats socket publishes rates, latency percentiles, stage times, counters and the engine."""
