@@ -189,6 +189,36 @@ ControlCommand = Literal["status", "swap", "shutdown"]
 CONTROL_COMMANDS: tuple[ControlCommand, ...] = ("status", "swap", "shutdown")
 
 
+class FinetuneConfig(_Strict):
+    """``n2n serve --finetune``: keep training the served model on the live stream (a worker process)."""
+
+    enabled: bool = False
+    """Start the fine-tuning worker with the server."""
+    every: int = Field(10, ge=1)
+    """One pair of consecutive frames in this many frames goes to the worker (sampled across the session)."""
+    ring_pairs: int = Field(64, ge=4)
+    """Pairs the worker keeps at most (the oldest go first): its memory bound."""
+    val_every: int = Field(5, ge=2)
+    """One pair in this many is held out to validate on."""
+    min_pairs: int = Field(12, ge=2)
+    """Training pairs before the first round."""
+    steps: int = Field(50, ge=1)
+    """Optimiser steps per round."""
+    batch_size: int = Field(8, ge=1)
+    patch_size: int = Field(64, ge=16)
+    learning_rate: float = Field(2e-4, gt=0)
+    val_crop: int = Field(256, ge=32)
+    """Validation on the centre of each held-out pair, at most this many pixels square."""
+    margin: float = Field(0.01, lt=1)
+    """A candidate is swapped in when its validation loss is below the serving model's by this fraction."""
+    threads: int = Field(1, ge=1)
+    """The worker's PyTorch threads (its CPU share, with nice)."""
+    nice: int = Field(10, ge=0, le=19)
+    """The worker's niceness: below the server's priority."""
+    out: str | None = None
+    """Where swapped-in models are saved as run folders; None: the served model's folder's parent."""
+
+
 class ServeConfig(_Versioned):
     """``n2n serve``: the ZeroMQ denoising service."""
 
@@ -234,6 +264,8 @@ class ServeConfig(_Versioned):
     served meanwhile, so a stalled viewer never stops the server; the producers wait: that is lossless). A
     number of seconds: past it the frame is dropped and counted (``slow_subscriber``), and so is every frame
     after it until the subscriber has room again (for every subscriber: ZeroMQ refuses the frame to all)."""
+    finetune: FinetuneConfig = FinetuneConfig()
+    """Online fine-tuning on the live stream (off unless enabled)."""
     max_shapes: int = Field(8, ge=1)
     """Frame shapes kept compiled at most; a new one beyond releases the least recently used (memory stays
     bounded however many shapes arrive, and a swap compiles at most this many)."""

@@ -395,6 +395,13 @@ def render(stats: Mapping[str, Any] | None, history: History, address: str, *,
                                  ("viewers", _count(stats.get("viewers")))))
     grid.add_row("drops", drop_text)
     grid.add_row("errors", _errors(stats))
+    ft = stats.get("finetune")
+    if isinstance(ft, dict):  # n2n serve --finetune: the worker's progress
+        grid.add_row("fine-tune", _pairs(("state", str(ft.get("state", "?"))[:40]), ("pairs", _count(ft.get("pairs"))),
+                                         ("steps", _count(ft.get("steps"))),
+                                         ("val serving", _fmt(ft.get("val_serving"), "", 4)),
+                                         ("candidate", _fmt(ft.get("val_candidate"), "", 4)),
+                                         ("swaps", _count(ft.get("swaps")))))
     load = [("CPU", _fmt(cpu_percent, "%", 0))]
     load_text = _pairs(*load)
     if gpu:

@@ -104,6 +104,7 @@ class Server:
         self._error_logs: dict[str, int] = {}
         self._swap: _Swap | None = None  # a model being loaded and compiled off the loop
         self._sample: np.ndarray | None = None  # the last frame denoised: calibrates a swapped-in model
+        self.finetune: Any = None  # the fine-tuning worker's link (finetune.enabled)
         self._warned_dtypes: set[str] = set()
 
     # --- life cycle --------------------------------------------------------------------------
@@ -166,6 +167,12 @@ class Server:
         except Exception:
             self.close()
             raise
+        if cfg.finetune.enabled:
+            from .finetune import FinetuneLink
+
+            run_dir = self.denoiser.card.run_dir
+            out = Path(cfg.finetune.out) if cfg.finetune.out else run_dir.resolve().parent
+            self.finetune = FinetuneLink(self._ctx, run_dir, cfg.finetune, out)
         shape = warmup_shape or self._shape_hint()
         if shape is not None:
             t0 = time.perf_counter()
@@ -226,6 +233,8 @@ class Server:
         if self._curve is not None:
             self._curve.stop()
             self._curve = None
+        if self.finetune is not None:
+            self.finetune.close()
         self._ctx.term()
         self.denoiser.engine.close()
 
@@ -247,6 +256,8 @@ class Server:
             poller.register(self._monitor, zmq.POLLIN)
         for mon in self._auth_monitors:
             poller.register(mon, zmq.POLLIN)
+        if self.finetune is not None:
+            poller.register(self.finetune.status_socket, zmq.POLLIN)
         interval = self.config.stats_interval_s
         self._next_stats = time.monotonic() + interval
         log.info("serving %s (%s mode) on %s", self.denoiser.card.name, self.config.mode, self.endpoints["input"])
@@ -261,12 +272,13 @@ class Server:
             if self._swap is not None:
                 wait_ms = min(wait_ms, 5)  # look at the swap often; its reply waits meanwhile
                 if self._swap.done.is_set():
+                    if self._swap.reply:
+                        poller.register(s["control"], zmq.POLLIN)
                     self._finish_swap()
-                    poller.register(s["control"], zmq.POLLIN)
             events = dict(poller.poll(wait_ms))
             if s["control"] in events:
                 self._on_control()
-                if self._swap is not None:  # the REP socket replies when the swap ends: no commands till then
+                if self._swap is not None and self._swap.reply:  # the REP socket replies when the swap ends
                     poller.unregister(s["control"])
             if self._monitor is not None and self._monitor in events:
                 self._on_connection()
@@ -277,6 +289,8 @@ class Server:
                 self._on_subscription()
             if s["view"] in events:
                 self._on_view_subscription()
+            if self.finetune is not None and self.finetune.status_socket in events:
+                self._on_finetune()
             if s["request"] in events:
                 for _ in range(64):  # answer waiting callers first; they block on us
                     if not self._on_request():
@@ -296,7 +310,8 @@ class Server:
             self._swap.done.wait(60)
             if self._swap.model is not None:
                 self._swap.model.engine.close()
-            self._reply_control({"ok": False, "error": "the server stopped before the swap ended"})
+            if self._swap.reply:
+                self._reply_control({"ok": False, "error": "the server stopped before the swap ended"})
             self._swap = None
         if self.config.mode == "lossless" and self._queue:
             log.info("finishing %d frames already accepted before stopping", len(self._queue))
@@ -457,6 +472,8 @@ class Server:
                 return
         stages["sent"] = sent
         self.stats.on_done(stages, h.get("ts_ns"), request=envelope is not None)
+        if self.finetune is not None and envelope is None:
+            self.finetune.offer(msg)
 
     def _publish_view(self, msg: Message, header: dict[str, Any], body: Any) -> None:
         """Raw and denoised pixels of one frame to the viewers. Never waits: the view socket is lossy, a viewer with
@@ -497,7 +514,7 @@ class Server:
             if self._stop.is_set():
                 return "stopping"
             events = dict(poller.poll(10))
-            if s["control"] in events and self._swap is None:
+            if s["control"] in events and (self._swap is None or not self._swap.reply):
                 self._on_control()
             if s["request"] in events:
                 self._on_request()
@@ -637,6 +654,8 @@ class Server:
             if engine is not None and engine not in ("auto", self.config.engine, self.denoiser.engine.name):
                 raise PermissionError(f"swap: expected the server's engine ({self.denoiser.engine.name}) or auto, "
                                       f"got {engine!r}")
+            if self._swap is not None:
+                raise RuntimeError("a swap is in progress (the fine-tuning worker's candidate): try again")
             self._swap = _Swap(self, self._model_in_root(model), engine)
             return None  # replied to by _finish_swap
         raise ValueError(f"unknown command {cmd!r}; expected one of status, swap, shutdown")
@@ -699,20 +718,38 @@ class Server:
             self.stats.on_error("swap_failed")
             log.warning("swap to %s failed, still serving %s: %s", swap.model_dir, self.denoiser.card.name,
                         swap.error)
-            self._reply_control({"ok": False, "error": swap.error})
+            if swap.reply:
+                self._reply_control({"ok": False, "error": swap.error})
             return
         self.use(swap.model, swap.seconds)
-        self._reply_control({"ok": True, "status": self.status(), "prepared_s": round(swap.seconds, 3)})
+        if swap.reply:
+            self._reply_control({"ok": True, "status": self.status(), "prepared_s": round(swap.seconds, 3)})
+        elif self.finetune is not None:
+            self.finetune.swaps += 1
+
+    def _on_finetune(self) -> None:
+        """The worker's status; its candidate is prepared off the loop and swapped in like a control swap."""
+        assert self.finetune is not None
+        candidate = self.finetune.poll()
+        if candidate is not None:
+            if self._swap is not None:
+                log.info("fine-tuning candidate %s skipped: a swap is in progress", candidate)
+            else:
+                log.info("fine-tuning candidate %s: preparing it", candidate)
+                self._swap = _Swap(self, Path(candidate), None, reply=False)
 
     def status(self) -> dict[str, Any]:
         info = self.denoiser.info()
-        return self.stats.snapshot(mode=self.config.mode, subscribers=self.subscribers, viewers=self.viewers,
+        extra = {"finetune": self.finetune.snapshot()} if self.finetune is not None else {}
+        return self.stats.snapshot(**extra,mode=self.config.mode, subscribers=self.subscribers, viewers=self.viewers,
                                    engine=info["engine"], precision=info["precision"],
                                    precision_note=info["precision_note"], device=info["device"],
                                    model=info["model"], shapes=info["shapes"], endpoints=self.endpoints)
 
     def _publish_stats(self) -> None:
         self._next_stats = time.monotonic() + self.config.stats_interval_s
+        if self.finetune is not None:
+            self._on_finetune()  # also notices a worker that ended without a word
         try:
             self._sockets["stats"].send_multipart([TOPIC_STATS, json.dumps(self.status()).encode()], zmq.NOBLOCK)
         except zmq.Again:
@@ -722,8 +759,9 @@ class Server:
 class _Swap:
     """A model loaded and compiled in a thread of its own, while the loop serves with the old one."""
 
-    def __init__(self, server: Server, model_dir: Path, engine: str | None) -> None:
+    def __init__(self, server: Server, model_dir: Path, engine: str | None, reply: bool = True) -> None:
         self.model_dir = model_dir
+        self.reply = reply  # a control command waits for the outcome (else: the fine-tuning worker's candidate)
         self.model: Denoiser | None = None
         self.error: str | None = None
         self.seconds = 0.0

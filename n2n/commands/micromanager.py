@@ -106,7 +106,8 @@ def grab(
 BRIDGE = Command("streamer.config:MicroManagerConfig", flags={
     "--model": "bridge.model", "--connect": "bridge.connect", "--frames": "bridge.frames", "--out": "bridge.out",
     "--no-save": "bridge.out", "--mode": "serve.mode", "--engine": "serve.engine", "--precision": "serve.precision",
-    "--device": "serve.device", "--threads": "serve.num_threads", **_SOURCE_FLAGS},
+    "--device": "serve.device", "--threads": "serve.num_threads", "--finetune": "serve.finetune.enabled",
+    **_SOURCE_FLAGS},
     defaults={**_SOURCE_DEFAULTS, "--threads": "the engine's (all cores)", "--json": "not written"})
 
 
@@ -124,6 +125,9 @@ def bridge(
         help="auto (the fastest that passed its check), fp32, bf16, fp16 or int8.")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads for the engine.")] = None,
+    finetune: Annotated[bool | None, typer.Option("--finetune", help="Keep training the model on the stream "
+                                                  "(the server it starts) and swap in what validates better.")]
+    = None,
     exposure_ms: Annotated[float | None, typer.Option("--exposure-ms", help="Set the camera exposure first.")] = None,
     mm_config: MMConfigFileOpt = None,
     gui: GuiOpt = False,
@@ -139,7 +143,8 @@ def bridge(
     cfg = BRIDGE.load(config, dry_run, {
         "--model": model, "--connect": connect, "--frames": NULL if frames == 0 else frames, "--out": out_path,
         "--no-save": NULL if no_save else None, "--mode": mode, "--engine": engine, "--precision": precision,
-        "--device": device, "--threads": threads, "--exposure-ms": exposure_ms, "--mm-config": mm_config,
+        "--device": device, "--threads": threads, "--finetune": finetune, "--exposure-ms": exposure_ms,
+        "--mm-config": mm_config,
         "--gui": NULL if gui else None})
     if cfg.bridge.model is None and cfg.bridge.connect is None:
         raise UserError("expected a model to serve (--model runs/NAME) or a running server "

@@ -20,7 +20,7 @@ ADDRESS_FLAGS = {name: f"--{name}-address" for name in ENDPOINT_NAMES}
 SERVE = Command("streamer.config:ServeConfig", flags={
     "--engine": "engine", "--mode": "mode", "--precision": "precision", "--device": "device",
     "--threads": "num_threads", "--output-dtype": "output_dtype", "--curve-keys": "curve_keys",
-    "--insecure": "insecure", "--models-root": "models_root",
+    "--insecure": "insecure", "--models-root": "models_root", "--finetune": "finetune.enabled",
     **{flag: f"endpoints.{name}" for name, flag in ADDRESS_FLAGS.items()}},
     defaults={"--threads": "the engine's (all cores)", "--ready-file": "not written", "--curve-keys": "none: "
               "loopback only", "--models-root": "the served model's parent folder"},
@@ -57,6 +57,9 @@ def serve(
     = None,
     models_root: Annotated[Path | None, typer.Option("--models-root", help="swap takes model folders inside "
                                                      "this one only.")] = None,
+    finetune: Annotated[bool | None, typer.Option("--finetune", help="Keep training the model on the stream "
+                                                  "(a worker process) and swap in what validates better.")]
+    = None,
     config: ConfigOpt = None,
     dry_run: DryRunOpt = False,
 ) -> None:
@@ -66,7 +69,7 @@ def serve(
         "--output-dtype": output_dtype, "--input-address": input_address, "--output-address": output_address,
         "--request-address": request_address, "--stats-address": stats_address,
         "--control-address": control_address, "--view-address": view_address, "--curve-keys": curve_keys,
-        "--insecure": insecure, "--models-root": models_root})
+        "--insecure": insecure, "--models-root": models_root, "--finetune": finetune})
     import signal
 
     import zmq

@@ -1,0 +1,108 @@
+"""The server's side of online fine-tuning (``n2n serve --finetune``): the worker process (``trainer.live``), the
+pairs of consecutive frames sent to it, and its status. Nothing here waits: a worker that is busy misses pairs
+(counted), a worker that dies is reported and the server serves on."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+
+from .config import FinetuneConfig
+from .protocol import Message
+
+__all__ = ["FinetuneLink"]
+
+log = logging.getLogger("n2n.streamer")
+
+
+class FinetuneLink:
+    """Start the worker on ``model_dir``; :meth:`offer` each frame served, :meth:`poll` for its status and the
+    candidates it saved (run folders in ``out``)."""
+
+    def __init__(self, ctx: zmq.Context, model_dir: Path, cfg: FinetuneConfig, out: Path) -> None:
+        self.cfg = cfg
+        self.out = out
+        self.frames = ctx.socket(zmq.PUSH)
+        self.frames.setsockopt(zmq.SNDHWM, 2)  # pairs queued for the worker at most; it misses the others
+        self.frames.setsockopt(zmq.LINGER, 0)
+        self.frames.bind("tcp://127.0.0.1:*")
+        self.status_socket = ctx.socket(zmq.PULL)
+        self.status_socket.setsockopt(zmq.LINGER, 0)
+        self.status_socket.bind("tcp://127.0.0.1:*")
+        out.mkdir(parents=True, exist_ok=True)
+        self.log_path = out / "finetune.log"
+        settings = cfg.model_dump(exclude={"enabled", "out", "nice"})
+        cmd = [sys.executable, "-m", "trainer.live", "--model", str(model_dir), "--out", str(out),
+               "--frames", self.frames.getsockopt_string(zmq.LAST_ENDPOINT),
+               "--status", self.status_socket.getsockopt_string(zmq.LAST_ENDPOINT), "--config", json.dumps(settings)]
+        env = {**os.environ, "OMP_NUM_THREADS": str(cfg.threads)}
+        with open(self.log_path, "ab") as logfile:
+            self.proc = subprocess.Popen(cmd, stdout=logfile, stderr=subprocess.STDOUT, env=env,
+                                         preexec_fn=(lambda: os.nice(cfg.nice)) if os.name == "posix" else None)
+        self.status: dict[str, Any] = {"state": "starting"}
+        self.pairs_sent = 0
+        self.pairs_missed = 0  # the worker was busy
+        self.swaps = 0
+        self._prev: Message | None = None
+        self._count = 0
+        log.info("fine-tuning worker started (pid %d, log %s)", self.proc.pid, self.log_path)
+
+    def offer(self, msg: Message) -> None:
+        """A frame just served: every ``every`` frames, it and the frame before it (consecutive ``seq``, one
+        shape and dtype) go to the worker, unless it is busy."""
+        prev, self._prev = self._prev, msg
+        self._count += 1
+        if prev is None or self._count % self.cfg.every or self.proc.poll() is not None:
+            return
+        a, b = prev.pixels, msg.pixels
+        if (a.shape != b.shape or a.dtype != b.dtype or prev.seq is None or msg.seq is None
+                or msg.seq != prev.seq + 1):
+            return
+        head = json.dumps({"shape": list(a.shape), "dtype": a.dtype.str, "seq": prev.seq}).encode()
+        try:
+            self.frames.send_multipart([head, np.ascontiguousarray(a).data, np.ascontiguousarray(b).data],
+                                       zmq.NOBLOCK, copy=False)
+            self.pairs_sent += 1
+        except zmq.Again:
+            self.pairs_missed += 1
+
+    def poll(self) -> str | None:
+        """Read the worker's status messages; the path of a new candidate model, if it saved one."""
+        candidate = None
+        while True:
+            try:
+                status = self.status_socket.recv_json(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if isinstance(status, dict):
+                candidate = status.pop("candidate", None) or candidate
+                self.status = status
+        if self.proc.poll() is not None and not self.status.get("state", "").startswith("stopped"):
+            self.status = {**self.status, "state": f"stopped (worker exit {self.proc.returncode}; see "
+                                                  f"{self.log_path})"}
+            log.warning("the fine-tuning worker ended (exit %s); serving goes on: see %s", self.proc.returncode,
+                        self.log_path)
+        return candidate
+
+    def snapshot(self) -> dict[str, Any]:
+        return {**self.status, "pairs_sent": self.pairs_sent, "pairs_missed": self.pairs_missed,
+                "swaps": self.swaps, "worker_pid": self.proc.pid}
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.frames.close(linger=0)
+        self.status_socket.close(linger=0)
