@@ -1,0 +1,110 @@
+"""Online fine-tuning (``n2n serve --finetune``) for real: a server on 127.0.0.1 with its worker process training
+the tiny model on the stream, candidates saved as run folders and swapped in off the loop."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from serverkit import camera_frames, config, wait_for
+
+from bench.processes import rss_mb
+from streamer.client import StreamClient
+from streamer.model import ModelCard
+from streamer.server import running_server
+from trainer.live import PairRing
+
+FAST = {"enabled": True, "every": 2, "min_pairs": 4, "ring_pairs": 16, "val_every": 4, "steps": 5, "batch_size": 4,
+        "patch_size": 32, "val_crop": 64}
+
+
+def test_the_ring_is_bounded_holds_out_pairs_and_restarts_on_a_new_frame_size() -> None:
+    ring = PairRing(capacity=20, val_every=5)
+    a = np.zeros((8, 8), np.uint16)
+    for i in range(1000):
+        ring.add(a, a + 1, seq=i)
+    assert len(ring) <= 20 and len(ring.val) == 4 and len(ring.train) == 16
+    assert ring.nbytes <= 20 * 2 * a.nbytes and ring.seen == 1000 and ring.seqs[-1] == 999
+    ring.add(np.zeros((4, 4), np.uint16), np.zeros((4, 4), np.uint16))
+    assert len(ring.train) + len(ring.val) == 1  # a new frame size: the old pairs cannot train it
+    with pytest.raises(ValueError, match="one shape"):
+        ring.add(a, np.zeros((4, 4), np.uint16))
+
+
+def test_candidates_are_swapped_in_under_load_without_losing_a_frame(run_copy: Path, tmp_path: Path) -> None:
+    """Lossless, frames streaming: the worker trains, saves a candidate (margin -1: every round's), the server
+    swaps it in between two frames; every frame comes out once, in order; the candidate's folder is a model
+    folder with a card that says where it came from."""
+    out = tmp_path / "live"
+    frames = camera_frames(8, size=64, seed=3)
+    received: list[tuple[int | None, str]] = []
+    with running_server(run_copy, config(mode="lossless", finetune={**FAST, "margin": -1.0, "out": str(out)})) \
+            as server, StreamClient(server.endpoints) as client:
+        client.wait_subscribed()
+        deadline = time.monotonic() + 240
+        seq = 0
+        while time.monotonic() < deadline and not any(m != "run" for _, m in received[-5:]):
+            client.send(frames[seq % 8], seq=seq)
+            r = client.receive(timeout=30)
+            received.append((r.seq, r.header["model"]))
+            seq += 1
+        for _ in range(10):  # and on with the new model
+            client.send(frames[seq % 8], seq=seq)
+            r = client.receive(timeout=30)
+            received.append((r.seq, r.header["model"]))
+            seq += 1
+        status = client.status()
+
+    assert [s for s, _ in received] == list(range(seq))
+    models = [m for _, m in received]
+    first_new = next(i for i, m in enumerate(models) if m != "run")
+    assert set(models[:first_new]) == {"run"} and models[first_new].startswith("run-live-")
+    ft = status["finetune"]
+    assert ft["swaps"] >= 1 and ft["candidates"] >= 1 and ft["pairs"] >= FAST["min_pairs"] and ft["steps"] >= 5
+    assert ft["val_serving"] > 0 and ft["val_candidate"] > 0
+    assert status["drops"] == 0 and status["swaps"] >= 1
+    card = ModelCard.load(out / models[first_new])  # its files check against their sha256
+    provenance = card.training["finetuned"]
+    assert provenance["from"].endswith("run") and provenance["pairs_seen"] >= FAST["min_pairs"]
+
+
+def test_the_worker_dying_does_not_stop_serving(run_copy: Path, tmp_path: Path) -> None:
+    frames = camera_frames(4, size=64)
+    with running_server(run_copy, config(finetune={**FAST, "out": str(tmp_path)})) as server, \
+            StreamClient(server.endpoints) as client:
+        pid = client.status()["finetune"]["worker_pid"]
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: "stopped" in client.status()["finetune"]["state"], "the worker's end to be reported", 30)
+        results = [client.request(f) for f in frames]
+        status = client.status()
+
+    assert all(r.pixels.shape == frames[0].shape for r in results)
+    assert "worker exit -9" in status["finetune"]["state"] and status["errors"] == 0
+
+
+def test_memory_stays_bounded_over_a_long_run(run_copy: Path, tmp_path: Path) -> None:
+    """2,000 frames with fine-tuning on: the worker's ring stays within its bound and the server's memory levels
+    off (its growth over the second half is small)."""
+    frames = camera_frames(8, size=64, seed=5)
+    with running_server(run_copy, config(mode="lossless", finetune={**FAST, "out": str(tmp_path)})) as server, \
+            StreamClient(server.endpoints) as client:
+        client.wait_subscribed()
+        wait_for(lambda: client.status()["finetune"].get("state") == "collecting", "the worker to start", 120)
+        marks = []
+        for i in range(2000):
+            client.send(frames[i % 8], seq=i)
+            client.receive(timeout=30)
+            if i in (999, 1999):
+                marks.append(rss_mb(os.getpid()))
+        wait_for(lambda: client.status()["finetune"].get("pairs", 0) >= FAST["min_pairs"], "the worker's pairs", 60)
+        status = client.status()
+
+    ft = status["finetune"]
+    bound_mb = FAST["ring_pairs"] * 2 * 64 * 64 * 2 / 2**20
+    assert ft["ring_mb"] <= bound_mb + 0.1 and ft["pairs_sent"] > 0
+    assert marks[1] - marks[0] < 30, marks  # MiB over the second 1,000 frames
+    assert status["frames_out"] == 2000 and status["drops"] == 0
