@@ -1,0 +1,206 @@
+"""Online fine-tuning on the simulated camera: a model trained on one sample (seed 1, 20 ms exposure) serves
+another sample at another exposure (seed 2, 5 ms) with ``finetune`` on, through real ``n2n serve`` processes
+(lossless, a camera-paced stream). Reported: PSNR of the served frames against the simulator's truth over time,
+at the start and the end, against a model trained on the second sample from scratch with the same step budget; the
+time to get there; the serving frames/s with and without fine-tuning in the same run; and the longest stall of the
+output during swaps against one frame's service time::
+
+    python -m bench.finetune --json runs/bench_finetune.json        # --quick: a small check in a few minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.processes import serve_command, spawn
+from bench.report import machine
+from streamer.client import StreamClient
+from streamer.config import Endpoints
+from streamer.sources import SimulatedCameraConfig, simulate_stack
+
+__all__ = ["main", "run_finetune_bench"]
+
+
+def _train(out: Path, raw: np.ndarray, epochs: int, steps: int, seed: int) -> Path:
+    """The real-time preset trained on ``raw`` for ``epochs`` x ``steps`` (no INT8: the swaps serve float)."""
+    import tifffile
+
+    from trainer.config import FAST_MODEL, TrainConfig
+    from trainer.run import run_training
+
+    data = out.with_suffix(".tif")
+    data.parent.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(data, raw)
+    cfg = TrainConfig.model_validate({
+        "version": 1, "mode": "n2n", "model": FAST_MODEL.model_dump(),
+        "data": {"source": "files", "patch_size": 64, "val_pairs": 4},
+        "optim": {"batch_size": 16, "epochs": epochs, "steps_per_epoch": steps, "early_stopping_patience": epochs,
+                  "seed": seed, "warmup_steps": min(50, epochs * steps // 4)},
+        "quantize": {"int8": False}})
+    run_training(cfg, out, [data])
+    return out
+
+
+def _psnr(out: np.ndarray, truth: np.ndarray) -> float:
+    from trainer.metrics import psnr
+
+    return psnr(out.astype(np.float32), truth, float(truth.max() - truth.min()))
+
+
+def _lossless_rate(client: StreamClient, frames: np.ndarray, n: int) -> float:
+    t0 = time.perf_counter()
+    sender = threading.Thread(target=lambda: [client.send(frames[i % len(frames)], timeout=60) for i in range(n)])
+    sender.start()
+    for _ in range(n):
+        client.receive(timeout=60)
+    sender.join()
+    return n / (time.perf_counter() - t0)
+
+
+def _session(model: Path, workdir: Path, raw: np.ndarray, truth: np.ndarray, minutes: float, fps: float,
+             finetune: dict[str, Any] | None, rate_frames: int, progress: Any) -> dict[str, Any]:
+    """One server on ``model`` (with fine-tuning when given): its lossless rate, then a paced stream for
+    ``minutes``: PSNR per frame against the truth, output gaps, swaps."""
+    cmd = serve_command(model, Endpoints.local(), "lossless", "auto", "fp32", None)
+    name = "serve-ft" if finetune else "serve-plain"
+    if finetune is not None:
+        settings = workdir / f"{name}.yaml"
+        settings.write_text(json.dumps({"version": 1, "finetune": {**finetune, "enabled": True}}))  # YAML too
+        cmd += ["--config", str(settings)]
+    with spawn(cmd, workdir, name, 300.0) as server, \
+            StreamClient(server.endpoints, timeout=60, send_hwm=10_000) as client, \
+            StreamClient(server.endpoints, timeout=60) as control:
+        client.wait_subscribed()
+        _lossless_rate(client, raw, 20)
+        rate = _lossless_rate(client, raw, rate_frames)
+        service_ms = control.status()["server_ms"]["p50"]
+        sent: list[int] = []
+        got: list[tuple[int, float, str, float]] = []  # seq, arrival, model, PSNR
+        stop = threading.Event()
+
+        def produce() -> None:
+            t0 = time.perf_counter()
+            while not stop.is_set():
+                time.sleep(max(0.0, t0 + len(sent) / fps - time.perf_counter()))
+                i = len(sent)
+                sent.append(client.send(raw[i % len(raw)], meta={"i": i % len(raw)}))
+
+        thread = threading.Thread(target=produce)
+        t_start = time.perf_counter()
+        thread.start()
+        end = t_start + minutes * 60
+        last_report = t_start
+        while time.perf_counter() < end or len(got) < len(sent):
+            if time.perf_counter() >= end:
+                stop.set()
+            try:
+                r = client.receive(timeout=1.0)
+            except TimeoutError:
+                continue
+            i = int(r.header["meta"]["i"])
+            got.append((int(r.seq or 0), time.perf_counter() - t_start, r.header["model"], _psnr(r.pixels, truth[i])))
+            if time.perf_counter() - last_report > 15:
+                last_report = time.perf_counter()
+                recent = [p for _, _, _, p in got[-50:]]
+                progress(f"  {got[-1][1]:.0f} s: PSNR {np.mean(recent):.2f} dB, model {r.header['model']}")
+        thread.join(timeout=60)
+        status = control.status()
+    t = np.array([a for _, a, _, _ in got])
+    models = [m for _, _, m, _ in got]
+    switches = [i for i in range(1, len(models)) if models[i] != models[i - 1]]
+    gaps = np.diff(t) * 1000.0
+    return {"rate_fps": round(rate, 1), "service_ms": service_ms, "frames": len(got),
+            "in_order_none_lost": [s for s, _, _, _ in got] == sent, "times_s": t.tolist(),
+            "psnr": [p for _, _, _, p in got], "switch_times_s": [round(float(t[i]), 2) for i in switches],
+            "gap_ms_at_switch": [round(float(gaps[i - 1]), 2) for i in switches],
+            "gap_ms_p50": round(float(np.median(gaps)), 2), "finetune": status.get("finetune"),
+            "server_drops": status["drops"]}
+
+
+def run_finetune_bench(size: int = 256, train_frames: int = 100, epochs: int = 30, steps: int = 100,
+                       minutes: float = 5.0, fps: float = 20.0, quick: bool = False,
+                       progress: Any = print) -> dict[str, Any]:
+    cam1 = SimulatedCameraConfig(height=size, width=size, exposure_ms=20.0, seed=1)
+    cam2 = SimulatedCameraConfig(height=size, width=size, exposure_ms=5.0, seed=2)
+    raw1, _ = simulate_stack(cam1, train_frames)
+    raw2, truth2 = simulate_stack(cam2, train_frames + 200)  # sample 2: frames to train on from scratch, then
+    raw2, live_raw, live_truth = raw2[:train_frames], raw2[train_frames:], truth2[train_frames:]  # the stream
+    finetune = {"every": 2, "ring_pairs": 64, "val_every": 5, "min_pairs": 12, "steps": 50, "threads": 1,
+                "margin": 0.005}
+    report: dict[str, Any] = {"size": size, "train_frames": train_frames, "epochs": epochs, "steps_per_epoch": steps,
+                              "minutes": minutes, "camera_fps": fps, "finetune": finetune, "machine": machine()}
+    with tempfile.TemporaryDirectory(prefix="n2n-bench-ft-") as tmp:
+        work = Path(tmp)
+        t0 = time.perf_counter()
+        progress(f"train on sample 1 (seed 1, 20 ms): {epochs} x {steps} steps")
+        first = _train(work / "runs" / "sample1", raw1, epochs, steps, seed=0)
+        report["train_seconds"] = round(time.perf_counter() - t0, 1)
+        progress(f"train from scratch on sample 2 (seed 2, 5 ms), same budget ({report['train_seconds']:.0f} s)")
+        scratch = _train(work / "runs" / "scratch", raw2, epochs, steps, seed=0)
+        progress("serve sample 2 with the sample-1 model, fine-tuning on")
+        tuned = _session(first, work, live_raw, live_truth, minutes, fps, {**finetune, "out": str(work / "live")},
+                         300 if not quick else 60, progress)
+        progress("the same without fine-tuning (serving rate), and the scratch model's PSNR")
+        plain = _session(first, work, live_raw, live_truth, 0.25, fps, None, 300 if not quick else 60, progress)
+        scratch_run = _session(scratch, work, live_raw, live_truth, 0.25, fps, None, 20, progress)
+        shutil.rmtree(work / "live", ignore_errors=True)
+    psnr, times = np.array(tuned["psnr"]), np.array(tuned["times_s"])
+    window = max(20, len(psnr) // 20)
+    end = float(np.mean(psnr[-window:]))
+    smooth = np.convolve(psnr, np.ones(window) / window, mode="valid")
+    reached = next((i for i, v in enumerate(smooth) if v >= end - 0.1), len(smooth) - 1)
+    report.update({
+        "psnr_start": round(float(np.mean(psnr[:window])), 2),
+        "psnr_end": round(end, 2),
+        "psnr_scratch": round(float(np.mean(scratch_run["psnr"])), 2),
+        "psnr_plain_sample1_model": round(float(np.mean(plain["psnr"])), 2),
+        "minutes_to_end": round(float(times[min(reached + window - 1, len(times) - 1)]) / 60, 2),
+        "fps_ratio": round(tuned["rate_fps"] / plain["rate_fps"], 3),
+        "serving_fps": {"with_finetune": tuned["rate_fps"], "without": plain["rate_fps"]},
+        "service_ms": plain["service_ms"],
+        "max_stall_ms": round(max(tuned["gap_ms_at_switch"], default=0.0) - 1000.0 / fps, 2)
+        if tuned["gap_ms_at_switch"] else None,
+        "gap_ms_at_switch": tuned["gap_ms_at_switch"], "switch_times_s": tuned["switch_times_s"],
+        "in_order_none_lost": tuned["in_order_none_lost"], "server_drops": tuned["server_drops"],
+        "worker": tuned["finetune"],
+        "psnr_over_time": [[round(float(times[i]), 1), round(float(np.mean(psnr[i:i + window])), 2)]
+                           for i in range(0, len(psnr) - window + 1, window)],
+    })
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.finetune", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--epochs", type=int, default=30, help="training budget of both models (epochs)")
+    parser.add_argument("--steps", type=int, default=100, help="... and steps per epoch")
+    parser.add_argument("--minutes", type=float, default=5.0, help="length of the fine-tuning session")
+    parser.add_argument("--fps", type=float, default=20.0, help="camera rate of the stream")
+    parser.add_argument("--quick", action="store_true", help="a small check: 128², a short budget and session")
+    parser.add_argument("--json", type=Path, help="write the report here")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.size, args.epochs, args.steps, args.minutes = 128, 4, 40, 1.0
+    report = run_finetune_bench(args.size, 100, args.epochs, args.steps, args.minutes, args.fps, args.quick,
+                                progress=lambda m: print(m, file=sys.stderr))
+    keys = ("psnr_start", "psnr_end", "psnr_scratch", "minutes_to_end", "fps_ratio", "max_stall_ms", "service_ms")
+    print(json.dumps({k: report[k] for k in keys}, indent=2))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
