@@ -179,6 +179,32 @@ def run_finetune_bench(size: int = 256, train_frames: int = 100, epochs: int = 3
     return report
 
 
+def run_replay(model: Path, raw_path: Path, reference_path: Path, minutes: float, fps: float,
+               progress: Any = print) -> dict[str, Any]:
+    """A trained model fine-tuned live on a recorded stack replayed as a camera (in a loop), scored against its
+    reference (one clean frame, or one per frame): PSNR before and after."""
+    import tifffile
+
+    raw = np.asarray(tifffile.imread(raw_path))
+    ref = np.asarray(tifffile.imread(reference_path), np.float32)
+    truth = np.broadcast_to(ref, raw.shape) if ref.ndim == 2 else ref
+    finetune = {"every": 2, "ring_pairs": 64, "val_every": 5, "min_pairs": 12, "steps": 50, "threads": 1,
+                "margin": 0.005}
+    with tempfile.TemporaryDirectory(prefix="n2n-bench-ft-") as tmp:
+        work = Path(tmp)
+        shutil.copytree(model, work / "runs" / model.name)
+        tuned = _session(work / "runs" / model.name, work, raw, truth, minutes, fps,
+                         {**finetune, "out": str(work / "live")}, 100, progress)
+    psnr, times = np.array(tuned["psnr"]), np.array(tuned["times_s"])
+    window = max(len(raw), len(psnr) // 20)  # whole passes over the stack
+    return {"model": str(model), "data": str(raw_path), "minutes": minutes, "camera_fps": fps,
+            "psnr_start": round(float(np.mean(psnr[:window])), 2), "psnr_end": round(float(np.mean(psnr[-window:])), 2),
+            "swaps": len(tuned["switch_times_s"]), "switch_times_s": tuned["switch_times_s"],
+            "in_order_none_lost": tuned["in_order_none_lost"], "worker": tuned["finetune"], "machine": machine(),
+            "psnr_over_time": [[round(float(times[i]), 1), round(float(np.mean(psnr[i:i + window])), 2)]
+                               for i in range(0, len(psnr) - window + 1, window)]}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.finetune", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -188,8 +214,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=5.0, help="length of the fine-tuning session")
     parser.add_argument("--fps", type=float, default=20.0, help="camera rate of the stream")
     parser.add_argument("--quick", action="store_true", help="a small check: 128², a short budget and session")
+    parser.add_argument("--replay", type=Path, help="instead: replay this recorded stack (e.g. FMD fov06_raw.tif) "
+                        "to --model with fine-tuning on, scored against --reference")
+    parser.add_argument("--reference", type=Path, help="the replayed stack's clean reference")
+    parser.add_argument("--model", type=Path, help="the model to fine-tune on --replay")
     parser.add_argument("--json", type=Path, help="write the report here")
     args = parser.parse_args(argv)
+    if args.replay is not None:
+        if args.reference is None or args.model is None:
+            parser.error("--replay needs --reference and --model")
+        replay = run_replay(args.model, args.replay, args.reference, args.minutes, args.fps,
+                            progress=lambda m: print(m, file=sys.stderr))
+        print(json.dumps({k: replay[k] for k in ("psnr_start", "psnr_end", "swaps")}, indent=2))
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(replay, indent=2) + "\n")
+        return 0
     if args.quick:
         args.size, args.epochs, args.steps, args.minutes = 128, 4, 40, 1.0
     report = run_finetune_bench(args.size, 100, args.epochs, args.steps, args.minutes, args.fps, args.quick,
