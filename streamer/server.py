@@ -12,6 +12,11 @@ the engine is the only thing that takes time, and ZeroMQ's own I/O thread moves 
   stops reading, ZeroMQ's high-water marks fill, and the producer's send blocks
   (backpressure). Output then blocks on slow subscribers instead of dropping.
 
+A K-frame model (``input_frames`` > 1 in its card) denoises each frame with the frames before it, kept per
+stream (``meta.stream`` in the header, one default stream without it; requests per caller and stream) by
+:class:`~streamer.history.Histories`: live mode keeps in the history the frames it drops too, and a gap in
+``seq``, a change of shape or dtype, motion or a swap restarts it (``history_resets`` in the stats).
+
 Bad input never stops the loop: it gets an error reply (request path) or an ``error``
 message on the output socket (push path), a counter in the stats and a log line.
 """
@@ -34,6 +39,7 @@ import zmq
 
 from .config import ServeConfig
 from .engines import create_engine
+from .history import FrameHistory, Histories
 from .model import ModelCard
 from .pipeline import Denoiser, Timings
 from .protocol import (
@@ -96,6 +102,8 @@ class Server:
         self._next_stats = 0.0
         self._error_logs: dict[str, int] = {}
         self._warned_dtypes: set[str] = set()
+        self._histories = Histories(self.denoiser.input_frames, self.config.motion_threshold, self.config.max_streams,
+                                    on_reset=self._on_history_reset)
 
     # --- life cycle --------------------------------------------------------------------------
     def start(self, warmup_shape: tuple[int, int] | None = None) -> dict[str, str]:
@@ -322,6 +330,9 @@ class Server:
                 self._reject(exc, None)
                 continue
             if not lossless and self._queue:
+                if self.denoiser.input_frames > 1:  # not denoised, but its photons count for the next frame
+                    older = self._queue[0][0]
+                    self._history(older, None).skip(older.pixels, older.seq)
                 self._queue.clear()  # latest frame wins
                 self.stats.on_dropped()
             self._queue.append((msg, None))
@@ -374,22 +385,25 @@ class Server:
 
     def _process_batch(self, msgs: list[Message]) -> None:
         t = Timings()
+        previous = [self._previous(m, None) for m in msgs]  # in order: each frame is history for the next
         try:
-            outs = self.denoiser.batch([m.pixels for m in msgs], t)
+            outs = self.denoiser.batch([m.pixels for m in msgs], t, previous)
         except Exception as exc:  # the batch shape failed (compile, memory): the frames may still go one by one
             log.warning("denoising a batch of %d frames (seq %s..%s) failed (%s: %s); denoising them one by one",
                         len(msgs), msgs[0].seq, msgs[-1].seq, type(exc).__name__, exc)
-            for m in msgs:
-                self._process(m, None)
+            for m, p in zip(msgs, previous):
+                self._process(m, None, p)
             return
         self.stats.batched_frames += len(msgs)
         for m, out in zip(msgs, outs):
             self._deliver(m, None, out, t)
 
-    def _process(self, msg: Message, envelope: list[Any] | None) -> None:
+    def _process(self, msg: Message, envelope: list[Any] | None, previous: list[np.ndarray] | None = None) -> None:
         t = Timings()
+        if previous is None:
+            previous = self._previous(msg, envelope)
         try:
-            out = self.denoiser(msg.pixels, t)
+            out = self.denoiser(msg.pixels, t, previous)
         except Exception as exc:  # an engine failure must not take the server down
             log.exception("denoising frame seq=%s failed", msg.seq)
             self._reject(ProtocolError("engine_error", f"denoising failed: {type(exc).__name__}: {exc}", msg.seq),
@@ -425,6 +439,33 @@ class Server:
                 return
         stages["sent"] = sent
         self.stats.on_done(stages, h.get("ts_ns"), request=envelope is not None)
+
+    # --- history (K-frame models) -------------------------------------------------------------------
+    def _history(self, msg: Message, envelope: list[Any] | None) -> FrameHistory:
+        """The history of the frame's stream: ``meta.stream`` (any JSON value; one default stream without it);
+        on the request path per caller (its routing id) as well, apart from pushed streams."""
+        meta = msg.header.get("meta")
+        stream = meta.get("stream") if isinstance(meta, dict) else None
+        key = "" if stream is None else json.dumps(stream, separators=(",", ":"))[:256]
+        if envelope is not None:
+            key = f"request:{bytes(envelope[0].buffer).hex()}:{key}"
+        return self._histories.get(key)
+
+    def _previous(self, msg: Message, envelope: list[Any] | None) -> list[np.ndarray]:
+        """The frames before ``msg`` in its stream that it is denoised with (K-frame models; none for K = 1),
+        and ``msg`` kept as history for the next."""
+        k = self.denoiser.input_frames
+        if k == 1:
+            return []
+        hist = self._history(msg, envelope)
+        previous = hist.previous(msg.pixels, msg.seq)
+        hist.push(msg.pixels, msg.seq)
+        if len(previous) < k - 1:
+            self.stats.history_short += 1
+        return previous
+
+    def _on_history_reset(self, reason: str) -> None:
+        self.stats.history_resets[reason] += 1
 
     def _publish_now(self, parts: list[Any]) -> bool:
         try:
@@ -598,6 +639,7 @@ class Server:
         for shape in self.denoiser.shapes or [s for s in [self._shape_hint()] if s]:
             new.prepare(shape)
         old, self.denoiser = self.denoiser, new
+        self._histories.reset_all("swap", new.input_frames)  # another model: frames before it start afresh
         old.engine.close()
         self.stats.swaps += 1
         log.info("swapped to model %s (%s) in %.1f s", new.card.name, new.engine.name, time.perf_counter() - t0)

@@ -46,6 +46,10 @@ class ModelConfig(_Strict):
     """'unshuffle': fold 2×2 pixels into 4 channels, run the U-Net at half resolution (about 4× cheaper)."""
     residual: bool = True
     """Predict a correction added to the input (CARE's residual output)."""
+    input_frames: int = Field(1, ge=1, le=16, exclude_if=lambda v: v == 1)
+    """K: consecutive frames the network sees (t−K+1 … t) to denoise frame t; causal, no look-ahead. Trained on
+    frames t−K+1 … t → frame t+1 (Noise2Noise); before K frames exist the oldest is repeated (streamer/history.py).
+    1: the single-frame network."""
 
     @model_validator(mode="after")
     def _filters_fit_depth(self) -> ModelConfig:
@@ -86,6 +90,9 @@ class DataConfig(_Strict):
     """Fraction of each frame's rows (at the bottom) held out for validation."""
     val_pairs: int = Field(8, ge=1)
     """Held-out pairs per stack used for validation (spread evenly in time)."""
+    reversed_pairs: bool = Field(True, exclude_if=lambda v: v is True)
+    """With model.input_frames > 1: also train on time-reversed windows (frames t+K−1 … t, newest last, → frame
+    t−1), twice the pairs (Noise2Noise pairs of one frame already go both ways)."""
 
 
 class OptimConfig(_Strict):
