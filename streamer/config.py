@@ -246,8 +246,7 @@ class ServeConfig(_Versioned):
     """Frames in the rolling window for latency percentiles."""
     motion_threshold: float | None = Field(2.0, gt=0)
     """K-frame models: a frame whose motion score against the oldest frame of its history exceeds this is
-    denoised from itself alone and the history restarts (streamer/history.py; counted as history_resets.motion);
-    None: no motion check."""
+    denoised from itself alone (streamer/history.py; counted as motion_fallbacks); None: no motion check."""
     max_streams: int = Field(64, ge=1)
     """K-frame models: streams (``meta.stream`` of the frames) whose history is kept; beyond, the least recently
     seen one is forgotten."""

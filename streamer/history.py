@@ -10,14 +10,16 @@ current frame may use; the one rule, live (``n2n serve``: per stream, see :class
   uses the same windows at the start of every stack (trainer/pairs.py), so the model has seen them.
 * **A break resets the history** (the next frame starts again as the first), counted by reason: ``seq_gap``
   (the sender's sequence number is not the last one plus 1: frames were lost), ``shape`` or ``dtype`` (another
-  acquisition), ``swap`` (another model), ``motion`` (see below), ``evicted`` (a server forgot an idle stream).
-* **Motion.** Frames of a moving sample do not line up, and a K-frame model then blurs or ghosts. Before a
-  frame is denoised with older frames, it is compared with the oldest of them: the difference of two frames
-  of a still sample is noise, which is independent from pixel to pixel, so averaging it over 4×4 blocks
-  divides its variance by 16; structure that moved does not average away. The ratio
-  ``16 · var(block means of the difference) / var(difference)`` is about 1 for a still sample and grows
-  with motion; above ``motion_threshold`` the history is reset (reason ``motion``) and the frame is denoised
-  from itself alone: the model's own single-frame answer for that frame.
+  acquisition), ``swap`` (another model), ``evicted`` (a server forgot an idle stream).
+* **Motion, per frame.** Frames of a moving sample do not line up, and a K-frame model then blurs or ghosts.
+  Before a frame is denoised with older frames, it is compared with the oldest of them
+  (:func:`motion_score`): the difference of two frames of a still sample is noise, independent from pixel to
+  pixel, so averaging it over 4×4 blocks divides its variance by 16; structure that moved does not average
+  away. The ratio ``16 · var(block means of the difference) / var(difference)`` is about 1 for a still
+  sample and grows with motion; above ``motion_threshold`` this frame is denoised from itself alone (the
+  start rule: the model's single-frame answer), counted as a motion fallback. The history itself is kept, so
+  the decision depends only on the frames in the window: offline (random access to the planes) it is the
+  same as live (:func:`causal_previous`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-__all__ = ["MOTION_BLOCK", "MOTION_THRESHOLD", "FrameHistory", "Histories", "motion_score"]
+__all__ = ["MOTION_BLOCK", "MOTION_THRESHOLD", "FrameHistory", "Histories", "causal_previous", "motion_score"]
 
 MOTION_BLOCK = 4
 MOTION_THRESHOLD: float | None = 2.0
@@ -48,26 +50,42 @@ def motion_score(a: np.ndarray, b: np.ndarray, block: int = MOTION_BLOCK) -> flo
     return float(means.var()) * block * block / total
 
 
+def moved(pixels: np.ndarray, previous: list[np.ndarray], threshold: float | None) -> bool:
+    """Whether ``pixels`` moved against the oldest of ``previous`` by the motion check (never without either)."""
+    return bool(previous) and threshold is not None and motion_score(pixels, previous[0]) > threshold
+
+
+def causal_previous(pixels: np.ndarray, previous: list[np.ndarray],
+                    threshold: float | None = MOTION_THRESHOLD) -> list[np.ndarray]:
+    """The rule for one frame, given the frames before it in its stream since the last break (oldest first,
+    at most K−1): those frames, or none when the frame moved against the oldest of them."""
+    return [] if moved(pixels, previous, threshold) else previous
+
+
 class FrameHistory:
     """The last K−1 raw frames of one stream, oldest first (see the module docstring).
 
     For each frame, in arrival order: :meth:`previous` (what it may be denoised with; checks for a break and
     for motion), then :meth:`push` (it becomes history for the next). A frame that is not denoised (live mode
-    dropped it) is still pushed: :meth:`skip`. ``on_reset`` is called with the reason of every reset."""
+    dropped it) is still pushed: :meth:`skip`. ``on_reset`` is called with the reason of every reset, ``on_motion``
+    at every motion fallback."""
 
     def __init__(self, frames: int, motion_threshold: float | None = MOTION_THRESHOLD,
-                 on_reset: Callable[[str], None] | None = None) -> None:
+                 on_reset: Callable[[str], None] | None = None, on_motion: Callable[[], None] | None = None) -> None:
         if frames < 1:
             raise ValueError(f"expected input frames >= 1, got {frames}")
         self.frames = frames
         self.motion_threshold = motion_threshold
         self.on_reset = on_reset
+        self.on_motion = on_motion
         self._held: deque[np.ndarray] = deque(maxlen=frames - 1)
         self._last_seq: int | None = None
         self._key: tuple[tuple[int, ...], str] | None = None
         self.resets: Counter[str] = Counter()
         self.short = 0
         """Frames denoised with fewer than K−1 frames before them (the oldest repeated)."""
+        self.motion_fallbacks = 0
+        """Frames denoised from themselves alone because they moved against their history."""
 
     def __len__(self) -> int:
         return len(self._held)
@@ -99,12 +117,15 @@ class FrameHistory:
         if self.frames == 1:
             return []
         self._continuity(pixels, seq)
-        if (check_motion and self._held and self.motion_threshold is not None
-                and motion_score(pixels, self._held[0]) > self.motion_threshold):
-            self.reset("motion")
-        if len(self._held) < self.frames - 1:
+        held = list(self._held)
+        if check_motion and moved(pixels, held, self.motion_threshold):
+            self.motion_fallbacks += 1
+            if self.on_motion is not None:
+                self.on_motion()
+            return []
+        if len(held) < self.frames - 1:
             self.short += 1
-        return list(self._held)
+        return held
 
     def push(self, pixels: np.ndarray, seq: int | None = None) -> None:
         """``pixels`` becomes the newest frame of the history."""
@@ -127,11 +148,12 @@ class Histories:
     forgets the least recently seen one (counted as ``evicted``)."""
 
     def __init__(self, frames: int, motion_threshold: float | None = MOTION_THRESHOLD, max_streams: int = 64,
-                 on_reset: Callable[[str], None] | None = None) -> None:
+                 on_reset: Callable[[str], None] | None = None, on_motion: Callable[[], None] | None = None) -> None:
         self.frames = frames
         self.motion_threshold = motion_threshold
         self.max_streams = max_streams
         self.on_reset = on_reset
+        self.on_motion = on_motion
         self._streams: OrderedDict[str, FrameHistory] = OrderedDict()
 
     def __len__(self) -> int:
@@ -142,7 +164,7 @@ class Histories:
         if hist is None:
             while len(self._streams) >= self.max_streams:
                 self._streams.popitem(last=False)[1].reset("evicted")
-            hist = FrameHistory(self.frames, self.motion_threshold, self.on_reset)
+            hist = FrameHistory(self.frames, self.motion_threshold, self.on_reset, self.on_motion)
         self._streams[key] = hist  # most recently seen last
         return hist
 

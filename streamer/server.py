@@ -15,7 +15,8 @@ the engine is the only thing that takes time, and ZeroMQ's own I/O thread moves 
 A K-frame model (``input_frames`` > 1 in its card) denoises each frame with the frames before it, kept per
 stream (``meta.stream`` in the header, one default stream without it; requests per caller and stream) by
 :class:`~streamer.history.Histories`: live mode keeps in the history the frames it drops too, and a gap in
-``seq``, a change of shape or dtype, motion or a swap restarts it (``history_resets`` in the stats).
+``seq``, a change of shape or dtype or a swap restarts it (``history_resets`` in the stats); a frame that moved
+against its history is denoised alone (``motion_fallbacks``).
 
 Bad input never stops the loop: it gets an error reply (request path) or an ``error``
 message on the output socket (push path), a counter in the stats and a log line.
@@ -103,7 +104,7 @@ class Server:
         self._error_logs: dict[str, int] = {}
         self._warned_dtypes: set[str] = set()
         self._histories = Histories(self.denoiser.input_frames, self.config.motion_threshold, self.config.max_streams,
-                                    on_reset=self._on_history_reset)
+                                    on_reset=self._on_history_reset, on_motion=self._on_motion)
 
     # --- life cycle --------------------------------------------------------------------------
     def start(self, warmup_shape: tuple[int, int] | None = None) -> dict[str, str]:
@@ -466,6 +467,9 @@ class Server:
 
     def _on_history_reset(self, reason: str) -> None:
         self.stats.history_resets[reason] += 1
+
+    def _on_motion(self) -> None:
+        self.stats.motion_fallbacks += 1
 
     def _publish_now(self, parts: list[Any]) -> bool:
         try:

@@ -136,7 +136,8 @@ def evaluate(
     report["engine"], report["precision"], report["device"] = info["engine"], info["precision"], info["device"]
     if history.frames > 1:
         report["input_frames"] = history.frames
-        report["history"] = {"resets": dict(history.resets), "short": history.short}
+        report["history"] = {"resets": dict(history.resets), "short": history.short,
+                             "motion_fallbacks": history.motion_fallbacks}
     report["per_frame"] = {"psnr_raw": s_raw["psnr"], "psnr_denoised": s_den["psnr"], "psnr_gaussian": s_gauss["psnr"],
                            "ssim_raw": s_raw["ssim"], "ssim_denoised": s_den["ssim"]}
     return report, den

@@ -119,6 +119,7 @@ def _check(onnx: Path, int8: Path, items: Sequence[_Item], max_loss_db: float) -
     """Both models through the serving engine on the held-out items."""
     fp32 = OpenVINOEngine(onnx, precision="fp32")
     q = OpenVINOEngine(onnx, int8_path=int8, precision="int8")
+    fp32.input_frames = q.input_frames = int(items[0][0].shape[1])  # K consecutive frames per input
     try:
         err_fp32, parts_fp32 = _error_db(fp32.infer, items)
         err_int8, parts_int8 = _error_db(q.infer, items)

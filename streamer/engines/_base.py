@@ -64,6 +64,8 @@ class Engine(ABC):
         self._compiled: dict[tuple[int, ...], Any] = {}
         self._current: tuple[int, ...] | None = None
         self._decided: str | None = None
+        self.input_frames = 1
+        """K: input channels of the model (its consecutive frames); set from the model card by create_engine."""
 
     # --- to implement -------------------------------------------------------------------
     @abstractmethod
@@ -194,8 +196,8 @@ class Engine(ABC):
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """Denoise a normalised float32 (N, K, H, W) batch (K: the model's input frames, 1 for a single-frame
         model) into (N, 1, H, W); compiles first for a new shape."""
-        if batch.ndim != 4:
-            raise ValueError(f"expected a float32 batch (N, K, H, W), got shape {batch.shape}")
+        if batch.ndim != 4 or batch.shape[1] != self.input_frames:
+            raise ValueError(f"expected a float32 batch (N, {self.input_frames}, H, W), got shape {batch.shape}")
         shape = tuple(batch.shape)
         if shape != self._current:
             self.prepare(shape)  # type: ignore[arg-type]
