@@ -228,3 +228,37 @@ def test_motion_check_falls_back_to_one_frame_under_drift() -> None:
         return [motion_score(raw[i], raw[i - 2]) for i in range(2, 4)]
 
     assert max(scores(0.0)) < 2.0 < min(scores(2.0))
+
+
+def test_n2n_denoise_applies_the_history_rule_along_t(k_run: Path, tmp_path: Path) -> None:
+    """`n2n denoise` of a TCYX stack in tasks of 3 planes (histories cross task boundaries): each channel's
+    time series is what `n2n evaluate` gives on it; a Z stack's planes are denoised each alone."""
+    from streamer.config import DenoiseConfig
+    from streamer.datasets import open_dataset
+    from streamer.offline import denoise
+
+    t, c = 5, 2
+    series = [camera_frames(t, seed=61 + i) for i in range(c)]
+    tcyx = np.stack(series, axis=1)  # (T, C, Y, X)
+    src = tmp_path / "tc.ome.tif"
+    import tifffile
+
+    tifffile.imwrite(src, tcyx, ome=True, metadata={"axes": "TCYX"})
+    plane_mib = tcyx[0, 0].nbytes / 2**20
+    cfg = DenoiseConfig(precision="fp32", threads=1, engine="openvino", dtype="float32", chunk_mib=3 * plane_mib)
+    denoise(src, k_run, tmp_path / "tc.zarr", cfg)
+    reader = open_dataset(tmp_path / "tc.zarr")
+    out = reader.read(0, t * c).reshape(t, c, *tcyx.shape[-2:])
+    reader.close()
+    for i in range(c):
+        expected = evaluate(k_run, series[i], series[i], EvaluateConfig(engine="openvino", precision="fp32"))[1]
+        assert np.array_equal(out[:, i], expected)
+
+    zyx = tmp_path / "z.ome.tif"
+    tifffile.imwrite(zyx, series[0], ome=True, metadata={"axes": "ZYX"})
+    denoise(zyx, k_run, tmp_path / "z.zarr", cfg)
+    reader = open_dataset(tmp_path / "z.zarr")
+    zout = reader.read(0, t)
+    reader.close()
+    den = load_denoiser(k_run, config(engine="openvino", output_dtype="float32"))
+    assert all(np.array_equal(zout[i], den(series[0][i])) for i in range(t))
