@@ -365,6 +365,36 @@ class Server:
         self._process(msg, envelope)
         return True
 
+    # --- history (K-frame models) -------------------------------------------------------------------
+    def _history(self, msg: Message, envelope: list[Any] | None) -> FrameHistory:
+        """The history of the frame's stream: ``meta.stream`` (any JSON value; one default stream without it);
+        on the request path per caller (its routing id) as well, apart from pushed streams."""
+        meta = msg.header.get("meta")
+        stream = meta.get("stream") if isinstance(meta, dict) else None
+        key = "" if stream is None else json.dumps(stream, separators=(",", ":"))[:256]
+        if envelope is not None:
+            key = f"request:{bytes(envelope[0].buffer).hex()}:{key}"
+        return self._histories.get(key)
+
+    def _previous(self, msg: Message, envelope: list[Any] | None) -> list[np.ndarray]:
+        """The frames before ``msg`` in its stream that it is denoised with (K-frame models; none for K = 1),
+        and ``msg`` kept as history for the next."""
+        k = self.denoiser.input_frames
+        if k == 1:
+            return []
+        hist = self._history(msg, envelope)
+        short = hist.short
+        previous = hist.previous(msg.pixels, msg.seq)
+        hist.push(msg.pixels, msg.seq)
+        self.stats.history_short += hist.short - short
+        return previous
+
+    def _on_history_reset(self, reason: str) -> None:
+        self.stats.history_resets[reason] += 1
+
+    def _on_motion(self) -> None:
+        self.stats.motion_fallbacks += 1
+
     # --- processing -----------------------------------------------------------------------------
     def _take_batch(self) -> list[Message]:
         """The next frame, with the frames behind it when batching pays: lossless mode, a full batch of
@@ -440,36 +470,6 @@ class Server:
                 return
         stages["sent"] = sent
         self.stats.on_done(stages, h.get("ts_ns"), request=envelope is not None)
-
-    # --- history (K-frame models) -------------------------------------------------------------------
-    def _history(self, msg: Message, envelope: list[Any] | None) -> FrameHistory:
-        """The history of the frame's stream: ``meta.stream`` (any JSON value; one default stream without it);
-        on the request path per caller (its routing id) as well, apart from pushed streams."""
-        meta = msg.header.get("meta")
-        stream = meta.get("stream") if isinstance(meta, dict) else None
-        key = "" if stream is None else json.dumps(stream, separators=(",", ":"))[:256]
-        if envelope is not None:
-            key = f"request:{bytes(envelope[0].buffer).hex()}:{key}"
-        return self._histories.get(key)
-
-    def _previous(self, msg: Message, envelope: list[Any] | None) -> list[np.ndarray]:
-        """The frames before ``msg`` in its stream that it is denoised with (K-frame models; none for K = 1),
-        and ``msg`` kept as history for the next."""
-        k = self.denoiser.input_frames
-        if k == 1:
-            return []
-        hist = self._history(msg, envelope)
-        previous = hist.previous(msg.pixels, msg.seq)
-        hist.push(msg.pixels, msg.seq)
-        if len(previous) < k - 1:
-            self.stats.history_short += 1
-        return previous
-
-    def _on_history_reset(self, reason: str) -> None:
-        self.stats.history_resets[reason] += 1
-
-    def _on_motion(self) -> None:
-        self.stats.motion_fallbacks += 1
 
     def _publish_now(self, parts: list[Any]) -> bool:
         try:

@@ -220,14 +220,22 @@ def test_request_path_keeps_a_history_per_caller(k_run: Path) -> None:
     assert all(np.array_equal(r.pixels, e) for r, e in zip(replies, expected))
 
 
-def test_motion_check_falls_back_to_one_frame_under_drift() -> None:
-    """Drift of 2 px/frame on the simulated camera trips the motion check every frame; a still sample never."""
-    def scores(drift: float) -> list[float]:
+def test_motion_check_falls_back_to_one_frame_under_drift(k_run: Path) -> None:
+    """Drift of 2 px/frame on the simulated camera trips the motion check every frame (each is denoised alone,
+    counted); a still sample never."""
+    def stack(drift: float) -> np.ndarray:
         cam = SimulatedCameraConfig(**{**TINY_CAMERA, "drift_px_per_frame": (0.0, drift), "seed": 4})
-        raw = simulate_stack(cam, 4)[0]
-        return [motion_score(raw[i], raw[i - 2]) for i in range(2, 4)]
+        return simulate_stack(cam, 5)[0]
 
-    assert max(scores(0.0)) < 2.0 < min(scores(2.0))
+    still, moving = stack(0.0), stack(2.0)
+    assert max(motion_score(still[i], still[i - 2]) for i in range(2, 5)) < 2.0
+    assert min(motion_score(moving[i], moving[i - 2]) for i in range(2, 5)) > 2.0
+    cfg = EvaluateConfig(engine="openvino", precision="fp32")
+    report, den = evaluate(k_run, moving, moving, cfg)
+    assert report["history"]["motion_fallbacks"] == 4 and report["history"]["short"] == 1
+    alone = load_denoiser(k_run, config(engine="openvino", output_dtype="float32"))
+    assert all(np.array_equal(den[i], alone(moving[i])) for i in range(5))
+    assert evaluate(k_run, still, still, cfg)[0]["history"] == {"resets": {}, "short": 2, "motion_fallbacks": 0}
 
 
 def test_n2n_denoise_applies_the_history_rule_along_t(k_run: Path, tmp_path: Path) -> None:

@@ -207,6 +207,9 @@ class EvaluateConfig(_Versioned):
     """fp32 scores the model itself; auto (or bf16, int8) scores what n2n serve delivers on this machine."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Device for the engine."""
+    motion_threshold: float | None = Field(2.0, gt=0)
+    """K-frame models: the motion check of n2n serve (streamer/history.py): a frame that moved against the oldest
+    frame of its window is denoised alone; None: no check."""
 
 
 class SimulateConfig(_Versioned):

@@ -97,7 +97,7 @@ def evaluate(
     den = np.empty(raw.shape, dtype=np.float32)
     # a K-frame model sees the frames before each one, by the server's rule (streamer/history.py): the stack is
     # one stream whose sequence numbers are the frame indices
-    history = FrameHistory(den_model.input_frames)
+    history = FrameHistory(den_model.input_frames, config.motion_threshold)
     try:
         for i, frame in enumerate(raw):  # one at a time, as a live server does
             previous = history.previous(frame, i)
