@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from streamer.config import CONFIG_VERSION, ConfigError, _Strict, _Versioned, load_config, save_config
+from streamer.history import MOTION_THRESHOLD
 from streamer.sources.simulated import SimulatedCameraConfig
 
 __all__ = [
@@ -207,7 +208,7 @@ class EvaluateConfig(_Versioned):
     """fp32 scores the model itself; auto (or bf16, int8) scores what n2n serve delivers on this machine."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Device for the engine."""
-    motion_threshold: float | None = Field(2.0, gt=0)
+    motion_threshold: float | None = Field(MOTION_THRESHOLD, gt=0)
     """K-frame models: the motion check of n2n serve (streamer/history.py): a frame that moved against the oldest
     frame of its window is denoised alone; None: no check."""
 
