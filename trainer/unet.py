@@ -201,6 +201,22 @@ class UNet(nn.Module):
                 self.up.append(_CatUp(*_block(chans[lvl + 1] + chans[lvl], chans[lvl], block),
                                       subpixel=block == "conv" and chans[0] <= SUBPIXEL_MAX_FILTERS))
         self.head = nn.Conv2d(chans[0], self.fold**2, 1)
+        if self.input_frames > 1:
+            self._average_init()
+
+    @torch.no_grad()
+    def _average_init(self) -> None:
+        """Start a K-frame network as its single-frame self on the mean of the K frames: the first convolution's
+        weights are the same for every frame (the newest's, divided by K). Averaging is the first thing more frames
+        give; a thin network started from independent random weights per frame learned to lean on the newest
+        frame and nearly ignore the oldest (FMD, 4 filters at full resolution, K = 3)."""
+        first = self.down[0][0]
+        if not isinstance(first, nn.Conv2d) or first.groups != 1:
+            return
+        per = self.fold**2  # channels per frame (pixel-unshuffled phases of one frame are adjacent)
+        newest = first.weight[:, (self.input_frames - 1) * per :].clone() / self.input_frames
+        for k in range(self.input_frames):
+            first.weight[:, k * per : (k + 1) * per] = newest
 
     @property
     def architecture(self) -> dict[str, Any]:
