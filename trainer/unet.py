@@ -155,7 +155,7 @@ class UNet(nn.Module):
 
     def __init__(self, depth: int = 2, base_filters: int = 32, residual: bool = True,
                  filters: Sequence[int] | None = None, block: str = "conv", stem: str = "none",
-                 skip: str = "concat", input_frames: int = 1) -> None:
+                 skip: str = "concat", input_frames: int = 1, residual_to: str = "newest") -> None:
         super().__init__()
         if input_frames < 1:
             raise ValueError(f"U-Net input_frames must be >= 1, got {input_frames}")
@@ -180,6 +180,10 @@ class UNet(nn.Module):
         self.stem = stem
         self.skip = skip
         self.input_frames: int = int(input_frames)
+        if residual_to not in ("newest", "mean"):
+            raise ValueError(f"U-Net residual_to must be newest or mean, got {residual_to!r}")
+        self.residual_to = residual_to
+        self.residual_mean: bool = residual_to == "mean" and self.input_frames > 1
         self.fold: int = 2 if stem == "unshuffle" else 1
         self.size_multiple: int = 2**depth * self.fold
         """Frame sizes divisible by this run without padding."""
@@ -201,22 +205,6 @@ class UNet(nn.Module):
                 self.up.append(_CatUp(*_block(chans[lvl + 1] + chans[lvl], chans[lvl], block),
                                       subpixel=block == "conv" and chans[0] <= SUBPIXEL_MAX_FILTERS))
         self.head = nn.Conv2d(chans[0], self.fold**2, 1)
-        if self.input_frames > 1:
-            self._average_init()
-
-    @torch.no_grad()
-    def _average_init(self) -> None:
-        """Start a K-frame network as its single-frame self on the mean of the K frames: the first convolution's
-        weights are the same for every frame (the newest's, divided by K). Averaging is the first thing more frames
-        give; a thin network started from independent random weights per frame learned to lean on the newest
-        frame and nearly ignore the oldest (FMD, 4 filters at full resolution, K = 3)."""
-        first = self.down[0][0]
-        if not isinstance(first, nn.Conv2d) or first.groups != 1:
-            return
-        per = self.fold**2  # channels per frame (pixel-unshuffled phases of one frame are adjacent)
-        newest = first.weight[:, (self.input_frames - 1) * per :].clone() / self.input_frames
-        for k in range(self.input_frames):
-            first.weight[:, k * per : (k + 1) * per] = newest
 
     @property
     def architecture(self) -> dict[str, Any]:
@@ -226,6 +214,8 @@ class UNet(nn.Module):
                                 "skip": self.skip}
         if self.input_frames != 1:  # (a single-frame network's record is as it always was)
             arch["input_frames"] = self.input_frames
+        if self.residual_to != "newest":
+            arch["residual_to"] = self.residual_to
         return arch
 
     def flops_per_pixel(self) -> float:
@@ -262,5 +252,8 @@ class UNet(nn.Module):
         if self.fold > 1:
             y = F.pixel_shuffle(y, self.fold)
         if self.residual:
-            y = y + (x[:, self.input_frames - 1 :] if self.input_frames > 1 else x)  # the newest frame
+            if self.residual_mean:
+                y = y + x.mean(dim=1, keepdim=True)
+            else:
+                y = y + (x[:, self.input_frames - 1 :] if self.input_frames > 1 else x)  # the newest frame
         return y[..., :h, :w]
