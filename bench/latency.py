@@ -62,12 +62,13 @@ class BareEngine:
         except BaseException:
             den.engine.close()
             raise
+        window = den.window(frame)  # a K-frame model's input: K frames (here the one repeated)
         if not plan.tiled and frame.dtype.name in den.engine.frame_dtypes:
-            raw = frame[None, None]
+            raw = window[None, None] if window.ndim == 2 else window[None]
             out_dtype = "float32" if cfg.output_dtype == "float32" else frame.dtype.name
             self._call = lambda: den.engine.infer_frames(raw, den.card.mean, den.card.std, out_dtype)
         else:
-            batch = den.preprocess(frame)
+            batch = den.preprocess(window)
             self._call = lambda: den.engine.infer(batch)
         self.info: dict[str, Any] = den.engine.info()
 

@@ -12,6 +12,8 @@ from typing import Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .history import MOTION_THRESHOLD
+
 __all__ = [
     "CONFIG_VERSION",
     "ENDPOINT_NAMES",
@@ -280,6 +282,12 @@ class ServeConfig(_Versioned):
     """Seconds between statistics messages."""
     latency_window: int = Field(1000, ge=10)
     """Frames in the rolling window for latency percentiles."""
+    motion_threshold: float | None = Field(MOTION_THRESHOLD, gt=0)
+    """K-frame models: a frame whose motion score against the oldest frame of its history exceeds this is
+    denoised from itself alone (streamer/history.py; counted as motion_fallbacks); None: no motion check."""
+    max_streams: int = Field(64, ge=1)
+    """K-frame models: streams (``meta.stream`` of the frames) whose history is kept; beyond, the least recently
+    seen one is forgotten."""
     endpoints: Endpoints = Endpoints()
 
 

@@ -67,6 +67,13 @@ class Architecture(_Part):
     residual: bool = True
     in_channels: int = 1
     out_channels: int = 1
+    input_frames: int = Field(1, ge=1, le=16, exclude_if=lambda v: v == 1)
+    """Consecutive frames the network sees (causal: t−K+1 … t, oldest first, as the K input channels) to
+    denoise frame t; 1: one frame (written only when above 1, so single-frame cards are unchanged). The
+    residual output adds to the newest frame. See :mod:`streamer.history` for the rule before K frames
+    have arrived."""
+    residual_to: Literal["newest", "mean"] = Field("newest", exclude_if=lambda v: v == "newest")
+    """K > 1: what the residual output adds to: the newest frame or the mean of the K frames."""
     flops_per_pixel: float | None = None
     """Floating-point operations per input pixel (2 per multiply-add)."""
     parameters: int | None = None
@@ -197,6 +204,11 @@ class ModelCard(BaseModel):
     @property
     def reach(self) -> int:
         return unet_reach(self.architecture.levels)
+
+    @property
+    def input_frames(self) -> int:
+        """K: frames per prediction (1 for a single-frame model and for every card older than this field)."""
+        return self.architecture.input_frames
 
     @property
     def tile_size(self) -> int:

@@ -7,11 +7,17 @@ whose origins fall on that multiple (so the U-Net's pooling grid is the same as 
 whole frame) and that share a margin at least the network's reach; each output pixel is
 taken from the tile in which it lies furthest from a cut, so the stitched frame equals the
 whole-frame result: no seams.
+
+A K-frame model (``card.input_frames`` > 1) denoises frame t from frames t−K+1 … t: the caller passes the
+older frames (``previous``, oldest first; :class:`streamer.history.FrameHistory` keeps them per stream) and
+the Denoiser repeats the oldest one it has until there are K (the first frame of a stream is denoised from
+itself alone, repeated K times). A single-frame model ignores ``previous``.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
@@ -52,24 +58,28 @@ class TilePlan:
     tile: tuple[int, int]
     rows: list[tuple[int, int, int]]
     cols: list[tuple[int, int, int]]
+    channels: int = 1
+    """Input channels: the model's input frames K."""
 
     @property
     def batch_shape(self) -> tuple[int, int, int, int]:
-        return (len(self.rows) * len(self.cols), 1, *self.tile)
+        """The engine's input for this frame: (tiles, K, tile height, tile width); its output has 1 channel."""
+        return (len(self.rows) * len(self.cols), self.channels, *self.tile)
 
     @property
     def tiled(self) -> bool:
         return len(self.rows) * len(self.cols) > 1
 
     @classmethod
-    def make(cls, shape: tuple[int, int], tile_size: int, margin: int, multiple: int) -> TilePlan:
+    def make(cls, shape: tuple[int, int], tile_size: int, margin: int, multiple: int, channels: int = 1) -> TilePlan:
         h, w = shape
         if h <= tile_size and w <= tile_size:  # whole frame; the network pads odd sizes itself
-            return cls(shape, shape, shape, [(0, 0, h)], [(0, 0, w)])
+            return cls(shape, shape, shape, [(0, 0, h)], [(0, 0, w)], channels)
         tile_size = max(multiple, tile_size // multiple * multiple)
         ph, pw = -(-h // multiple) * multiple, -(-w // multiple) * multiple
         th, tw = min(tile_size, ph), min(tile_size, pw)
-        return cls(shape, (ph, pw), (th, tw), plan_axis(ph, th, margin, multiple), plan_axis(pw, tw, margin, multiple))
+        return cls(shape, (ph, pw), (th, tw), plan_axis(ph, th, margin, multiple), plan_axis(pw, tw, margin, multiple),
+                   channels)
 
 
 @dataclass
@@ -121,6 +131,8 @@ class Denoiser:
             raise ValueError(f"expected output_dtype 'same' or 'float32', got {output_dtype!r}")
         self.card = card
         self.engine = engine
+        self.input_frames = card.input_frames
+        """K: frames per prediction (see the module docstring)."""
         self.tile_size = int(tile_size or card.tile_size)
         self.margin = int(card.tile_overlap if tile_overlap is None else tile_overlap)
         if self.margin < card.reach:
@@ -155,7 +167,7 @@ class Denoiser:
     def plan(self, shape: tuple[int, int]) -> TilePlan:
         plan = self._plans.pop(shape, None)  # popped and put back: the most recently used is last
         if plan is None:
-            plan = TilePlan.make(shape, self.tile_size, self.margin, self.card.size_multiple)
+            plan = TilePlan.make(shape, self.tile_size, self.margin, self.card.size_multiple, self.input_frames)
             if self.max_shapes is not None:
                 while len(self._plans) >= self.max_shapes:
                     self._evict(next(iter(self._plans)))
@@ -175,7 +187,8 @@ class Denoiser:
         dtype = np.dtype(sample.dtype if sample is not None else self.card.input_dtype or "float32")
         framed = self._framed(plan, dtype)
         if not (framed and self.engine.precision_decided):  # the frame path alone needs no float model
-            calib = self.preprocess(sample, plan)[: self._chunk(plan)] if sample is not None else None
+            calib = (self.preprocess(self.window(sample), plan)[: self._chunk(plan)] if sample is not None
+                     else None)
             self.engine.prepare(self._engine_shape(plan), calib)
         if framed:
             self.engine.infer_frames(np.zeros(plan.batch_shape, dtype), self.card.mean, self.card.std,
@@ -197,7 +210,7 @@ class Denoiser:
         k = self._chunk(plan)
         if len(batch) <= k:
             return self.engine.infer(batch)
-        out = np.empty_like(batch)
+        out = np.empty((len(batch), 1, *batch.shape[2:]), np.float32)
         for i in range(0, len(batch), k):
             part = batch[i : i + k]
             n = len(part)
@@ -213,21 +226,38 @@ class Denoiser:
     def _out_dtype(self, dtype: np.dtype) -> np.dtype:
         return np.dtype(np.float32) if self.output_dtype == "float32" else dtype
 
+    def window(self, pixels: np.ndarray, previous: Sequence[np.ndarray] = ()) -> np.ndarray:
+        """What the model sees for ``pixels``: the frame itself (K = 1), or frames t−K+1 … t as a (K, H, W)
+        array: the last K−1 of ``previous`` (oldest first), the oldest repeated while there are fewer."""
+        k = self.input_frames
+        if k == 1:
+            return pixels
+        older = list(previous)[-(k - 1):] if k > 1 else []
+        for f in older:
+            if f.shape != pixels.shape or f.dtype != pixels.dtype:
+                raise ValueError(f"expected previous frames of the frame's shape and dtype {pixels.shape} "
+                                 f"{pixels.dtype}, got {f.shape} {f.dtype}")
+        frames = [*([older[0] if older else pixels] * (k - 1 - len(older))), *older, pixels]
+        return np.stack(frames)
+
     def preprocess(self, pixels: np.ndarray, plan: TilePlan | None = None) -> np.ndarray:
-        plan = plan or self.plan(pixels.shape)  # type: ignore[arg-type]
+        """Normalised engine input for one frame (H, W), or one window (K, H, W) of a K-frame model."""
+        plan = plan or self.plan(pixels.shape[-2:])  # type: ignore[arg-type]
         x = np.multiply(pixels, self._scale, dtype=np.float32)
         x += self._offset
+        if x.ndim == 2:
+            x = x[None]
         if not plan.tiled:
-            return x[None, None]
+            return x[None]
         (h, w), (ph, pw) = plan.shape, plan.padded
         if (ph, pw) != (h, w):
-            x = np.pad(x, ((0, ph - h), (0, pw - w)), mode="reflect")
+            x = np.pad(x, ((0, 0), (0, ph - h), (0, pw - w)), mode="reflect")
         th, tw = plan.tile
         batch = np.empty(plan.batch_shape, np.float32)
         k = 0
         for r0, _, _ in plan.rows:
             for c0, _, _ in plan.cols:
-                batch[k, 0] = x[r0 : r0 + th, c0 : c0 + tw]
+                batch[k] = x[:, r0 : r0 + th, c0 : c0 + tw]
                 k += 1
         return batch
 
@@ -251,8 +281,10 @@ class Denoiser:
             return y.astype(np.float32 if self.output_dtype == "float32" else dtype, copy=False)
         return to_dtype(y, dtype, inplace=True)
 
-    def __call__(self, pixels: np.ndarray, timings: Timings | None = None) -> np.ndarray:
-        """Denoise one 2-D frame (any supported dtype); fills ``timings`` if given."""
+    def __call__(self, pixels: np.ndarray, timings: Timings | None = None,
+                 previous: Sequence[np.ndarray] = ()) -> np.ndarray:
+        """Denoise one 2-D frame (any supported dtype); fills ``timings`` if given. A K-frame model also uses
+        the frames before it, ``previous`` (oldest first; see :meth:`window`)."""
         if pixels.ndim != 2:
             raise ValueError(f"expected a 2-D frame (height, width), got shape {pixels.shape}")
         if min(pixels.shape) < self.min_side:
@@ -262,13 +294,14 @@ class Denoiser:
         plan = self.plan(pixels.shape)  # type: ignore[arg-type]
         if (pixels.shape, pixels.dtype.name) not in self._prepared:
             self.prepare(pixels.shape, pixels)  # type: ignore[arg-type]
+        x = self.window(pixels, previous)
         if self._framed(plan, pixels.dtype):
             t.preprocessed = time.time_ns()
-            out = self.engine.infer_frames(pixels[None, None], self.card.mean, self.card.std,
-                                           self._out_dtype(pixels.dtype).name)[0, 0]
+            out = self.engine.infer_frames(x[None, None] if x.ndim == 2 else x[None], self.card.mean,
+                                           self.card.std, self._out_dtype(pixels.dtype).name)[0, 0]
             t.inferred = t.postprocessed = time.time_ns()
             return out
-        batch = self.preprocess(pixels, plan)
+        batch = self.preprocess(x, plan)
         t.preprocessed = time.time_ns()
         out = self._infer_tiles(batch, plan)
         t.inferred = time.time_ns()
@@ -276,32 +309,36 @@ class Denoiser:
         t.postprocessed = time.time_ns()
         return result
 
-    def batch(self, frames: list[np.ndarray], timings: Timings | None = None) -> list[np.ndarray]:
+    def batch(self, frames: list[np.ndarray], timings: Timings | None = None,
+              previous: Sequence[Sequence[np.ndarray]] | None = None) -> list[np.ndarray]:
         """Denoise several frames of one shape and dtype as one engine batch (each frame's output is
-        what ``self(frame)`` gives at the engine's precision). Frames that need tiling are a batch of
-        tiles already: they run one by one."""
+        what ``self(frame, previous=previous[i])`` gives at the engine's precision). Frames that need tiling
+        are a batch of tiles already: they run one by one."""
         first = frames[0]
         if any(f.shape != first.shape or f.dtype != first.dtype for f in frames):
             raise ValueError("expected frames of one shape and dtype in a batch, got "
                              + ", ".join(f"{f.shape} {f.dtype}" for f in frames))
         plan = self.plan(first.shape)  # type: ignore[arg-type]
+        prev: Sequence[Sequence[np.ndarray]] = previous if previous is not None else [()] * len(frames)
         if len(frames) == 1 or plan.tiled:
-            return [self(f, timings) for f in frames]
+            return [self(f, timings, p) for f, p in zip(frames, prev)]
         if first.ndim != 2 or min(first.shape) < self.min_side:
             raise ValueError(f"expected 2-D frames with height and width >= {self.min_side}, got shape {first.shape}")
         t = timings or Timings()
         t.start = time.time_ns()
         if (first.shape, first.dtype.name) not in self._prepared:
             self.prepare(first.shape, first)  # type: ignore[arg-type]  # decides the precision on one frame
+        k = self.input_frames
         if self._framed(plan, first.dtype):
             t.preprocessed = time.time_ns()
-            out = self.engine.infer_frames(np.stack(frames)[:, None], self.card.mean, self.card.std,
-                                           self._out_dtype(first.dtype).name)
+            stacked = (np.stack(frames)[:, None] if k == 1 else
+                       np.stack([self.window(f, p) for f, p in zip(frames, prev)]))
+            out = self.engine.infer_frames(stacked, self.card.mean, self.card.std, self._out_dtype(first.dtype).name)
             t.inferred = t.postprocessed = time.time_ns()
             return [out[i, 0] for i in range(len(frames))]
-        x = np.empty((len(frames), 1, *first.shape), np.float32)
-        for i, f in enumerate(frames):
-            np.multiply(f, self._scale, out=x[i, 0], dtype=np.float32)
+        x = np.empty((len(frames), k, *first.shape), np.float32)
+        for i, (f, p) in enumerate(zip(frames, prev)):
+            np.multiply(self.window(f, p), self._scale, out=x[i] if k > 1 else x[i, 0], dtype=np.float32)
         x += self._offset
         t.preprocessed = time.time_ns()
         out = self.engine.infer(x)
@@ -312,5 +349,6 @@ class Denoiser:
 
     def info(self) -> dict[str, Any]:
         return {"model": self.card.name, "model_dir": str(self.card.run_dir), **self.engine.info(),
+                "input_frames": self.input_frames,
                 "tile_size": self.tile_size, "tile_overlap": self.margin, "output_dtype": self.output_dtype,
                 "max_tiles": self.max_tiles, "max_shapes": self.max_shapes, "shapes_evicted": self.evicted}

@@ -15,6 +15,12 @@ parts, with ``"type": "frame"`` and per-stage timestamps (ns since the epoch) in
 
     "stages": {"received": ..., "preprocessed": ..., "inferred": ..., "sent": ...}
 
+``meta.stream`` (any JSON value) names the stream a frame belongs to, for a model that sees the frames before
+the current one (``input_frames`` K > 1 in its card): the server keeps each stream's last K−1 frames (frames
+without it make one default stream; requests are kept per caller and stream), and a gap in ``seq``, a change of
+shape or dtype, or a model swap starts the stream afresh (see streamer/history.py). Send consecutive ``seq``
+numbers per stream.
+
 Errors are a one-part message (or two, with an empty second part on the reply path)::
 
     {"v": 1, "type": "error", "seq": 17, "error": "bad_shape", "message": "..."}

@@ -13,6 +13,12 @@ the engine is the only thing that takes time, and ZeroMQ's own I/O thread moves 
   stops reading, ZeroMQ's high-water marks fill, and the producer's send blocks
   (backpressure). Output then blocks on slow subscribers instead of dropping.
 
+A K-frame model (``input_frames`` > 1 in its card) denoises each frame with the frames before it, kept per
+stream (``meta.stream`` in the header, one default stream without it; requests per caller and stream) by
+:class:`~streamer.history.Histories`: live mode keeps in the history the frames it drops too, and a gap in
+``seq``, a change of shape or dtype or a swap restarts it (``history_resets`` in the stats); a frame that moved
+against its history is denoised alone (``motion_fallbacks``).
+
 Bad input never stops the loop: it gets an error reply (request path) or an ``error``
 message on the output socket (push path), a counter in the stats and a log line.
 """
@@ -36,6 +42,7 @@ import zmq
 
 from .config import ServeConfig
 from .engines import create_engine
+from .history import FrameHistory, Histories
 from .model import ModelCard
 from .pipeline import Denoiser, Timings
 from .protocol import (
@@ -106,6 +113,8 @@ class Server:
         self._sample: np.ndarray | None = None  # the last frame denoised: calibrates a swapped-in model
         self.finetune: Any = None  # the fine-tuning worker's link (finetune.enabled)
         self._warned_dtypes: set[str] = set()
+        self._histories = Histories(self.denoiser.input_frames, self.config.motion_threshold, self.config.max_streams,
+                                    on_reset=self._on_history_reset, on_motion=self._on_motion)
 
     # --- life cycle --------------------------------------------------------------------------
     def start(self, warmup_shape: tuple[int, int] | None = None) -> dict[str, str]:
@@ -169,6 +178,11 @@ class Server:
             raise
         if cfg.finetune.enabled:
             from .finetune import FinetuneLink
+
+            if self.denoiser.input_frames != 1:
+                self.close()
+                raise ValueError(f"finetune: expected a single-frame model, got {self.denoiser.card.name} with "
+                                 f"input_frames {self.denoiser.input_frames} (fine-tuning takes single-frame models)")
 
             run_dir = self.denoiser.card.run_dir
             out = Path(cfg.finetune.out) if cfg.finetune.out else run_dir.resolve().parent
@@ -366,6 +380,9 @@ class Server:
                 self._reject(exc, None)
                 continue
             if not lossless and self._queue:
+                if self.denoiser.input_frames > 1:  # not denoised, but its photons count for the next frame
+                    older = self._queue[0][0]
+                    self._history(older, None).skip(older.pixels, older.seq)
                 self._queue.clear()  # latest frame wins
                 self.stats.on_dropped()
             self._queue.append((msg, None))
@@ -397,6 +414,36 @@ class Server:
         self._process(msg, envelope)
         return True
 
+    # --- history (K-frame models) -------------------------------------------------------------------
+    def _history(self, msg: Message, envelope: list[Any] | None) -> FrameHistory:
+        """The history of the frame's stream: ``meta.stream`` (any JSON value; one default stream without it);
+        on the request path per caller (its routing id) as well, apart from pushed streams."""
+        meta = msg.header.get("meta")
+        stream = meta.get("stream") if isinstance(meta, dict) else None
+        key = "" if stream is None else json.dumps(stream, separators=(",", ":"))[:256]
+        if envelope is not None:
+            key = f"request:{bytes(envelope[0].buffer).hex()}:{key}"
+        return self._histories.get(key)
+
+    def _previous(self, msg: Message, envelope: list[Any] | None) -> list[np.ndarray]:
+        """The frames before ``msg`` in its stream that it is denoised with (K-frame models; none for K = 1),
+        and ``msg`` kept as history for the next."""
+        k = self.denoiser.input_frames
+        if k == 1:
+            return []
+        hist = self._history(msg, envelope)
+        short = hist.short
+        previous = hist.previous(msg.pixels, msg.seq)
+        hist.push(msg.pixels, msg.seq)
+        self.stats.history_short += hist.short - short
+        return previous
+
+    def _on_history_reset(self, reason: str) -> None:
+        self.stats.history_resets[reason] += 1
+
+    def _on_motion(self) -> None:
+        self.stats.motion_fallbacks += 1
+
     # --- processing -----------------------------------------------------------------------------
     def _take_batch(self) -> list[Message]:
         """The next frame, with the frames behind it when batching pays: lossless mode, a full batch of
@@ -418,23 +465,26 @@ class Server:
 
     def _process_batch(self, msgs: list[Message]) -> None:
         t = Timings()
+        previous = [self._previous(m, None) for m in msgs]  # in order: each frame is history for the next
         try:
-            outs = self.denoiser.batch([m.pixels for m in msgs], t)
+            outs = self.denoiser.batch([m.pixels for m in msgs], t, previous)
         except Exception as exc:  # the batch shape failed (compile, memory): the frames may still go one by one
             log.warning("denoising a batch of %d frames (seq %s..%s) failed (%s: %s); denoising them one by one",
                         len(msgs), msgs[0].seq, msgs[-1].seq, type(exc).__name__, exc)
-            for m in msgs:
-                self._process(m, None)
+            for m, p in zip(msgs, previous):
+                self._process(m, None, p)
             return
         self.stats.batched_frames += len(msgs)
         for m, out in zip(msgs, outs):
             self._deliver(m, None, out, t)
 
-    def _process(self, msg: Message, envelope: list[Any] | None) -> None:
+    def _process(self, msg: Message, envelope: list[Any] | None, previous: list[np.ndarray] | None = None) -> None:
         self._sample = msg.pixels
         t = Timings()
+        if previous is None:
+            previous = self._previous(msg, envelope)
         try:
-            out = self.denoiser(msg.pixels, t)
+            out = self.denoiser(msg.pixels, t, previous)
         except Exception as exc:  # an engine failure must not take the server down
             log.exception("denoising frame seq=%s failed", msg.seq)
             self._reject(ProtocolError("engine_error", f"denoising failed: {type(exc).__name__}: {exc}", msg.seq),
@@ -699,6 +749,7 @@ class Server:
     def use(self, new: Denoiser, took_s: float = 0.0) -> None:
         """Serve the next frame with ``new`` (in the loop's thread, between two frames; or before serving)."""
         old, self.denoiser = self.denoiser, new
+        self._histories.reset_all("swap", new.input_frames)  # another model: frames before it start afresh
         threading.Thread(target=old.engine.close, name="n2n-close-model", daemon=True).start()  # not on the loop
         self.stats.swaps += 1
         log.info("swapped to model %s (%s, %s) prepared in %.1f s", new.card.name, new.engine.name,

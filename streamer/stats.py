@@ -67,6 +67,12 @@ class ServerStats:
         self.queue_depth = 0
         self.swaps = 0
         self.batched_frames = 0
+        self.history_resets: Counter[str] = Counter()
+        """K-frame models: histories restarted, by reason (streamer/history.py)."""
+        self.history_short = 0
+        self.motion_fallbacks = 0
+        """K-frame models: frames denoised alone because they moved against their history."""
+        """K-frame models: frames denoised with fewer than K−1 frames of history (the oldest repeated)."""
         self.latency_ms: deque[float] = deque(maxlen=window)
         self.server_ms: deque[float] = deque(maxlen=window)
         self.stage_ms: dict[str, deque[float]] = {s: deque(maxlen=window) for s in self.STAGES}
@@ -131,5 +137,8 @@ class ServerStats:
             "queue_depth": self.queue_depth,
             "swaps": self.swaps,
             "batched_frames": self.batched_frames,
+            "history_resets": dict(self.history_resets),
+            "history_short": self.history_short,
+            "motion_fallbacks": self.motion_fallbacks,
             **extra,
         }

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from streamer.config import CONFIG_VERSION, ConfigError, _Strict, _Versioned, load_config, save_config
+from streamer.history import MOTION_THRESHOLD
 from streamer.sources.simulated import SimulatedCameraConfig
 
 __all__ = [
@@ -46,6 +47,12 @@ class ModelConfig(_Strict):
     """'unshuffle': fold 2×2 pixels into 4 channels, run the U-Net at half resolution (about 4× cheaper)."""
     residual: bool = True
     """Predict a correction added to the input (CARE's residual output)."""
+    input_frames: int = Field(1, ge=1, le=16, exclude_if=lambda v: v == 1)
+    """K: consecutive frames the network sees (t−K+1 … t) to denoise frame t; causal, no look-ahead. Trained on
+    frames t−K+1 … t → frame t+1 (Noise2Noise); before K frames exist the oldest is repeated (streamer/history.py).
+    1: the single-frame network."""
+    residual_to: Literal["newest", "mean"] = Field("newest", exclude_if=lambda v: v == "newest")
+    """K > 1: the residual output adds to the newest frame, or to the mean of the K frames."""
 
     @model_validator(mode="after")
     def _filters_fit_depth(self) -> ModelConfig:
@@ -86,6 +93,9 @@ class DataConfig(_Strict):
     """Fraction of each frame's rows (at the bottom) held out for validation."""
     val_pairs: int = Field(8, ge=1)
     """Held-out pairs per stack used for validation (spread evenly in time)."""
+    reversed_pairs: bool = Field(True, exclude_if=lambda v: v is True)
+    """With model.input_frames > 1: also train on time-reversed windows (frames t+K−1 … t, newest last, → frame
+    t−1), twice the pairs (Noise2Noise pairs of one frame already go both ways)."""
 
 
 class OptimConfig(_Strict):
@@ -200,6 +210,9 @@ class EvaluateConfig(_Versioned):
     """fp32 scores the model itself; auto (or bf16, int8) scores what n2n serve delivers on this machine."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Device for the engine."""
+    motion_threshold: float | None = Field(MOTION_THRESHOLD, gt=0)
+    """K-frame models: the motion check of n2n serve (streamer/history.py): a frame that moved against the oldest
+    frame of its window is denoised alone; None: no check."""
 
 
 class SimulateConfig(_Versioned):

@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from streamer.history import FrameHistory
+
 from .config import EvaluateConfig
 from .inference import TrainedModel
 from .metrics import data_range_of, psnr, ssim
@@ -76,7 +78,8 @@ def evaluate(
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[dict[str, Any], np.ndarray]:
     """Denoise every frame of ``raw`` with the run's exported model through the serving Denoiser and
-    score it, the raw frames, and two baselines.
+    score it, the raw frames, and two baselines. A K-frame model sees frames t−K+1 … t for frame t, by the
+    server's history rule (streamer/history.py: the first frame repeated until K have come).
 
     Baselines: a Gaussian filter with the sigma (from ``config.gaussian_sigmas``) that scores
     best against the reference, and the average of two consecutive frames (also four,
@@ -92,9 +95,14 @@ def evaluate(
     den_model.prepare(raw.shape[1:], raw[0])  # compile before the clock starts: seconds_per_frame is per frame
     t0 = time.perf_counter()
     den = np.empty(raw.shape, dtype=np.float32)
+    # a K-frame model sees the frames before each one, by the server's rule (streamer/history.py): the stack is
+    # one stream whose sequence numbers are the frame indices
+    history = FrameHistory(den_model.input_frames, config.motion_threshold)
     try:
         for i, frame in enumerate(raw):  # one at a time, as a live server does
-            den[i] = den_model(frame)
+            previous = history.previous(frame, i)
+            history.push(frame, i)
+            den[i] = den_model(frame, previous=previous)
             if progress and ((i + 1) % config.batch_size == 0 or i + 1 == len(raw)):
                 progress(i + 1, len(raw))
         info = den_model.engine.info()
@@ -126,6 +134,10 @@ def evaluate(
     report["gain_db_over_raw"] = report["psnr_denoised"] - report["psnr_raw"]
     report["seconds_per_frame"] = per_frame_s
     report["engine"], report["precision"], report["device"] = info["engine"], info["precision"], info["device"]
+    if history.frames > 1:
+        report["input_frames"] = history.frames
+        report["history"] = {"resets": dict(history.resets), "short": history.short,
+                             "motion_fallbacks": history.motion_fallbacks}
     report["per_frame"] = {"psnr_raw": s_raw["psnr"], "psnr_denoised": s_den["psnr"], "psnr_gaussian": s_gauss["psnr"],
                            "ssim_raw": s_raw["ssim"], "ssim_denoised": s_den["ssim"]}
     return report, den

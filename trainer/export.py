@@ -34,7 +34,7 @@ def relative_error(out: np.ndarray, ref: np.ndarray) -> float:
 def _check_frame(net: UNet, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """A random normalised frame of an odd, non-square size (proves dynamic H/W and padding)."""
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(1, 1, size + 3, size + net.size_multiple + 1, generator=g)
+    x = torch.randn(1, net.input_frames, size + 3, size + net.size_multiple + 1, generator=g)
     with torch.no_grad():
         ref = net.eval()(x).numpy()
     return x.numpy(), ref
@@ -59,7 +59,7 @@ def export_onnx(net: UNet, path: str | Path, opset: int = 18, check_size: int = 
 
     path = Path(path)
     net = net.cpu().eval().float()
-    example = torch.randn(1, 1, 4 * net.size_multiple, 4 * net.size_multiple)
+    example = torch.randn(1, net.input_frames, 4 * net.size_multiple, 4 * net.size_multiple)
     dims = {0: torch.export.Dim("batch", min=1, max=1024),
             2: torch.export.Dim("height", min=net.size_multiple, max=16384),
             3: torch.export.Dim("width", min=net.size_multiple, max=16384)}
@@ -95,7 +95,7 @@ def export_onnx(net: UNet, path: str | Path, opset: int = 18, check_size: int = 
     _accept(tmp, path, "ONNX", err, max_rel_error)
     log.info("wrote %s (opset %d, parity %.2g)", path, opset, err)
     return Artifact(path=path.name, format="onnx", opset=opset, input="input", output="output",
-                    parity_rel_error=err, sha256=file_digest(path))
+                    parity_rel_error=err, sha256=file_digest(path), **_layout(net))
 
 
 def export_torchscript(net: UNet, path: str | Path, check_size: int = 256,
@@ -116,4 +116,11 @@ def export_torchscript(net: UNet, path: str | Path, check_size: int = 256,
     err = relative_error(out, ref)
     _accept(tmp, path, "TorchScript", err, max_rel_error)
     log.info("wrote %s (parity %.2g)", path, err)
-    return Artifact(path=path.name, format="torchscript", parity_rel_error=err, sha256=file_digest(path))
+    return Artifact(path=path.name, format="torchscript", parity_rel_error=err, sha256=file_digest(path),
+                    **_layout(net))
+
+
+def _layout(net: UNet) -> dict[str, str]:
+    """The input layout of a K-frame network (a single-frame one keeps the card's default)."""
+    k = net.input_frames
+    return {} if k == 1 else {"layout": f"N{k}HW float32, normalised: {k} consecutive frames, oldest first; out N1HW"}

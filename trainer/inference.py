@@ -79,17 +79,21 @@ def predict(
     batch_size: int = 4,
 ) -> np.ndarray:
     """The network in memory on (H, W) or (N, H, W) frames, float32 in the input's intensity units: the
-    validation step of training (there is no export yet)."""
-    single = frames.ndim == 2
+    validation step of training (there is no export yet). A K-frame network (``net.input_frames`` > 1) takes
+    one window (K, H, W) or (N, K, H, W) and returns (H, W) or (N, H, W)."""
+    k = getattr(net, "input_frames", 1)
+    single = frames.ndim == (2 if k == 1 else 3)
     stack = frames[None] if single else frames
-    if stack.ndim != 3:
-        raise ValueError(f"Expected a (H, W) frame or (N, H, W) stack, got shape {frames.shape}")
+    if stack.ndim != (3 if k == 1 else 4) or (k > 1 and stack.shape[1] != k):
+        want = "a (H, W) frame or (N, H, W) stack" if k == 1 else f"a ({k}, H, W) window or (N, {k}, H, W) windows"
+        raise ValueError(f"Expected {want}, got shape {frames.shape}")
     device = torch.device(device)
     was_training = net.training
     net.eval().to(device)
-    out = np.empty(stack.shape, dtype=np.float32)
+    out = np.empty((len(stack), *stack.shape[-2:]), dtype=np.float32)
     for i in range(0, len(stack), batch_size):
-        x = torch.from_numpy(norm.normalize(stack[i : i + batch_size])[:, None]).to(device)
+        part = norm.normalize(stack[i : i + batch_size])
+        x = torch.from_numpy(part[:, None] if k == 1 else part).to(device)
         out[i : i + batch_size] = norm.denormalize(net(x)[:, 0].float().cpu().numpy())
     net.train(was_training)
     return out[0] if single else out

@@ -123,10 +123,10 @@ class _Validator:
     """Held-out bottom strips: N2N loss (or supervised loss) and PSNR/SSIM vs a reference."""
 
     def __init__(self, raw: Sequence[np.ndarray], norm: Normalization, splits: Sequence[int],
-                 references: Sequence[np.ndarray] | None, mode: str, n_pairs: int) -> None:
-        self.items = held_out_pairs(raw, splits, references, mode, n_pairs)
+                 references: Sequence[np.ndarray] | None, mode: str, n_pairs: int, k: int = 1) -> None:
+        self.items = held_out_pairs(raw, splits, references, mode, n_pairs, k)
         self.norm = norm
-        self.raw_psnr = [psnr(x, r, rng) for x, _, r, rng in self.items if r is not None]
+        self.raw_psnr = [psnr(x if x.ndim == 2 else x[-1], r, rng) for x, _, r, rng in self.items if r is not None]
 
     def __call__(self, net: UNet, device: torch.device) -> dict[str, float]:
         losses, psnrs, ssims = [], [], []
@@ -193,8 +193,9 @@ def train(
     splits = [split_rows(s.shape[1], dc.val_fraction, mult, dc.patch_size) for s in stacks]
     normed = [norm.normalize(s) for s in stacks]
     targets = [norm.normalize(r) for r in references] if config.mode == "supervised" and references else None
-    sampler = PairSampler(normed, dc.patch_size, splits, targets, seed=oc.seed)
-    validate = _Validator(stacks, norm, splits, references, config.mode, dc.val_pairs)
+    k = config.model.input_frames
+    sampler = PairSampler(normed, dc.patch_size, splits, targets, seed=oc.seed, k=k, reverse=dc.reversed_pairs)
+    validate = _Validator(stacks, norm, splits, references, config.mode, dc.val_pairs, k)
 
     net.to(device)
     if device.type == "cpu":

@@ -6,7 +6,45 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["n2n_pair_indices", "PairSampler", "held_out_pairs", "split_rows"]
+__all__ = ["n2n_pair_indices", "n2n_window_indices", "supervised_window_indices", "window", "PairSampler",
+           "held_out_pairs", "split_rows"]
+
+
+def window(t: int, k: int, first: int = 0) -> list[int]:
+    """Frame indices a K-frame model sees to denoise frame ``t``: t−K+1 … t, oldest first, where a frame before
+    ``first`` (the start of the sequence) is replaced by ``first``: the oldest frame is repeated until K have
+    arrived, as the streamer does (streamer/history.py).
+
+    >>> window(1, 3)
+    [0, 0, 1]
+    """
+    return [max(first, t - k + 1 + i) for i in range(k)]
+
+
+def n2n_window_indices(n_frames: int, k: int, reverse: bool = True) -> np.ndarray:
+    """Noise2Noise pairs of a K-frame model, one row each: K input frame indices (oldest first) and the target.
+
+    Forward: frames t−K+1 … t → t+1, for every t (the first ones with the oldest frame repeated, as at the start
+    of a live stream). ``reverse`` adds the time-reversed windows: frames t+K−1 … t (in that order, so the frame
+    next to the target is last) → t−1. With k == 1 this is :func:`n2n_pair_indices`.
+
+    >>> n2n_window_indices(3, 2, reverse=False).tolist()
+    [[0, 0, 1], [0, 1, 2]]
+    """
+    if k == 1:
+        return n2n_pair_indices(n_frames)
+    if n_frames < 2:
+        raise ValueError(f"Noise2Noise needs at least 2 consecutive frames per stack, got {n_frames}")
+    rows = [[*window(t, k), t + 1] for t in range(n_frames - 1)]
+    if reverse:  # index r in reversed time is frame n−1−r
+        rows += [[n_frames - 1 - i for i in window(r, k)] + [n_frames - 2 - r] for r in range(n_frames - 1)]
+    return np.asarray(rows, dtype=np.int64)
+
+
+def supervised_window_indices(n_frames: int, k: int, per_frame_reference: bool) -> np.ndarray:
+    """Supervised pairs: K input frame indices (the window ending at t) and the reference index (t, or 0 for one
+    reference for the whole stack)."""
+    return np.asarray([[*window(t, k), t if per_frame_reference else 0] for t in range(n_frames)], dtype=np.int64)
 
 
 def n2n_pair_indices(n_frames: int) -> np.ndarray:
@@ -50,10 +88,12 @@ def held_out_pairs(
     references: Sequence[np.ndarray] | None,
     mode: str,
     n_pairs: int,
+    k: int = 1,
 ) -> list[tuple[np.ndarray, np.ndarray | None, np.ndarray | None, float]]:
     """Validation items from the held-out bottom rows (``splits[i]:``) of each stack, spread evenly
     in time: ``(input, target, reference or None, data range of the reference or 0)``. The target is
-    the next frame (Noise2Noise) or the reference (supervised)."""
+    the next frame (Noise2Noise) or the reference (supervised). The input is frame t (H, W), or with
+    ``k`` > 1 its window (K, H, W) of frames t−K+1 … t (the oldest repeated at the start)."""
     from .metrics import data_range_of
 
     items: list[tuple[np.ndarray, np.ndarray | None, np.ndarray | None, float]] = []
@@ -63,10 +103,10 @@ def held_out_pairs(
         rng = data_range_of(ref) if ref is not None else 0.0
         last = t - 1 if mode == "n2n" else t
         idx = np.unique(np.linspace(0, max(last - 1, 0), min(n_pairs, max(last, 1))).round().astype(int))
-        for k in idx:
-            x = stack[k, splits[i]:]
-            r = None if ref is None else (ref[k] if ref.ndim == 3 else ref)[splits[i]:]
-            y = stack[k + 1, splits[i]:] if mode == "n2n" else r
+        for k_ in idx:
+            x = stack[k_, splits[i]:] if k == 1 else stack[window(int(k_), k), splits[i]:]
+            r = None if ref is None else (ref[k_] if ref.ndim == 3 else ref)[splits[i]:]
+            y = stack[k_ + 1, splits[i]:] if mode == "n2n" else r
             items.append((x, y, r, rng))
     return items
 
@@ -86,6 +126,8 @@ class PairSampler:
         row_limit: Sequence[int],
         targets: Sequence[np.ndarray] | None = None,
         seed: int = 0,
+        k: int = 1,
+        reverse: bool = True,
     ) -> None:
         if not inputs:
             raise ValueError("Expected at least one training stack, got none")
@@ -94,6 +136,7 @@ class PairSampler:
         self.patch = patch_size
         self.row_limit = list(row_limit)
         self.rng = np.random.default_rng(seed)
+        self.k = k
         self._pairs: list[np.ndarray] = []
         weights = []
         for i, stack in enumerate(self.inputs):
@@ -104,15 +147,14 @@ class PairSampler:
                     f"patch_size {patch_size}"
                 )
             if self.targets is None:
-                pairs = n2n_pair_indices(t)
+                pairs = n2n_window_indices(t, k, reverse)
             else:
                 ref = self.targets[i]
                 if ref.shape[-2:] != (h, w) or (ref.ndim == 3 and ref.shape[0] != t):
                     raise ValueError(
                         f"Stack {i}: reference shape {ref.shape} does not match frames {stack.shape}"
                     )
-                idx = np.arange(t)
-                pairs = np.stack([idx, idx if ref.ndim == 3 else np.zeros_like(idx)], axis=1)
+                pairs = supervised_window_indices(t, k, ref.ndim == 3)
             self._pairs.append(pairs)
             weights.append(len(pairs) * self.row_limit[i] * w)
         self._p = np.asarray(weights, dtype=np.float64) / sum(weights)
@@ -121,17 +163,18 @@ class PairSampler:
         return sum(len(p) for p in self._pairs)
 
     def sample(self, batch: int) -> tuple[np.ndarray, np.ndarray]:
-        """A batch (B, 1, P, P) of inputs and the matching targets."""
+        """A batch (B, K, P, P) of inputs and the matching targets (B, 1, P, P)."""
         p = self.patch
-        x = np.empty((batch, 1, p, p), dtype=np.float32)
-        y = np.empty_like(x)
+        x = np.empty((batch, self.k, p, p), dtype=np.float32)
+        y = np.empty((batch, 1, p, p), dtype=np.float32)
         stacks = self.rng.choice(len(self.inputs), size=batch, p=self._p)
         for b, s in enumerate(stacks):
-            src, dst = self._pairs[s][self.rng.integers(len(self._pairs[s]))]
+            row = self._pairs[s][self.rng.integers(len(self._pairs[s]))]
+            src, dst = row[:-1], row[-1]
             w = self.inputs[s].shape[2]
             r = self.rng.integers(0, self.row_limit[s] - p + 1)
             c = self.rng.integers(0, w - p + 1)
-            a = self.inputs[s][src, r : r + p, c : c + p]
+            a = self.inputs[s][src, r : r + p, c : c + p]  # (K, P, P)
             if self.targets is None:
                 t = self.inputs[s][dst, r : r + p, c : c + p]
             else:
@@ -139,7 +182,7 @@ class PairSampler:
                 t = (ref[dst] if ref.ndim == 3 else ref)[r : r + p, c : c + p]
             k = int(self.rng.integers(4))
             if self.rng.integers(2):
-                a, t = a[:, ::-1], t[:, ::-1]
-            x[b, 0] = np.rot90(a, k)
+                a, t = a[..., ::-1], t[:, ::-1]
+            x[b] = np.rot90(a, k, axes=(1, 2))
             y[b, 0] = np.rot90(t, k)
         return x, y

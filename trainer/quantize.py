@@ -35,7 +35,7 @@ from streamer.engines.openvino import OpenVINOEngine, import_openvino
 from streamer.model import Artifact, ModelCard, Quantization, file_digest
 
 from .normalization import Normalization
-from .pairs import held_out_pairs
+from .pairs import held_out_pairs, window
 
 __all__ = ["INT8_NAME", "calibration_patches", "quantize_int8"]
 
@@ -49,9 +49,10 @@ _Item = tuple[np.ndarray, np.ndarray, float | None]
 
 
 def calibration_patches(stacks: Sequence[np.ndarray], splits: Sequence[int], norm: Normalization, count: int,
-                        size: int, multiple: int, seed: int = 0) -> list[np.ndarray]:
+                        size: int, multiple: int, seed: int = 0, k: int = 1) -> list[np.ndarray]:
     """``count`` normalised (1, 1, s, s) patches from the training rows (above ``splits``) of random
-    frames: what the model sees when it runs, never the held-out rows."""
+    frames: what the model sees when it runs, never the held-out rows. A K-frame model (``k`` > 1) gets
+    (1, K, s, s) windows of consecutive frames ending at the drawn one (the oldest repeated at the start)."""
     if min(splits) < multiple:
         raise ValueError(f"expected at least {multiple} training rows above the held-out rows, got {min(splits)}")
     rng = np.random.default_rng(seed)
@@ -62,22 +63,27 @@ def calibration_patches(stacks: Sequence[np.ndarray], splits: Sequence[int], nor
         s = max(multiple, min(size, splits[i], w) // multiple * multiple)
         r = int(rng.integers(0, max(1, splits[i] - s + 1)))
         c = int(rng.integers(0, max(1, w - s + 1)))
-        patch = stacks[i][int(rng.integers(t)), r : r + s, c : c + s]
-        out.append(norm.normalize(patch)[None, None])
+        frame = int(rng.integers(t))
+        if k == 1:
+            out.append(norm.normalize(stacks[i][frame, r : r + s, c : c + s])[None, None])
+        else:
+            out.append(norm.normalize(stacks[i][window(frame, k), r : r + s, c : c + s])[None])
     return out
 
 
 def _validation_items(stacks: Sequence[np.ndarray], references: Sequence[np.ndarray] | None,
-                      splits: Sequence[int], mode: str, val_pairs: int, norm: Normalization) -> list[_Item]:
+                      splits: Sequence[int], mode: str, val_pairs: int, norm: Normalization,
+                      k: int = 1) -> list[_Item]:
     items: list[_Item] = []
-    for x, y, ref, _ in held_out_pairs(stacks, splits, references, mode, val_pairs):
+    for x, y, ref, _ in held_out_pairs(stacks, splits, references, mode, val_pairs, k):
         xn = norm.normalize(x)
+        batch, newest = (xn[None, None], xn) if xn.ndim == 2 else (xn[None], xn[-1])
         if ref is not None:
-            items.append((xn[None, None], norm.normalize(ref), None))
+            items.append((batch, norm.normalize(ref), None))
         else:
             assert y is not None
             yn = norm.normalize(y)
-            items.append((xn[None, None], yn, float(np.mean((xn.astype(np.float64) - yn) ** 2) / 2)))
+            items.append((batch, yn, float(np.mean((newest.astype(np.float64) - yn) ** 2) / 2)))
     return items
 
 
@@ -113,6 +119,7 @@ def _check(onnx: Path, int8: Path, items: Sequence[_Item], max_loss_db: float) -
     """Both models through the serving engine on the held-out items."""
     fp32 = OpenVINOEngine(onnx, precision="fp32")
     q = OpenVINOEngine(onnx, int8_path=int8, precision="int8")
+    fp32.input_frames = q.input_frames = int(items[0][0].shape[1])  # K consecutive frames per input
     try:
         err_fp32, parts_fp32 = _error_db(fp32.infer, items)
         err_int8, parts_int8 = _error_db(q.infer, items)
@@ -141,12 +148,13 @@ def quantize_int8(run_dir: str | Path, stacks: Sequence[np.ndarray], references:
         stale.unlink(missing_ok=True)  # an older INT8 export must not outlive a failed new one
     card.artifacts = {k: v for k, v in card.artifacts.items() if k != "openvino_int8"}
     if calibration is None:
-        calibration = calibration_patches(stacks, splits, norm, samples, patch, card.size_multiple, seed)
+        calibration = calibration_patches(stacks, splits, norm, samples, patch, card.size_multiple, seed,
+                                          card.input_frames)
         source: dict[str, Any] = {"frames": "training rows of the run's own frames", "patches": len(calibration),
                                   "patch_size": int(calibration[0].shape[-1]), "seed": seed}
     else:
         source = {"frames": "given by the caller", "patches": len(calibration)}
-    items = _validation_items(stacks, references, splits, mode, val_pairs, norm)
+    items = _validation_items(stacks, references, splits, mode, val_pairs, norm, card.input_frames)
 
     def metric(compiled: Any, data: Any) -> float:  # NNCF maximises it
         out = compiled.output(0)
@@ -196,7 +204,8 @@ def quantize_int8(run_dir: str | Path, stacks: Sequence[np.ndarray], references:
             card.artifacts = {**card.artifacts, "openvino_int8": Artifact(
                 path=target.name, format="openvino_int8", sha256=file_digest(target),
                 weights=target.with_suffix(".bin").name, weights_sha256=file_digest(target.with_suffix(".bin")),
-                layout="NCHW float32, normalised (INT8 inside)")}
+                layout=(card.artifacts["onnx"].layout if "onnx" in card.artifacts else "NCHW float32, normalised")
+                + " (INT8 inside)")}
             result = Quantization(status="kept", reason=f"kept: loses {how}", calibration=source, check=check,
                                   max_loss_db=max_loss_db)
         else:

@@ -14,6 +14,9 @@ Three knobs span the family (``model.*`` in the training config, recorded in the
   full-resolution tensors are ``2·filters[0]`` channels instead of ``filters[0] + filters[1]``), or
   ``add`` (project, upsample and add: the cheapest, ``filters[0]`` channels, but on FMD it costs
   about 0.15 dB).
+* ``input_frames`` (K): the network sees K consecutive frames (t−K+1 … t, oldest first) as input
+  channels and denoises frame t (causal: no future frame, so no added latency); the residual output
+  adds to the newest frame. K = 1 is the single-frame network, unchanged.
 * ``stem``: ``unshuffle`` folds each 2×2 block of pixels into 4 channels before the U-Net and
   unfolds the output after it (the whole network runs at half resolution: about 4× cheaper,
   at some cost in fine detail).
@@ -142,7 +145,7 @@ class _ProjectUp(nn.Module):
 
 
 class UNet(nn.Module):
-    """U-Net for single-channel frames.
+    """U-Net for single-channel frames (one, or ``input_frames`` consecutive ones as channels).
 
     ``depth`` pooling levels, ``filters[l]`` channels at level ``l`` (default ``base_filters``
     doubled at each level). With ``residual=True`` the network predicts a correction added to its
@@ -152,8 +155,10 @@ class UNet(nn.Module):
 
     def __init__(self, depth: int = 2, base_filters: int = 32, residual: bool = True,
                  filters: Sequence[int] | None = None, block: str = "conv", stem: str = "none",
-                 skip: str = "concat") -> None:
+                 skip: str = "concat", input_frames: int = 1, residual_to: str = "newest") -> None:
         super().__init__()
+        if input_frames < 1:
+            raise ValueError(f"U-Net input_frames must be >= 1, got {input_frames}")
         if depth < 1:
             raise ValueError(f"U-Net depth must be >= 1, got {depth}")
         if base_filters < 1:
@@ -174,12 +179,17 @@ class UNet(nn.Module):
         self.block = block
         self.stem = stem
         self.skip = skip
+        self.input_frames: int = int(input_frames)
+        if residual_to not in ("newest", "mean"):
+            raise ValueError(f"U-Net residual_to must be newest or mean, got {residual_to!r}")
+        self.residual_to = residual_to
+        self.residual_mean: bool = residual_to == "mean" and self.input_frames > 1
         self.fold: int = 2 if stem == "unshuffle" else 1
         self.size_multiple: int = 2**depth * self.fold
         """Frame sizes divisible by this run without padding."""
         self.reach: int = unet_reach(depth + (1 if self.fold > 1 else 0))
         """Tile margin that makes tiled output equal whole-frame output."""
-        cin = self.fold**2
+        cin = self.fold**2 * self.input_frames
         self.down = nn.ModuleList()
         for c in chans[:-1]:
             self.down.append(_block(cin, c, block))
@@ -199,8 +209,14 @@ class UNet(nn.Module):
     @property
     def architecture(self) -> dict[str, Any]:
         """The constructor's arguments: ``UNet(**net.architecture)`` rebuilds the network."""
-        return {"depth": self.depth, "base_filters": self.base_filters, "residual": self.residual,
-                "filters": list(self.filters), "block": self.block, "stem": self.stem, "skip": self.skip}
+        arch: dict[str, Any] = {"depth": self.depth, "base_filters": self.base_filters, "residual": self.residual,
+                                "filters": list(self.filters), "block": self.block, "stem": self.stem,
+                                "skip": self.skip}
+        if self.input_frames != 1:  # (a single-frame network's record is as it always was)
+            arch["input_frames"] = self.input_frames
+        if self.residual_to != "newest":
+            arch["residual_to"] = self.residual_to
+        return arch
 
     def flops_per_pixel(self) -> float:
         """Floating-point operations (2 per multiply-add) of the convolutions per input pixel."""
@@ -236,5 +252,8 @@ class UNet(nn.Module):
         if self.fold > 1:
             y = F.pixel_shuffle(y, self.fold)
         if self.residual:
-            y = y + x
+            if self.residual_mean:
+                y = y + x.mean(dim=1, keepdim=True)
+            else:
+                y = y + (x[:, self.input_frames - 1 :] if self.input_frames > 1 else x)  # the newest frame
         return y[..., :h, :w]

@@ -36,6 +36,12 @@ def available_engines() -> list[str]:
 
 
 def _make(name: str, card: ModelCard, **kwargs: Any) -> Engine:
+    engine = _construct(name, card, **kwargs)
+    engine.input_frames = card.input_frames
+    return engine
+
+
+def _construct(name: str, card: ModelCard, **kwargs: Any) -> Engine:
     if name == "openvino":
         from .openvino import OpenVINOEngine
 

@@ -1,4 +1,5 @@
-"""The engine interface: a float32 NCHW batch of normalised frames in, the same shape out."""
+"""The engine interface: a float32 NCHW batch of normalised frames in (C = 1, or K consecutive frames of a
+K-frame model), (N, 1, H, W) out."""
 
 from __future__ import annotations
 
@@ -63,6 +64,8 @@ class Engine(ABC):
         self._compiled: dict[tuple[int, ...], Any] = {}
         self._current: tuple[int, ...] | None = None
         self._decided: str | None = None
+        self.input_frames = 1
+        """K: input channels of the model (its consecutive frames); set from the model card by create_engine."""
 
     # --- to implement -------------------------------------------------------------------
     @abstractmethod
@@ -82,7 +85,7 @@ class Engine(ABC):
 
     # --- the interface --------------------------------------------------------------------
     def prepare(self, shape: tuple[int, int, int, int], calibration: np.ndarray | None = None) -> None:
-        """Compile for ``shape`` (N, 1, H, W), choosing and checking the precision once.
+        """Compile for ``shape`` (N, K, H, W), choosing and checking the precision once.
 
         ``fp32`` compiles float32 only. ``bf16``/``fp16`` are kept only if, on a calibration batch,
         they stay within ``min_psnr_db`` of float32. ``int8`` runs the model's INT8 export, which
@@ -191,9 +194,10 @@ class Engine(ABC):
         return self._current
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        """Denoise a normalised float32 (N, 1, H, W) batch; compiles first for a new shape."""
-        if batch.ndim != 4 or batch.shape[1] != 1:
-            raise ValueError(f"expected a float32 batch (N, 1, H, W), got shape {batch.shape}")
+        """Denoise a normalised float32 (N, K, H, W) batch (K: the model's input frames, 1 for a single-frame
+        model) into (N, 1, H, W); compiles first for a new shape."""
+        if batch.ndim != 4 or batch.shape[1] != self.input_frames:
+            raise ValueError(f"expected a float32 batch (N, {self.input_frames}, H, W), got shape {batch.shape}")
         shape = tuple(batch.shape)
         if shape != self._current:
             self.prepare(shape)  # type: ignore[arg-type]
@@ -207,7 +211,7 @@ class Engine(ABC):
     frame_dtypes: tuple[str, ...] = ()
 
     def infer_frames(self, frames: np.ndarray, mean: float, std: float, out_dtype: str) -> np.ndarray:
-        """Denoise a (N, 1, H, W) batch of camera frames (a dtype in :attr:`frame_dtypes`) with the
+        """Denoise a (N, K, H, W) batch of camera frames (a dtype in :attr:`frame_dtypes`) with the
         normalisation, and the conversion back to ``out_dtype`` (clipped to its range and rounded to
         nearest-even for integers), inside the engine: the result of doing them around :meth:`infer`,
         up to float32 rounding (integers: one count where a value falls on .5)."""

@@ -114,9 +114,28 @@ def _job_id(store: str) -> str | None:
     return None if record is None else record.get("id")
 
 
+def _previous_planes(reader: Reader, planes: np.ndarray, start: int, plane: int, k: int) -> list[np.ndarray]:
+    """A K-frame model's history of a plane, by the server's rule (streamer/history.py): the planes before it
+    along T at the same C and Z (oldest first, at most K−1; fewer at the start of the time series, none without
+    a T axis: Z neighbours are not the same signal), and none when the plane moved against the oldest of them.
+    Planes outside this task's range are read (a task needs nothing from another)."""
+    from ..history import causal_previous
+
+    info = reader.info
+    if k == 1 or "T" not in info.axes:
+        return []
+    stride = info.planes // info.shape[0]  # T is the first axis: one step along it skips the other axes' planes
+    t = plane // stride
+    previous = []
+    for j in range(min(k - 1, t), 0, -1):
+        idx = plane - j * stride
+        previous.append(planes[idx - start] if idx >= start else reader.read(idx, idx + 1)[0])
+    return causal_previous(planes[plane - start], previous)
+
+
 def run_task(job: Job, start: int, stop: int) -> tuple[int, int, int, float]:
     """Denoise planes ``start:stop`` of the job's input into its store. Returns (start, stop, planes
-    denoised, seconds)."""
+    denoised, seconds). A K-frame model sees each plane's previous planes along T (:func:`_previous_planes`)."""
     from ..pipeline import to_dtype
 
     t0 = time.perf_counter()
@@ -130,7 +149,8 @@ def run_task(job: Job, start: int, stop: int) -> tuple[int, int, int, float]:
         if job.channel is None or info.index(start + i)["C"] == job.channel:
             with _ENGINE_LOCK:
                 denoiser = _denoiser(job)
-                out[i] = denoiser(plane)
+                out[i] = denoiser(plane, previous=_previous_planes(reader, planes, start, start + i,
+                                                                   denoiser.input_frames))
             if denoiser.engine.precision != job.precision or denoiser.engine.name != job.engine:
                 raise RuntimeError(f"expected the job's engine {job.engine} at {job.precision}, but this worker's "
                                    f"engine runs {denoiser.engine.name} at {denoiser.engine.precision} "
