@@ -82,8 +82,6 @@ def _session(model: Path, workdir: Path, raw: np.ndarray, truth: np.ndarray, min
             StreamClient(server.endpoints, timeout=60) as control:
         client.wait_subscribed()
         _lossless_rate(client, raw, 20)
-        rate = _lossless_rate(client, raw, rate_frames)
-        service_ms = control.status()["server_ms"]["p50"]
         sent: list[int] = []
         got: list[tuple[int, float, str, float]] = []  # seq, arrival, model, PSNR
         stop = threading.Event()
@@ -101,8 +99,9 @@ def _session(model: Path, workdir: Path, raw: np.ndarray, truth: np.ndarray, min
         end = t_start + minutes * 60
         last_report = t_start
         while time.perf_counter() < end or len(got) < len(sent):
-            if time.perf_counter() >= end:
+            if time.perf_counter() >= end and not stop.is_set():
                 stop.set()
+                thread.join(timeout=60)  # (then every frame it sent is waited for)
             try:
                 r = client.receive(timeout=1.0)
             except TimeoutError:
@@ -113,7 +112,9 @@ def _session(model: Path, workdir: Path, raw: np.ndarray, truth: np.ndarray, min
                 last_report = time.perf_counter()
                 recent = [p for _, _, _, p in got[-50:]]
                 progress(f"  {got[-1][1]:.0f} s: PSNR {np.mean(recent):.2f} dB, model {r.header['model']}")
-        thread.join(timeout=60)
+        # the serving rate now, flat out (with fine-tuning: while the worker trains, as it has been)
+        rate = _lossless_rate(client, raw, rate_frames)
+        service_ms = control.status()["server_ms"]["p50"]
         status = control.status()
     t = np.array([a for _, a, _, _ in got])
     models = [m for _, _, m, _ in got]
