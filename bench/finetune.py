@@ -98,10 +98,11 @@ def _session(model: Path, workdir: Path, raw: np.ndarray, truth: np.ndarray, min
         thread.start()
         end = t_start + minutes * 60
         last_report = t_start
-        while time.perf_counter() < end or len(got) < len(sent):
+        while not stop.is_set() or len(got) < len(sent):
             if time.perf_counter() >= end and not stop.is_set():
                 stop.set()
                 thread.join(timeout=60)  # (then every frame it sent is waited for)
+                continue
             try:
                 r = client.receive(timeout=1.0)
             except TimeoutError:
