@@ -72,8 +72,6 @@ class Architecture(_Part):
     denoise frame t; 1: one frame (written only when above 1, so single-frame cards are unchanged). The
     residual output adds to the newest frame. See :mod:`streamer.history` for the rule before K frames
     have arrived."""
-    residual_to: Literal["newest", "mean"] = Field("newest", exclude_if=lambda v: v == "newest")
-    """K > 1: what the residual output adds to: the newest frame or the mean of the K frames."""
     flops_per_pixel: float | None = None
     """Floating-point operations per input pixel (2 per multiply-add)."""
     parameters: int | None = None

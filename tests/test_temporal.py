@@ -66,12 +66,6 @@ def test_k_frame_unet_adds_its_residual_to_the_newest_frame() -> None:
         assert torch.equal(net(x), x[:, -1:])
     assert net.architecture["input_frames"] == K
     assert "input_frames" not in UNet(depth=1, base_filters=4).architecture  # K = 1: recorded as before
-    mean = UNet(depth=1, base_filters=4, input_frames=K, residual_to="mean").eval()
-    torch.nn.init.zeros_(mean.head.weight)
-    torch.nn.init.zeros_(mean.head.bias)
-    with torch.no_grad():
-        assert torch.allclose(mean(x), x.mean(dim=1, keepdim=True))
-    assert UNet(**mean.architecture).residual_to == "mean"
 
 
 def test_single_frame_card_and_config_are_unchanged(trained_run: dict[str, Path]) -> None:
@@ -147,8 +141,9 @@ def test_lossless_k_frames_through_the_server_equal_offline_evaluation(k_run: Pa
     """Two interleaved streams (meta.stream) of K = 3 through a real lossless server: every frame is
     bit-identical to `n2n evaluate`'s Denoiser on that stream alone; a gap in one stream resets only it."""
     a, b = camera_frames(8, seed=31), camera_frames(8, seed=32)
-    offline_a = evaluate(k_run, a, a, EvaluateConfig(engine="openvino", precision="fp32"))[1]
-    offline_b = evaluate(k_run, b, b, EvaluateConfig(engine="openvino", precision="fp32"))[1]
+    offline = EvaluateConfig(engine="openvino", precision="fp32", motion_threshold=None)  # as the server below
+    offline_a = evaluate(k_run, a, a, offline)[1]
+    offline_b = evaluate(k_run, b, b, offline)[1]
     cfg = config(mode="lossless", engine="openvino", output_dtype="float32", motion_threshold=None)
 
     with running_server(k_run, cfg) as server, StreamClient(server.endpoints) as client:
@@ -236,7 +231,8 @@ def test_motion_check_falls_back_to_one_frame_under_drift(k_run: Path) -> None:
     still, moving = stack(0.0), stack(2.0)
     assert max(motion_score(still[i], still[i - 2]) for i in range(2, 5)) < 1.5
     assert min(motion_score(moving[i], moving[i - 2]) for i in range(2, 5)) > 1.5
-    cfg = EvaluateConfig(engine="openvino", precision="fp32")
+    # 64² frames give few 4×4 blocks: their scores are noisier than at 512² (the default 1.25 is for those)
+    cfg = EvaluateConfig(engine="openvino", precision="fp32", motion_threshold=1.5)
     report, den = evaluate(k_run, moving, moving, cfg)
     assert report["history"]["motion_fallbacks"] == 4 and report["history"]["short"] == 1
     alone = load_denoiser(k_run, config(engine="openvino", output_dtype="float32"))

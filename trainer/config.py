@@ -51,8 +51,6 @@ class ModelConfig(_Strict):
     """K: consecutive frames the network sees (t−K+1 … t) to denoise frame t; causal, no look-ahead. Trained on
     frames t−K+1 … t → frame t+1 (Noise2Noise); before K frames exist the oldest is repeated (streamer/history.py).
     1: the single-frame network."""
-    residual_to: Literal["newest", "mean"] = Field("newest", exclude_if=lambda v: v == "newest")
-    """K > 1: the residual output adds to the newest frame, or to the mean of the K frames."""
 
     @model_validator(mode="after")
     def _filters_fit_depth(self) -> ModelConfig:

@@ -155,7 +155,7 @@ class UNet(nn.Module):
 
     def __init__(self, depth: int = 2, base_filters: int = 32, residual: bool = True,
                  filters: Sequence[int] | None = None, block: str = "conv", stem: str = "none",
-                 skip: str = "concat", input_frames: int = 1, residual_to: str = "newest") -> None:
+                 skip: str = "concat", input_frames: int = 1) -> None:
         super().__init__()
         if input_frames < 1:
             raise ValueError(f"U-Net input_frames must be >= 1, got {input_frames}")
@@ -180,10 +180,6 @@ class UNet(nn.Module):
         self.stem = stem
         self.skip = skip
         self.input_frames: int = int(input_frames)
-        if residual_to not in ("newest", "mean"):
-            raise ValueError(f"U-Net residual_to must be newest or mean, got {residual_to!r}")
-        self.residual_to = residual_to
-        self.residual_mean: bool = residual_to == "mean" and self.input_frames > 1
         self.fold: int = 2 if stem == "unshuffle" else 1
         self.size_multiple: int = 2**depth * self.fold
         """Frame sizes divisible by this run without padding."""
@@ -214,8 +210,6 @@ class UNet(nn.Module):
                                 "skip": self.skip}
         if self.input_frames != 1:  # (a single-frame network's record is as it always was)
             arch["input_frames"] = self.input_frames
-        if self.residual_to != "newest":
-            arch["residual_to"] = self.residual_to
         return arch
 
     def flops_per_pixel(self) -> float:
@@ -252,8 +246,5 @@ class UNet(nn.Module):
         if self.fold > 1:
             y = F.pixel_shuffle(y, self.fold)
         if self.residual:
-            if self.residual_mean:
-                y = y + x.mean(dim=1, keepdim=True)
-            else:
-                y = y + (x[:, self.input_frames - 1 :] if self.input_frames > 1 else x)  # the newest frame
+            y = y + (x[:, self.input_frames - 1 :] if self.input_frames > 1 else x)  # the newest frame
         return y[..., :h, :w]
