@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from bench.command import write_json
+from bench.latency import lossless_rate
 from bench.processes import serve_command, spawn
 from bench.report import machine
 from streamer.client import StreamClient
@@ -57,16 +59,6 @@ def _psnr(out: np.ndarray, truth: np.ndarray) -> float:
     return psnr(out.astype(np.float32), truth, float(truth.max() - truth.min()))
 
 
-def _lossless_rate(client: StreamClient, frames: np.ndarray, n: int) -> float:
-    t0 = time.perf_counter()
-    sender = threading.Thread(target=lambda: [client.send(frames[i % len(frames)], timeout=60) for i in range(n)])
-    sender.start()
-    for _ in range(n):
-        client.receive(timeout=60)
-    sender.join()
-    return n / (time.perf_counter() - t0)
-
-
 def _session(model: Path, workdir: Path, raw: np.ndarray, truth: np.ndarray, minutes: float, fps: float,
              finetune: dict[str, Any] | None, rate_frames: int, progress: Any) -> dict[str, Any]:
     """One server on ``model`` (with fine-tuning when given): its lossless rate, then a paced stream for
@@ -81,7 +73,7 @@ def _session(model: Path, workdir: Path, raw: np.ndarray, truth: np.ndarray, min
             StreamClient(server.endpoints, timeout=60, send_hwm=10_000) as client, \
             StreamClient(server.endpoints, timeout=60) as control:
         client.wait_subscribed()
-        _lossless_rate(client, raw, 20)
+        lossless_rate(client, raw, 20)
         sent: list[int] = []
         got: list[tuple[int, float, str, float]] = []  # seq, arrival, model, PSNR
         stop = threading.Event()
@@ -114,7 +106,7 @@ def _session(model: Path, workdir: Path, raw: np.ndarray, truth: np.ndarray, min
                 recent = [p for _, _, _, p in got[-50:]]
                 progress(f"  {got[-1][1]:.0f} s: PSNR {np.mean(recent):.2f} dB, model {r.header['model']}")
         # the serving rate now, flat out (with fine-tuning: while the worker trains, as it has been)
-        rate = _lossless_rate(client, raw, rate_frames)
+        rate = lossless_rate(client, raw, rate_frames)
         service_ms = control.status()["server_ms"]["p50"]
         status = control.status()
     t = np.array([a for _, a, _, _ in got])
@@ -229,8 +221,7 @@ def main(argv: list[str] | None = None) -> int:
                             progress=lambda m: print(m, file=sys.stderr))
         print(json.dumps({k: replay[k] for k in ("psnr_start", "psnr_end", "swaps")}, indent=2))
         if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(replay, indent=2) + "\n")
+            write_json(args.json, replay)
         return 0
     if args.quick:
         args.size, args.epochs, args.steps, args.minutes = 128, 4, 40, 1.0
@@ -239,8 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     keys = ("psnr_start", "psnr_end", "psnr_scratch", "minutes_to_end", "fps_ratio", "max_stall_ms", "service_ms")
     print(json.dumps({k: report[k] for k in keys}, indent=2))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        write_json(args.json, report)
     return 0
 
 

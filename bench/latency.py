@@ -35,7 +35,8 @@ from streamer.server import load_denoiser
 from streamer.sources import SimulatedCamera, SimulatedCameraConfig
 from streamer.stats import summary
 
-__all__ = ["BareEngine", "bare_engine", "end_to_end", "lossless_end_to_end", "main", "make_frame", "run", "table"]
+__all__ = ["BareEngine", "bare_engine", "end_to_end", "lossless_end_to_end", "lossless_rate", "main", "make_frame",
+           "run", "table"]
 
 
 def make_frame(size: int, dtype: str, seed: int = 0) -> np.ndarray:
@@ -156,6 +157,18 @@ def end_to_end(endpoints: dict[str, str], frame: np.ndarray, frames: int, warmup
     return {"ms": summary(lat), "samples_ms": lat, "stages_ms": {k: summary(v)["p50"] for k, v in stages.items()},
             "lossless_fps": fps, "server": {k: status[k] for k in ("engine", "precision", "device", "drops",
                                                                    "errors", "frames_in", "frames_out")}}
+
+
+def lossless_rate(client: StreamClient, frames: np.ndarray, n: int) -> float:
+    """Frames/s through a lossless server: a thread pushes ``n`` of ``frames`` (in turn) as fast as backpressure
+    lets it, this one takes every result."""
+    t0 = time.perf_counter()
+    sender = threading.Thread(target=lambda: [client.send(frames[i % len(frames)], timeout=60) for i in range(n)])
+    sender.start()
+    for _ in range(n):
+        client.receive(timeout=60)
+    sender.join()
+    return n / (time.perf_counter() - t0)
 
 
 def lossless_end_to_end(model: Path, engine: str, precision: str, frame: np.ndarray, frames: int, workdir: Path,

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.command import write_json
 from bench.processes import serve_command, spawn
 from bench.report import machine
 from streamer.client import StreamClient
@@ -128,8 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                             progress=lambda m: print(m, file=sys.stderr))
     print(json.dumps({k: v for k, v in report.items() if k != "machine"}, indent=2))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        write_json(args.json, report)
     return 0
 
 

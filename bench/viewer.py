@@ -14,13 +14,14 @@ import json
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from bench.command import write_json
+from bench.latency import lossless_rate
 from bench.processes import Process, start_server, stop_process
 from bench.report import machine
 from streamer.client import StreamClient
@@ -28,17 +29,6 @@ from streamer.sources import SimulatedCameraConfig, simulate_stack
 from streamer.viewer import ViewFeed
 
 __all__ = ["main", "run_viewer_bench"]
-
-
-def _lossless_rate(client: StreamClient, frames: np.ndarray, n: int) -> float:
-    """Frames/s through the server: ``n`` frames pushed, every result received."""
-    t0 = time.perf_counter()
-    sender = threading.Thread(target=lambda: [client.send(frames[i % len(frames)], timeout=60) for i in range(n)])
-    sender.start()
-    for _ in range(n):
-        client.receive(timeout=60)
-    sender.join()
-    return n / (time.perf_counter() - t0)
 
 
 def _napari(endpoints: dict[str, str], frames: int, out: Path, timeout: float) -> subprocess.Popen[str]:
@@ -83,12 +73,12 @@ def measure_size(server: Process, size: int, n: int, trials: int, shown: int, wo
     rates: dict[str, list[float]] = {"alone": [], "stalled": []}
     with StreamClient(server.endpoints, timeout=60, send_hwm=n) as client:
         client.wait_subscribed()
-        _lossless_rate(client, frames, min(n, 20))  # warm up (the engine's first frames of this shape)
+        lossless_rate(client, frames, min(n, 20))  # warm up (the engine's first frames of this shape)
         for _ in range(trials):
-            rates["alone"].append(_lossless_rate(client, frames, n))
+            rates["alone"].append(lossless_rate(client, frames, n))
             with ViewFeed(server.endpoints["view"]):  # subscribed, never reads
                 _wait_viewers(client, 1)
-                rates["stalled"].append(_lossless_rate(client, frames, n))
+                rates["stalled"].append(lossless_rate(client, frames, n))
             _wait_viewers(client, 0)
         med = {k: float(np.median(v)) for k, v in rates.items()}
         camera_fps = round(min(100.0, 0.8 * med["alone"]), 1)
@@ -152,8 +142,7 @@ def main(argv: list[str] | None = None) -> int:
                                           "server_fps_with_napari", "napari_display_fps", "napari_latency_ms")}
                       for r in report["sizes"]], indent=2))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        write_json(args.json, report)
     return 0
 
 

@@ -594,33 +594,27 @@ class Server:
             log.warning("bad input (%s, #%d): %s", code, n, text)
 
     # --- control, subscriptions, stats ---------------------------------------------------------
-    def _on_subscription(self) -> None:
-        sock = self._sockets["output"]
+    def _subscriptions_to(self, name: str, topic: bytes, count: int) -> int:
+        """``count`` moved by the (un)subscriptions to ``topic`` waiting on the XPUB socket ``name`` ('' or a prefix of
+        the topic counts; XPUB also passes up any other message an XSUB peer sends, which must not move it)."""
+        sock = self._sockets[name]
         while True:
             try:
                 event = sock.recv(zmq.NOBLOCK)
             except zmq.Again:
-                return
-            # a (un)subscription to frames ('' or a prefix of 'frame'); XPUB also passes up any other
-            # message an XSUB peer sends, which must not move the count
-            if event[:1] in (b"\x00", b"\x01") and TOPIC_FRAME.startswith(event[1:]):
-                self._subscriptions = max(0, self._subscriptions + (1 if event[:1] == b"\x01" else -1))
+                return count
+            if event[:1] in (b"\x00", b"\x01") and topic.startswith(event[1:]):
+                count = max(0, count + (1 if event[:1] == b"\x01" else -1))
             elif len(event) > 256:
                 self.stats.on_error("bad_subscription")
-            self._count_subscribers()
+
+    def _on_subscription(self) -> None:
+        self._subscriptions = self._subscriptions_to("output", TOPIC_FRAME, self._subscriptions)
+        self._count_subscribers()
 
     def _on_view_subscription(self) -> None:
         """Viewers: (un)subscriptions to ``view`` on the view socket (a disconnected viewer's are withdrawn)."""
-        sock = self._sockets["view"]
-        while True:
-            try:
-                event = sock.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            if event[:1] in (b"\x00", b"\x01") and TOPIC_VIEW.startswith(event[1:]):
-                self.viewers = max(0, self.viewers + (1 if event[:1] == b"\x01" else -1))
-            elif len(event) > 256:
-                self.stats.on_error("bad_subscription")
+        self.viewers = self._subscriptions_to("view", TOPIC_VIEW, self.viewers)
 
     def _on_connection(self) -> None:
         from zmq.utils.monitor import recv_monitor_message
