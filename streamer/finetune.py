@@ -23,6 +23,20 @@ __all__ = ["FinetuneLink"]
 log = logging.getLogger("n2n.streamer")
 
 
+def _below_and_bound(nice: int) -> Any:
+    """In the worker, before it runs: a lower priority, and (Linux) a SIGTERM when the server's process ends, however
+    it ends (a server killed cannot stop its worker; the worker also watches for its parent itself)."""
+    def setup() -> None:
+        os.nice(nice)
+        if sys.platform.startswith("linux"):
+            import ctypes
+            import signal
+
+            ctypes.CDLL(None).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+
+    return setup
+
+
 class FinetuneLink:
     """Start the worker on ``model_dir``; :meth:`offer` each frame served, :meth:`poll` for its status and the
     candidates it saved (run folders in ``out``)."""
@@ -46,7 +60,7 @@ class FinetuneLink:
         env = {**os.environ, "OMP_NUM_THREADS": str(cfg.threads)}
         with open(self.log_path, "ab") as logfile:
             self.proc = subprocess.Popen(cmd, stdout=logfile, stderr=subprocess.STDOUT, env=env,
-                                         preexec_fn=(lambda: os.nice(cfg.nice)) if os.name == "posix" else None)
+                                         preexec_fn=_below_and_bound(cfg.nice) if os.name == "posix" else None)
         self.status: dict[str, Any] = {"state": "starting"}
         self.pairs_sent = 0
         self.pairs_missed = 0  # the worker was busy

@@ -108,3 +108,41 @@ def test_memory_stays_bounded_over_a_long_run(run_copy: Path, tmp_path: Path) ->
     assert ft["ring_mb"] <= bound_mb + 0.1 and ft["pairs_sent"] > 0
     assert marks[1] - marks[0] < 30, marks  # MiB over the second 1,000 frames
     assert status["frames_out"] == 2000 and status["drops"] == 0
+
+
+def test_the_worker_ends_when_the_server_is_killed(run_copy: Path, tmp_path: Path) -> None:
+    """`n2n serve --finetune` killed with SIGKILL (no chance to stop its worker): the worker ends by itself."""
+    import json
+    import subprocess
+    import sys
+
+    from streamer.config import ENDPOINT_NAMES
+
+    ready = tmp_path / "ready.json"
+    settings = tmp_path / "serve.yaml"
+    settings.write_text(json.dumps({"version": 1, "finetune": {**FAST, "out": str(tmp_path / "live")}}))
+    addresses = [a for name in ENDPOINT_NAMES for a in (f"--{name}-address", "tcp://127.0.0.1:*")]
+    proc = subprocess.Popen([sys.executable, "-m", "n2n", "serve", "--model", str(run_copy), "--config", str(settings),
+                             "--threads", "1", "--precision", "fp32", *addresses, "--ready-file", str(ready)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: ready.exists() or proc.poll() is not None, "the server's ready file", 120)
+        endpoints = json.loads(ready.read_text())["endpoints"]
+        with StreamClient(endpoints) as client:
+            worker = client.status()["finetune"]["worker_pid"]
+        os.kill(worker, 0)  # running
+        proc.kill()
+        proc.wait(timeout=30)
+
+        def gone() -> bool:
+            try:
+                os.kill(worker, 0)
+            except ProcessLookupError:
+                return True
+            with open(f"/proc/{worker}/stat") as f:  # a zombie (ended, not yet reaped by init) counts as ended
+                return f.read().split(") ")[1].startswith("Z")
+
+        wait_for(gone, "the orphaned worker to end", 60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -187,8 +187,13 @@ def run_worker(model: Path, out: Path, frames_address: str, status_address: str,
         except zmq.Again:
             pass
 
+    parent = os.getppid()
+
     def take(wait_ms: int = 0) -> None:
-        """Every pair that has arrived into the ring."""
+        """Every pair that has arrived into the ring (and an end, when the server has gone)."""
+        if os.getppid() != parent:  # the server is gone: nobody to serve a candidate to
+            log.info("the server (pid %d) has gone: stopping", parent)
+            raise SystemExit(0)
         while pull.poll(wait_ms):
             head, a, b = pull.recv_multipart()
             meta = json.loads(head)
