@@ -9,7 +9,6 @@ with ``stopped`` set; a second Ctrl-C aborts at once (KeyboardInterrupt). A plan
 from __future__ import annotations
 
 import contextlib
-import json
 import signal
 import threading
 import time
@@ -21,6 +20,7 @@ from typing import Any, Literal
 from rich.console import Console
 
 from n2n.command import log
+from streamer.client import read_ready_file
 from streamer.config import MicroManagerSourceConfig, ServeConfig
 
 __all__ = ["BridgeRun", "bridge_live", "read_ready_file"]
@@ -36,20 +36,6 @@ class BridgeRun:
     """That server's status when the bridge ended."""
     stopped: bool
     """Ended early by Ctrl-C, SIGTERM or the caller's stop."""
-
-
-def read_ready_file(path: str | Path) -> dict[str, str]:
-    """The endpoints a running ``n2n serve --ready-file`` wrote."""
-    try:
-        endpoints = json.loads(Path(path).read_text())["endpoints"]
-        missing = {"input", "output", "control"} - set(endpoints)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{path}: expected the JSON a `n2n serve --ready-file` writes, with 'endpoints' "
-                         f"(input, output, control), got {type(exc).__name__}: {exc}") from None
-    if missing:
-        raise ValueError(f"{path}: expected 'endpoints' with input, output and control, got no "
-                         f"{', '.join(sorted(missing))}")
-    return dict(endpoints)
 
 
 @contextlib.contextmanager

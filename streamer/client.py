@@ -16,6 +16,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,7 +26,7 @@ from .config import Endpoints
 from .protocol import TOPIC_ERROR, TOPIC_FRAME, TOPIC_REPLY, TOPIC_STATS, decode_header, encode_frame
 from .security import ClientKeys
 
-__all__ = ["StreamClient", "Result", "ServerError"]
+__all__ = ["StreamClient", "Result", "ServerError", "read_ready_file"]
 
 
 class ServerError(RuntimeError):
@@ -60,6 +61,20 @@ def _decode_result(parts: list[bytes]) -> Result:
         raise ValueError(f"expected 2 parts (header, pixels) from the server, got {len(parts)}")
     pixels = np.frombuffer(parts[1], dtype=np.dtype(header["dtype"]).newbyteorder("<")).reshape(header["shape"])
     return Result(pixels, header)
+
+
+def read_ready_file(path: str | Path) -> dict[str, str]:
+    """The endpoints a running ``n2n serve --ready-file`` wrote."""
+    try:
+        endpoints = json.loads(Path(path).read_text())["endpoints"]
+        missing = {"input", "output", "control"} - set(endpoints)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: expected the JSON a `n2n serve --ready-file` writes, with 'endpoints' "
+                         f"(input, output, control), got {type(exc).__name__}: {exc}") from None
+    if missing:
+        raise ValueError(f"{path}: expected 'endpoints' with input, output and control, got no "
+                         f"{', '.join(sorted(missing))}")
+    return dict(endpoints)
 
 
 class StreamClient:

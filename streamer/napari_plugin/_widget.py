@@ -160,7 +160,7 @@ class DenoiseWidget(QWidget):
         text = self.address.text().strip()
         try:
             if text.endswith(".json") or Path(text).is_file():
-                from n2n.bridging import read_ready_file
+                from streamer.client import read_ready_file
 
                 self.connect_to(read_ready_file(text))
             else:
