@@ -10,8 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["EXPECTED_ERRORS", "Progress", "comma_list", "parser", "progress_to_stderr", "run_command",
-           "write_json"]
+__all__ = ["EXPECTED_ERRORS", "Progress", "comma_list", "parser", "progress_to_stderr", "require_model",
+           "run_command", "write_json"]
 
 Progress = Callable[[str], None]
 """Where a benchmark says what it is doing (one line at a time)."""
@@ -32,6 +32,12 @@ def progress_to_stderr(text: str) -> None:
 def comma_list(text: str) -> list[str]:
     """``"a, b,,c"`` → ``["a", "b", "c"]``."""
     return [s.strip() for s in text.split(",") if s.strip()]
+
+
+def require_model(parser: argparse.ArgumentParser, model: Path, flag: str = "--model") -> None:
+    """A usage error (exit 2, one line) unless ``model`` is a model folder."""
+    if not (model / "model.json").is_file():
+        parser.error(f"{flag} {model}: expected a model folder made by `n2n train` (with model.json)")
 
 
 def write_json(path: Path, report: Any) -> None:

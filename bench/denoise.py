@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.command import require_model
 from bench.report import machine
 
 __all__ = ["main", "run_denoise", "run_benchmark"]
@@ -137,8 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", default="auto", help="auto (decided by the first run) or one precision")
     parser.add_argument("--json", type=Path, help="write the report here")
     args = parser.parse_args(argv)
-    if not (args.model / "model.json").is_file():
-        parser.error(f"--model {args.model}: expected a model folder made by `n2n train` (with model.json)")
+    require_model(parser, args.model)
     try:
         workers = tuple(int(w) for w in args.workers.split(","))
     except ValueError:

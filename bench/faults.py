@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import zmq
 
+from bench.command import require_model
 from bench.overload import live_overload
 from bench.processes import Process, peak_mb, rss_mb, serve_command, spawn
 from bench.report import machine
@@ -301,8 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--json", type=Path, help="write the report here")
     args = parser.parse_args(argv)
-    if not (args.model / "model.json").is_file():
-        parser.error(f"--model {args.model}: expected a model folder made by `n2n train` (with model.json)")
+    require_model(parser, args.model)
     report = run_faults(args.model, args.fuzz, args.stall_s, args.overload_s, args.max_mb, args.threads,
                         args.precision, progress=lambda m: print(m, file=sys.stderr))
     keys = ("fuzz_messages", "crashes", "correct_after", "stall_request_p99_ms", "stall_service_ms",

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.command import write_json
+from bench.command import require_model, write_json
 from bench.processes import serve_command, spawn
 from bench.report import machine
 from streamer.client import StreamClient
@@ -123,8 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--json", type=Path, help="write the report here")
     args = parser.parse_args(argv)
-    if not (args.model / "model.json").is_file():
-        parser.error(f"--model {args.model}: expected a model folder made by `n2n train` (with model.json)")
+    require_model(parser, args.model)
     report = run_swap_bench(args.model, args.size, args.swaps, args.fps, args.threads, args.precision,
                             progress=lambda m: print(m, file=sys.stderr))
     print(json.dumps({k: v for k, v in report.items() if k != "machine"}, indent=2))

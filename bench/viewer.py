@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.command import write_json
+from bench.command import require_model, write_json
 from bench.latency import lossless_rate
 from bench.processes import Process, start_server, stop_process
 from bench.report import machine
@@ -134,8 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--json", type=Path, help="write the report here")
     args = parser.parse_args(argv)
-    if not (args.model / "model.json").is_file():
-        parser.error(f"--model {args.model}: expected a model folder made by `n2n train` (with model.json)")
+    require_model(parser, args.model)
     report = run_viewer_bench(args.model, args.size, args.trials, args.shown, args.threads, args.precision,
                               progress=lambda m: print(m, file=sys.stderr))
     print(json.dumps([{k: r[k] for k in ("size", "server_fps", "stalled_over_alone", "camera_fps",
