@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import sys
-import time
 from collections import deque
 from datetime import datetime, timezone
 from pathlib import Path
@@ -77,7 +76,7 @@ class Tuner:
         self.cfg = cfg
         self.run_dir = run_dir
         self.card = ModelCard.load(run_dir)
-        if getattr(self.card, "input_frames", 1) != 1:
+        if self.card.input_frames != 1:
             raise ValueError("fine-tuning takes single-frame models (input_frames 1)")
         self.net, self.norm = load_weights(run_dir)
         torch.set_num_threads(int(cfg["threads"]))
@@ -161,8 +160,7 @@ class Tuner:
         return out
 
 
-def run_worker(model: Path, out: Path, frames_address: str, status_address: str, cfg: dict[str, Any],
-               stop_after_s: float | None = None) -> None:
+def run_worker(model: Path, out: Path, frames_address: str, status_address: str, cfg: dict[str, Any]) -> None:
     import zmq
 
     ctx = zmq.Context()
@@ -177,7 +175,6 @@ def run_worker(model: Path, out: Path, frames_address: str, status_address: str,
     ring = PairRing(int(cfg["ring_pairs"]), int(cfg["val_every"]))
     state: dict[str, Any] = {"state": "collecting", "pairs": 0, "steps": 0, "rounds": 0, "val_serving": None,
                              "val_candidate": None, "candidates": 0, "ring_mb": 0.0, "pid": os.getpid()}
-    started = time.monotonic()
     serving_dir = model
 
     def tell(**extra: Any) -> None:
@@ -203,7 +200,7 @@ def run_worker(model: Path, out: Path, frames_address: str, status_address: str,
 
     tell()
     try:
-        while stop_after_s is None or time.monotonic() - started < stop_after_s:
+        while True:  # until the server stops it (SIGTERM) or is gone
             take(100 if len(ring.train) < int(cfg["min_pairs"]) else 0)
             if len(ring.train) < int(cfg["min_pairs"]) or len(ring.val) < 2:
                 tell(state="collecting")
