@@ -3,16 +3,19 @@ other writers' metadata (ImageJ, OME-Zarr 0.4 on Zarr v2, big-endian), names and
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
 import zarr
+from ndstorage import NDTiffDataset
 from test_denoise import opened
 
 from streamer.datasets import DatasetError, DatasetInfo, open_dataset
 from streamer.datasets.ometiff import write_ome_tiff
+from streamer.datasets.omezarr import OmeZarrWriter
 
 
 def coded(t: int, c: int, z: int) -> np.ndarray:
@@ -88,3 +91,47 @@ def test_a_tiff_with_several_series_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(DatasetError, match=r"holds 2 image series \(stage positions\?\); expected one"):
         open_dataset(tmp_path / "positions.ome.tif")
+
+
+def _write(kind: str, root: Path, stack: np.ndarray) -> Path:
+    if kind == "ome-tiff":
+        tifffile.imwrite(root / "stack.ome.tif", stack, ome=True, metadata={"axes": "TYX"})
+        return root / "stack.ome.tif"
+    if kind == "ome-zarr":
+        info = DatasetInfo(axes="TYX", shape=stack.shape, dtype=stack.dtype)
+        OmeZarrWriter.create(root / "stack.zarr", info, stack.dtype).write(0, stack)
+        return root / "stack.zarr"
+    ds = NDTiffDataset(dataset_path=str(root), name="stack", writable=True)
+    ds.initialize({})
+    for t, plane in enumerate(stack):
+        ds.put_image({"time": t}, plane, {"Axes": {"time": t}})
+    writer = ds.current_writer
+    ds.finish()
+    writer.reader.close()
+    ds.close()
+    return Path(ds.path)
+
+
+@pytest.mark.parametrize("kind", ["ome-tiff", "ndtiff", "ome-zarr"])
+def test_threads_sharing_one_reader_each_get_their_own_planes(tmp_path: Path, kind: str) -> None:
+    """The tasks of a Dask worker with several threads share one reader: reads at the same time must not mix
+    (one file handle's seek and read interleaving with another thread's gave a plane from elsewhere)."""
+    stack = np.random.default_rng(0).integers(0, 60000, (40, 64, 64), dtype=np.uint16)
+    reader = open_dataset(_write(kind, tmp_path, stack))
+    wrong: list[tuple[int, int]] = []
+
+    def read_many(offset: int) -> None:
+        for i in range(400):
+            p = (7 * i + offset) % len(stack)
+            got = reader.read(p, p + 2)
+            wrong.extend((p + j, offset) for j in range(len(got)) if not np.array_equal(got[j], stack[p + j]))
+
+    try:
+        threads = [threading.Thread(target=read_many, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        reader.close()
+    assert wrong == []

@@ -72,7 +72,8 @@ class Reader(Protocol):
     info: DatasetInfo
 
     def read(self, start: int, stop: int) -> np.ndarray:
-        """Planes ``start:stop`` (flat indices) as a (n, Y, X) array of the dataset's dtype."""
+        """Planes ``start:stop`` (flat indices) as a (n, Y, X) array of the dataset's dtype. Safe to call from
+        several threads at once (the tasks of a Dask worker with several threads share one reader)."""
 
     def close(self) -> None:
         """Release the files."""

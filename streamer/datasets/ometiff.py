@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ class OmeTiffReader:
         import tifffile
 
         self.path = Path(path)
+        self._lock = threading.Lock()  # one file handle: a seek and its read must not interleave with another's
         try:
             self._tif = tifffile.TiffFile(self.path)
         except Exception as exc:  # tifffile raises several types for files it cannot read
@@ -150,7 +152,8 @@ class OmeTiffReader:
         pages = list(self._order[start:stop])
         if not pages:
             return np.empty((0, *self.info.plane_shape), self.info.dtype)
-        data = self._tif.asarray(key=pages, series=0)
+        with self._lock:
+            data = self._tif.asarray(key=pages, series=0)
         return np.asarray(data).reshape(len(pages), *self.info.plane_shape)
 
     def close(self) -> None:

@@ -44,10 +44,15 @@ _CACHE: dict[tuple[Any, ...], Any] = {}
 """Per process: the open input, the compiled Denoiser and the open output of the job last run here."""
 
 
+_CACHE_LOCK = threading.Lock()
+"""The threads of one Dask worker open the job's input and output once, not once each."""
+
+
 def _cached(key: tuple[Any, ...], make: Callable[[], Any]) -> Any:
-    if key not in _CACHE:
-        keep(key, make())
-    return _CACHE[key]
+    with _CACHE_LOCK:
+        if key not in _CACHE:
+            keep(key, make())
+        return _CACHE[key]
 
 
 def _close(value: Any) -> None:
