@@ -66,14 +66,17 @@ def run_swap_bench(model: Path, size: int = 512, swaps: int = 3, fps: float | No
                     sent.append(client.send(frames[len(sent) % 8], ts_ns=time.time_ns()))
 
             def consume() -> None:
-                while not (stop.is_set() and len(arrivals) >= len(sent)):
+                # until the producer has ended and every frame it sent has come back (a frame is in ``sent``
+                # only once its send returned: the producer may still be sending when ``stop`` is set)
+                while producer.is_alive() or len(arrivals) < len(sent):
                     try:
                         r = client.receive(timeout=0.5)
                     except TimeoutError:
                         continue
                     arrivals.append((int(r.seq or 0), time.perf_counter(), r.header["model"]))
 
-            threads_ = [threading.Thread(target=produce), threading.Thread(target=consume)]
+            producer = threading.Thread(target=produce)
+            threads_ = [producer, threading.Thread(target=consume)]
             for t in threads_:
                 t.start()
             windows: list[tuple[float, float, float]] = []
