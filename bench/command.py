@@ -20,9 +20,12 @@ EXPECTED_ERRORS = (FileNotFoundError, ValueError, RuntimeError, TimeoutError)
 """Failures a command reports as one line (a missing model, a bad argument, an engine that cannot run)."""
 
 
-def parser(module: str, doc: str | None) -> argparse.ArgumentParser:
-    """``python -m MODULE``'s parser, described by the first paragraph of the module's docstring."""
-    return argparse.ArgumentParser(prog=f"python -m {module}", description=(doc or "").split("\n\n")[0])
+def parser(module: str, doc: str | None, show_defaults: bool = False) -> argparse.ArgumentParser:
+    """``python -m MODULE``'s parser, described by the first paragraph of the module's docstring;
+    ``show_defaults``: each option's help ends with its default."""
+    return argparse.ArgumentParser(
+        prog=f"python -m {module}", description=(doc or "").split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter if show_defaults else argparse.HelpFormatter)
 
 
 def progress_to_stderr(text: str) -> None:

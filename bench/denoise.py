@@ -12,7 +12,6 @@ and given to the others, so every run does the same arithmetic::
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -24,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from bench.command import require_model
+from bench import command
+from bench.command import progress_to_stderr, require_model
 from bench.report import machine
 
 __all__ = ["main", "run_denoise", "run_benchmark"]
@@ -126,8 +126,7 @@ def table(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.denoise", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = command.parser("bench.denoise", __doc__, show_defaults=True)
     parser.add_argument("--model", type=Path, default=Path("runs/demo/model"), help="model folder")
     parser.add_argument("--size", type=int, default=512, help="plane side in pixels")
     parser.add_argument("--planes", type=int, default=200, help="planes in the recorded stack")
@@ -144,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         parser.error(f"--workers: expected a comma list of numbers such as 1,2, got {args.workers!r}")
     report = run_benchmark(args.model, args.size, args.planes, workers, args.threads, args.large, args.precision,
-                           progress=lambda msg: print(msg, file=sys.stderr))
+                           progress=progress_to_stderr)
     print(table(report))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -9,12 +9,12 @@ Each model is trained once into OUT/kK (reused when it is there); results in OUT
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 from pathlib import Path
 from typing import Any
 
+from bench import command
 from streamer.history import MOTION_THRESHOLD
 from streamer.sources import SimulatedCameraConfig, simulate_stack
 
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from trainer.config import EvaluateConfig
     from trainer.evaluate import evaluate
 
-    ap = argparse.ArgumentParser(prog="python -m bench.drift", description=__doc__.split("\n\n")[0])
+    ap = command.parser("bench.drift", __doc__)
     ap.add_argument("k", nargs="*", type=int, default=[1, 2])
     ap.add_argument("--out", type=Path, default=Path("runs/drift"))
     ap.add_argument("--epochs", type=int, default=20)

@@ -10,7 +10,6 @@ on an empty one-part message (echoed first), or after ``--idle-s`` seconds witho
 
 from __future__ import annotations
 
-import argparse
 import json
 import signal
 import sys
@@ -19,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import zmq
+
+from bench import command
 
 __all__ = ["serve", "main"]
 
@@ -63,7 +64,7 @@ def serve(address: str, ready_file: Path | None = None, idle_s: float = 120.0) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.echo", description=__doc__.split("\n\n")[0])
+    p = command.parser("bench.echo", __doc__)
     p.add_argument("--address", default="tcp://127.0.0.1:*", help="ZeroMQ address to bind (REP)")
     p.add_argument("--ready-file", type=Path, default=None, help="write the bound address here (JSON)")
     p.add_argument("--idle-s", type=float, default=120.0, help="stop after this long without a message")

@@ -7,7 +7,6 @@ limit. Every figure comes from the server's own counters, the client's accountin
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -22,7 +21,8 @@ from typing import Any
 import numpy as np
 import zmq
 
-from bench.command import require_model
+from bench import command
+from bench.command import progress_to_stderr, require_model
 from bench.overload import live_overload
 from bench.processes import Process, peak_mb, rss_mb, serve_command, spawn
 from bench.report import machine
@@ -291,8 +291,7 @@ def _bare_ms(model: Path, frame: np.ndarray, threads: int | None, precision: str
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.faults", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = command.parser("bench.faults", __doc__, show_defaults=True)
     parser.add_argument("--model", type=Path, default=Path("runs/demo/model"), help="model folder")
     parser.add_argument("--fuzz", type=int, default=10_000, help="fuzzed messages per socket")
     parser.add_argument("--stall-s", type=float, default=10.0, help="seconds of a stalled subscriber per mode")
@@ -304,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     require_model(parser, args.model)
     report = run_faults(args.model, args.fuzz, args.stall_s, args.overload_s, args.max_mb, args.threads,
-                        args.precision, progress=lambda m: print(m, file=sys.stderr))
+                        args.precision, progress=progress_to_stderr)
     keys = ("fuzz_messages", "crashes", "correct_after", "stall_request_p99_ms", "stall_service_ms",
             "lost_reported", "lost_actual", "overload_p99_ms", "overload_service_ms", "rss_growth_pct",
             "peak_rss_mb", "rss_budget_mb")

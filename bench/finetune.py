@@ -12,7 +12,6 @@ output's ordinary jitter away from swaps::
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
@@ -24,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from bench.command import write_json
+from bench import command
+from bench.command import progress_to_stderr, write_json
 from bench.latency import lossless_rate
 from bench.processes import serve_command, spawn
 from bench.report import machine
@@ -220,8 +220,7 @@ def run_replay(model: Path, raw_path: Path, reference_path: Path, minutes: float
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.finetune", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = command.parser("bench.finetune", __doc__, show_defaults=True)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--epochs", type=int, default=30, help="training budget of both models (epochs)")
     parser.add_argument("--steps", type=int, default=100, help="... and steps per epoch")
@@ -238,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.reference is None or args.model is None:
             parser.error("--replay needs --reference and --model")
         replay = run_replay(args.model, args.replay, args.reference, args.minutes, args.fps,
-                            progress=lambda m: print(m, file=sys.stderr))
+                            progress=progress_to_stderr)
         print(json.dumps({k: replay[k] for k in ("psnr_start", "psnr_end", "swaps")}, indent=2))
         if args.json:
             write_json(args.json, replay)
@@ -249,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--size must be at least 96 (the models train on 64-pixel patches and hold out rows of each "
                      f"frame to validate on), not {args.size}")
     report = run_finetune_bench(args.size, 100, args.epochs, args.steps, args.minutes, args.fps, args.quick,
-                                progress=lambda m: print(m, file=sys.stderr))
+                                progress=progress_to_stderr)
     keys = ("psnr_start", "psnr_end", "psnr_scratch", "psnr_scratch_same_patches", "minutes_to_end", "fps_ratio",
             "max_stall_ms", "service_ms")
     print(json.dumps({k: report[k] for k in keys}, indent=2))

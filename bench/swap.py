@@ -9,7 +9,6 @@ lost or reordered::
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
@@ -22,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from bench.command import require_model, write_json
+from bench import command
+from bench.command import progress_to_stderr, require_model, write_json
 from bench.processes import serve_command, spawn
 from bench.report import machine
 from streamer.client import StreamClient
@@ -116,8 +116,7 @@ def run_swap_bench(model: Path, size: int = 512, swaps: int = 3, fps: float | No
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.swap", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = command.parser("bench.swap", __doc__, show_defaults=True)
     parser.add_argument("--model", type=Path, default=Path("runs/demo/model"), help="model folder")
     parser.add_argument("--size", type=int, default=512, help="frame size (square)")
     parser.add_argument("--swaps", type=int, default=3)
@@ -128,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     require_model(parser, args.model)
     report = run_swap_bench(args.model, args.size, args.swaps, args.fps, args.threads, args.precision,
-                            progress=lambda m: print(m, file=sys.stderr))
+                            progress=progress_to_stderr)
     print(json.dumps({k: v for k, v in report.items() if k != "machine"}, indent=2))
     if args.json:
         write_json(args.json, report)

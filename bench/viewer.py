@@ -9,7 +9,6 @@ extra and a display (``xvfb-run -a`` gives one)::
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -20,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from bench.command import require_model, write_json
+from bench import command
+from bench.command import progress_to_stderr, require_model, write_json
 from bench.latency import lossless_rate
 from bench.processes import Process, start_server, stop_process
 from bench.report import machine
@@ -124,8 +124,7 @@ def run_viewer_bench(model: Path, sizes: list[int], trials: int = 3, shown: int 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.viewer", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = command.parser("bench.viewer", __doc__, show_defaults=True)
     parser.add_argument("--model", type=Path, default=Path("runs/demo/model"), help="model folder")
     parser.add_argument("--size", type=int, nargs="+", default=[512, 2048], help="frame sizes (square)")
     parser.add_argument("--trials", type=int, default=3, help="alternating trials per size")
@@ -136,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     require_model(parser, args.model)
     report = run_viewer_bench(args.model, args.size, args.trials, args.shown, args.threads, args.precision,
-                              progress=lambda m: print(m, file=sys.stderr))
+                              progress=progress_to_stderr)
     print(json.dumps([{k: r[k] for k in ("size", "server_fps", "stalled_over_alone", "camera_fps",
                                           "server_fps_with_napari", "napari_display_fps", "napari_latency_ms")}
                       for r in report["sizes"]], indent=2))

@@ -786,7 +786,7 @@ class Server:
     def status(self) -> dict[str, Any]:
         info = self.denoiser.info()
         extra = {"finetune": self.finetune.snapshot()} if self.finetune is not None else {}
-        return self.stats.snapshot(**extra,mode=self.config.mode, subscribers=self.subscribers, viewers=self.viewers,
+        return self.stats.snapshot(**extra, mode=self.config.mode, subscribers=self.subscribers, viewers=self.viewers,
                                    engine=info["engine"], precision=info["precision"],
                                    precision_note=info["precision_note"], device=info["device"],
                                    model=info["model"], shapes=info["shapes"], endpoints=self.endpoints)
