@@ -129,6 +129,9 @@ class MicroManagerSource(BaseSource):
             raise RuntimeError("MicroManagerSource is closed")
         core = self.core
         if not self.following and not self._started:
+            # Micro-Manager counts ElapsedTime-ms from the start of the sequence: this host's clock just before
+            # it starts anchors every capture time, however late the frames are read
+            self._clock_offset_ns = time.time_ns()
             core.start_continuous_sequence_acquisition(0.0)
             self._started = True
         deadline = time.monotonic() + self.timeout_s
@@ -154,16 +157,20 @@ class MicroManagerSource(BaseSource):
         return frame
 
     def _capture_ns(self, meta: dict[str, Any]) -> int:
-        """When the frame was taken, on this host's clock: Micro-Manager's ``ElapsedTime-ms`` anchored
-        at the first frame read, so time a frame waited in the circular buffer counts in latencies
-        (without the tag: now)."""
+        """When the frame was taken, on this host's clock: Micro-Manager's ``ElapsedTime-ms`` from the sequence's
+        start, so time a frame waited in the circular buffer counts in latencies (without the tag: now).
+
+        The start is the moment this source started the acquisition; following a stream someone else started, it
+        is estimated as the earliest ``now - elapsed`` seen so far (the frame read soonest after its capture), which
+        also corrects a camera whose zero came before our start: a capture time is never later than its read."""
         now = time.time_ns()
         elapsed = meta.get("ElapsedTime-ms")
         if not isinstance(elapsed, float):
             return now
-        if self._clock_offset_ns is None:
-            self._clock_offset_ns = now - int(elapsed * 1e6)
-        return min(now, self._clock_offset_ns + int(elapsed * 1e6))
+        elapsed_ns = int(elapsed * 1e6)
+        if self._clock_offset_ns is None or now - elapsed_ns < self._clock_offset_ns:
+            self._clock_offset_ns = now - elapsed_ns
+        return self._clock_offset_ns + elapsed_ns
 
     def close(self) -> None:
         if self._closed:
