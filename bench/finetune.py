@@ -8,6 +8,10 @@ same run; and the longest stall of the output during swaps against one frame's s
 output's ordinary jitter away from swaps::
 
     python -m bench.finetune --json runs/bench_finetune.json        # --quick: a small check in a few minutes
+
+``--swaps N`` ends the fine-tuning session once the output has switched model N times and served a whole end
+window (what ``psnr_end`` averages) since, ``--minutes`` at the latest: a check that must see a swap waits for it,
+however busy the machine, instead of hoping one comes within a fixed time.
 """
 
 from __future__ import annotations
@@ -39,6 +43,11 @@ _BATCH = 16
 """The batch size both benchmark models are trained with (the worker's is its own, ``finetune.batch_size``)."""
 
 
+def _window(frames: int) -> int:
+    """Frames that PSNR figures over time are averaged over (the start's and the end's among them)."""
+    return max(20, frames // 20)
+
+
 def _train(out: Path, raw: np.ndarray, epochs: int, steps: int, seed: int) -> Path:
     """The real-time preset trained on ``raw`` for ``epochs`` x ``steps`` (no INT8: the swaps serve float)."""
     import tifffile
@@ -66,9 +75,11 @@ def _psnr(out: np.ndarray, truth: np.ndarray) -> float:
 
 
 def _session(model: Path, workdir: Path, raw: np.ndarray, truth: np.ndarray, minutes: float, fps: float,
-             finetune: dict[str, Any] | None, rate_frames: int, progress: Any) -> dict[str, Any]:
+             finetune: dict[str, Any] | None, rate_frames: int, progress: Any,
+             swaps: int | None = None) -> dict[str, Any]:
     """One server on ``model`` (with fine-tuning when given): its lossless rate, then a paced stream for
-    ``minutes``: PSNR per frame against the truth, output gaps, swaps."""
+    ``minutes`` (with ``swaps``: until the output has switched model that many times and served an end window
+    since, ``minutes`` at most): PSNR per frame against the truth, output gaps, swaps."""
     cmd = serve_command(model, Endpoints.local(), "lossless", "auto", "fp32", None)
     name = "serve-ft" if finetune else "serve-plain"
     if finetune is not None:
@@ -96,8 +107,10 @@ def _session(model: Path, workdir: Path, raw: np.ndarray, truth: np.ndarray, min
         thread.start()
         end = t_start + minutes * 60
         last_report = t_start
+        switched: list[int] = []  # where the output's model changed (indices into got)
         while not stop.is_set() or len(got) < len(sent):
-            if time.perf_counter() >= end and not stop.is_set():
+            enough = swaps is not None and len(switched) >= swaps and len(got) - switched[-1] >= _window(len(got))
+            if (time.perf_counter() >= end or enough) and not stop.is_set():
                 stop.set()
                 thread.join(timeout=60)  # (then every frame it sent is waited for)
                 continue
@@ -106,6 +119,8 @@ def _session(model: Path, workdir: Path, raw: np.ndarray, truth: np.ndarray, min
             except TimeoutError:
                 continue
             i = int(r.header["meta"]["i"])
+            if got and r.header["model"] != got[-1][2]:
+                switched.append(len(got))
             got.append((int(r.seq or 0), time.perf_counter() - t_start, r.header["model"], _psnr(r.pixels, truth[i])))
             if time.perf_counter() - last_report > 15:
                 last_report = time.perf_counter()
@@ -116,10 +131,10 @@ def _session(model: Path, workdir: Path, raw: np.ndarray, truth: np.ndarray, min
         service_ms = control.status()["server_ms"]["p50"]
         status = control.status()
     t = np.array([a for _, a, _, _ in got])
-    models = [m for _, _, m, _ in got]
-    switches = [i for i in range(1, len(models)) if models[i] != models[i - 1]]
+    switches = switched
     gaps = np.diff(t) * 1000.0
     return {"rate_fps": round(rate, 1), "service_ms": service_ms, "frames": len(got),
+            "session_minutes": round(float(t[-1]) / 60, 2) if len(t) else 0.0,  # as minutes_to_end
             "in_order_none_lost": [s for s, _, _, _ in got] == sent, "times_s": t.tolist(),
             "psnr": [p for _, _, _, p in got], "switch_times_s": [round(float(t[i]), 2) for i in switches],
             "gap_ms_at_switch": [round(float(gaps[i - 1]), 2) for i in switches],
@@ -132,7 +147,7 @@ def _session(model: Path, workdir: Path, raw: np.ndarray, truth: np.ndarray, min
 
 def run_finetune_bench(size: int = 256, train_frames: int = 100, epochs: int = 30, steps: int = 100,
                        minutes: float = 5.0, fps: float = 20.0, quick: bool = False,
-                       progress: Any = print) -> dict[str, Any]:
+                       progress: Any = print, swaps: int | None = None) -> dict[str, Any]:
     cam1 = SimulatedCameraConfig(height=size, width=size, exposure_ms=20.0, seed=1)
     cam2 = SimulatedCameraConfig(height=size, width=size, exposure_ms=5.0, seed=2)
     raw1, _ = simulate_stack(cam1, train_frames)
@@ -141,7 +156,8 @@ def run_finetune_bench(size: int = 256, train_frames: int = 100, epochs: int = 3
     finetune = {"every": 2, "ring_pairs": 64, "val_every": 5, "min_pairs": 12, "steps": 50, "threads": 1,
                 "batch_size": 8}
     report: dict[str, Any] = {"size": size, "train_frames": train_frames, "epochs": epochs, "steps_per_epoch": steps,
-                              "minutes": minutes, "camera_fps": fps, "finetune": finetune, "machine": machine()}
+                              "minutes": minutes, "swaps_asked": swaps, "camera_fps": fps, "finetune": finetune,
+                              "machine": machine()}
     with tempfile.TemporaryDirectory(prefix="n2n-bench-ft-") as tmp:
         work = Path(tmp)
         t0 = time.perf_counter()
@@ -152,7 +168,7 @@ def run_finetune_bench(size: int = 256, train_frames: int = 100, epochs: int = 3
         scratch = _train(work / "runs" / "scratch", raw2, epochs, steps, seed=0)
         progress("serve sample 2 with the sample-1 model, fine-tuning on")
         tuned = _session(first, work, live_raw, live_truth, minutes, fps, {**finetune, "out": str(work / "live")},
-                         300 if not quick else 60, progress)
+                         300 if not quick else 60, progress, swaps)
         progress("the same without fine-tuning (serving rate), and the scratch model's PSNR")
         score = min(0.25, minutes)  # minutes of stream each model without fine-tuning is scored on
         plain = _session(first, work, live_raw, live_truth, score, fps, None, 300 if not quick else 60, progress)
@@ -167,7 +183,7 @@ def run_finetune_bench(size: int = 256, train_frames: int = 100, epochs: int = 3
         long_run = _session(_train(work / "runs" / "scratch_long", raw2, long_epochs, steps, seed=0), work,
                             live_raw, live_truth, score, fps, None, 20, progress)
     psnr, times = np.array(tuned["psnr"]), np.array(tuned["times_s"])
-    window = max(20, len(psnr) // 20)
+    window = _window(len(psnr))
     end = float(np.mean(psnr[-window:]))
     smooth = np.convolve(psnr, np.ones(window) / window, mode="valid")
     reached = next((i for i, v in enumerate(smooth) if v >= end - 0.1), len(smooth) - 1)
@@ -179,6 +195,7 @@ def run_finetune_bench(size: int = 256, train_frames: int = 100, epochs: int = 3
         "scratch_same_patches_steps": long_epochs * steps,
         "psnr_plain_sample1_model": round(float(np.mean(plain["psnr"])), 2),
         "minutes_to_end": round(float(times[min(reached + window - 1, len(times) - 1)]) / 60, 2),
+        "session_minutes": tuned["session_minutes"],
         "fps_ratio": round(tuned["rate_fps"] / plain["rate_fps"], 3),
         "serving_fps": {"with_finetune": tuned["rate_fps"], "without": plain["rate_fps"]},
         "service_ms": plain["service_ms"],
@@ -224,7 +241,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--epochs", type=int, default=30, help="training budget of both models (epochs)")
     parser.add_argument("--steps", type=int, default=100, help="... and steps per epoch")
-    parser.add_argument("--minutes", type=float, default=5.0, help="length of the fine-tuning session")
+    parser.add_argument("--minutes", type=float, default=5.0, help="length of the fine-tuning session (with --swaps: "
+                        "at most)")
+    parser.add_argument("--swaps", type=int, help="end the session once the output has switched model this many "
+                        "times and served the end's window of frames since (default: run all --minutes)")
     parser.add_argument("--fps", type=float, default=20.0, help="camera rate of the stream")
     parser.add_argument("--quick", action="store_true", help="a small check: 128², a short budget and session")
     parser.add_argument("--replay", type=Path, help="instead: replay this recorded stack (e.g. FMD fov06_raw.tif) "
@@ -247,8 +267,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.size < 96:
         parser.error(f"--size must be at least 96 (the models train on 64-pixel patches and hold out rows of each "
                      f"frame to validate on), not {args.size}")
+    if args.swaps is not None and args.swaps < 1:
+        parser.error(f"--swaps must be at least 1, not {args.swaps}")
     report = run_finetune_bench(args.size, 100, args.epochs, args.steps, args.minutes, args.fps, args.quick,
-                                progress=progress_to_stderr)
+                                progress=progress_to_stderr, swaps=args.swaps)
     keys = ("psnr_start", "psnr_end", "psnr_scratch", "psnr_scratch_same_patches", "minutes_to_end", "fps_ratio",
             "max_stall_ms", "service_ms")
     print(json.dumps({k: report[k] for k in keys}, indent=2))

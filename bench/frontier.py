@@ -168,7 +168,7 @@ def run_frontier(models: Sequence[Path], data: Path, reference: Path, sizes: Seq
                         "e2e_ms_p50": e2e["ms"]["p50"], "e2e_ms_p99": e2e["ms"]["p99"],
                         "lossless_fps": e2e["lossless_fps"],
                         "e2e_over_bare": e2e["ms"]["p50"] / bare["ms"]["p50"],
-                        "stages_ms_p50": e2e["stages_ms"], "frames": n}
+                        "stages_ms_p50": e2e["stages_ms"], "server_ms_p50": e2e["server_ms"]["p50"], "frames": n}
                     say(f"    end to end {e2e['ms']['p50']:.2f} ms, lossless {e2e['lossless_fps']:.1f} frames/s")
                 rows.append(row)
     if not rows:

@@ -111,13 +111,19 @@ def bare_engine(model: Path, cfg: ServeConfig, frame: np.ndarray, frames: int, w
 
 
 def end_to_end(endpoints: dict[str, str], frame: np.ndarray, frames: int, warmup: int = 10) -> dict[str, Any]:
-    """Latency one frame at a time, then sustained throughput, through a running lossless server."""
+    """Latency one frame at a time, then sustained throughput, through a running lossless server.
+
+    Beside each figure, what the server's own stage stamps say of the same frames (``server_ms``: received to
+    sent, per frame of the latency loop; ``server_fps`` and ``server_infer_ms_mean``: the sustained frames, from
+    the server's send stamps), so that checks compare figures of one moment, never two moments of a machine whose
+    load changes."""
     with StreamClient(endpoints, timeout=60) as client:
         client.wait_subscribed()
         for _ in range(warmup):
             client.send(frame)
             client.receive()
         lat: list[float] = []
+        in_server: list[float] = []  # received → sent, in the server, per frame
         stages: dict[str, list[float]] = {"preprocess": [], "infer": [], "post_send": []}
         for _ in range(frames):
             seq = client.send(frame, ts_ns=time.time_ns())
@@ -130,6 +136,7 @@ def end_to_end(endpoints: dict[str, str], frame: np.ndarray, frames: int, warmup
             stages["infer"].append((st["inferred"] - st["preprocessed"]) * 1e-6)
             stages["preprocess"].append((st["preprocessed"] - st["received"]) * 1e-6)
             stages["post_send"].append((st["sent"] - st["inferred"]) * 1e-6)
+            in_server.append((st["sent"] - st["received"]) * 1e-6)
         # sustained: a producer thread pushes as fast as backpressure lets it
         sent_err: list[BaseException] = []
 
@@ -140,12 +147,13 @@ def end_to_end(endpoints: dict[str, str], frame: np.ndarray, frames: int, warmup
             except BaseException as exc:  # reported below
                 sent_err.append(exc)
 
+        sustained: list[dict[str, int]] = []  # the server's stage stamps of each sustained frame
         with StreamClient(endpoints, timeout=60) as client_in:
             producer = threading.Thread(target=produce)
             t_first = t_last = 0.0
             producer.start()
             for i in range(frames):
-                client.receive()
+                sustained.append(client.receive().header["stages"])
                 t_last = time.perf_counter()
                 if i == 0:
                     t_first = t_last
@@ -154,9 +162,15 @@ def end_to_end(endpoints: dict[str, str], frame: np.ndarray, frames: int, warmup
             raise sent_err[0]
         status = client.status()
     fps = (frames - 1) / (t_last - t_first) if frames > 1 and t_last > t_first else float("nan")
+    # the same stretch by the server's clock: frames 2..n were sent within (sent_1, sent_n], each after its own call
+    span_ns = sustained[-1]["sent"] - sustained[0]["sent"]
+    infer_ms = [(st["inferred"] - st["preprocessed"]) * 1e-6 for st in sustained[1:]]
     return {"ms": summary(lat), "samples_ms": lat, "stages_ms": {k: summary(v)["p50"] for k, v in stages.items()},
-            "lossless_fps": fps, "server": {k: status[k] for k in ("engine", "precision", "device", "drops",
-                                                                   "errors", "frames_in", "frames_out")}}
+            "server_ms": summary(in_server), "lossless_fps": fps,
+            "server_fps": (frames - 1) * 1e9 / span_ns if span_ns > 0 else float("nan"),
+            "server_infer_ms_mean": float(np.mean(infer_ms)) if infer_ms else float("nan"),
+            "server": {k: status[k] for k in ("engine", "precision", "device", "drops", "errors", "frames_in",
+                                              "frames_out")}}
 
 
 def lossless_rate(client: StreamClient, frames: np.ndarray, n: int) -> float:

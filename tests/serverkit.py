@@ -1,9 +1,9 @@
-"""What the server tests share: a local test configuration, camera frames, waiting, address checks."""
+"""What the server tests share: a local test configuration, camera frames, waiting (:mod:`waiting`), address
+checks."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -27,15 +27,6 @@ def camera_frames(n: int, size: int = 64, seed: int = 21) -> np.ndarray:
     """``n`` uint16 frames from the simulated camera."""
     cam = SimulatedCameraConfig(**{**TINY_CAMERA, "height": size, "width": size, "seed": seed})
     return simulate_stack(cam, n)[0]
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
-    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.01)
 
 
 def assert_rebindable(endpoints: Mapping[str, str]) -> None:

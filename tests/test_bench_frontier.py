@@ -52,8 +52,8 @@ def test_quality_equals_n2n_evaluate(frontier_run: tuple[dict[str, Any], Path], 
 
 def test_speed_numbers_are_sane_and_consistent(frontier_run: tuple[dict[str, Any], Path],
                                                trained_run: dict[str, Path]) -> None:
-    """GFLOP per frame matches the card's FLOPs per pixel; a frame through the server costs at least the
-    engine's own time there, which is about the bare engine's."""
+    """GFLOP per frame matches the card's FLOPs per pixel; a frame through the server costs at least the server's
+    own time on it, the engine's call among it (the bare engine's figure, from another moment, is the report's)."""
     r, _ = frontier_run
     card = ModelCard.load(trained_run["run"])
     for row in r["rows"]:
@@ -61,8 +61,8 @@ def test_speed_numbers_are_sane_and_consistent(frontier_run: tuple[dict[str, Any
         assert m["gflop_per_frame"] == pytest.approx(card.architecture.flops_per_pixel * 48 * 48 / 1e9, rel=1e-6)
         assert m["bare_ms_p50"] > 0 and m["bare_fps"] > 0 and m["lossless_fps"] > 0
         assert 0 < m["e2e_ms_p50"] <= m["e2e_ms_p99"]
-        assert m["e2e_ms_p50"] >= m["stages_ms_p50"]["infer"] > 0  # end to end holds the engine's own time
-        assert m["e2e_ms_p50"] >= 0.5 * m["bare_ms_p50"]  # ... which is the bare engine's, within noise
+        # end to end holds the server's time on each frame, which holds the engine's own
+        assert m["e2e_ms_p50"] >= m["server_ms_p50"] >= m["stages_ms_p50"]["infer"] > 0
         assert m["frames"] == 4
 
 

@@ -80,19 +80,18 @@ def test_bare_engine_repeats_and_flops(suite_run: tuple[dict[str, Any], Path], t
     assert r["bare_gflops"] > 0
 
 
-def test_end_to_end_is_above_the_floor_and_the_engine(suite_run: tuple[dict[str, Any], Path]) -> None:
-    """A frame through the server costs at least the transport floor (the echo's round trip) plus the
-    engine's own time inside the server; sustained lossless frames/s cannot beat the engine's median call;
-    the server counted in and out exactly the frames sent."""
+def test_end_to_end_holds_the_engine_and_the_server(suite_run: tuple[dict[str, Any], Path]) -> None:
+    """A frame's round trip through the server holds the server's own time on it (its engine call among it), at
+    every percentile; the sustained frames, by the server's send stamps, came no faster than one engine call each;
+    the server counted in and out exactly the frames sent. (How far above the echo's floor it lies is the report's
+    to say: the floor is measured at another moment of a possibly busy machine.)"""
     r, _ = suite_run
-    floor, stages = r["transport_floor"]["ms"], r["stages_ms_p50"]
+    floor, stages, e2e = r["transport_floor"]["ms"], r["stages_ms_p50"], r["engines"][0]["e2e"]
     assert 0 < floor["p50"] <= floor["p99"] and floor["n"] == FRAMES
-    assert 0 < stages["infer"] and 0 < r["e2e_ms_p50"] <= r["e2e_ms_p95"] <= r["e2e_ms_p99"]
-    # every frame's round trip holds its engine call plus a trip through ZeroMQ like the echo's (half its
-    # median: the floor was measured at another moment of a possibly busy machine)
-    assert r["e2e_ms_p50"] >= stages["infer"] + 0.5 * floor["p50"]
-    assert 0 < r["lossless_fps"] <= 1.5 * 1000 / min(r["bare_ms_p50"], stages["infer"])
-    server = r["engines"][0]["e2e"]["server"]
+    assert 0 < stages["infer"] <= e2e["server_ms"]["p50"] <= r["e2e_ms_p50"] <= r["e2e_ms_p95"] <= r["e2e_ms_p99"]
+    assert e2e["server_ms"]["p95"] <= r["e2e_ms_p95"] and e2e["server_ms"]["p99"] <= r["e2e_ms_p99"]
+    assert r["lossless_fps"] > 0 and 0 < e2e["server_fps"] <= 1000 / e2e["server_infer_ms_mean"] * (1 + 1e-9)
+    server = e2e["server"]
     assert server["frames_in"] == server["frames_out"] == WARMUP + 2 * FRAMES
     assert server["drops"] == 0 and server["errors"] == 0
 
@@ -119,7 +118,8 @@ def test_suite_live_overload_is_consistent(suite_run: tuple[dict[str, Any], Path
     assert live["server_frames_out"] + live["server_drops"] == live["server_frames_in"]
     assert r["live_drop_fraction"] == pytest.approx((live["sent"] - live["received"]) / live["sent"])
     assert 0 < live["ms"]["p50"] <= live["ms"]["p99"] == r["live_overload_p99_ms"]
-    assert live["ms"]["p50"] >= 0.5 * r["bare_ms_p50"]  # each frame still went through the engine
+    # each frame's latency holds the server's own time on it (its engine call among it), at every percentile
+    assert 0 < live["server_ms"]["p50"] <= live["ms"]["p50"] and live["server_ms"]["p99"] <= live["ms"]["p99"]
     assert isinstance(r["live_latency_bounded"], bool)
     times = [t for t, _ in live["timeline"]]
     assert times == sorted(times) and len(times) == live["received"]

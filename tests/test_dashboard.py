@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import zmq
 from rich.console import Console
+from waiting import GENEROUS_S, Finishing, wait_for
 
 from streamer.client import ServerError, StreamClient
 from streamer.config import Endpoints, ServeConfig
@@ -212,7 +213,13 @@ def test_run_dashboard_shows_a_real_server(trained_run: dict[str, Path]) -> None
             client.request(nan_frame)
         status = client.status()
         assert status["frames_in"] == 5 and status["frames_out"] == 4
-        code = run_dashboard(server.endpoints["stats"], console=console, refresh_per_second=8, duration_s=1.5)
+        stop = threading.Event()
+        dash = Finishing("the dashboard", run_dashboard, server.endpoints["stats"], console=console,
+                         refresh_per_second=8, stop=stop)
+        wait_for(lambda: "requests 4" in console.export_text(clear=False), "the dashboard to show the server's "
+                 "counts", timeout=GENEROUS_S)
+        stop.set()
+        code = dash.result()
     assert code == 0
     text = console.export_text()
     assert f"{status['engine']} fp32 on {status['device']}" in text
@@ -224,9 +231,7 @@ def test_run_dashboard_shows_a_real_server(trained_run: dict[str, Path]) -> None
 def test_run_dashboard_waits_when_nothing_listens() -> None:
     address = free_tcp_address()
     console = recording_console()
-    t0 = time.monotonic()
-    assert run_dashboard(address, console=console, duration_s=0.5) == 0
-    assert time.monotonic() - t0 < 3
+    assert Finishing("the dashboard's 0.5 s", run_dashboard, address, console=console, duration_s=0.5).result() == 0
     assert f"waiting for server at {address}" in console.export_text()
 
 
@@ -239,9 +244,7 @@ def test_run_dashboard_ignores_bad_messages_and_stops_on_request() -> None:
 
     def publish() -> None:
         good = json.dumps(sample_stats(frames_in=777, engine="onnxruntime")).encode()
-        for _ in range(400):
-            if done.wait(0.02):
-                return
+        while not done.wait(0.02):  # until the test is done
             pub.send_multipart([TOPIC_STATS, b"{not json"])
             pub.send_multipart([TOPIC_STATS, b"[1, 2]"])
             pub.send_multipart([TOPIC_STATS, good, b"extra part"])
@@ -249,34 +252,43 @@ def test_run_dashboard_ignores_bad_messages_and_stops_on_request() -> None:
 
     publisher = threading.Thread(target=publish)
     publisher.start()
-    timer = threading.Timer(1.0, stop.set)
-    timer.start()
     console = recording_console()
-    t0 = time.monotonic()
-    try:
-        code = run_dashboard(f"tcp://127.0.0.1:{port}", console=console, duration_s=20, stop=stop)
+
+    def shown_both() -> bool:
+        text = console.export_text(clear=False)
+        return "bad messages ignored" in text and re.search(r"frames\s+in 777\b", text) is not None
+
+    try:  # no duration: only the stop ends it
+        dash = Finishing("the dashboard, asked to stop,", run_dashboard, f"tcp://127.0.0.1:{port}", console=console,
+                         stop=stop)
+        wait_for(shown_both, "the dashboard to show the good message and count the bad ones", timeout=GENEROUS_S)
+        stop.set()
+        code = dash.result()
     finally:
         done.set()
-        timer.cancel()
         publisher.join()
         pub.close(linger=0)
         ctx.term()
-    assert code == 0 and time.monotonic() - t0 < 5
+    assert code == 0
     text = console.export_text()
     assert "onnxruntime fp32 on cpu" in text and re.search(r"frames\s+in 777\b", text), text
     assert re.search(r"\d+ bad messages ignored", text), text
 
 
 def test_run_dashboard_quits_cleanly_on_ctrl_c() -> None:
-    timer = threading.Timer(0.3, _thread.interrupt_main)
+    """Ctrl-C (in the main thread, where it arrives) ends it with 0; no duration, and a backstop stop that must not
+    be what ended it."""
+    backstop = threading.Event()
+    timers = [threading.Timer(0.3, _thread.interrupt_main), threading.Timer(GENEROUS_S, backstop.set)]
     console = recording_console()
-    timer.start()
-    t0 = time.monotonic()
+    for timer in timers:
+        timer.start()
     try:
-        assert run_dashboard(free_tcp_address(), console=console, duration_s=20) == 0
+        assert run_dashboard(free_tcp_address(), console=console, stop=backstop) == 0
     finally:
-        timer.cancel()
-    assert time.monotonic() - t0 < 5
+        for timer in timers:
+            timer.cancel()
+    assert not backstop.is_set(), "Ctrl-C did not end the dashboard"
     assert "waiting for server at" in console.export_text()
 
 

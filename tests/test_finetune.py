@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from serverkit import camera_frames, config, wait_for
+from serverkit import camera_frames, config
+from waiting import wait_for
 
 from bench.processes import rss_mb
 from streamer.client import StreamClient

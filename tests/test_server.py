@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import zmq
 from conftest import tiny_train_dict
-from serverkit import camera_frames, config, wait_for
+from serverkit import camera_frames, config
+from waiting import GENEROUS_S, wait_for
 
 from streamer.client import ServerError, StreamClient
 from streamer.protocol import PROTOCOL_VERSION
@@ -111,8 +112,11 @@ def test_shutdown_while_lossless_output_is_stalled(run: Path) -> None:
             push_until_stalled(client, server, frame=camera_frames(1)[0])
             held = server.stats.frames_in - server.stats.frames_out
             assert client.control("shutdown", timeout=10) == {"ok": True}
-        thread.join(10)
-        assert not thread.is_alive()
+            # the stalled subscriber is closed only once the server has closed: libzmq 4.3.5 aborts the process
+            # (session_base.cpp:233, "Resource temporarily unavailable") when a peer disconnects from an XPUB
+            # that is closing with a multipart message half sent to it (zeromq/libzmq#3442)
+            thread.join(GENEROUS_S)
+            assert not thread.is_alive()
     finally:
         server.stop()
         thread.join(10)
@@ -125,19 +129,14 @@ def test_shutdown_while_lossless_output_is_stalled(run: Path) -> None:
 
 # --- live -------------------------------------------------------------------------------------------
 def test_live_mode_drops_to_keep_latency_low(run: Path) -> None:
-    """Live mode with a producer twice as fast as the engine: frames are dropped (and counted), the newest
-    frame always comes out, output seqs only increase, and latency stays a few frames deep."""
+    """Live mode with a producer faster than the engine (unpaced, until the server has dropped frames): frames are
+    dropped (and counted), the newest frame always comes out, output seqs only increase, and the server never holds
+    more than the one frame it will denoise next (latency stays one frame deep; its figure: bench.latency --mode
+    live)."""
     cfg = config(mode="live")
     frame = camera_frames(1, size=256)[0]
-    probe = load_denoiser(run, cfg)
-    probe(frame)
-    times = []
-    for _ in range(9):
-        t0 = time.perf_counter()
-        probe(frame)
-        times.append(time.perf_counter() - t0)
-    fastest, frame_s = min(times), float(np.median(times))  # pace by the fastest: surely twice the engine
     seqs: list[int] = []
+    depths: list[int] = []
     done = threading.Event()
 
     with running_server(run, cfg, warmup_shape=frame.shape) as server, \
@@ -157,25 +156,30 @@ def test_live_mode_drops_to_keep_latency_low(run: Path) -> None:
 
         thread = threading.Thread(target=read, daemon=True)
         thread.start()
-        sent, due = 0, time.perf_counter()
-        end = due + 3.0
-        while time.perf_counter() < end:
-            producer.send(frame, seq=sent)
-            sent += 1
-            due += fastest / 2
-            time.sleep(max(0.0, due - time.perf_counter()))
+        sent = 0
+        deadline = time.monotonic() + GENEROUS_S
+        while time.monotonic() < deadline:  # bursts of 50 frames, each sent in microseconds: faster than any engine
+            for _ in range(50):
+                producer.send(frame, seq=sent)
+                sent += 1
+            status = producer.status()
+            depths.append(status["queue_depth"])
+            if status["drops"] > 0 and sent >= 200:
+                break
         wait_for(lambda: (s := producer.status())["frames_in"] == sent
-                 and s["frames_out"] + s["drops"] == sent, "every frame to be denoised or dropped")
+                 and s["frames_out"] + s["drops"] == sent, "every frame to be denoised or dropped", timeout=GENEROUS_S)
         done.set()
         thread.join(10)
         status = producer.status()
 
     assert status["errors"] == 0 and status["frames_in"] == status["frames_out"] + status["drops"]
-    assert status["drops"] > 0, f"{sent} frames at {2 / fastest:.0f}/s, none dropped"
+    assert status["drops"] > 0, f"{sent} frames sent in bursts, none dropped"
     assert status["drop_fraction"] > 0
     assert seqs and all(a < b for a, b in pairwise(seqs)), "output seqs must strictly increase"
     assert seqs[-1] == sent - 1  # the latest frame wins
-    assert status["latency_ms"]["p99"] < 5 * frame_s * 1000 + 100, (status["latency_ms"], frame_s)
+    assert len(seqs) == status["frames_out"]
+    assert max(depths) <= 1, depths  # live mode holds one frame at most: the newest
+    assert 0 < status["latency_ms"]["p50"] <= status["latency_ms"]["p99"]
 
 
 # --- request / reply ----------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import zmq
 from serverkit import camera_frames, config
+from waiting import GENEROUS_S
 
 from streamer.client import StreamClient
 from streamer.protocol import ProtocolError, decode_header
@@ -195,9 +196,8 @@ def test_a_stalled_subscriber_in_lossless_mode_never_stops_the_server(run: Path)
                 while server.stats.drops_by_reason.get("slow_subscriber", 0) == 0:
                     assert time.monotonic() < deadline, "frames were never dropped for the stalled subscriber"
                     time.sleep(0.01)
-                t0 = time.monotonic()
-                answer = client.request(frames[0], timeout=5)
-                waited = time.monotonic() - t0
+                # answered while the subscriber still stalls (it never reads: a server blocked on it never answers)
+                answer = client.request(frames[0], timeout=GENEROUS_S)
                 assert done.wait(60), "the producer was blocked for good"
                 deadline = time.monotonic() + 30
                 while (status := client.status())["frames_in"] < 401 or status["queue_depth"]:
@@ -207,7 +207,7 @@ def test_a_stalled_subscriber_in_lossless_mode_never_stops_the_server(run: Path)
             stalled.close(linger=0)
             ctx.term()
 
-    assert answer.pixels.shape == frames[0].shape and waited < 1.0
+    assert answer.pixels.shape == frames[0].shape
     assert status["drops_by_reason"]["slow_subscriber"] > 0
     assert status["frames_out"] + status["drops"] == status["frames_in"] == 401  # each frame counted once
 

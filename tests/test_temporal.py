@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import TINY_CAMERA, tiny_train_dict
-from serverkit import camera_frames, config, wait_for
+from serverkit import camera_frames, config
+from waiting import wait_for
 
 from streamer.client import StreamClient
 from streamer.history import FrameHistory, Histories, motion_score

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from serverkit import camera_frames, config, wait_for
+from serverkit import camera_frames, config
+from waiting import GENEROUS_S, wait_for
 
 from streamer.client import StreamClient
 from streamer.server import running_server
@@ -33,16 +34,18 @@ def test_the_viewer_gets_each_frame_raw_and_denoised_as_the_server_sent_it(run: 
         _wait_viewers(client, 1)
         pairs = {}
         results = {}
+        start_ns = time.time_ns()
         for i, frame in enumerate(frames):
             client.send(frame, seq=100 + i)
             result = client.receive()
             results[result.seq] = result.pixels.copy()
-            got = feed.poll(timeout=5.0)
+            got = feed.poll(timeout=30.0)
             assert got is not None, f"no view of frame {100 + i}"
             feed.shown(got)
             pairs[got.seq] = got
         wait_for(lambda: feed.poll() is None and feed.server is not None, "a stats message")
         status = client.status()
+        span_ms = (time.time_ns() - start_ns) / 1e6  # every frame was captured and shown within it
 
     assert sorted(pairs) == list(range(100, 106))
     for i, frame in enumerate(frames):
@@ -52,7 +55,8 @@ def test_the_viewer_gets_each_frame_raw_and_denoised_as_the_server_sent_it(run: 
         assert pair.denoised.dtype == frame.dtype and pair.header["raw"]["dtype"] == "uint16"
     summary = feed.summary()
     assert summary["shown"] == 6 and summary["skipped"] == 0 and summary["bad"] == 0
-    assert summary["latency_ms"]["n"] == 6 and 0 < summary["latency_ms"]["p50"] < 5000
+    assert summary["latency_ms"]["n"] == 6 and 0 < summary["latency_ms"]["p50"] <= summary["latency_ms"]["p99"]
+    assert summary["latency_ms"]["p99"] <= span_ms  # in ms, from capture to shown
     assert status["view_frames"] == 6 and status["viewers"] == 1
 
 
@@ -74,34 +78,24 @@ def test_viewers_are_counted_and_a_viewer_alone_is_a_delivery(run: Path) -> None
 
 
 def test_a_stalled_viewer_does_not_slow_the_server(run: Path) -> None:
-    """A viewer that never reads: a lossless server keeps its rate (against no viewer, in alternating trials of the
-    same run, each compared with the one next to it in time), delivers every frame to its subscriber and publishes
-    on to the viewer's socket."""
+    """A viewer that never reads cannot hold a lossless server back: with it subscribed, the server delivers every
+    frame of a stream many times larger than all the buffers between them (the view socket's two messages and its
+    256 KiB kernel buffer, the viewer's), so it never waited on the viewer, and publishes each frame to the viewer's
+    socket as well (ZeroMQ lets go what the viewer cannot take). How fast it serves meanwhile: bench.viewer
+    (``stalled_over_alone``)."""
     frames = camera_frames(8, size=256)
-    n, pairs = 60, 5
+    n = 60  # 60 raw | denoised pairs of 256² uint16: 15 MiB through the view socket
 
-    def trial(client: StreamClient) -> float:
-        t0 = time.perf_counter()
-        for i in range(n):
-            client.send(frames[i % len(frames)])
-        for _ in range(n):
-            client.receive(timeout=30)
-        return n / (time.perf_counter() - t0)
-
-    rates: dict[str, list[float]] = {"alone": [], "stalled": []}
     with running_server(run, config(mode="lossless", queue_size=n)) as server, \
             StreamClient(server.endpoints, send_hwm=n) as client:
         client.wait_subscribed()
-        trial(client)  # warm up
-        for _ in range(pairs):
-            with ViewFeed(server.endpoints["view"]):  # subscribes, never reads
-                _wait_viewers(client, 1)
-                rates["stalled"].append(trial(client))
-            _wait_viewers(client, 0)
-            rates["alone"].append(trial(client))
-        status = client.status()
+        with ViewFeed(server.endpoints["view"]):  # subscribes, never reads
+            _wait_viewers(client, 1)
+            for i in range(n):
+                client.send(frames[i % len(frames)], seq=i)
+            seqs = [client.receive(timeout=GENEROUS_S).seq for _ in range(n)]
+            status = client.status()
 
-    ratio = float(np.median([s / a for s, a in zip(rates["stalled"], rates["alone"])]))
-    assert status["drops"] == 0 and status["frames_out"] == (2 * pairs + 1) * n
-    assert status["view_frames"] == pairs * n  # published to the stalled viewer (ZeroMQ let go what it could not take)
-    assert ratio > 0.75, rates
+    assert seqs == list(range(n))
+    assert status["drops"] == 0 and status["frames_out"] == n
+    assert status["view_frames"] == n  # published to the stalled viewer
