@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -69,6 +70,38 @@ def _train_config(s: DemoSettings) -> Any:
     })
 
 
+BUSY_PCT = 25.0
+"""Other processes using this much of all cores' time during the live stage: the summary says its figures were
+measured on a busy machine."""
+
+
+class _CpuLoad:
+    """How much of the CPU other processes took over a stretch of the demo: the whole machine's busy time
+    (``/proc/stat``) less this process's own (its threads: the server, the bridge, the dashboard), as a percentage
+    of all cores' time; with the load average at the start. ``None`` where ``/proc/stat`` is missing."""
+
+    def __init__(self) -> None:
+        from streamer.dashboard import CpuMeter
+
+        self.loadavg = [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
+        self._meter = CpuMeter()
+        self._meter.percent()  # the baseline
+        self._own, self._wall = self._own_seconds(), time.monotonic()
+
+    @staticmethod
+    def _own_seconds() -> float:
+        t = os.times()
+        return t.user + t.system
+
+    def others_pct(self) -> float | None:
+        busy = self._meter.percent()
+        wall = time.monotonic() - self._wall
+        if busy is None or wall <= 0:
+            return None
+        own = 100.0 * (self._own_seconds() - self._own) / (wall * (os.cpu_count() or 1))
+        return round(max(0.0, busy - own), 1)
+
+
 def _latency_plot(path: Path, latencies: list[float], title: str) -> None:
     import matplotlib
 
@@ -115,6 +148,7 @@ def run_demo(out: Path, settings: DemoSettings = FULL, console: Console | None =
     (``n2n view``) shows raw | denoised during the live stage."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from bench.report import cpu_name
     from n2n.bridging import BridgeRun, bridge_live
     from streamer.config import Endpoints, MicroManagerSourceConfig, ServeConfig
     from streamer.micromanager import SIM_CFG, open_source
@@ -128,7 +162,9 @@ def run_demo(out: Path, settings: DemoSettings = FULL, console: Console | None =
     s = settings
     say = stage or (lambda text: console.rule(f"[bold]{text}"))
     t_start = time.perf_counter()
-    report: dict[str, Any] = {"settings": s.__dict__, "out": str(out)}
+    report: dict[str, Any] = {"settings": s.__dict__, "out": str(out),
+                              "machine": {"cpu": cpu_name(), "cpu_count": os.cpu_count(),
+                                          "loadavg_start": _CpuLoad().loadavg}}
 
     # the simulated session at the demo's frame size (a .cfg file, as a user would write it)
     cfg_file = out / "sim.cfg"
@@ -174,8 +210,14 @@ def run_demo(out: Path, settings: DemoSettings = FULL, console: Console | None =
         return run
 
     say(f"3/5  serve and bridge the live stream for {s.live_seconds:g} s (live mode: latest frame wins)")
+    load = _CpuLoad()
     with _Viewer(out / "viewer.json", console) if viewer else contextlib.nullcontext() as view:
         live_run = bridged("live", None, s.live_seconds, None, view.open if view is not None else None)
+    others = load.others_pct()
+    report["machine"]["live_stage"] = {"loadavg_start": load.loadavg, "others_cpu_pct": others,
+                                       "busy": others is not None and others >= BUSY_PCT,
+                                       "note": "other processes' share of all cores' time during the live stage"
+                                               + (" (napari's, n2n view, among them)" if viewer else "")}
     if view is not None:
         report["viewer"] = view.summary
     live, info = live_run.report, live_run.server or {}
@@ -185,6 +227,10 @@ def run_demo(out: Path, settings: DemoSettings = FULL, console: Console | None =
                   f"{live.fps_in:.1f} frames/s, {live.frames_denoised} denoised ({live.fps_out:.1f} frames/s), "
                   f"{live.frames_dropped} dropped; latency p50 {live.latency_ms_p50} ms, p99 {live.latency_ms_p99} ms",
                   highlight=False)
+    if report["machine"]["live_stage"]["busy"]:
+        console.print(f"  [yellow]the CPU was busy: other processes used {others:.0f}% of all cores meanwhile (load "
+                      f"average {load.loadavg[0] if load.loadavg else float('nan'):.1f} at the stage's start), so "
+                      f"these rates are this machine's under that load, not its best[/yellow]", highlight=False)
     say(f"4/5  bridge {s.bridge_frames} frames in lossless mode (every frame denoised and saved)")
     bridge_path = out / "bridge.ome.tif"
     lossless = bridged("lossless", s.bridge_frames, None, bridge_path)

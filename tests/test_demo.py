@@ -44,3 +44,9 @@ def test_demo_quick(tmp_path: Path) -> None:
             f"denoised {q['psnr_denoised_db']:.2f} dB") in " ".join(proc.stdout.split())
     assert "report.json" in report["files"]
     assert "1/5" in proc.stderr and "5/5" in proc.stderr  # every stage announced
+    # where the live figures were measured, and how busy other processes kept the CPU meanwhile
+    machine, busy = report["machine"], report["machine"]["live_stage"]
+    assert machine["cpu_count"] == os.cpu_count() and machine["cpu"] and len(busy["loadavg_start"]) == 3
+    assert 0 <= busy["others_cpu_pct"] <= 100 and busy["busy"] == (busy["others_cpu_pct"] >= 25)
+    table = " ".join(proc.stdout.replace("│", " ").split())  # the summary's cells, unwrapped
+    assert f"other processes used {busy['others_cpu_pct']:.0f}% of it during the live stage" in table

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from serverkit import camera_frames, config
+from waiting import GENEROUS_S
 
 from streamer.client import StreamClient
 from streamer.server import running_server
@@ -156,7 +157,8 @@ def test_the_viewer_benchmark_reports_consistent_numbers(run: Path, tmp_path: Pa
     assert row["server_fps"]["alone"] > 0 and row["server_fps"]["stalled"] > 0
     assert row["stalled_over_alone"] == pytest.approx(row["server_fps"]["stalled"] / row["server_fps"]["alone"],
                                                       abs=0.01)
-    assert 0 < row["camera_fps"] <= 100 and row["server_fps_with_napari"] > 0
+    assert row["camera_fps"] == pytest.approx(min(100.0, 0.8 * row["server_fps"]["alone"]), abs=0.1)  # 80%, ≤ 100
+    assert row["server_fps_with_napari"] > 0
     assert row["napari_shown"] >= 10 and row["napari_display_fps"] > 0
     assert row["napari_shown"] + row["napari_skipped"] <= row["view_frames"]
     assert 0 < row["napari_latency_ms"]["p50"] <= row["napari_latency_ms"]["p99"]
@@ -175,16 +177,21 @@ def test_demo_view_opens_napari_on_the_live_stage_and_reads_back_its_numbers(run
     for key, value in display.items():
         monkeypatch.setenv(key, value)
     frames = camera_frames(4, size=64)
+    summary_path = tmp_path / "viewer.json"
+
+    def napari_has_shown_frames() -> bool:  # n2n view rewrites its summary once a second while it shows frames
+        return summary_path.is_file() and json.loads(summary_path.read_text())["shown"] > 0
+
     with running_server(run, config(mode="live")) as server, StreamClient(server.endpoints) as client:
-        with _Viewer(tmp_path / "viewer.json", Console(stderr=True)) as viewer:
+        with _Viewer(summary_path, Console(stderr=True)) as viewer:
             viewer.open(None, server.endpoints, None)
-            deadline = time.monotonic() + 120
+            deadline = time.monotonic() + GENEROUS_S
             i = 0
-            while time.monotonic() < deadline and client.status()["view_frames"] < 40:  # the stage's frames
+            while not napari_has_shown_frames():  # the stage's frames, until napari shows them
+                assert time.monotonic() < deadline, f"napari showed no frame of {i} sent"
                 client.send(frames[i % 4])
                 i += 1
                 time.sleep(0.02)
-            time.sleep(2)  # napari draws a few more
         assert viewer.proc is not None and viewer.proc.returncode == 0
     assert viewer.summary is not None and viewer.summary["shown"] > 0 and viewer.summary["display_fps"] >= 0
 

@@ -58,6 +58,7 @@ def demo(
                           f"{q['psnr_gaussian_db']:.2f} dB → denoised {q['psnr_denoised_db']:.2f} dB "
                           f"({q['frames_scored']} bridged frames)"),
         ("engine", f"{st['engine']} ({st['device']}, {st['precision']})"),
+        ("CPU", _cpu_row(report["machine"])),
         ("live stream", f"{lv['frames_seen']} seen at {lv['fps_in']:.1f} frames/s, {lv['frames_denoised']} denoised "
                         f"({lv['fps_out']:.1f} frames/s), {lv['frames_dropped']} dropped; latency p50 "
                         f"{lv['latency_ms_p50']} ms, p99 {lv['latency_ms_p99']} ms"),
@@ -69,6 +70,17 @@ def demo(
     for k, v in rows:
         table.add_row(k, v)
     out.print(table)
+
+
+def _cpu_row(machine: dict) -> str:
+    """The machine and how busy other processes kept it during the live stage (its figures depend on it)."""
+    live = machine["live_stage"]
+    row = f"{machine['cpu_count']} × {machine['cpu']}"
+    if live["others_cpu_pct"] is None:
+        return row
+    row += (f"; other processes used {live['others_cpu_pct']:.0f}% of it during the live stage (load average "
+            f"{live['loadavg_start'][0]:.1f} at its start)")
+    return row + (": busy, the live figures are this machine's under that load" if live["busy"] else "")
 
 
 BENCH = Command("streamer.config:BenchConfig", flags={

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -72,13 +71,13 @@ def view(
     = None,
     frames: Annotated[int, typer.Option("--frames", min=1, help="Frames to show before the snapshot.")] = 30,
     timeout: Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds to wait for them.")] = 60.0,
-    json_path: Annotated[Path | None, typer.Option("--json", help="Write the viewer's summary here on exit.")]
-    = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the viewer's summary here: once a second "
+                                                   "while frames are shown, and on exit.")] = None,
 ) -> None:
     """Watch a running `n2n serve` (or `n2n bridge`, `n2n demo --view`) in napari: raw | denoised, live."""
     require_viewer()
     endpoints = _endpoints(connect, view_address, stats_address)
-    from streamer.napari_plugin._app import run_view
+    from streamer.napari_plugin._app import run_view, write_summary
 
     keys: Any = None
     if curve_keys is not None:
@@ -89,7 +88,7 @@ def view(
     with user_errors(ValueError):
         try:
             summary = run_view(endpoints, keys, side_by_side=not overlay, snapshot=snapshot, frames=frames,
-                               timeout=timeout)
+                               timeout=timeout, summary_path=json_path)
         except TimeoutError as exc:
             console.print(f"[red]error:[/red] {exc}", highlight=False)
             raise typer.Exit(code=1) from None
@@ -99,4 +98,4 @@ def view(
                   + (f"; snapshot {snapshot}" if snapshot is not None else ""), highlight=False)
     if json_path is not None:
         with user_errors(OSError, prefix=f"--json {json_path}: "):
-            json_path.write_text(json.dumps(summary, indent=2) + "\n")
+            write_summary(json_path, summary)

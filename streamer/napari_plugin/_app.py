@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import threading
@@ -14,13 +15,24 @@ import numpy as np
 
 from ._widget import DENOISED, RAW, DenoiseWidget
 
-__all__ = ["run_view"]
+__all__ = ["run_view", "write_summary"]
+
+_SUMMARY_EVERY = 10  # ticks of the 100 ms close timer between two writes of the summary file: once a second
+
+
+def write_summary(path: Path, summary: dict[str, Any]) -> None:
+    """The viewer's summary as JSON at ``path``, replaced whole (a reader never sees half a file)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    os.replace(tmp, path)
 
 
 def run_view(endpoints: dict[str, str], keys: Any = None, side_by_side: bool = True, snapshot: Path | None = None,
-             frames: int = 30, timeout: float = 60.0) -> dict[str, Any]:
+             frames: int = 30, timeout: float = 60.0, summary_path: Path | None = None) -> dict[str, Any]:
     """Open the viewer on ``endpoints`` until its window closes; with ``snapshot``, until ``frames`` frames are
-    shown (TimeoutError past ``timeout`` s). Returns the viewer's summary (frames shown, skipped, rate, latency)."""
+    shown (TimeoutError past ``timeout`` s). Returns the viewer's summary (frames shown, skipped, rate, latency);
+    with ``summary_path`` it is also written there once a second while frames are shown (the caller writes the
+    last one)."""
     import napari
     from qtpy.QtCore import QTimer
     from qtpy.QtWidgets import QApplication
@@ -34,8 +46,21 @@ def run_view(endpoints: dict[str, str], keys: Any = None, side_by_side: bool = T
     asked = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: asked.set())
+    ticks = [0]
+
+    def tick() -> None:
+        if asked.is_set():
+            viewer.close()
+            return
+        ticks[0] += 1
+        if summary_path is not None and ticks[0] % _SUMMARY_EVERY == 0:
+            now = widget.summary()
+            if now is not None and now["shown"] > 0:
+                with contextlib.suppress(OSError):  # (the last write, by the caller, says why)
+                    write_summary(summary_path, now)
+
     closer = QTimer()
-    closer.timeout.connect(lambda: viewer.close() if asked.is_set() else None)
+    closer.timeout.connect(tick)
     closer.start(100)
     try:
         if snapshot is None:
