@@ -10,6 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from streamer.core.card import CARD_NAME
+
 __all__ = ["EXPECTED_ERRORS", "Progress", "comma_list", "parser", "progress_to_stderr", "require_model",
            "run_command", "write_json"]
 
@@ -39,7 +41,7 @@ def comma_list(text: str) -> list[str]:
 
 def require_model(parser: argparse.ArgumentParser, model: Path, flag: str = "--model") -> None:
     """A usage error (exit 2, one line) unless ``model`` is a model folder."""
-    if not (model / "model.json").is_file():
+    if not (model / CARD_NAME).is_file():
         parser.error(f"{flag} {model}: expected a model folder made by `n2n train` (with model.json)")
 
 

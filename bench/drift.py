@@ -1,6 +1,6 @@
 """A K-frame model under sample drift (issue 15): train K = 1 and K-frame models on a still simulated field, score
 fields drifting 0, 0.5 and 2 px/frame against the simulator's truth, the K-frame model with and without the motion
-check (streamer/history.py).
+check (streamer/core/history.py).
 
     python -m bench.drift [K ...] [--out runs/drift] [--epochs 20] [--set key=value ...]
 
@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import command
-from streamer.history import MOTION_THRESHOLD
+from streamer.core.card import CARD_NAME
+from streamer.core.history import MOTION_THRESHOLD
 from streamer.sources import SimulatedCameraConfig, simulate_stack
 
 __all__ = ["main"]
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return out / f"k{k}{args.name if k > 1 else ''}"
 
     for k in args.k:
-        if not (folder(k) / "model.json").exists():
+        if not (folder(k) / CARD_NAME).exists():
             extra = [a for s in args.set for a in ("--set", s)] if k > 1 else []
             subprocess.run(["n2n", "train", "--config", "configs/train_fast.yaml", "--data", str(train), "--reference",
                             str(train_gt), "--out", str(folder(k)), "--set", f"model.input_frames={k}", "--set",

@@ -27,10 +27,10 @@ from bench.overload import live_overload
 from bench.processes import Process, peak_mb, rss_mb, serve_command, spawn
 from bench.report import machine
 from streamer.client import StreamClient
-from streamer.config import Endpoints
+from streamer.core.summary import summary
+from streamer.endpoints import Endpoints
 from streamer.protocol import encode_frame
 from streamer.sources import SimulatedCameraConfig, simulate_stack
-from streamer.stats import summary
 
 __all__ = ["fuzz_messages", "main", "run_faults"]
 
@@ -232,8 +232,8 @@ def _growing(model: Path, workdir: Path, threads: int | None, precision: str, ma
     # messages at the limit: the one being read and the one being denoised), the frame's own float32 copies and
     # tiles (about 24 bytes a pixel), and the engine's activations for max_batch tiles of tile_size (one such
     # tile measured on the way: the 2048² frame)
-    from streamer.config import ServeConfig
-    from streamer.model import ModelCard
+    from streamer.core.card import ModelCard
+    from streamer.server import ServeConfig
 
     tile, max_batch = ModelCard.load(model).tile_size, ServeConfig().max_batch
     one_tile = max(0.0, next((p for s, p in peaks if s >= tile), peaks[-1][1]) - baseline)
@@ -255,7 +255,7 @@ def run_faults(model: Path, fuzz: int = 10_000, stall_s: float = 10.0, overload_
             fuzzed = _fuzz(srv, fuzz)
             alive = srv.popen.poll() is None
             after = client.request(frame).pixels if alive else None
-            fuzz_status = client.status() if alive else {}
+            fuzz_status: dict[str, Any] = dict(client.status()) if alive else {}
         stalls = []
         for mode in ("lossless", "live"):
             progress(f"a stalled subscriber for {stall_s:g} s, {mode} mode")
@@ -282,8 +282,7 @@ def run_faults(model: Path, fuzz: int = 10_000, stall_s: float = 10.0, overload_
 
 
 def _bare_ms(model: Path, frame: np.ndarray, threads: int | None, precision: str) -> list[float]:
-    from streamer.config import ServeConfig
-    from streamer.server import load_denoiser
+    from streamer.server import ServeConfig, load_denoiser
 
     den = load_denoiser(model, ServeConfig(num_threads=threads, precision=precision))
     den(frame)

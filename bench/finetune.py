@@ -33,7 +33,7 @@ from bench.latency import lossless_rate
 from bench.processes import serve_command, spawn
 from bench.report import machine
 from streamer.client import StreamClient
-from streamer.config import Endpoints
+from streamer.endpoints import Endpoints
 from streamer.sources import SimulatedCameraConfig, simulate_stack
 
 __all__ = ["main", "run_finetune_bench"]

@@ -35,9 +35,8 @@ from bench.command import Progress, comma_list, parser, progress_to_stderr, run_
 from bench.flops import model_flops
 from bench.latency import bare_engine, lossless_end_to_end, make_frame
 from bench.report import fmt, json_safe, machine
-from streamer.config import ServeConfig
-from streamer.model import ModelCard
-from streamer.server import load_denoiser
+from streamer.core.card import ModelCard
+from streamer.server import ServeConfig, load_denoiser
 
 __all__ = ["gaussian_baseline", "main", "quality", "run_frontier", "table", "write_report"]
 

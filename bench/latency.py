@@ -30,10 +30,10 @@ import numpy as np
 from bench.command import Progress, parser, progress_to_stderr, run_command
 from bench.processes import start_server
 from streamer.client import StreamClient
-from streamer.config import ServeConfig
-from streamer.server import load_denoiser
+from streamer.core.messages import Stages
+from streamer.core.summary import summary
+from streamer.server import ServeConfig, load_denoiser
 from streamer.sources import SimulatedCamera, SimulatedCameraConfig
-from streamer.stats import summary
 
 __all__ = ["BareEngine", "bare_engine", "end_to_end", "lossless_end_to_end", "lossless_rate", "main", "make_frame",
            "run", "table"]
@@ -131,8 +131,9 @@ def end_to_end(endpoints: dict[str, str], frame: np.ndarray, frames: int, warmup
             now = time.time_ns()
             if r.seq != seq:
                 raise RuntimeError(f"expected frame seq {seq} back, got {r.seq}")
-            st = r.header["stages"]
-            lat.append((now - r.header["ts_ns"]) * 1e-6)
+            st, captured = r.header["stages"], r.header["ts_ns"]
+            assert captured is not None  # (sent with its capture time above)
+            lat.append((now - captured) * 1e-6)
             stages["infer"].append((st["inferred"] - st["preprocessed"]) * 1e-6)
             stages["preprocess"].append((st["preprocessed"] - st["received"]) * 1e-6)
             stages["post_send"].append((st["sent"] - st["inferred"]) * 1e-6)
@@ -147,7 +148,7 @@ def end_to_end(endpoints: dict[str, str], frame: np.ndarray, frames: int, warmup
             except BaseException as exc:  # reported below
                 sent_err.append(exc)
 
-        sustained: list[dict[str, int]] = []  # the server's stage stamps of each sustained frame
+        sustained: list[Stages] = []  # the server's stage stamps of each sustained frame
         with StreamClient(endpoints, timeout=60) as client_in:
             producer = threading.Thread(target=produce)
             t_first = t_last = 0.0
@@ -197,7 +198,7 @@ def lossless_end_to_end(model: Path, engine: str, precision: str, frame: np.ndar
 def run(model: Path, size: int = 512, frames: int = 200, engine: str = "auto", precision: str = "auto",
         threads: int | None = None, transport: str = "tcp", progress: Progress = print) -> dict[str, Any]:
     """The whole benchmark; returns the report (see module docstring)."""
-    from streamer.model import ModelCard
+    from streamer.core.card import ModelCard
 
     card = ModelCard.load(model)
     frame = make_frame(size, card.input_dtype or "uint16")

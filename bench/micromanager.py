@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from bench.command import Progress, parser, progress_to_stderr, run_command
-from streamer.config import Endpoints, ServeConfig
+from streamer.endpoints import Endpoints
 from streamer.micromanager import close_core, load_core
 from streamer.micromanager.bridge import run_bridge
 from streamer.micromanager.grab import record
-from streamer.server import running_server
+from streamer.server import ServeConfig, running_server
 from streamer.sources import MicroManagerSource
 
 __all__ = ["camera_rate", "main", "measure", "run", "table"]

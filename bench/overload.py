@@ -15,7 +15,7 @@ import numpy as np
 
 from bench.processes import rss_mb, start_server
 from streamer.client import StreamClient
-from streamer.stats import summary
+from streamer.core.summary import summary
 
 __all__ = ["OVERLOAD_FACTOR", "live_overload"]
 
@@ -72,8 +72,9 @@ def _overload(pid: int, endpoints: dict[str, str], frame: np.ndarray, rate_fps: 
                             if now - quiet_since > QUIET_S:
                                 return
                         continue
-                    arrivals.append((time.perf_counter() - t0, (time.time_ns() - r.header["ts_ns"]) * 1e-6,
-                                     int(r.seq or 0)))
+                    captured = r.header["ts_ns"]  # (this benchmark sends every frame with its capture time)
+                    assert captured is not None
+                    arrivals.append((time.perf_counter() - t0, (time.time_ns() - captured) * 1e-6, int(r.seq or 0)))
                     stages = r.header["stages"]
                     in_server.append((stages["sent"] - stages["received"]) * 1e-6)
                     quiet_since = None

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from streamer.config import ENDPOINT_NAMES, Endpoints
+from streamer.core.processes import stop_process
+from streamer.endpoints import ENDPOINT_NAMES, Endpoints
 
-__all__ = ["Process", "log_tail", "peak_mb", "rss_mb", "serve_command", "spawn", "start_echo", "start_server",
-           "stop_process"]
+__all__ = ["Process", "log_tail", "peak_mb", "rss_mb", "serve_command", "spawn", "start_echo", "start_server"]
 
 READY_POLL_S = 0.05
 
@@ -59,17 +59,6 @@ class Process:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def stop_process(proc: subprocess.Popen, timeout: float = 15.0) -> None:
-    """SIGTERM, then SIGKILL if it is still there after ``timeout``; always reaped."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def log_tail(path: Path, chars: int = 4000) -> str:

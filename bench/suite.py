@@ -32,15 +32,17 @@ from typing import Any
 import numpy as np
 
 from bench.command import Progress, comma_list, parser, progress_to_stderr, run_command, write_json
+from bench.config import BenchConfig
 from bench.flops import model_flops
 from bench.latency import BareEngine, lossless_end_to_end, make_frame
 from bench.overload import OVERLOAD_FACTOR, live_overload
 from bench.report import json_safe, machine, table, write_report
 from bench.transport import memcpy, transport_floor
-from streamer.config import BenchConfig, ServeConfig, load_config
+from streamer.core.card import ModelCard
+from streamer.core.config import load_config
+from streamer.core.tiling import TilePlan
 from streamer.engines import ENGINES, available_engines
-from streamer.model import ModelCard
-from streamer.pipeline import TilePlan
+from streamer.server import ServeConfig
 
 __all__ = ["live_overload", "main", "memcpy", "model_flops", "run_from_config", "run_suite", "table",
            "transport_floor"]

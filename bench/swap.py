@@ -26,7 +26,8 @@ from bench.command import progress_to_stderr, require_model, write_json
 from bench.processes import serve_command, spawn
 from bench.report import machine
 from streamer.client import StreamClient
-from streamer.config import Endpoints
+from streamer.core.card import CARD_NAME
+from streamer.endpoints import Endpoints
 from streamer.sources import SimulatedCameraConfig, simulate_stack
 
 __all__ = ["main", "run_swap_bench"]
@@ -40,8 +41,8 @@ def run_swap_bench(model: Path, size: int = 512, swaps: int = 3, fps: float | No
         names = ["a", "b"]
         for name in names:  # the same weights in two folders: each swap loads, checks and compiles a model
             shutil.copytree(model, root / name)
-            card = json.loads((root / name / "model.json").read_text())
-            (root / name / "model.json").write_text(json.dumps({**card, "name": name}))  # whose frame it is
+            card = json.loads((root / name / CARD_NAME).read_text())
+            (root / name / CARD_NAME).write_text(json.dumps({**card, "name": name}))  # whose frame it is
         cmd = serve_command(root / "a", Endpoints.local(), "lossless", "auto", precision, threads)
         with spawn([*cmd, "--models-root", str(root)], Path(tmp), "serve-swap", 180.0) as server, \
                 StreamClient(server.endpoints, timeout=60, send_hwm=10_000) as client, \

@@ -10,8 +10,8 @@ import numpy as np
 import zmq
 
 from bench.processes import start_echo
+from streamer.core.summary import summary
 from streamer.protocol import encode_frame
-from streamer.stats import summary
 
 __all__ = ["memcpy", "transport_floor"]
 

@@ -22,9 +22,10 @@ import numpy as np
 from bench import command
 from bench.command import progress_to_stderr, require_model, write_json
 from bench.latency import lossless_rate
-from bench.processes import Process, start_server, stop_process
+from bench.processes import Process, start_server
 from bench.report import machine
 from streamer.client import StreamClient
+from streamer.core.processes import stop_process
 from streamer.sources import SimulatedCameraConfig, simulate_stack
 from streamer.viewer import ViewFeed
 

@@ -21,7 +21,9 @@ from rich.console import Console
 
 from n2n.command import log
 from streamer.client import read_ready_file
-from streamer.config import MicroManagerSourceConfig, ServeConfig
+from streamer.core.messages import StatsMessage
+from streamer.micromanager.config import MicroManagerSourceConfig
+from streamer.server import ServeConfig
 
 __all__ = ["BridgeRun", "bridge_live", "read_ready_file"]
 
@@ -32,7 +34,7 @@ class BridgeRun:
     """The bridge's counts (:class:`streamer.micromanager.bridge.BridgeReport`)."""
     server: dict[str, Any] | None
     """The server started here (model, engine, precision, device); None for a running one."""
-    status: dict[str, Any] | None
+    status: StatsMessage | None
     """That server's status when the bridge ended."""
     stopped: bool
     """Ended early by Ctrl-C, SIGTERM or the caller's stop."""
@@ -75,6 +77,7 @@ def bridge_live(source_config: MicroManagerSourceConfig, *, model: str | Path | 
     from streamer.micromanager import open_source
     from streamer.micromanager.bridge import run_bridge
     from streamer.server import running_server
+    from trainer.live import worker_command
 
     console = console or Console(stderr=True)
     stop = stop or threading.Event()
@@ -87,7 +90,8 @@ def bridge_live(source_config: MicroManagerSourceConfig, *, model: str | Path | 
         if endpoints is None:
             if model is None:
                 raise ValueError("expected a model to serve or the endpoints of a running server, got neither")
-            server = stack.enter_context(running_server(model, serve, warmup_shape=source.shape))
+            server = stack.enter_context(running_server(model, serve, warmup_shape=source.shape,
+                                                                 finetune_worker=worker_command()))
             endpoints = server.endpoints
         info = server.denoiser.info() if server is not None else None
         if started is not None:

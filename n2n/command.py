@@ -22,7 +22,7 @@ from rich.text import Text
 from typer.core import TyperCommand, TyperGroup
 
 from n2n.errors import UserError, one_line
-from streamer.config import NULL, ConfigError, load_config
+from streamer.core.config import NULL, ConfigError, load_config
 
 __all__ = ["Command", "ConfigOpt", "DryRunOpt", "N2NCommand", "N2NGroup", "console", "log", "out",
            "parse_settings", "print_error", "warn"]

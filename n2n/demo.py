@@ -33,7 +33,23 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
-__all__ = ["DemoSettings", "QUICK", "FULL", "run_demo"]
+from streamer.core.card import CARD_NAME
+from streamer.core.config import Versioned
+
+__all__ = ["FULL", "QUICK", "DemoConfig", "DemoSettings", "run_demo"]
+
+
+class DemoConfig(Versioned):
+    """``n2n demo``: the whole product on the simulated Micro-Manager session."""
+
+    quick: bool = False
+    """Under a minute: 128² frames and a small model trained for seconds."""
+    out: str = "runs/demo"
+    """Report folder."""
+    dash: bool = True
+    """Show the live dashboard while bridging."""
+    view: bool = False
+    """Open napari (n2n view) on the live stage: raw | denoised (needs the viewer extra and a display)."""
 
 
 @dataclass(frozen=True)
@@ -150,9 +166,11 @@ def run_demo(out: Path, settings: DemoSettings = FULL, console: Console | None =
 
     from bench.report import cpu_name
     from n2n.bridging import BridgeRun, bridge_live
-    from streamer.config import Endpoints, MicroManagerSourceConfig, ServeConfig
+    from streamer.endpoints import Endpoints
     from streamer.micromanager import SIM_CFG, open_source
+    from streamer.micromanager.config import MicroManagerSourceConfig
     from streamer.micromanager.grab import analyse_pairs, record
+    from streamer.server import ServeConfig
     from streamer.sources import SimulatedCamera, SimulatedCameraConfig, read_frame_metadata
     from trainer.metrics import psnr
 
@@ -194,7 +212,7 @@ def run_demo(out: Path, settings: DemoSettings = FULL, console: Console | None =
     t0 = time.perf_counter()
     _train(s, run_dir, grab_path, console)
     report["train"] = {"seconds": round(time.perf_counter() - t0, 1), "run": str(run_dir),
-                       "artifacts": sorted(json.loads((run_dir / "model.json").read_text())["artifacts"])}
+                       "artifacts": sorted(json.loads((run_dir / CARD_NAME).read_text())["artifacts"])}
     if stop.is_set():
         raise KeyboardInterrupt
 
@@ -220,8 +238,9 @@ def run_demo(out: Path, settings: DemoSettings = FULL, console: Console | None =
                                                + (" (napari's, n2n view, among them)" if viewer else "")}
     if view is not None:
         report["viewer"] = view.summary
-    live, info = live_run.report, live_run.server or {}
-    report["live"] = {**live.to_dict(), "drop_fraction": round((live_run.status or {})["drop_fraction"], 4),
+    live, info, live_status = live_run.report, live_run.server or {}, live_run.status
+    assert live_status is not None  # (a server started here)
+    report["live"] = {**live.to_dict(), "drop_fraction": round(live_status["drop_fraction"], 4),
                       "engine": info["engine"], "precision": info["precision"], "device": info["device"]}
     console.print(f"  {info['engine']} ({info['device']}, {info['precision']}): {live.frames_seen} frames seen at "
                   f"{live.fps_in:.1f} frames/s, {live.frames_denoised} denoised ({live.fps_out:.1f} frames/s), "
@@ -234,7 +253,8 @@ def run_demo(out: Path, settings: DemoSettings = FULL, console: Console | None =
     say(f"4/5  bridge {s.bridge_frames} frames in lossless mode (every frame denoised and saved)")
     bridge_path = out / "bridge.ome.tif"
     lossless = bridged("lossless", s.bridge_frames, None, bridge_path)
-    bridged_report, info, status = lossless.report, lossless.server or {}, lossless.status or {}
+    bridged_report, info, status = lossless.report, lossless.server or {}, lossless.status
+    assert status is not None  # (a server started here)
 
     # 6: score against the simulator's truth (beside the best Gaussian filter) and report
     say("5/5  summary")
@@ -301,13 +321,9 @@ class _Viewer:
     def __exit__(self, *exc: object) -> None:
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.terminate()  # n2n view closes its window on SIGTERM and writes its summary
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        from streamer.core.processes import stop_process
+
+        stop_process(self.proc, timeout=20)  # n2n view closes its window on SIGTERM and writes its summary
         if self.summary_path.is_file():
             self.summary = json.loads(self.summary_path.read_text())
             self.console.print(f"  viewer: {self.summary['shown']} frames shown at {self.summary['display_fps']:.1f} "

@@ -22,11 +22,12 @@ from typing import Any
 import numpy as np
 import zmq
 
-from .config import Endpoints
+from .core.messages import FrameHeader, StatsMessage, decode_pixels
+from .endpoints import Endpoints
 from .protocol import TOPIC_ERROR, TOPIC_FRAME, TOPIC_REPLY, TOPIC_STATS, decode_header, encode_frame
 from .security import ClientKeys
 
-__all__ = ["StreamClient", "Result", "ServerError", "read_ready_file"]
+__all__ = ["Result", "ServerError", "StatsSubscriber", "StreamClient", "read_ready_file"]
 
 
 class ServerError(RuntimeError):
@@ -43,7 +44,7 @@ class Result:
     """A denoised frame and its header (seq, meta, per-stage timestamps)."""
 
     pixels: np.ndarray
-    header: dict[str, Any]
+    header: FrameHeader
 
     @property
     def seq(self) -> int | None:
@@ -59,8 +60,7 @@ def _decode_result(parts: list[bytes]) -> Result:
         raise ServerError(header)
     if len(parts) != 2:
         raise ValueError(f"expected 2 parts (header, pixels) from the server, got {len(parts)}")
-    pixels = np.frombuffer(parts[1], dtype=np.dtype(header["dtype"]).newbyteorder("<")).reshape(header["shape"])
-    return Result(pixels, header)
+    return Result(decode_pixels(parts[1], header["shape"], header["dtype"]), header)  # type: ignore[arg-type]
 
 
 def read_ready_file(path: str | Path) -> dict[str, str]:
@@ -216,7 +216,7 @@ class StreamClient:
         while True:
             yield self.receive(timeout)
 
-    def stats(self, timeout: float | None = None) -> dict[str, Any]:
+    def stats(self, timeout: float | None = None) -> StatsMessage:
         """The next statistics message (published twice a second)."""
         sock = self._socket("stats")
         self._wait(sock, timeout, zmq.POLLIN, "statistics")
@@ -234,7 +234,7 @@ class StreamClient:
             raise RuntimeError(f"server refused {cmd!r}: {reply.get('error')}")
         return reply
 
-    def status(self, timeout: float | None = None) -> dict[str, Any]:
+    def status(self, timeout: float | None = None) -> StatsMessage:
         return self.control("status", timeout)["status"]
 
     def resubscribe(self) -> None:
@@ -260,3 +260,62 @@ class StreamClient:
                 self.resubscribe()
                 again = now + 1.0
             time.sleep(0.01)
+
+
+class StatsSubscriber:
+    """A server's stats socket read the way every watcher reads it (the dashboard, the viewer and its napari
+    widget): :meth:`messages` takes what has arrived, keeps each well-formed stats message and counts the rest
+    (``bad``). ``address`` not a ZeroMQ address: ValueError. ``keys``: CURVE, for a server with keys."""
+
+    def __init__(self, address: str, keys: ClientKeys | None = None, ctx: zmq.Context | None = None,
+                 hwm: int = 4, buffer_bytes: int | None = None) -> None:
+        self.address = address
+        self.bad = 0
+        self._own_ctx = ctx is None
+        self._ctx = ctx or zmq.Context()
+        self.socket = self._ctx.socket(zmq.SUB)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.RCVHWM, hwm)
+        if buffer_bytes is not None:
+            self.socket.setsockopt(zmq.RCVBUF, buffer_bytes)
+        if keys is not None:
+            keys.apply(self.socket)
+        self.socket.setsockopt(zmq.SUBSCRIBE, TOPIC_STATS)
+        try:
+            self.socket.connect(address)
+        except zmq.ZMQError as exc:
+            self.close()
+            raise ValueError(f"expected a ZeroMQ address such as tcp://127.0.0.1:5558, got {address!r} "
+                             f"({exc.strerror})") from None
+
+    def messages(self, timeout: float = 0.0) -> list[StatsMessage]:
+        """Every stats message that has arrived (waiting up to ``timeout`` s for the first), oldest first."""
+        out: list[StatsMessage] = []
+        if not self.socket.poll(int(timeout * 1000)):
+            return out
+        while True:
+            try:
+                parts = self.socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return out
+            message = self.decode(parts)
+            if message is None:
+                self.bad += 1
+            else:
+                out.append(message)
+
+    @staticmethod
+    def decode(parts: list[bytes]) -> StatsMessage | None:
+        """A stats message's JSON object, None for anything else (another topic, other parts, not JSON)."""
+        if len(parts) != 2 or parts[0] != TOPIC_STATS:
+            return None
+        try:
+            data = json.loads(parts[1])
+        except (ValueError, UnicodeDecodeError):
+            return None
+        return data if isinstance(data, dict) else None  # type: ignore[return-value]
+
+    def close(self) -> None:
+        self.socket.close(linger=0)
+        if self._own_ctx:
+            self._ctx.term()

@@ -18,7 +18,7 @@ parts, with ``"type": "frame"`` and per-stage timestamps (ns since the epoch) in
 ``meta.stream`` (any JSON value) names the stream a frame belongs to, for a model that sees the frames before
 the current one (``input_frames`` K > 1 in its card): the server keeps each stream's last K−1 frames (frames
 without it make one default stream; requests are kept per caller and stream), and a gap in ``seq``, a change of
-shape or dtype, or a model swap starts the stream afresh (see streamer/history.py). Send consecutive ``seq``
+shape or dtype, or a model swap starts the stream afresh (see streamer/core/history.py). Send consecutive ``seq``
 numbers per stream.
 
 Errors are a one-part message (or two, with an empty second part on the reply path)::
@@ -46,6 +46,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from .core.messages import decode_pixels
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -191,7 +193,7 @@ def decode_frame(parts: Sequence[Any], max_bytes: int, min_side: int = 1) -> Mes
     meta = header.get("meta")
     if meta is not None and not isinstance(meta, dict):
         raise ProtocolError("bad_header", f"expected 'meta' as a JSON object, got {type(meta).__name__}", seq)
-    pixels = np.frombuffer(body, dtype=np.dtype(dtype).newbyteorder("<")).reshape(shape)
+    pixels = decode_pixels(body, shape, dtype)
     if pixels.dtype.kind == "f" and not np.isfinite(pixels).all():
         bad = int(np.count_nonzero(~np.isfinite(pixels)))
         raise ProtocolError("not_finite", f"expected finite pixel values, got {bad} NaN/infinite pixels", seq)

@@ -8,7 +8,6 @@ frames, and neither the server nor the camera notices. No Qt here: napari and th
 
 from __future__ import annotations
 
-import json
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -17,9 +16,11 @@ from typing import Any
 import numpy as np
 import zmq
 
-from .protocol import TOPIC_STATS, TOPIC_VIEW, decode_header
+from .client import StatsSubscriber
+from .core.messages import FrameHeader, StatsMessage, decode_pixels
+from .core.summary import RateMeter, summary
+from .protocol import TOPIC_VIEW, decode_header
 from .security import ClientKeys
-from .stats import RateMeter, summary
 
 __all__ = ["ViewFeed", "ViewFrame"]
 
@@ -33,7 +34,7 @@ class ViewFrame:
 
     raw: np.ndarray
     denoised: np.ndarray
-    header: dict[str, Any]
+    header: FrameHeader
     received_ns: int = field(default_factory=time.time_ns)
 
     @property
@@ -51,7 +52,7 @@ class ViewFrame:
 def _pixels(buf: Any, spec: Any, what: str) -> np.ndarray:
     if not isinstance(spec, dict) or not isinstance(spec.get("shape"), list) or not isinstance(spec.get("dtype"), str):
         raise ValueError(f"expected the {what} frame's shape and dtype in the header, got {spec!r}")
-    return np.frombuffer(buf, dtype=np.dtype(spec["dtype"]).newbyteorder("<")).reshape(spec["shape"])
+    return decode_pixels(buf, spec["shape"], spec["dtype"])
 
 
 def decode_view(parts: list[Any]) -> ViewFrame:
@@ -60,7 +61,8 @@ def decode_view(parts: list[Any]) -> ViewFrame:
         raise ValueError(f"expected 4 parts (topic 'view', header, raw, denoised), got {len(parts)}")
     header = decode_header(parts[1])
     buffers = [p.buffer if hasattr(p, "buffer") else p for p in parts[2:]]
-    return ViewFrame(_pixels(buffers[0], header.get("raw"), "raw"), _pixels(buffers[1], header, "denoised"), header)
+    return ViewFrame(_pixels(buffers[0], header.get("raw"), "raw"), _pixels(buffers[1], header, "denoised"),
+                     header)  # type: ignore[arg-type]
 
 
 class ViewFeed:
@@ -72,25 +74,36 @@ class ViewFeed:
                  window: int = 1000) -> None:
         self.view_address = view_address
         self._ctx = zmq.Context()
-        self._view = self._subscribe(view_address, TOPIC_VIEW, keys, _RCVHWM)
-        self._stats = None if stats_address is None else self._subscribe(stats_address, TOPIC_STATS, keys, 4)
+        self._view = self._subscribe(view_address, keys)
+        try:
+            self._stats = None if stats_address is None else StatsSubscriber(stats_address, keys, self._ctx, 4,
+                                                                               _SOCKET_BUFFER)
+        except ValueError:
+            self._view.close(linger=0)
+            self._ctx.term()
+            raise
         self.received = 0  # pairs taken off the socket
         self.shown_count = 0  # pairs drawn
         self.skipped = 0  # frames between two drawn ones the viewer never drew (it was behind, or the server dropped)
-        self.bad = 0  # messages that were not a view pair
-        self.server: dict[str, Any] | None = None  # the newest stats message
+        self._bad_views = 0  # messages that were not a view pair
+        self.server: StatsMessage | None = None  # the newest stats message
         self.rate = RateMeter()
         self.latency_ms: deque[float] = deque(maxlen=window)  # capture → drawn
         self._last_seq: int | None = None
 
-    def _subscribe(self, address: str, topic: bytes, keys: ClientKeys | None, hwm: int) -> zmq.Socket:
+    @property
+    def bad(self) -> int:
+        """Messages that were not a view pair, or not a stats message."""
+        return self._bad_views + (self._stats.bad if self._stats is not None else 0)
+
+    def _subscribe(self, address: str, keys: ClientKeys | None) -> zmq.Socket:
         sock = self._ctx.socket(zmq.SUB)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.RCVHWM, hwm)
+        sock.setsockopt(zmq.RCVHWM, _RCVHWM)
         sock.setsockopt(zmq.RCVBUF, _SOCKET_BUFFER)  # frames must not queue in the kernel either
         if keys is not None:
             keys.apply(sock)
-        sock.setsockopt(zmq.SUBSCRIBE, topic)
+        sock.setsockopt(zmq.SUBSCRIBE, TOPIC_VIEW)
         try:
             sock.connect(address)
         except zmq.ZMQError as exc:
@@ -107,9 +120,9 @@ class ViewFeed:
         self.close()
 
     def close(self) -> None:
-        for sock in (self._view, self._stats):
-            if sock is not None:
-                sock.close(linger=0)
+        self._view.close(linger=0)
+        if self._stats is not None:
+            self._stats.close()
         self._ctx.term()
 
     def poll(self, timeout: float = 0.0) -> ViewFrame | None:
@@ -129,19 +142,13 @@ class ViewFeed:
         try:
             return decode_view(newest)
         except ValueError:
-            self.bad += 1
+            self._bad_views += 1
             return None
 
     def _poll_stats(self) -> None:
-        while self._stats is not None:
-            try:
-                parts = self._stats.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            try:
-                self.server = json.loads(parts[-1])
-            except ValueError:
-                self.bad += 1
+        if self._stats is not None:
+            for message in self._stats.messages():
+                self.server = message
 
     def shown(self, frame: ViewFrame) -> None:
         """Count ``frame`` as drawn now: display rate, latency from capture, frames skipped since the last one."""

@@ -21,9 +21,9 @@ def main(model: str, out: Path, n: int) -> dict:
     from pycromanager import Acquisition, multi_d_acquisition_events
     from pycromanager.acquisition.acq_eng_py.internal.engine import Engine
 
-    from streamer.config import Endpoints, ServeConfig
+    from streamer.endpoints import Endpoints
     from streamer.micromanager import close_core, denoise_hook, load_core, use_as_pycromanager_core
-    from streamer.server import running_server
+    from streamer.server import ServeConfig, running_server
     from streamer.sources import read_frame_metadata, read_stack
 
     local = Endpoints.local()

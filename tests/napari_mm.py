@@ -24,10 +24,9 @@ def main(model: Path, png: Path, report: Path, frames: int = 10, size: int = 96)
     from napari_micromanager.main_window import MainWindow
     from qtpy.QtWidgets import QApplication
 
-    from streamer.config import ServeConfig
     from streamer.micromanager.core import SIM_CFG, close_core, load_core
     from streamer.napari_plugin._widget import DENOISED, RAW, DenoiseWidget
-    from streamer.server import load_denoiser
+    from streamer.server import ServeConfig, load_denoiser
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = Path(tmp) / "sim.cfg"

@@ -10,7 +10,8 @@ import numpy as np
 import zmq
 from conftest import TINY_CAMERA
 
-from streamer.config import ENDPOINT_NAMES, Endpoints, ServeConfig
+from streamer.endpoints import ENDPOINT_NAMES, Endpoints
+from streamer.server import ServeConfig
 from streamer.sources import SimulatedCameraConfig, simulate_stack
 
 NAMES = ENDPOINT_NAMES

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+from streamer.core.card import Normalization
 from trainer.card import CardError, ModelCard, read_card
 from trainer.config import TrainConfig
 from trainer.inference import load_run, load_weights, pick_device, predict
-from trainer.normalization import Normalization
 from trainer.run import gather_data
 from trainer.unet import UNet
 
@@ -104,7 +104,7 @@ def test_denoise_rejects_wrong_dimensions(shape: tuple[int, ...]) -> None:
     net = UNet(depth=1, base_filters=4)
 
     with pytest.raises(ValueError, match=r"\(H, W\) frame or \(N, H, W\) stack"):
-        predict(net, Normalization(0.0, 1.0), np.zeros(shape, np.float32))
+        predict(net, Normalization(mean=0.0, std=1.0), np.zeros(shape, np.float32))
 
 
 def test_denoise_keeps_shape_units_and_mode() -> None:
@@ -116,7 +116,7 @@ def test_denoise_keeps_shape_units_and_mode() -> None:
     net.train()
     frame = np.random.default_rng(0).integers(100, 200, (19, 23)).astype(np.uint16)
 
-    out = predict(net, Normalization(150.0, 20.0), frame)
+    out = predict(net, Normalization(mean=150.0, std=20.0), frame)
 
     assert out.shape == (19, 23) and out.dtype == np.float32
     np.testing.assert_allclose(out, frame, atol=1e-3)  # identity network: same intensities back

@@ -12,7 +12,7 @@ import pytest
 import tifffile
 
 from bench import frontier
-from streamer.model import ModelCard
+from streamer.core.card import ModelCard
 from trainer.evaluate import evaluate
 from trainer.inference import load_run
 

@@ -15,8 +15,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from bench import suite
-from streamer.config import BenchConfig
-from streamer.model import ModelCard
+from bench.config import BenchConfig
+from streamer.core.card import ModelCard
 
 
 def _children() -> set[int]:

@@ -12,9 +12,11 @@ import typer
 import yaml
 from typer.testing import CliRunner, Result
 
+from bench.config import BenchConfig
 from n2n.cli import app, expand_multi_value
 from n2n.commands import ALL
-from streamer.config import BenchConfig, Endpoints, ServeConfig
+from streamer.endpoints import Endpoints
+from streamer.server import ServeConfig
 from trainer.config import SimulateConfig
 
 COMMANDS = [c.func.__name__ for c in ALL if c.func is not None]

@@ -17,8 +17,10 @@ import tifffile
 import yaml
 
 from n2n.bridging import bridge_live, read_ready_file
-from streamer.config import ENDPOINT_NAMES, Endpoints, MicroManagerSourceConfig, ServeConfig
+from streamer.endpoints import ENDPOINT_NAMES, Endpoints
 from streamer.micromanager import SIM_CFG
+from streamer.micromanager.config import MicroManagerSourceConfig
+from streamer.server import ServeConfig
 
 SIZE = 64
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}

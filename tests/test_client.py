@@ -10,9 +10,9 @@ import pytest
 import zmq
 
 from streamer.client import ServerError, StreamClient
-from streamer.config import ENDPOINT_NAMES, Endpoints, ServeConfig
+from streamer.endpoints import ENDPOINT_NAMES, Endpoints
 from streamer.protocol import encode_error
-from streamer.server import running_server
+from streamer.server import ServeConfig, running_server
 
 NAMES = ENDPOINT_NAMES
 

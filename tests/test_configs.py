@@ -9,15 +9,12 @@ import pytest
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from streamer.config import (
-    BenchConfig,
-    DashConfig,
-    DemoConfig,
-    DenoiseConfig,
-    FrontierConfig,
-    MicroManagerConfig,
-    ServeConfig,
-)
+from bench.config import BenchConfig, FrontierConfig
+from n2n.demo import DemoConfig
+from streamer.dashboard import DashConfig
+from streamer.micromanager.config import MicroManagerConfig
+from streamer.offline.config import DenoiseConfig
+from streamer.server import ServeConfig
 from streamer.sources import SimulatedCameraConfig
 from trainer.config import (
     ConfigError,

@@ -21,7 +21,6 @@ from rich.console import Console
 from waiting import GENEROUS_S, Finishing, wait_for
 
 from streamer.client import ServerError, StreamClient
-from streamer.config import Endpoints, ServeConfig
 from streamer.dashboard import (
     SPARK_CHARS,
     CpuMeter,
@@ -31,8 +30,9 @@ from streamer.dashboard import (
     run_dashboard,
     sparkline,
 )
+from streamer.endpoints import Endpoints
 from streamer.protocol import TOPIC_STATS
-from streamer.server import running_server
+from streamer.server import ServeConfig, running_server
 from streamer.sources import SimulatedCameraConfig, simulate_stack
 
 ADDRESS = "tcp://127.0.0.1:5558"

@@ -12,13 +12,13 @@ import tifffile
 import zarr
 from conftest import TINY_CAMERA
 
-from streamer.config import DenoiseConfig
+from streamer.core.card import ModelCard
 from streamer.datasets import DatasetError, DatasetInfo, open_dataset
 from streamer.datasets.ometiff import write_ome_tiff
+from streamer.denoiser import Denoiser
 from streamer.engines import create_engine
-from streamer.model import ModelCard
 from streamer.offline import PROGRESS_NAME, DenoiseInterrupted, denoise
-from streamer.pipeline import Denoiser
+from streamer.offline.config import DenoiseConfig
 from streamer.sources import SimulatedCameraConfig, simulate_stack
 
 FP32 = {"precision": "fp32", "threads": 1}
@@ -241,7 +241,7 @@ def test_a_second_run_into_the_same_output_is_refused_while_one_runs(trained_run
 
 
 def test_a_channel_index_in_a_config_file_is_accepted(tmp_path: Path) -> None:
-    from streamer.config import load_config
+    from streamer.core.config import load_config
 
     path = tmp_path / "denoise.yaml"
     path.write_text("version: 1\nchannel: 1\n")

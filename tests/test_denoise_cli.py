@@ -19,8 +19,8 @@ import tifffile
 from test_cli_errors import assert_one_error_line, n2n
 from test_denoise import frames, opened
 
-from streamer.config import DenoiseConfig
 from streamer.offline import PROGRESS_NAME, denoise
+from streamer.offline.config import DenoiseConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 from conftest import TINY_CAMERA
 
+from streamer.core.card import ModelCard
 from streamer.engines import ENGINES, Engine, available_engines, create_engine, psnr_between
 from streamer.engines.onnxruntime import OnnxRuntimeEngine
 from streamer.engines.openvino import import_openvino
-from streamer.model import ModelCard
 from streamer.sources import SimulatedCameraConfig, simulate_stack
 
 
@@ -223,7 +223,7 @@ def test_openvino_frame_path_matches_the_python_path(card: ModelCard, dtype: str
     """OpenVINO's frame path (normalisation and conversion back compiled into the graph) gives the Denoiser's
     Python path's frame: same dtype, and the same values up to float32 rounding (integers: at most one grey
     level on a handful of pixels, where x·(1/σ) and x/σ round to either side of .5)."""
-    from streamer.pipeline import Denoiser
+    from streamer.denoiser import Denoiser
 
     rng = np.random.default_rng(4)
     lo, hi = (0, 250) if dtype == "uint8" else (50, 3000)

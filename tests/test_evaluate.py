@@ -191,8 +191,8 @@ def test_offline_and_served_frames_are_identical(model: TrainedModel, data, resu
     import torch
 
     from streamer.client import StreamClient
-    from streamer.config import Endpoints, ServeConfig
-    from streamer.server import running_server
+    from streamer.endpoints import Endpoints
+    from streamer.server import ServeConfig, running_server
 
     raw, _ = data
     _, offline = result

@@ -15,10 +15,11 @@ from waiting import wait_for
 
 from bench.processes import rss_mb
 from streamer.client import StreamClient
-from streamer.model import ModelCard
+from streamer.core.card import ModelCard
 from streamer.server import running_server
-from trainer.live import PairRing
+from trainer.live import PairRing, worker_command
 
+WORKER = worker_command()  # the fine-tuning worker the server starts (n2n serve gives the same)
 FAST = {"enabled": True, "every": 2, "min_pairs": 4, "ring_pairs": 16, "val_every": 4, "steps": 5, "batch_size": 4,
         "patch_size": 32, "val_crop": 64}
 
@@ -43,8 +44,8 @@ def test_candidates_are_swapped_in_under_load_without_losing_a_frame(run_copy: P
     out = tmp_path / "live"
     frames = camera_frames(8, size=64, seed=3)
     received: list[tuple[int | None, str]] = []
-    with running_server(run_copy, config(mode="lossless", finetune={**FAST, "margin": -1.0, "out": str(out)})) \
-            as server, StreamClient(server.endpoints) as client:
+    with running_server(run_copy, config(mode="lossless", finetune={**FAST, "margin": -1.0, "out": str(out)}),
+                        finetune_worker=WORKER) as server, StreamClient(server.endpoints) as client:
         client.wait_subscribed()
         deadline = time.monotonic() + 240
         seq = 0
@@ -75,7 +76,7 @@ def test_candidates_are_swapped_in_under_load_without_losing_a_frame(run_copy: P
 
 def test_the_worker_dying_does_not_stop_serving(run_copy: Path, tmp_path: Path) -> None:
     frames = camera_frames(4, size=64)
-    with running_server(run_copy, config(finetune={**FAST, "out": str(tmp_path)})) as server, \
+    with running_server(run_copy, config(finetune={**FAST, "out": str(tmp_path)}), finetune_worker=WORKER) as server, \
             StreamClient(server.endpoints) as client:
         pid = client.status()["finetune"]["worker_pid"]
         os.kill(pid, signal.SIGKILL)
@@ -91,7 +92,8 @@ def test_memory_stays_bounded_over_a_long_run(run_copy: Path, tmp_path: Path) ->
     """2,000 frames with fine-tuning on: the worker's ring stays within its bound and the server's memory levels
     off (its growth over the second half is small)."""
     frames = camera_frames(8, size=64, seed=5)
-    with running_server(run_copy, config(mode="lossless", finetune={**FAST, "out": str(tmp_path)})) as server, \
+    with running_server(run_copy, config(mode="lossless", finetune={**FAST, "out": str(tmp_path)}),
+                        finetune_worker=WORKER) as server, \
             StreamClient(server.endpoints) as client:
         client.wait_subscribed()
         wait_for(lambda: client.status()["finetune"].get("state") == "collecting", "the worker to start", 120)
@@ -117,7 +119,7 @@ def test_the_worker_ends_when_the_server_is_killed(run_copy: Path, tmp_path: Pat
     import subprocess
     import sys
 
-    from streamer.config import ENDPOINT_NAMES
+    from streamer.endpoints import ENDPOINT_NAMES
 
     ready = tmp_path / "ready.json"
     settings = tmp_path / "serve.yaml"

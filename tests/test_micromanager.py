@@ -22,7 +22,7 @@ import tifffile
 from conftest import REPO_ROOT
 from waiting import GENEROUS_S, Finishing, wait_for
 
-from streamer.config import Endpoints, MicroManagerSourceConfig, ServeConfig
+from streamer.endpoints import Endpoints
 from streamer.micromanager import (
     SIM_CFG,
     MicroManagerUnavailable,
@@ -32,8 +32,9 @@ from streamer.micromanager import (
     open_source,
 )
 from streamer.micromanager.bridge import run_bridge
+from streamer.micromanager.config import MicroManagerSourceConfig
 from streamer.micromanager.grab import analyse_pairs, record
-from streamer.server import running_server
+from streamer.server import ServeConfig, running_server
 from streamer.sources import (
     EndOfStream,
     MicroManagerSource,
@@ -411,8 +412,9 @@ def test_open_source_shuts_down_its_core(tmp_path: Path) -> None:
 
 def test_shipped_yaml_finds_its_cfg_file() -> None:
     """configs/micromanager.yaml names micromanager/sim.cfg relative to itself, and it opens."""
-    from streamer.config import MicroManagerConfig, load_config
+    from streamer.core.config import load_config
     from streamer.micromanager import resolve_config_file
+    from streamer.micromanager.config import MicroManagerConfig
 
     path = REPO_ROOT / "configs" / "micromanager.yaml"
     cfg = load_config(MicroManagerConfig, path)

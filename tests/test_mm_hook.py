@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from conftest import REPO_ROOT
 
-from streamer.config import Endpoints, ServeConfig
+from streamer.endpoints import Endpoints
 from streamer.micromanager import denoise_hook
-from streamer.server import running_server
+from streamer.server import ServeConfig, running_server
 from streamer.sources import SimulatedCamera, SimulatedCameraConfig, read_stack
 
 SIZE = 64

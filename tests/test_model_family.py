@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from streamer.core.card import ModelCard
+from streamer.denoiser import Denoiser
 from streamer.engines import create_engine
-from streamer.model import ModelCard
-from streamer.pipeline import Denoiser
 from trainer.config import ModelConfig, TrainConfig
 from trainer.export import relative_error
 from trainer.run import run_training

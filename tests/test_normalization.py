@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 
-from trainer.normalization import Normalization
+from streamer.core.card import Normalization
 
 
 def test_fit_gives_mean_and_std_over_all_stacks() -> None:

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from conftest import TINY_CAMERA
 
+from streamer.core.card import ModelCard
+from streamer.core.tiling import TilePlan, plan_axis
+from streamer.denoiser import Denoiser, Timings
 from streamer.engines import Engine, create_engine
-from streamer.model import ModelCard
-from streamer.pipeline import Denoiser, TilePlan, Timings, plan_axis
 from streamer.sources import SimulatedCameraConfig, simulate_stack
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from streamer.core.card import ModelCard
+from streamer.denoiser import Denoiser
 from streamer.engines import create_engine
-from streamer.model import ModelCard
-from streamer.pipeline import Denoiser
 from trainer.pairs import split_rows
 from trainer.quantize import INT8_NAME, quantize_int8
 
@@ -106,7 +106,7 @@ def test_wrong_calibration_falls_back_with_the_reason(int8_run: Path, tmp_path: 
 
 def test_changed_int8_file_is_refused(int8_run: Path, tmp_path: Path) -> None:
     """An INT8 .bin that is not the one the card recorded is an error when the engine loads it."""
-    from streamer.model import CardError
+    from streamer.core.card import CardError
 
     run = tmp_path / "run"
     shutil.copytree(int8_run, run)

@@ -69,9 +69,9 @@ def test_a_version_that_only_looks_like_1_is_refused(version: str) -> None:
 def test_a_large_frame_runs_its_tiles_a_few_at_a_time_with_the_same_result(run: Path) -> None:
     """The engine never sees more than max_tiles tiles at once, however large the frame; the stitched frame is
     the one all tiles at once give."""
+    from streamer.core.card import ModelCard
+    from streamer.denoiser import Denoiser
     from streamer.engines import create_engine
-    from streamer.model import ModelCard
-    from streamer.pipeline import Denoiser
 
     card = ModelCard.load(run)
     frame = camera_frames(1, size=160)[0]
@@ -92,9 +92,9 @@ def test_a_large_frame_runs_its_tiles_a_few_at_a_time_with_the_same_result(run: 
 def test_compiled_shapes_are_bounded_and_the_least_recently_used_goes(run: Path) -> None:
     """Every new frame shape compiles; beyond max_shapes the least recently used one is released, so memory
     does not grow with the shapes seen, and a released shape still denoises the same when it comes back."""
+    from streamer.core.card import ModelCard
+    from streamer.denoiser import Denoiser
     from streamer.engines import create_engine
-    from streamer.model import ModelCard
-    from streamer.pipeline import Denoiser
 
     card = ModelCard.load(run)
     den = Denoiser(card, create_engine("openvino", card, precision="fp32", num_threads=1), max_shapes=2)
@@ -134,7 +134,7 @@ def test_the_hook_keeps_any_image_it_cannot_denoise_raw_and_never_raises(run: Pa
 def test_the_hook_stops_waiting_on_a_dead_server_and_comes_back_when_it_does(run: Path) -> None:
     """Circuit breaker: after one frame that waited the timeout, frames are kept raw at once until the next
     try; once the server answers, frames are denoised again."""
-    from streamer.config import Endpoints
+    from streamer.endpoints import Endpoints
     from streamer.micromanager import denoise_hook
 
     with socket_free_address() as address:
@@ -289,7 +289,7 @@ def test_swap_takes_only_model_folders_inside_the_models_root_and_commands_can_b
 def test_a_model_card_pointing_out_of_its_folder_is_refused(run: Path, tmp_path: Path) -> None:
     import shutil
 
-    from streamer.model import CardError, ModelCard
+    from streamer.core.card import CardError, ModelCard
 
     copy = tmp_path / "m"
     shutil.copytree(run, copy)
@@ -337,7 +337,7 @@ def test_a_curve_server_streams_to_a_subscribed_client_and_counts_it(run: Path, 
 
 
 def test_an_address_other_machines_reach_needs_keys_or_an_explicit_insecure(run: Path) -> None:
-    from streamer.config import Endpoints
+    from streamer.endpoints import Endpoints
 
     exposed = {**Endpoints.local().model_dump(), "input": "tcp://0.0.0.0:*"}
 
@@ -357,7 +357,7 @@ def test_after_a_kill_9_and_a_restart_the_client_reports_exactly_the_frames_lost
     import signal as sig
 
     from bench.processes import serve_command, spawn
-    from streamer.config import Endpoints
+    from streamer.endpoints import Endpoints
 
     endpoints = Endpoints.local("ipc", tmp_path)  # fixed addresses: the restarted server binds the same
     cmd = serve_command(run, endpoints, mode="lossless", precision="fp32", threads=1)

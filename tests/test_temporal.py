@@ -1,5 +1,5 @@
 """Causal multi-frame Noise2Noise (``model.input_frames`` K > 1): training windows, the network, exports, the
-history rule (streamer/history.py) in the Denoiser, the server (real sockets on 127.0.0.1) and evaluation."""
+history rule (streamer/core/history.py) in the Denoiser, the server (real sockets on 127.0.0.1) and evaluation."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from serverkit import camera_frames, config
 from waiting import wait_for
 
 from streamer.client import StreamClient
-from streamer.history import FrameHistory, Histories, motion_score
-from streamer.model import ModelCard
+from streamer.core.card import ModelCard
+from streamer.core.history import FrameHistory, Histories, motion_score
 from streamer.server import Server, load_denoiser, running_server
 from streamer.sources import SimulatedCameraConfig, simulate_stack
 from trainer.config import EvaluateConfig, TrainConfig
@@ -178,7 +178,7 @@ def test_live_mode_keeps_dropped_frames_as_history(k_run: Path) -> None:
             for i, f in enumerate(frames):
                 client.send(f, seq=i)
             wait_for(lambda: (server._drain_input(), server.stats.frames_in)[1] == 5, "the burst to arrive")
-            assert len(server._queue) == 1 and server.stats.drops == 4
+            assert len(server.intake.queue) == 1 and server.stats.drops == 4
             thread = threading.Thread(target=server._loop, daemon=True)
             thread.start()
             client.wait_subscribed()
@@ -244,9 +244,9 @@ def test_motion_check_falls_back_to_one_frame_under_drift(k_run: Path) -> None:
 def test_n2n_denoise_applies_the_history_rule_along_t(k_run: Path, tmp_path: Path) -> None:
     """`n2n denoise` of a TCYX stack in tasks of 3 planes (histories cross task boundaries): each channel's
     time series is what `n2n evaluate` gives on it; a Z stack's planes are denoised each alone."""
-    from streamer.config import DenoiseConfig
     from streamer.datasets import open_dataset
     from streamer.offline import denoise
+    from streamer.offline.config import DenoiseConfig
 
     t, c = 5, 2
     series = [camera_frames(t, seed=61 + i) for i in range(c)]

@@ -17,7 +17,6 @@ _WHERE = {
     "TrainedModel": "inference", "load_run": "inference",
     "TrainResult": "loop", "train": "loop",
     "data_range_of": "metrics", "psnr": "metrics", "ssim": "metrics",
-    "Normalization": "normalization",
     "PairSampler": "pairs", "n2n_pair_indices": "pairs",
     "UNet": "unet",
 }

@@ -1,4 +1,4 @@
-"""The model card, as the trainer writes it: the typed definition lives in :mod:`streamer.model`
+"""The model card, as the trainer writes it: the typed definition lives in :mod:`streamer.core.card`
 (the streamer reads it without importing the trainer); this module adds what only training knows."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import platform
 from importlib import metadata
 from pathlib import Path
 
-from streamer.model import CARD_NAME, CARD_VERSION, Artifact, CardError, ModelCard, Quantization, file_digest
+from streamer.core.card import CARD_NAME, CARD_VERSION, Artifact, CardError, ModelCard, Quantization, file_digest
 
 __all__ = ["CARD_NAME", "CARD_VERSION", "Artifact", "CardError", "ModelCard", "Quantization", "add_artifact",
            "file_digest", "read_card", "versions"]

@@ -6,8 +6,9 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from streamer.config import CONFIG_VERSION, ConfigError, _Strict, _Versioned, load_config, save_config
-from streamer.history import MOTION_THRESHOLD
+from streamer.core.choices import Device, EngineChoice, PrecisionChoice
+from streamer.core.config import CONFIG_VERSION, ConfigError, Strict, Versioned, load_config, save_config
+from streamer.core.history import MOTION_THRESHOLD
 from streamer.sources.simulated import SimulatedCameraConfig
 
 __all__ = [
@@ -27,7 +28,7 @@ __all__ = [
 ]
 
 
-class ModelConfig(_Strict):
+class ModelConfig(Strict):
     """The U-Net family (trainer/unet.py): from the quality default to real-time CPU networks."""
 
     depth: int = Field(2, ge=1, le=5)
@@ -49,7 +50,7 @@ class ModelConfig(_Strict):
     """Predict a correction added to the input (CARE's residual output)."""
     input_frames: int = Field(1, ge=1, le=16, exclude_if=lambda v: v == 1)
     """K: consecutive frames the network sees (t−K+1 … t) to denoise frame t; causal, no look-ahead. Trained on
-    frames t−K+1 … t → frame t+1 (Noise2Noise); before K frames exist the oldest is repeated (streamer/history.py).
+    frames t−K+1 … t → frame t+1 (Noise2Noise); before K frames exist the oldest is repeated (streamer/core/history.py).
     1: the single-frame network."""
 
     @model_validator(mode="after")
@@ -72,11 +73,11 @@ class ModelConfig(_Strict):
         return self.model_dump()
 
 
-#: the real-time preset (configs/train_fast.yaml, n2n demo): chosen on the quality/speed frontier (README)
+#: the real-time preset (configs/train_fast.yaml, n2n demo): chosen on the quality/speed frontier (docs/results.md)
 FAST_MODEL = ModelConfig(depth=3, filters=[4, 16, 32, 64])
 
 
-class DataConfig(_Strict):
+class DataConfig(Strict):
     """Where frames come from and how training pairs are drawn."""
 
     source: Literal["files", "simulated"] = "files"
@@ -96,7 +97,7 @@ class DataConfig(_Strict):
     t−1), twice the pairs (Noise2Noise pairs of one frame already go both ways)."""
 
 
-class OptimConfig(_Strict):
+class OptimConfig(Strict):
     """Optimiser, schedule and stopping."""
 
     batch_size: int = Field(16, ge=1)
@@ -117,7 +118,7 @@ class OptimConfig(_Strict):
     """Stop (cleanly, with a checkpoint) after this much wall time; None: no limit."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """Training arithmetic. 'auto': bf16 autocast where the CPU/GPU supports it, else fp32."""
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Device = "auto"
     """'auto' picks CUDA when available."""
     seed: int = 0
     """Seeds weights, patch sampling and augmentation."""
@@ -134,7 +135,7 @@ class OptimConfig(_Strict):
         return self
 
 
-class QuantizeConfig(_Strict):
+class QuantizeConfig(Strict):
     """INT8 for OpenVINO (NNCF post-training quantization), made after training and kept only if it
     passes its check on the held-out rows (trainer/quantize.py)."""
 
@@ -148,7 +149,7 @@ class QuantizeConfig(_Strict):
     """Side of the calibration patches (smaller frames give smaller patches)."""
 
 
-class TrainConfig(_Versioned):
+class TrainConfig(Versioned):
     """``n2n train``: fit a denoiser on noisy frames."""
 
     mode: Literal["n2n", "supervised"] = "n2n"
@@ -171,7 +172,7 @@ class TrainConfig(_Versioned):
         return self
 
 
-class ExportConfig(_Versioned):
+class ExportConfig(Versioned):
     """``n2n export``: write the trained model in a deployable format."""
 
     format: Literal["onnx", "torchscript", "int8"] = "onnx"
@@ -187,7 +188,7 @@ class ExportConfig(_Versioned):
     """For format int8."""
 
 
-class EvaluateConfig(_Versioned):
+class EvaluateConfig(Versioned):
     """``n2n evaluate``: denoise a stack and score it against a reference."""
 
     gaussian_sigmas: list[float] = Field(
@@ -201,19 +202,19 @@ class EvaluateConfig(_Versioned):
     """Evaluate only the first N frames; None: all."""
     batch_size: int = Field(4, ge=1)
     """Frames between progress updates (frames are denoised one at a time, as a live server does)."""
-    engine: Literal["auto", "openvino", "onnxruntime", "torch"] = "auto"
+    engine: EngineChoice = "auto"
     """The serving engine that denoises (the same Denoiser as n2n serve: a frame scored here is the frame
     served live)."""
-    precision: Literal["auto", "fp32", "bf16", "fp16", "int8"] = "fp32"
+    precision: PrecisionChoice = "fp32"
     """fp32 scores the model itself; auto (or bf16, int8) scores what n2n serve delivers on this machine."""
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Device = "auto"
     """Device for the engine."""
     motion_threshold: float | None = Field(MOTION_THRESHOLD, gt=0)
-    """K-frame models: the motion check of n2n serve (streamer/history.py): a frame that moved against the oldest
+    """K-frame models: the motion check of n2n serve (streamer/core/history.py): a frame that moved against the oldest
     frame of its window is denoised alone; None: no check."""
 
 
-class SimulateConfig(_Versioned):
+class SimulateConfig(Versioned):
     """``n2n simulate``: record frames (and their truth) from the simulated camera."""
 
     camera: SimulatedCameraConfig = SimulatedCameraConfig()

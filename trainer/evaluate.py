@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from streamer.history import FrameHistory
+from streamer.core.history import FrameHistory
 
 from .config import EvaluateConfig
 from .inference import TrainedModel
@@ -47,14 +47,11 @@ def _scores(images: np.ndarray, reference: np.ndarray, rng: float, ssim_too: boo
 def denoiser_for(model: TrainedModel | str | Path, config: EvaluateConfig | None = None) -> Any:
     """The streamer's Denoiser for a run folder (float32 output): the one inference path, shared with
     ``n2n serve``, so a frame scored offline is the frame served live."""
-    from streamer.engines import create_engine
-    from streamer.model import ModelCard
-    from streamer.pipeline import Denoiser
+    from streamer.denoiser import Denoiser
 
     config = config or EvaluateConfig()
-    card = ModelCard.load(model.run_dir if isinstance(model, TrainedModel) else Path(model))
-    engine = create_engine(config.engine, card, precision=config.precision, device=config.device)
-    return Denoiser(card, engine, output_dtype="float32")
+    return Denoiser.from_model_dir(model.run_dir if isinstance(model, TrainedModel) else Path(model), config.engine,
+                                   config.precision, config.device, output_dtype="float32")
 
 
 def best_gaussian(raw: np.ndarray, references: Sequence[np.ndarray], data_ranges: Sequence[float],
@@ -79,7 +76,7 @@ def evaluate(
 ) -> tuple[dict[str, Any], np.ndarray]:
     """Denoise every frame of ``raw`` with the run's exported model through the serving Denoiser and
     score it, the raw frames, and two baselines. A K-frame model sees frames t−K+1 … t for frame t, by the
-    server's history rule (streamer/history.py: the first frame repeated until K have come).
+    server's history rule (streamer/core/history.py: the first frame repeated until K have come).
 
     Baselines: a Gaussian filter with the sigma (from ``config.gaussian_sigmas``) that scores
     best against the reference, and the average of two consecutive frames (also four,
@@ -95,7 +92,7 @@ def evaluate(
     den_model.prepare(raw.shape[1:], raw[0])  # compile before the clock starts: seconds_per_frame is per frame
     t0 = time.perf_counter()
     den = np.empty(raw.shape, dtype=np.float32)
-    # a K-frame model sees the frames before each one, by the server's rule (streamer/history.py): the stack is
+    # a K-frame model sees the frames before each one, by the server's rule (streamer/core/history.py): the stack is
     # one stream whose sequence numbers are the frame indices
     history = FrameHistory(den_model.input_frames, config.motion_threshold)
     try:

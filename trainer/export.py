@@ -11,14 +11,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from streamer.core.card import ONNX_NAME, TORCHSCRIPT_NAME
+
 from .card import Artifact, file_digest
 from .unet import UNet
 
 __all__ = ["ExportError", "export_onnx", "export_torchscript", "ONNX_NAME", "TORCHSCRIPT_NAME", "relative_error"]
 
 log = logging.getLogger("n2n.trainer")
-ONNX_NAME = "model.onnx"
-TORCHSCRIPT_NAME = "model.ts"
 
 
 class ExportError(RuntimeError):

@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from streamer.core.card import WEIGHTS_NAME, Normalization
+
 from .card import ModelCard, read_card
-from .normalization import Normalization
 from .unet import UNet
 
 __all__ = ["WEIGHTS_NAME", "TrainedModel", "load_run", "load_weights", "save_weights", "pick_device", "predict"]
 
-WEIGHTS_NAME = "model.pt"
 
 
 def pick_device(preference: str = "auto") -> torch.device:

@@ -27,9 +27,18 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["PairRing", "main"]
+from streamer.core.card import ONNX_NAME
+from streamer.core.messages import decode_pair
+
+__all__ = ["PairRing", "main", "worker_command"]
 
 log = logging.getLogger("n2n.finetune")
+
+
+def worker_command() -> list[str]:
+    """The command that runs this worker: what a server with fine-tuning on is given to start it
+    (:class:`streamer.server.finetune.FinetuneLink` adds its arguments)."""
+    return [sys.executable, "-m", "trainer.live"]
 
 
 class PairRing:
@@ -70,7 +79,7 @@ class Tuner:
     def __init__(self, run_dir: Path, cfg: dict[str, Any]) -> None:
         import torch
 
-        from streamer.model import ModelCard
+        from streamer.core.card import ModelCard
         from trainer.inference import load_weights
 
         self.cfg = cfg
@@ -145,7 +154,7 @@ class Tuner:
 
     def save(self, out: Path, provenance: dict[str, Any]) -> Path:
         """The current weights as a run folder: model.pt, model.onnx and a card naming where they came from."""
-        from streamer.model import ModelCard
+        from streamer.core.card import ModelCard
         from trainer.card import add_artifact
         from trainer.export import export_onnx
         from trainer.inference import save_weights
@@ -156,7 +165,7 @@ class Tuner:
         card.update(name=out.name, artifacts={})
         card["training"] = {**(card.get("training") or {}), "finetuned": provenance}
         ModelCard.model_validate(card).save(out)
-        add_artifact(out, export_onnx(self.net, out / "model.onnx"))
+        add_artifact(out, export_onnx(self.net, out / ONNX_NAME))
         return out
 
 
@@ -192,10 +201,7 @@ def run_worker(model: Path, out: Path, frames_address: str, status_address: str,
             log.info("the server (pid %d) has gone: stopping", parent)
             raise SystemExit(0)
         while pull.poll(wait_ms):
-            head, a, b = pull.recv_multipart()
-            meta = json.loads(head)
-            ring.add(np.frombuffer(a, meta["dtype"]).reshape(meta["shape"]),
-                     np.frombuffer(b, meta["dtype"]).reshape(meta["shape"]), meta.get("seq"))
+            ring.add(*decode_pair(pull.recv_multipart()))
             wait_ms = 0
 
     tell()

@@ -16,10 +16,11 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from streamer.core.card import Normalization
+
 from .config import TrainConfig
 from .inference import pick_device, predict, save_weights
 from .metrics import psnr, ssim
-from .normalization import Normalization
 from .pairs import PairSampler, held_out_pairs, split_rows
 from .unet import UNet
 

@@ -13,7 +13,7 @@ __all__ = ["n2n_pair_indices", "n2n_window_indices", "supervised_window_indices"
 def window(t: int, k: int, first: int = 0) -> list[int]:
     """Frame indices a K-frame model sees to denoise frame ``t``: t−K+1 … t, oldest first, where a frame before
     ``first`` (the start of the sequence) is replaced by ``first``: the oldest frame is repeated until K have
-    arrived, as the streamer does (streamer/history.py).
+    arrived, as the streamer does (streamer/core/history.py).
 
     >>> window(1, 3)
     [0, 0, 1]

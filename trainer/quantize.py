@@ -31,16 +31,14 @@ from typing import Any
 
 import numpy as np
 
+from streamer.core.card import INT8_NAME, Artifact, ModelCard, Normalization, Quantization, file_digest
 from streamer.engines.openvino import OpenVINOEngine, import_openvino
-from streamer.model import Artifact, ModelCard, Quantization, file_digest
 
-from .normalization import Normalization
 from .pairs import held_out_pairs, window
 
 __all__ = ["INT8_NAME", "calibration_patches", "quantize_int8"]
 
 log = logging.getLogger("n2n.trainer")
-INT8_NAME = "model_int8.xml"
 MIN_INT8_SHARE = 0.5
 
 # (normalised input (1, 1, h, w), normalised target (h, w), noise variance of the target or None when

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from streamer.model import unet_reach
+from streamer.core.card import unet_reach
 
 __all__ = ["BLOCKS", "SKIPS", "STEMS", "UNet", "unet_filters", "unet_reach"]
 

@@ -21,7 +21,7 @@ _SOURCE_FLAGS = {"--exposure-ms": "source.exposure_ms", "--mm-config": "source.c
                  "--gui": "source.config_file"}
 _SOURCE_DEFAULTS = {"--exposure-ms": "Micro-Manager's", "--json": "not written"}
 
-GRAB = Command("streamer.config:MicroManagerConfig", flags={
+GRAB = Command("streamer.micromanager.config:MicroManagerConfig", flags={
     "--frames": "grab.frames", "--out": "grab.out", **_SOURCE_FLAGS}, defaults=_SOURCE_DEFAULTS)
 
 
@@ -37,7 +37,7 @@ def grab(
     dry_run: DryRunOpt = False,
 ) -> None:
     """Record consecutive frames from Micro-Manager for Noise2Noise training (then `n2n train --data`)."""
-    from streamer.config import NULL
+    from streamer.core.config import NULL
 
     cfg = GRAB.load(config, dry_run, {"--frames": frames, "--out": out_path, "--exposure-ms": exposure_ms,
                                       "--mm-config": mm_config, "--gui": NULL if gui else None})
@@ -103,7 +103,7 @@ def grab(
     console.print(f"train on it: n2n train --data {report.path} --out runs/NAME", highlight=False)
 
 
-BRIDGE = Command("streamer.config:MicroManagerConfig", flags={
+BRIDGE = Command("streamer.micromanager.config:MicroManagerConfig", flags={
     "--model": "bridge.model", "--connect": "bridge.connect", "--frames": "bridge.frames", "--out": "bridge.out",
     "--no-save": "bridge.out", "--mode": "serve.mode", "--engine": "serve.engine", "--precision": "serve.precision",
     "--device": "serve.device", "--threads": "serve.num_threads", "--finetune": "serve.finetune.enabled",
@@ -136,7 +136,7 @@ def bridge(
     dry_run: DryRunOpt = False,
 ) -> None:
     """Denoise Micro-Manager's live frames through the server; save raw + denoised, publish for viewers."""
-    from streamer.config import NULL
+    from streamer.core.config import NULL
 
     if frames is not None and frames < 0:
         raise UserError(f"--frames: expected 0 (until Ctrl-C) or more, got {frames}")

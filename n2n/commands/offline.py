@@ -15,7 +15,7 @@ from n2n.errors import user_errors
 
 __all__ = ["DENOISE", "denoise"]
 
-DENOISE = Command("streamer.config:DenoiseConfig", flags={
+DENOISE = Command("streamer.offline.config:DenoiseConfig", flags={
     "--engine": "engine", "--precision": "precision", "--device": "device", "--threads": "threads",
     "--dtype": "dtype", "--channel": "channel", "--workers": "workers", "--scheduler": "scheduler",
     "--overwrite": "overwrite"},

@@ -10,14 +10,14 @@ import typer
 
 from n2n.command import Command, ConfigOpt, DryRunOpt, console, log
 from n2n.errors import UserError, user_errors
-from streamer.config import ENDPOINT_NAMES
+from streamer.endpoints import ENDPOINT_NAMES
 
 __all__ = ["KEYS", "keys", "DASH", "SERVE", "dash", "serve"]
 
 #: the server's six sockets: ``--input-address`` … ``--view-address`` (the old ``--input`` … ``--control`` still work)
 ADDRESS_FLAGS = {name: f"--{name}-address" for name in ENDPOINT_NAMES}
 
-SERVE = Command("streamer.config:ServeConfig", flags={
+SERVE = Command("streamer.server:ServeConfig", flags={
     "--engine": "engine", "--mode": "mode", "--precision": "precision", "--device": "device",
     "--threads": "num_threads", "--output-dtype": "output_dtype", "--curve-keys": "curve_keys",
     "--insecure": "insecure", "--models-root": "models_root", "--finetune": "finetune.enabled",
@@ -75,9 +75,10 @@ def serve(
     import zmq
 
     from streamer.server import Server
+    from trainer.live import worker_command
 
     with user_errors(zmq.ZMQError):
-        server = Server(model, cfg)
+        server = Server(model, cfg, finetune_worker=worker_command())
         endpoints = server.start()
 
     def _on_signal(signum: int, _frame: Any) -> None:
@@ -107,7 +108,7 @@ def serve(
                   f"{sum(st.errors.values())} errors", highlight=False)
 
 
-DASH = Command("streamer.config:DashConfig", flags={"--stats-address": "stats"},
+DASH = Command("streamer.dashboard:DashConfig", flags={"--stats-address": "stats"},
                deprecated={"--stats": "--stats-address"})
 
 

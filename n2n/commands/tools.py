@@ -14,7 +14,7 @@ from n2n.errors import UserError, user_errors
 
 __all__ = ["BENCH", "DEMO", "FRONTIER", "bench", "demo", "frontier"]
 
-DEMO = Command("streamer.config:DemoConfig", flags={"--quick": "quick", "--out": "out", "--dash": "dash",
+DEMO = Command("n2n.demo:DemoConfig", flags={"--quick": "quick", "--out": "out", "--dash": "dash",
                                                    "--view": "view"})
 
 
@@ -83,7 +83,7 @@ def _cpu_row(machine: dict) -> str:
     return row + (": busy, the live figures are this machine's under that load" if live["busy"] else "")
 
 
-BENCH = Command("streamer.config:BenchConfig", flags={
+BENCH = Command("bench.config:BenchConfig", flags={
     "--model": "model", "--size": "size", "--engine": "engines", "--precision": "precisions", "--frames": "frames",
     "--overload-s": "overload_s", "--transport": "transport", "--threads": "threads", "--repeats": "repeats",
     "--warmup": "warmup", "--json": "json_path", "--report": "report"},
@@ -127,7 +127,7 @@ def bench(
     out.print(table(report), markup=False, highlight=False, soft_wrap=True)
 
 
-FRONTIER = Command("streamer.config:FrontierConfig", flags={
+FRONTIER = Command("bench.config:FrontierConfig", flags={
     "MODELS": "models", "--data": "data", "--reference": "reference", "--size": "sizes", "--precision": "precisions",
     "--frames": "frames", "--frames-large": "frames_large", "--max-frames": "max_frames", "--threads": "threads",
     "--json": "json_path", "--report": "report"},

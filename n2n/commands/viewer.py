@@ -9,7 +9,7 @@ import typer
 
 from n2n.command import Command, console
 from n2n.errors import UserError, user_errors
-from streamer.config import Endpoints
+from streamer.endpoints import Endpoints
 
 __all__ = ["INSTALL_HINT", "VIEW", "require_viewer", "view"]
 

@@ -1,7 +1,7 @@
 """Inference engines behind one interface, and the one place that picks among them.
 
-``auto`` order: PyTorch on CUDA when a GPU is present, else OpenVINO on the CPU, else ONNX Runtime,
-else PyTorch on the CPU.
+``auto`` order: PyTorch on CUDA when a GPU is present, else OpenVINO on the CPU, else ONNX Runtime. On the CPU the
+TorchScript engine runs only when asked for (``torch``).
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ import importlib.util
 import logging
 from typing import Any
 
-from ..model import ModelCard
+from ..core.card import ModelCard
+from ..core.choices import ENGINES
 from ._base import Engine, EngineUnavailable, calibration_batch, psnr_between
 
 __all__ = ["ENGINES", "Engine", "EngineUnavailable", "available_engines", "calibration_batch", "create_engine",
@@ -18,7 +19,6 @@ __all__ = ["ENGINES", "Engine", "EngineUnavailable", "available_engines", "calib
 
 log = logging.getLogger("n2n.streamer")
 
-ENGINES = ("openvino", "onnxruntime", "torch")
 
 
 def _cuda_available() -> bool:

@@ -188,11 +188,6 @@ class Engine(ABC):
         """Whether the precision has been chosen (at the first shape prepared)."""
         return self._decided is not None
 
-    @property
-    def current_shape(self) -> tuple[int, ...] | None:
-        """The batch shape the engine last prepared (None before any)."""
-        return self._current
-
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """Denoise a normalised float32 (N, K, H, W) batch (K: the model's input frames, 1 for a single-frame
         model) into (N, 1, H, W); compiles first for a new shape."""

@@ -13,7 +13,7 @@ from ._base import Engine, EngineUnavailable
 __all__ = ["OpenVINOEngine", "import_openvino"]
 
 _OV_PRECISION = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
-# integer ranges as float32 values inside them (as streamer.pipeline.to_dtype clips)
+# integer ranges as float32 values inside them (as streamer.core.dtypes.to_dtype clips)
 _INT_RANGE = {"uint8": (0.0, 255.0), "uint16": (0.0, 65535.0), "int16": (-32768.0, 32767.0)}
 
 

@@ -8,8 +8,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..config import MicroManagerSourceConfig
 from ..sources.micromanager import MicroManagerSource
+from .config import MicroManagerSourceConfig
 from .core import (
     JAVA_BRIDGE_HINT,
     SIM_CFG,

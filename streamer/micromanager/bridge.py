@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..client import ServerError, StreamClient
-from ..pipeline import to_dtype
+from ..core.dtypes import to_dtype
 from ..sources import EndOfStream, OmeTiffWriter
 from ..sources.micromanager import MicroManagerSource
 

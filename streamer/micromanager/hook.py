@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..client import ServerError, StreamClient
-from ..pipeline import to_dtype
+from ..core.dtypes import to_dtype
 from ..protocol import DTYPES
 from ..sources import OmeTiffWriter
 

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from qtpy.QtCore import QTimer
@@ -26,15 +25,18 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from streamer.core.card import CARD_NAME
+from streamer.core.choices import ENGINE_CHOICES, PRECISION_CHOICES
 from streamer.viewer import ViewFeed, ViewFrame
+
+if TYPE_CHECKING:
+    from streamer.server import ServerThread
 
 __all__ = ["DenoiseWidget"]
 
 log = logging.getLogger("n2n.viewer")
 
 RAW, DENOISED = "raw (n2n)", "denoised (n2n)"
-ENGINES = ("auto", "openvino", "onnxruntime", "torch", "tensorrt")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 
 
 def _contrast(a: np.ndarray) -> tuple[float, float]:
@@ -44,41 +46,14 @@ def _contrast(a: np.ndarray) -> tuple[float, float]:
     return lo, hi if hi > lo else lo + 1.0
 
 
-class LocalServer:
+def local_server(model: Path, engine: str, precision: str) -> ServerThread:
     """A denoising server in a thread of this process (live mode, loopback ports the system picks), started
     without blocking the interface: compiling takes seconds. ``error`` says why it failed, if it did."""
+    from streamer.endpoints import Endpoints
+    from streamer.server import ServeConfig, Server, ServerThread  # (not at import: napari lists plugins first)
 
-    def __init__(self, model: Path, engine: str, precision: str) -> None:
-        from streamer.config import Endpoints, ServeConfig
-        from streamer.server import Server
-
-        self.config = ServeConfig(mode="live", engine=engine, precision=precision, endpoints=Endpoints.local())
-        self.server: Any = None
-        self.error: str | None = None
-        self._ready = threading.Event()
-        self._make = lambda: Server(model, self.config)
-        self._thread = threading.Thread(target=self._run, name="n2n-napari-server", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            self.server = self._make()
-            self.server.start()
-        except Exception as exc:  # a bad model folder, an engine that is not there: say so in the widget
-            self.error = f"{type(exc).__name__}: {exc}"
-            self._ready.set()
-            return
-        self._ready.set()
-        self.server.serve_forever()
-
-    @property
-    def endpoints(self) -> dict[str, str] | None:
-        return self.server.endpoints if self._ready.is_set() and self.error is None else None
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.stop()
-        self._thread.join(timeout=30)
+    config = ServeConfig(mode="live", engine=engine, precision=precision, endpoints=Endpoints.local())  # type: ignore[arg-type]
+    return ServerThread(lambda: Server(model, config), background=True, name="n2n-napari-server")
 
 
 class DenoiseWidget(QWidget):
@@ -91,7 +66,7 @@ class DenoiseWidget(QWidget):
         self.viewer = napari_viewer
         self.keys = keys
         self.feed: ViewFeed | None = None
-        self.local: LocalServer | None = None
+        self.local: ServerThread | None = None
         self._client: Any = None
         self._source_layer: Any = None
         self.pushed = 0  # frames of the source layer sent to the local server
@@ -115,9 +90,9 @@ class DenoiseWidget(QWidget):
         browse = QPushButton("…")
         browse.clicked.connect(self._on_browse)
         self.engine = QComboBox()
-        self.engine.addItems(ENGINES)
+        self.engine.addItems(ENGINE_CHOICES)  # exactly what the server's config takes
         self.precision = QComboBox()
-        self.precision.addItems(PRECISIONS)
+        self.precision.addItems(PRECISION_CHOICES)
         self.source = QLineEdit(source)
         self.source.setToolTip("The image layer to denoise as it updates (napari-micromanager: preview)")
         self.start_button = QPushButton("Start denoising")
@@ -173,7 +148,7 @@ class DenoiseWidget(QWidget):
             self.stop_denoising()
             return
         model = Path(self.model.text().strip())
-        if not (model / "model.json").is_file():
+        if not (model / CARD_NAME).is_file():
             self.status.setText(f"expected a model folder with model.json (made by n2n train), got {str(model)!r}")
             return
         self.start_denoising(model, self.engine.currentText(), self.precision.currentText())
@@ -194,7 +169,7 @@ class DenoiseWidget(QWidget):
         self.model.setText(str(model))
         self.engine.setCurrentText(engine)
         self.precision.setCurrentText(precision)
-        self.local = LocalServer(model, engine, precision)
+        self.local = local_server(model, engine, precision)
         self.start_button.setText("Stop denoising")
         self.status.setText(f"compiling {model.name} ({engine}, {precision})…")
 

@@ -2,7 +2,7 @@
 
 One path for every case: the planes still to do are cut into tasks of a few planes (memory per worker is
 bounded by a task, never by the dataset); a task reads its planes, denoises them with the same
-:class:`~streamer.pipeline.Denoiser` as ``n2n serve`` (one normalisation, one dtype conversion), and
+:class:`~streamer.denoiser.Denoiser` as ``n2n serve`` (one normalisation, one dtype conversion), and
 writes them into an OME-Zarr store, one chunk per plane. Tasks run here one after another (one worker)
 or on a Dask cluster (``--workers N``: a LocalCluster; ``--scheduler``: an existing one), each worker
 process holding its own compiled engine. Only this process records progress: once a task's planes are

@@ -16,9 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from ..config import DenoiseConfig
+from ..core.card import CARD_NAME
 from ..datasets import DatasetError, DatasetInfo, open_dataset, output_kind
 from ..datasets.base import Reader
+from .config import DenoiseConfig
 from .store import (
     MAX_TASK_PLANES,
     PROGRESS_NAME,
@@ -161,7 +162,7 @@ def denoise(input_path: str | Path, model: str | Path, output: str | Path, cfg: 
     cfg = cfg or DenoiseConfig()
     source, model, output = Path(input_path), Path(model), Path(output)
     out_kind = output_kind(output)
-    from ..model import ModelCard
+    from ..core.card import ModelCard
 
     card = ModelCard.load(model)  # a missing or damaged model is the first thing to say
     check_writable(output.parent)
@@ -183,7 +184,7 @@ def _denoise(source: Path, model: Path, card: Any, output: Path, out_kind: str, 
         settings: dict[str, Any] = {  # what a resumed run must share with the run it continues
             "input": str(source.resolve()), "input_kind": reader.kind, "input_shape": list(info.shape),
             "input_dtype": info.dtype.name, "model": str(model.resolve()),
-            "model_card_sha256": sha256(model / "model.json"), "channel": channel, "output_dtype": cfg.dtype,
+            "model_card_sha256": sha256(model / CARD_NAME), "channel": channel, "output_dtype": cfg.dtype,
             "requested_engine": cfg.engine, "requested_precision": cfg.precision, "device": cfg.device}
         record, replaced = prepare_output(output, store, settings, cfg.overwrite, source)
         out_dtype = np.dtype(np.float32) if cfg.dtype == "float32" else info.dtype

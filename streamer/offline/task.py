@@ -77,13 +77,9 @@ def keep(key: tuple[Any, ...], value: Any) -> None:
 
 def make_denoiser(model: str, engine: str, precision: str, device: str, threads: int | None,
                    output_dtype: str) -> Any:
-    from ..engines import create_engine
-    from ..model import ModelCard
-    from ..pipeline import Denoiser
+    from ..denoiser import Denoiser
 
-    card = ModelCard.load(model)
-    return Denoiser(card, create_engine(engine, card, precision=precision, device=device, num_threads=threads),
-                    output_dtype=output_dtype)
+    return Denoiser.from_model_dir(model, engine, precision, device, threads, output_dtype=output_dtype)
 
 
 def _denoiser(job: Job) -> Any:
@@ -120,11 +116,11 @@ def _job_id(store: str) -> str | None:
 
 
 def _previous_planes(reader: Reader, planes: np.ndarray, start: int, plane: int, k: int) -> list[np.ndarray]:
-    """A K-frame model's history of a plane, by the server's rule (streamer/history.py): the planes before it
+    """A K-frame model's history of a plane, by the server's rule (streamer/core/history.py): the planes before it
     along T at the same C and Z (oldest first, at most K−1; fewer at the start of the time series, none without
     a T axis: Z neighbours are not the same signal), and none when the plane moved against the oldest of them.
     Planes outside this task's range are read (a task needs nothing from another)."""
-    from ..history import causal_previous
+    from ..core.history import causal_previous
 
     info = reader.info
     if k == 1 or "T" not in info.axes:
@@ -141,7 +137,7 @@ def _previous_planes(reader: Reader, planes: np.ndarray, start: int, plane: int,
 def run_task(job: Job, start: int, stop: int) -> tuple[int, int, int, float]:
     """Denoise planes ``start:stop`` of the job's input into its store. Returns (start, stop, planes
     denoised, seconds). A K-frame model sees each plane's previous planes along T (:func:`_previous_planes`)."""
-    from ..pipeline import to_dtype
+    from ..core.dtypes import to_dtype
 
     t0 = time.perf_counter()
     reader, writer = _open(job)

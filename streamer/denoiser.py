@@ -1,85 +1,38 @@
-"""Frame → denoised frame around an engine: fixed normalisation, tiling, output dtype.
+"""Frame → denoised frame around an engine: fixed normalisation, tiling, output dtype. The one Denoiser that the
+live server, ``n2n denoise`` and ``n2n evaluate`` all run, so that a frame denoised live and offline is the same
+frame.
 
 The normalisation is the model card's (computed on the training data), never per-frame
 statistics, so a frame's brightness is kept and the hot path is two multiply-adds.
-Frames larger than the tile size are padded to the model's size multiple, cut into tiles
-whose origins fall on that multiple (so the U-Net's pooling grid is the same as for the
-whole frame) and that share a margin at least the network's reach; each output pixel is
-taken from the tile in which it lies furthest from a cut, so the stitched frame equals the
-whole-frame result: no seams.
+Frames larger than the tile size are cut into tiles and stitched back without seams
+(:mod:`streamer.core.tiling`).
 
 A K-frame model (``card.input_frames`` > 1) denoises frame t from frames t−K+1 … t: the caller passes the
-older frames (``previous``, oldest first; :class:`streamer.history.FrameHistory` keeps them per stream) and
+older frames (``previous``, oldest first; :class:`streamer.core.history.FrameHistory` keeps them per stream) and
 the Denoiser repeats the oldest one it has until there are K (the first frame of a stream is denoised from
 itself alone, repeated K times). A single-frame model ignores ``previous``.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import pairwise
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .engines import Engine
-from .model import ModelCard
+from .core.card import ModelCard
+from .core.choices import OutputDtype
+from .core.dtypes import to_dtype
+from .core.tiling import TilePlan
+from .engines import Engine, create_engine
 
-__all__ = ["Denoiser", "TilePlan", "plan_axis", "Timings"]
+__all__ = ["Denoiser", "Timings"]
 
-
-def plan_axis(length: int, tile: int, margin: int, multiple: int) -> list[tuple[int, int, int]]:
-    """Tiles along one axis of a (padded) ``length``: ``(origin, keep_from, keep_to)`` each.
-
-    ``length`` and ``tile`` are multiples of ``multiple``; ``keep_from:keep_to`` (absolute
-    coordinates) partition ``0:length``; each kept pixel is ``>= margin`` from its tile's
-    inner borders when ``tile > 2 * margin``."""
-    if length <= tile:
-        return [(0, 0, length)]
-    step = (tile - 2 * margin) // multiple * multiple  # tile origins stay on the size multiple
-    if step < multiple:
-        raise ValueError(f"tile size {tile} must exceed twice the overlap {margin} by at least {multiple}")
-    n = 1 + -(-(length - tile) // step)  # ceil
-    span = length - tile
-    origins = sorted({min(span, (round(i * span / (n - 1)) // multiple) * multiple) for i in range(n)})
-    origins[-1] = span
-    cuts = [0] + [(a + b + tile) // 2 for a, b in pairwise(origins)] + [length]
-    return [(o, cuts[i], cuts[i + 1]) for i, o in enumerate(origins)]
-
-
-@dataclass(frozen=True)
-class TilePlan:
-    """How one frame shape is cut: padding to the size multiple, then tiles along each axis."""
-
-    shape: tuple[int, int]
-    padded: tuple[int, int]
-    tile: tuple[int, int]
-    rows: list[tuple[int, int, int]]
-    cols: list[tuple[int, int, int]]
-    channels: int = 1
-    """Input channels: the model's input frames K."""
-
-    @property
-    def batch_shape(self) -> tuple[int, int, int, int]:
-        """The engine's input for this frame: (tiles, K, tile height, tile width); its output has 1 channel."""
-        return (len(self.rows) * len(self.cols), self.channels, *self.tile)
-
-    @property
-    def tiled(self) -> bool:
-        return len(self.rows) * len(self.cols) > 1
-
-    @classmethod
-    def make(cls, shape: tuple[int, int], tile_size: int, margin: int, multiple: int, channels: int = 1) -> TilePlan:
-        h, w = shape
-        if h <= tile_size and w <= tile_size:  # whole frame; the network pads odd sizes itself
-            return cls(shape, shape, shape, [(0, 0, h)], [(0, 0, w)], channels)
-        tile_size = max(multiple, tile_size // multiple * multiple)
-        ph, pw = -(-h // multiple) * multiple, -(-w // multiple) * multiple
-        th, tw = min(tile_size, ph), min(tile_size, pw)
-        return cls(shape, (ph, pw), (th, tw), plan_axis(ph, th, margin, multiple), plan_axis(pw, tw, margin, multiple),
-                   channels)
+log = logging.getLogger("n2n.streamer")
 
 
 @dataclass
@@ -92,41 +45,12 @@ class Timings:
     postprocessed: int = 0
 
 
-def _float32_range(t: type) -> tuple[np.float32, np.float32]:
-    """The integer type's range as float32 bounds that lie inside it: float32 rounds 2**31 - 1 and
-    2**32 - 1 up to 2**31 and 2**32, which would overflow (wrap) in the cast back."""
-    info = np.iinfo(t)
-    lo, hi = np.float32(info.min), np.float32(info.max)
-    if int(hi) > info.max:
-        hi = np.nextafter(hi, np.float32(0))
-    if int(lo) < info.min:
-        lo = np.nextafter(lo, np.float32(0))
-    return lo, hi
-
-
-_INT_RANGE = {np.dtype(t): _float32_range(t) for t in (np.uint8, np.uint16, np.int16, np.uint32, np.int32)}
-
-
-def to_dtype(y: np.ndarray, dtype: np.dtype | type, inplace: bool = False) -> np.ndarray:
-    """Float intensities in ``dtype``: integer types are clipped to their range and rounded (never
-    wrapped), float types are cast. ``inplace`` lets the clipping and rounding reuse ``y``."""
-    dtype = np.dtype(dtype)
-    if y.dtype == dtype:
-        return y
-    if dtype.kind not in "iu":
-        return y.astype(dtype, copy=False)
-    lo, hi = _INT_RANGE.get(dtype) or _float32_range(dtype.type)
-    y = np.clip(y, lo, hi, out=y if inplace else None)
-    np.rint(y, out=y)
-    return y.astype(dtype)
-
-
 class Denoiser:
     """Normalise → (tile) → engine → (stitch) → denormalise → output dtype."""
 
     def __init__(self, card: ModelCard, engine: Engine, tile_size: int | None = None,
-                 tile_overlap: int | None = None, output_dtype: str = "same", max_tiles: int | None = None,
-                 max_shapes: int | None = None) -> None:
+                 tile_overlap: int | None = None, output_dtype: OutputDtype | str = "same",
+                 max_tiles: int | None = None, max_shapes: int | None = None) -> None:
         if output_dtype not in ("same", "float32"):
             raise ValueError(f"expected output_dtype 'same' or 'float32', got {output_dtype!r}")
         self.card = card
@@ -137,23 +61,35 @@ class Denoiser:
         self.margin = int(card.tile_overlap if tile_overlap is None else tile_overlap)
         if self.margin < card.reach:
             # fewer pixels than the network's reach would leave seams; say so, but obey
-            import logging
-
-            logging.getLogger("n2n.streamer").warning(
-                "tile overlap %d is below the U-Net's reach %d: tile borders may show", self.margin, card.reach)
+            log.warning("tile overlap %d is below the U-Net's reach %d: tile borders may show", self.margin,
+                        card.reach)
         self.output_dtype = output_dtype
         self.max_tiles = max_tiles
+        """Tiles per engine call at most (None: all of a frame's): the engine's memory is bounded by this
+        many tiles, not by the frame's area."""
         self.max_shapes = max_shapes
         """Frame shapes kept compiled at most (None: all): a new shape beyond it releases the least recently
         used one (its plan and what the engine compiled for it), so memory does not grow with every shape seen
         and a swap compiles at most this many."""
         self.evicted = 0
-        """Tiles per engine call at most (None: all of a frame's): the engine's memory is bounded by this
-        many tiles, not by the frame's area."""
+        """Frame shapes released so far (see ``max_shapes``)."""
         self._scale = np.float32(1.0 / card.std)
         self._offset = np.float32(-card.mean / card.std)
         self._plans: dict[tuple[int, int], TilePlan] = {}
         self._prepared: set[tuple[tuple[int, ...], str]] = set()
+
+    @classmethod
+    def from_model_dir(cls, model_dir: str | Path, engine: str = "auto", precision: str = "auto",
+                       device: str = "auto", num_threads: int | None = None, min_psnr_db: float = 50.0,
+                       tile_size: int | None = None, tile_overlap: int | None = None, output_dtype: str = "same",
+                       max_tiles: int | None = None, max_shapes: int | None = None) -> Denoiser:
+        """The model folder's card, an engine for it (``auto``: the first that runs here, see
+        :func:`streamer.engines.create_engine`) and the pre/post-processing around it: what every user of a model
+        folder (the server, ``n2n denoise``, ``n2n evaluate``) builds."""
+        card = ModelCard.load(model_dir)
+        eng = create_engine(engine, card, precision=precision, device=device, num_threads=num_threads,
+                            min_psnr_db=min_psnr_db)
+        return cls(card, eng, tile_size, tile_overlap, output_dtype, max_tiles=max_tiles, max_shapes=max_shapes)
 
     @property
     def shapes(self) -> list[tuple[int, int]]:

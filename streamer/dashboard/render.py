@@ -1,60 +1,22 @@
-"""Live terminal dashboard for a running denoising server (``n2n dash``).
-
-::
-
-    n2n dash --stats tcp://127.0.0.1:5558      # the server's stats address (the default)
-
-It subscribes to the server's stats socket (PUB, topic ``stats``, see :mod:`streamer.stats`)
-and redraws a compact panel a few times a second: frame rates in and out, latency p50/p95/p99
-with a sparkline of the last minute, per-stage medians, drops, errors by kind, queue depth,
-the engine, precision, device, model and mode, and this machine's CPU load (and GPU load when
-``pynvml`` is installed). It fits an 80 × 24 terminal, uses plain unicode text (no mouse, no
-images, no alternate screen), so it works over ssh; Ctrl-C quits cleanly.
-
-When nothing is listening yet it shows "waiting for server at <address>"; when the server
-goes away it keeps the last figures and warns "no stats for N s".
-
-From Python::
-
-    from streamer.dashboard import run_dashboard
-    run_dashboard("tcp://127.0.0.1:5558", duration_s=10)
-
-:func:`render` is a pure function of one stats message (tests render it to a recording console).
-This module never imports torch (slow to import); ``pynvml`` is optional.
-"""
+"""The dashboard's picture of one stats message: number formatting, the last minute's sparklines (:class:`History`)
+and :func:`render`, a pure function of the message (tests render it to a recording console)."""
 
 from __future__ import annotations
 
-import json
 import math
-import threading
-import time
-import warnings
 from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import zmq
 from rich import box
-from rich.console import Console, Group, RenderableType
-from rich.live import Live
+from rich.console import Group, RenderableType
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from .protocol import TOPIC_STATS
-from .stats import ServerStats
+from ..server.stats import ServerStats
 
-__all__ = [
-    "STALE_AFTER_S",
-    "SPARK_CHARS",
-    "CpuMeter",
-    "GpuMeter",
-    "History",
-    "render",
-    "run_dashboard",
-    "sparkline",
-]
+__all__ = ["SPARK_CHARS", "STALE_AFTER_S", "History", "render", "sparkline"]
 
 SPARK_CHARS = "▁▂▃▄▅▆▇█"
 #: Stats older than this are shown with a "no stats for N s" warning (the server publishes
@@ -195,91 +157,6 @@ class History:
 
 
 # --- machine load ----------------------------------------------------------------------------------------
-class CpuMeter:
-    """Whole-machine CPU busy percentage from the deltas of ``/proc/stat`` between calls."""
-
-    def __init__(self, path: str = "/proc/stat") -> None:
-        self.path = path
-        self._last: tuple[int, int] | None = None
-
-    def _read(self) -> tuple[int, int] | None:
-        """(total, idle) jiffies, None when unreadable."""
-        try:
-            with open(self.path) as f:
-                fields = f.readline().split()
-        except OSError:
-            return None
-        if len(fields) < 5 or fields[0] != "cpu":
-            return None
-        try:
-            # user nice system idle iowait irq softirq steal (guest time is already in user)
-            values = [int(v) for v in fields[1:9]]
-        except ValueError:
-            return None
-        idle = values[3] + (values[4] if len(values) > 4 else 0)
-        return sum(values), idle
-
-    def percent(self) -> float | None:
-        """Busy % since the previous call; None on the first call or where /proc/stat is missing."""
-        now = self._read()
-        last, self._last = self._last, now
-        if now is None or last is None:
-            return None
-        total, idle = now[0] - last[0], now[1] - last[1]
-        if total <= 0:
-            return None
-        return max(0.0, min(100.0, 100.0 * (total - idle) / total))
-
-
-class GpuMeter:
-    """GPU utilisation and memory through NVML when ``pynvml`` is importable; otherwise nothing."""
-
-    def __init__(self) -> None:
-        self._nvml: Any = None
-        self._tried = False
-
-    def _init(self) -> Any:
-        if not self._tried:
-            self._tried = True
-            try:
-                with warnings.catch_warnings():  # some pynvml releases warn on import
-                    warnings.simplefilter("ignore")
-                    import pynvml  # type: ignore[import-not-found]
-
-                pynvml.nvmlInit()
-                self._nvml = pynvml
-            except Exception:
-                self._nvml = None
-        return self._nvml
-
-    def read(self) -> str | None:
-        """E.g. ``GPU 45 % 1.2/79.6 GiB`` (each GPU), None without NVML or a GPU."""
-        nvml = self._init()
-        if nvml is None:
-            return None
-        try:
-            parts = []
-            for i in range(nvml.nvmlDeviceGetCount()):
-                handle = nvml.nvmlDeviceGetHandleByIndex(i)
-                util = nvml.nvmlDeviceGetUtilizationRates(handle).gpu
-                mem = nvml.nvmlDeviceGetMemoryInfo(handle)
-                parts.append(f"{util:.0f} % {mem.used / 2**30:.1f}/{mem.total / 2**30:.1f} GiB")
-        except Exception:
-            return None
-        if not parts:
-            return None
-        return "GPU " + ", ".join(parts)
-
-    def close(self) -> None:
-        if self._nvml is not None:
-            try:
-                self._nvml.nvmlShutdown()
-            except Exception:
-                pass
-            self._nvml = None
-
-
-# --- rendering ----------------------------------------------------------------------------------------------
 def _waiting(address: str, seconds: float | None) -> Panel:
     line = Text(f"waiting for server at {address}", style="bold yellow", no_wrap=True, overflow="ellipsis")
     if seconds is not None:
@@ -419,86 +296,3 @@ def render(stats: Mapping[str, Any] | None, history: History, address: str, *,
     lines += [Text(""), footer]
     return Panel(Group(*lines), title=f"n2n dash · {address}", title_align="left", box=box.ROUNDED,
                  padding=(0, 1), border_style="red" if stale else "cyan")
-
-
-# --- the live loop ------------------------------------------------------------------------------------------
-def _decode(parts: list[bytes]) -> dict[str, Any] | None:
-    """A stats message's JSON object, None for anything else."""
-    if len(parts) != 2 or parts[0] != TOPIC_STATS:
-        return None
-    try:
-        data = json.loads(parts[1])
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def run_dashboard(address: str, *, console: Console | None = None, refresh_per_second: float = 4,
-                  duration_s: float | None = None, stop: threading.Event | None = None) -> int:
-    """Show the dashboard for the server publishing stats at ``address`` until Ctrl-C,
-    ``duration_s`` seconds, or ``stop`` is set. Returns the exit code: 0, or 2 when
-    ``address`` is not a valid ZeroMQ address."""
-    console = console or Console()
-    period = 1.0 / max(refresh_per_second, 0.1)
-    history = History()
-    cpu, gpu = CpuMeter(), GpuMeter()
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.SUB)
-    try:
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SUBSCRIBE, TOPIC_STATS)
-        try:
-            sock.connect(address)
-        except zmq.ZMQError as exc:
-            console.print(f"[red]cannot connect to {address!r}: {exc}[/red]")
-            return 2
-        started = time.monotonic()
-        deadline = None if duration_s is None else started + duration_s
-        stats: dict[str, Any] | None = None
-        last: float | None = None
-        bad = 0
-        cpu_pct: float | None = None
-        gpu_text: str | None = None
-        cpu.percent()  # the first reading only sets the baseline
-        next_load = started + 1.0
-
-        def view(now: float) -> RenderableType:
-            since = now - (started if last is None else last)
-            return render(stats, history, address, seconds_since_last=since, cpu_percent=cpu_pct, gpu=gpu_text,
-                          bad_messages=bad)
-
-        with Live(view(started), console=console, auto_refresh=False, screen=False, transient=False,
-                  redirect_stdout=False, redirect_stderr=False) as live:
-            next_refresh = started + period
-            while not (stop is not None and stop.is_set()):
-                now = time.monotonic()
-                if deadline is not None and now >= deadline:
-                    break
-                if now >= next_refresh:
-                    if now >= next_load:
-                        cpu_pct, gpu_text = cpu.percent(), gpu.read()
-                        next_load = now + 1.0
-                    live.update(view(now), refresh=True)
-                    next_refresh = now + period
-                wait = next_refresh - now if deadline is None else min(next_refresh, deadline) - now
-                if sock.poll(max(0, int(wait * 1000)), zmq.POLLIN):
-                    while True:
-                        try:
-                            parts = sock.recv_multipart(zmq.NOBLOCK)
-                        except zmq.Again:
-                            break
-                        message = _decode(parts)
-                        if message is None:
-                            bad += 1
-                            continue
-                        stats, last = message, time.monotonic()
-                        history.add(message, last)
-            live.update(view(time.monotonic()), refresh=True)
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        sock.close(linger=0)
-        ctx.term()
-        gpu.close()
-    return 0
-

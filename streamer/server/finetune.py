@@ -1,6 +1,13 @@
-"""The server's side of online fine-tuning (``n2n serve --finetune``): the worker process (``trainer.live``), the
-pairs of consecutive frames sent to it, and its status. Nothing here waits: a worker that is busy misses pairs
-(counted), a worker that dies is reported and the server serves on."""
+"""The server's side of online fine-tuning (``n2n serve --finetune``): the worker process, the pairs of consecutive
+frames sent to it, and its status. Nothing here waits: a worker that is busy misses pairs (counted), a worker that
+dies is reported and the server serves on.
+
+The worker is training code (``trainer.live``); the streamer never imports the trainer, so whoever starts a server
+with fine-tuning on gives the command that runs it (``n2n serve`` gives ``python -m trainer.live``, see
+:func:`trainer.live.worker_command`), and the link adds the arguments of its protocol::
+
+    WORKER --model RUN --out DIR --frames ADDR --status ADDR --config JSON
+"""
 
 from __future__ import annotations
 
@@ -9,14 +16,17 @@ import logging
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import zmq
 
+from ..core.messages import encode_pair
+from ..core.processes import stop_process
+from ..denoiser import Denoiser
+from ..protocol import Message
 from .config import FinetuneConfig
-from .protocol import Message
 
 __all__ = ["FinetuneLink"]
 
@@ -38,10 +48,11 @@ def _below_and_bound(nice: int) -> Any:
 
 
 class FinetuneLink:
-    """Start the worker on ``model_dir``; :meth:`offer` each frame served, :meth:`poll` for its status and the
-    candidates it saved (run folders in ``out``)."""
+    """Start the worker (``worker``: the command that runs it) on ``model_dir``; :meth:`offer` each frame served,
+    :meth:`poll` for its status and the candidates it saved (run folders in ``out``)."""
 
-    def __init__(self, ctx: zmq.Context, model_dir: Path, cfg: FinetuneConfig, out: Path) -> None:
+    def __init__(self, ctx: zmq.Context, model_dir: Path, cfg: FinetuneConfig, out: Path,
+                 worker: Sequence[str]) -> None:
         self.cfg = cfg
         self.out = out
         self.frames = ctx.socket(zmq.PUSH)
@@ -54,7 +65,7 @@ class FinetuneLink:
         out.mkdir(parents=True, exist_ok=True)
         self.log_path = out / "finetune.log"
         settings = cfg.model_dump(exclude={"enabled", "out", "nice"})
-        cmd = [sys.executable, "-m", "trainer.live", "--model", str(model_dir), "--out", str(out),
+        cmd = [*worker, "--model", str(model_dir), "--out", str(out),
                "--frames", self.frames.getsockopt_string(zmq.LAST_ENDPOINT),
                "--status", self.status_socket.getsockopt_string(zmq.LAST_ENDPOINT), "--config", json.dumps(settings)]
         env = {**os.environ, "OMP_NUM_THREADS": str(cfg.threads)}
@@ -69,6 +80,20 @@ class FinetuneLink:
         self._count = 0
         log.info("fine-tuning worker started (pid %d, log %s)", self.proc.pid, self.log_path)
 
+    @classmethod
+    def for_model(cls, ctx: zmq.Context, denoiser: Denoiser, cfg: FinetuneConfig,
+                  worker: Sequence[str] | None) -> FinetuneLink:
+        """The link for the served model (single-frame models only), saving candidates in ``cfg.out`` (default: the
+        model folder's parent)."""
+        if denoiser.input_frames != 1:
+            raise ValueError(f"finetune: expected a single-frame model, got {denoiser.card.name} with "
+                             f"input_frames {denoiser.input_frames} (fine-tuning takes single-frame models)")
+        if worker is None:
+            raise ValueError("finetune: expected the command that runs the fine-tuning worker (Server(..., "
+                             "finetune_worker=trainer.live.worker_command()); n2n serve gives it), got none")
+        run_dir = denoiser.card.run_dir
+        return cls(ctx, run_dir, cfg, Path(cfg.out) if cfg.out else run_dir.resolve().parent, worker)
+
     def offer(self, msg: Message) -> None:
         """A frame just served: every ``every`` frames, it and the frame before it (consecutive ``seq``, one
         shape and dtype) go to the worker, unless it is busy."""
@@ -80,10 +105,8 @@ class FinetuneLink:
         if (a.shape != b.shape or a.dtype != b.dtype or prev.seq is None or msg.seq is None
                 or msg.seq != prev.seq + 1):
             return
-        head = json.dumps({"shape": list(a.shape), "dtype": a.dtype.str, "seq": prev.seq}).encode()
         try:
-            self.frames.send_multipart([head, np.ascontiguousarray(a).data, np.ascontiguousarray(b).data],
-                                       zmq.NOBLOCK, copy=False)
+            self.frames.send_multipart(encode_pair(a, b, prev.seq), zmq.NOBLOCK, copy=False)
             self.pairs_sent += 1
         except zmq.Again:
             self.pairs_missed += 1
@@ -106,17 +129,15 @@ class FinetuneLink:
                         self.log_path)
         return candidate
 
+    def swapped(self) -> None:
+        """A candidate of the worker's was swapped in."""
+        self.swaps += 1
+
     def snapshot(self) -> dict[str, Any]:
         return {**self.status, "pairs_sent": self.pairs_sent, "pairs_missed": self.pairs_missed,
                 "swaps": self.swaps, "worker_pid": self.proc.pid}
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, timeout=10)
         self.frames.close(linger=0)
         self.status_socket.close(linger=0)

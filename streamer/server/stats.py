@@ -4,49 +4,12 @@ from __future__ import annotations
 
 import time
 from collections import Counter, deque
-from typing import Any
+from typing import Any, cast
 
-import numpy as np
+from ..core.messages import StatsMessage
+from ..core.summary import RateMeter, percentiles
 
-__all__ = ["RateMeter", "ServerStats", "percentiles", "summary"]
-
-
-def percentiles(values: Any, qs: tuple[float, ...] = (50, 95, 99)) -> dict[str, float | None]:
-    """``{"p50": ..., "p95": ..., "p99": ...}`` of ``values`` (None when there are none)."""
-    arr = np.asarray(list(values), dtype=np.float64)
-    if arr.size == 0:
-        return {f"p{q:g}": None for q in qs}
-    return {f"p{q:g}": float(v) for q, v in zip(qs, np.percentile(arr, qs))}
-
-
-def summary(values: Any) -> dict[str, Any]:
-    """``{"p50", "p95", "p99", "mean", "n"}`` of ``values`` (the percentiles and the mean None when there are none)."""
-    arr = np.asarray(list(values), dtype=np.float64)
-    return {**percentiles(arr), "mean": float(arr.mean()) if arr.size else None, "n": int(arr.size)}
-
-
-class RateMeter:
-    """Events per second over the last ``window_s`` seconds."""
-
-    def __init__(self, window_s: float = 2.0) -> None:
-        self.window_s = window_s
-        self.created = time.monotonic()
-        self._times: deque[float] = deque()
-
-    def tick(self, now: float | None = None, n: int = 1) -> None:
-        now = time.monotonic() if now is None else now
-        self._times.extend([now] * n)
-        self._trim(now)
-
-    def _trim(self, now: float) -> None:
-        while self._times and self._times[0] < now - self.window_s:
-            self._times.popleft()
-
-    def rate(self, now: float | None = None) -> float:
-        """Events in the window divided by the window (or by the meter's age while younger)."""
-        now = time.monotonic() if now is None else now
-        self._trim(now)
-        return len(self._times) / max(min(self.window_s, now - self.created), 1e-3)
+__all__ = ["ServerStats"]
 
 
 class ServerStats:
@@ -68,11 +31,11 @@ class ServerStats:
         self.swaps = 0
         self.batched_frames = 0
         self.history_resets: Counter[str] = Counter()
-        """K-frame models: histories restarted, by reason (streamer/history.py)."""
+        """K-frame models: histories restarted, by reason (streamer/core/history.py)."""
         self.history_short = 0
+        """K-frame models: frames denoised with fewer than K−1 frames of history (the oldest repeated)."""
         self.motion_fallbacks = 0
         """K-frame models: frames denoised alone because they moved against their history."""
-        """K-frame models: frames denoised with fewer than K−1 frames of history (the oldest repeated)."""
         self.latency_ms: deque[float] = deque(maxlen=window)
         self.server_ms: deque[float] = deque(maxlen=window)
         self.stage_ms: dict[str, deque[float]] = {s: deque(maxlen=window) for s in self.STAGES}
@@ -111,10 +74,11 @@ class ServerStats:
         else:
             self.latency_ms.append((stages["sent"] - stages["received"]) * ms)
 
-    def snapshot(self, **extra: Any) -> dict[str, Any]:
+    def snapshot(self, **extra: Any) -> StatsMessage:
+        """The stats message now; ``extra``: what the server adds (mode, engine, peers, endpoints, ...)."""
         now = time.monotonic()
         seen = self.frames_out + self.drops
-        return {
+        return cast(StatsMessage, {
             "v": 1,
             "type": "stats",
             "time_ns": time.time_ns(),
@@ -141,4 +105,4 @@ class ServerStats:
             "history_short": self.history_short,
             "motion_fallbacks": self.motion_fallbacks,
             **extra,
-        }
+        })

@@ -1,4 +1,5 @@
-"""The model card (``model.json``): the one contract between the trainer and the streamer.
+"""The model card (``model.json``): the one contract between the trainer and the streamer, and the names of the
+files it describes.
 
 The streamer never imports the trainer; a run folder made by ``n2n train`` holds everything it
 needs: ``model.json`` (this card: architecture, normalisation, size multiple, tiling, the
@@ -12,19 +13,32 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
-__all__ = ["CARD_NAME", "CARD_VERSION", "Architecture", "Artifact", "CardError", "ModelCard", "Quantization",
-           "file_digest", "unet_reach"]
+__all__ = ["ARTIFACT_FORMATS", "CARD_NAME", "CARD_VERSION", "DEFAULT_NAMES", "INT8_NAME", "ONNX_NAME",
+           "TORCHSCRIPT_NAME", "WEIGHTS_NAME", "Architecture", "Artifact", "CardError", "ModelCard", "Normalization",
+           "Quantization", "file_digest", "unet_reach"]
 
 CARD_NAME = "model.json"
 CARD_VERSION: Literal[1] = 1
+ONNX_NAME = "model.onnx"
+"""The ONNX export (OpenVINO, ONNX Runtime)."""
+TORCHSCRIPT_NAME = "model.ts"
+"""The TorchScript export (PyTorch)."""
+INT8_NAME = "model_int8.xml"
+"""OpenVINO's INT8 graph (its weights beside it, ``model_int8.bin``)."""
+WEIGHTS_NAME = "model.pt"
+"""The trained PyTorch weights with their architecture and normalisation (the trainer's)."""
 ARTIFACT_FORMATS = ("onnx", "torchscript", "openvino_int8")
-DEFAULT_NAMES = {"onnx": "model.onnx", "torchscript": "model.ts", "openvino_int8": "model_int8.xml"}
+DEFAULT_NAMES = {"onnx": ONNX_NAME, "torchscript": TORCHSCRIPT_NAME, "openvino_int8": INT8_NAME}
 
 
 class CardError(ValueError):
@@ -70,7 +84,7 @@ class Architecture(_Part):
     input_frames: int = Field(1, ge=1, le=16, exclude_if=lambda v: v == 1)
     """Consecutive frames the network sees (causal: t−K+1 … t, oldest first, as the K input channels) to
     denoise frame t; 1: one frame (written only when above 1, so single-frame cards are unchanged). The
-    residual output adds to the newest frame. See :mod:`streamer.history` for the rule before K frames
+    residual output adds to the newest frame. See :mod:`streamer.core.history` for the rule before K frames
     have arrived."""
     flops_per_pixel: float | None = None
     """Floating-point operations per input pixel (2 per multiply-add)."""
@@ -83,11 +97,58 @@ class Architecture(_Part):
 
 
 class Normalization(_Part):
-    """``(x − mean) / std`` in, the inverse out; computed on the training frames."""
+    """``(x − mean) / std`` in, the inverse out; fitted on the training frames (:meth:`fit`) and kept in the card,
+    never computed per frame."""
 
     kind: Literal["meanstd"] = "meanstd"
     mean: float
-    std: float = Field(gt=0)
+    std: float
+
+    @field_validator("std")
+    @classmethod
+    def _positive(cls, v: float) -> float:
+        if v <= 0:  # (pydantic's own words for a bound, and ours)
+            raise PydanticCustomError("greater_than", "Input should be greater than 0: expected a finite mean and "
+                                      "a positive std, got std={std}", {"gt": 0, "std": v})
+        return v
+
+    @model_validator(mode="after")
+    def _usable(self) -> Normalization:
+        if not math.isfinite(self.mean) or not math.isfinite(self.std) or self.std <= 0:
+            raise ValueError(f"expected a finite mean and a positive std, got mean={self.mean}, std={self.std}")
+        return self
+
+    @classmethod
+    def fit(cls, stacks: Sequence[np.ndarray]) -> Normalization:
+        """Mean and standard deviation over all pixels of all stacks (float64 accumulation)."""
+        if not stacks:
+            raise ValueError("Expected at least one stack to compute normalisation from, got none")
+        for i, s in enumerate(stacks):
+            if s.dtype.kind == "f" and not np.isfinite(s).all():
+                raise ValueError(f"Stack {i} contains NaN or infinite values; cannot normalise")
+        n = sum(s.size for s in stacks)
+        mean = sum(float(s.sum(dtype=np.float64)) for s in stacks) / n
+        # frame by frame: no float64 copy of a whole (possibly multi-GB) stack
+        var = sum(float(((frame.astype(np.float64) - mean) ** 2).sum()) for s in stacks for frame in s) / n
+        std = float(np.sqrt(var))
+        if std == 0:
+            raise ValueError("Training data is constant (std 0): nothing to learn from")
+        return cls(mean=mean, std=std)
+
+    def normalize(self, x: np.ndarray) -> np.ndarray:
+        return (np.asarray(x, dtype=np.float32) - np.float32(self.mean)) / np.float32(self.std)
+
+    def denormalize(self, y: np.ndarray) -> np.ndarray:
+        return np.asarray(y, dtype=np.float32) * np.float32(self.std) + np.float32(self.mean)
+
+    def to_dict(self) -> dict[str, float | str]:
+        return {"mean": self.mean, "std": self.std, "kind": self.kind}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Normalization:
+        if d.get("kind", "meanstd") != "meanstd":
+            raise ValueError(f"Expected normalisation kind 'meanstd', got {d.get('kind')!r}")
+        return cls(mean=float(d["mean"]), std=float(d["std"]))
 
 
 class InputSpec(_Part):

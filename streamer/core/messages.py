@@ -1,0 +1,120 @@
+"""The messages that cross a process boundary, defined once: the frame header, the stats message, and the pair of
+frames the server sends its fine-tuning worker; and the one decoder of raw pixels they all carry.
+
+Every reader (the server, the client, the dashboard, the viewer and its napari widget, the benchmarks, the
+fine-tuning worker) types what it reads with these, so a key spelled wrong is a type error, not a silent ``None``.
+The wire format itself (parts, topics, checks) is :mod:`streamer.protocol`'s.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypedDict
+
+import numpy as np
+from typing_extensions import NotRequired
+
+__all__ = ["FrameHeader", "RawSpec", "Stages", "StatsMessage", "decode_pair", "decode_pixels", "encode_pair"]
+
+
+class Stages(TypedDict):
+    """When the server received, preprocessed, inferred and sent a frame (ns since the epoch)."""
+
+    received: int
+    preprocessed: int
+    inferred: int
+    sent: int
+
+
+class RawSpec(TypedDict):
+    """The raw frame beside a denoised one (view messages)."""
+
+    shape: list[int]
+    dtype: str
+
+
+class FrameHeader(TypedDict, total=False):
+    """Part 1 of a frame message (see :mod:`streamer.protocol`): what a producer sends (``v``, ``shape``,
+    ``dtype`` required) and what the server sends back with the denoised frame."""
+
+    v: int
+    type: str
+    seq: int | None
+    shape: list[int]
+    dtype: str
+    ts_ns: int | None
+    """Capture time, ns since the epoch."""
+    meta: dict[str, Any]
+    engine: str
+    model: str
+    stages: Stages
+    raw: RawSpec
+    """View messages: the raw frame's shape and dtype."""
+
+
+class StatsMessage(TypedDict):
+    """What the server publishes on its stats socket and answers to ``status`` (:meth:`Server.status`)."""
+
+    v: int
+    type: str
+    time_ns: int
+    uptime_s: float
+    frames_in: int
+    frames_out: int
+    requests: int
+    fps_in: float
+    fps_out: float
+    latency_ms: dict[str, Any]
+    """Capture (or arrival) to sent: p50, p95, p99 (ms, None before the first frame)."""
+    server_ms: dict[str, Any]
+    """Received to sent, in the server."""
+    stages_ms: dict[str, Any]
+    """Median ms per stage: queue, preprocess, infer, postprocess, send."""
+    drops: int
+    drops_by_reason: dict[str, int]
+    notices_dropped: int
+    view_frames: int
+    drop_fraction: float
+    errors: int
+    errors_by_kind: dict[str, int]
+    queue_depth: int
+    swaps: int
+    batched_frames: int
+    history_resets: dict[str, int]
+    history_short: int
+    motion_fallbacks: int
+    mode: str
+    subscribers: int
+    viewers: int
+    engine: str
+    precision: str
+    precision_note: str
+    device: str
+    model: str
+    shapes: list[Any]
+    endpoints: dict[str, str]
+    finetune: NotRequired[dict[str, Any]]
+    """With fine-tuning on: the worker's state, pairs, steps, losses, swaps."""
+
+
+def decode_pixels(buffer: Any, shape: list[int] | tuple[int, ...], dtype: str) -> np.ndarray:
+    """A read-only view of little-endian, C-order pixels (no copy)."""
+    return np.frombuffer(buffer, dtype=np.dtype(dtype).newbyteorder("<")).reshape(shape)
+
+
+def encode_pair(a: np.ndarray, b: np.ndarray, seq: int) -> list[Any]:
+    """Two consecutive frames (seq, seq + 1) for the fine-tuning worker: ``[header, pixels a, pixels b]``."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        raise ValueError(f"expected two frames of one shape and dtype, got {a.shape} {a.dtype} and {b.shape} "
+                         f"{b.dtype}")
+    head = json.dumps({"shape": list(a.shape), "dtype": a.dtype.name, "seq": seq}).encode()
+    little = a.dtype.newbyteorder("<")
+    return [head, np.ascontiguousarray(a, little).data, np.ascontiguousarray(b, little).data]
+
+
+def decode_pair(parts: list[Any]) -> tuple[np.ndarray, np.ndarray, int | None]:
+    """What :func:`encode_pair` made: the two frames and the first one's seq."""
+    head, a, b = parts
+    meta = json.loads(head)
+    return decode_pixels(a, meta["shape"], meta["dtype"]), decode_pixels(b, meta["shape"], meta["dtype"]), \
+        meta.get("seq")

@@ -1,0 +1,38 @@
+"""``n2n denoise``'s configuration (``configs/denoise.yaml``)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from ..core.choices import Device, EngineChoice, OutputDtype, PrecisionChoice
+from ..core.config import Versioned
+
+__all__ = ["DenoiseConfig"]
+
+
+class DenoiseConfig(Versioned):
+    """``n2n denoise``: a recorded dataset through the serving Denoiser, resumable, on one machine or Dask."""
+
+    engine: EngineChoice = "auto"
+    """Inference engine (the same Denoiser as n2n serve: a plane denoised here is the frame served live)."""
+    precision: PrecisionChoice = "auto"
+    """auto: the fastest precision that passes its check here, decided once and recorded, so a resumed
+    run and every worker use the same one."""
+    device: Device = "auto"
+    """Device for the engine."""
+    threads: int | None = Field(None, ge=1)
+    """Engine threads per worker; None: the machine's cores shared among the workers."""
+    dtype: OutputDtype = "same"
+    """Output pixels: same (the input's dtype, clipped and rounded, as the server converts) or float32."""
+    channel: int | str | None = None
+    """Denoise only this channel (an index or a name) and copy the others; None: every plane."""
+    workers: int = Field(1, ge=1)
+    """Processes: 1 runs here; N > 1 starts a Dask LocalCluster of N workers."""
+    scheduler: str | None = None
+    """An existing Dask scheduler (tcp://HOST:PORT) instead of a local cluster; every worker must see the
+    input, the model and the output's folder under the same paths."""
+    chunk_mib: float = Field(16.0, gt=0)
+    """Planes per task: as many as fit this many MiB of input (at most 16), so memory per worker is bounded
+    by a chunk, never the dataset."""
+    overwrite: bool = False
+    """Replace an existing output (never the input)."""

@@ -1,0 +1,70 @@
+"""Who is listening: subscribers to frames (by peer, however often each subscribes), viewers, and peers whose
+CURVE handshake was refused."""
+
+from __future__ import annotations
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from ..protocol import TOPIC_FRAME, TOPIC_VIEW
+from .sockets import HANDSHAKE_FAILED, Sockets
+from .stats import ServerStats
+
+__all__ = ["Peers"]
+
+
+class Peers:
+    """Counts from the output's and the view's (un)subscriptions and the output's connection monitor; the loop
+    calls a handler when one of those sockets has something to read."""
+
+    def __init__(self, sockets: Sockets, stats: ServerStats) -> None:
+        self._sockets = sockets
+        self._stats = stats
+        self.subscribers = 0
+        """Peers subscribed to frames: subscriptions, never more than the peers connected."""
+        self.viewers = 0
+        """Subscriptions on the view socket (a disconnected viewer's are withdrawn)."""
+        self._peers = 0  # connected to the output
+        self._subscriptions = 0  # to frames, by all peers
+
+    def _moved(self, sock: zmq.Socket, topic: bytes, count: int) -> int:
+        """``count`` moved by the (un)subscriptions to ``topic`` waiting on the XPUB ``sock`` ('' or a prefix of the
+        topic counts; XPUB also passes up any other message an XSUB peer sends, which must not move it)."""
+        while True:
+            try:
+                event = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return count
+            if event[:1] in (b"\x00", b"\x01") and topic.startswith(event[1:]):
+                count = max(0, count + (1 if event[:1] == b"\x01" else -1))
+            elif len(event) > 256:
+                self._stats.on_error("bad_subscription")
+
+    def on_output(self) -> None:
+        self._subscriptions = self._moved(self._sockets["output"], TOPIC_FRAME, self._subscriptions)
+        self._count()
+
+    def on_view(self) -> None:
+        self.viewers = self._moved(self._sockets["view"], TOPIC_VIEW, self.viewers)
+
+    def on_connection(self) -> None:
+        monitor = self._sockets.monitor
+        assert monitor is not None
+        while monitor.poll(0):
+            kind = recv_monitor_message(monitor)["event"]
+            if kind == zmq.EVENT_ACCEPTED:
+                self._peers += 1
+            elif kind == zmq.EVENT_DISCONNECTED:
+                self._peers = max(0, self._peers - 1)
+            elif kind & HANDSHAKE_FAILED:
+                self._stats.on_error("auth_refused")
+        self._count()
+
+    def on_handshake_failed(self, monitor: zmq.Socket) -> None:
+        while monitor.poll(0):
+            recv_monitor_message(monitor)
+            self._stats.on_error("auth_refused")
+
+    def _count(self) -> None:
+        peers = self._peers if self._sockets.monitor is not None else self._subscriptions
+        self.subscribers = min(self._subscriptions, peers)

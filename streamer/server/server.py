@@ -1,0 +1,299 @@
+"""The ZeroMQ denoising server (``n2n serve``): the parts around one poll loop.
+
+One thread runs one loop over six sockets (see :class:`~streamer.endpoints.Endpoints`): frames pushed to
+``input`` (PULL), synchronous requests on ``request`` (ROUTER, for REQ callers), commands on ``control`` (REP);
+denoised frames go out on ``output`` (XPUB: any number of subscribers), statistics on ``stats`` (PUB), and raw |
+denoised pairs on ``view`` (XPUB, lossy, only while a viewer subscribes). No locks, no per-frame threads: on the
+CPU the engine is the only thing that takes time, and ZeroMQ's own I/O thread moves the bytes. The loop dispatches
+``{socket: handler}``; the parts (this package's modules) hold the rest:
+
+* :mod:`.sockets`: the sockets and their options; :mod:`.peers`: who listens;
+* :mod:`.intake`: reading, decoding, the queue (live mode: each turn drains everything that arrived, keeps the
+  latest frame and counts the rest as dropped, so latency stays one frame deep; lossless mode: frames in order
+  into a small queue, and when it is full the server stops reading, ZeroMQ's high-water marks fill and the
+  producer's send blocks), and the per-stream history of K-frame models (a gap in ``seq``, a change of shape or
+  dtype or a swap restarts it; a frame that moved against its history is denoised alone);
+* :mod:`.outlet`: sending (lossless mode waits on slow subscribers, serving the loop's other sockets meanwhile);
+* :mod:`.control`: the commands; :mod:`.swap`: a new model prepared off the loop; :mod:`.finetune`: the
+  fine-tuning worker's link; :mod:`.stats`: the counters.
+
+Bad input never stops the loop: it gets an error reply (request path) or an ``error`` message on the output socket
+(push path), a counter in the stats and a log line.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+
+from ..core.messages import StatsMessage
+from ..denoiser import Denoiser, Timings
+from ..protocol import TOPIC_STATS, Message, ProtocolError
+from .config import ServeConfig
+from .control import Control
+from .finetune import FinetuneLink
+from .intake import Intake, Streams
+from .outlet import Outlet
+from .peers import Peers
+from .sockets import Sockets
+from .stats import ServerStats
+from .swap import Swaps, load_denoiser
+
+__all__ = ["Server"]
+
+log = logging.getLogger("n2n.streamer")
+
+REQUESTS_PER_TURN = 64
+"""Requests answered before the loop looks at the input again: waiting callers first, they block on us."""
+
+
+class Server:
+    """Denoise frames arriving over ZeroMQ. ``start()`` binds and compiles, ``serve_forever()`` runs until
+    :meth:`stop` (any thread), a ``shutdown`` command, or a signal handled by the caller. ``finetune_worker``: the
+    command that runs the fine-tuning worker (``finetune.enabled``; see :mod:`streamer.server.finetune`)."""
+
+    def __init__(self, model_dir: str | Path, config: ServeConfig | None = None, denoiser: Denoiser | None = None,
+                 finetune_worker: Sequence[str] | None = None) -> None:
+        self.config = config or ServeConfig()
+        self.denoiser = denoiser or load_denoiser(model_dir, self.config)
+        self.stats = ServerStats(self.config.latency_window)
+        self.finetune: FinetuneLink | None = None
+        self._finetune_worker = finetune_worker
+        self._ctx = zmq.Context()
+        self._stop = threading.Event()
+        self._closed = False
+        self._next_stats = 0.0
+        self.sockets = Sockets(self._ctx, self.config, self.denoiser.card.shape_hint)
+        self.peers = Peers(self.sockets, self.stats)
+        self._poller = zmq.Poller()
+        self.outlet = Outlet(self.config, self.sockets, self.peers, self.stats, self._stop, self._turn)
+        self.intake = Intake(self.config, self.stats, self.outlet.reject, self.outlet.complain)
+        self.streams = Streams(self.denoiser.input_frames, self.config, self.stats)
+        self.control: Control | None = None
+        self.swaps = Swaps(self, self._poller)
+        self._handlers: dict[zmq.Socket, Callable[[], None]] = {}
+
+    @property
+    def endpoints(self) -> dict[str, str]:
+        """The bound addresses (a ``:*`` port resolved to the one the system gave); empty before :meth:`start`."""
+        return self.sockets.endpoints
+
+    @property
+    def subscribers(self) -> int:
+        return self.peers.subscribers
+
+    @property
+    def viewers(self) -> int:
+        return self.peers.viewers
+
+    # --- life cycle --------------------------------------------------------------------------------------------
+    def start(self, warmup_shape: tuple[int, int] | None = None) -> dict[str, str]:
+        """Bind the sockets and compile the engine for the expected frame shape; return the bound addresses."""
+        if self.sockets.socks:
+            return self.endpoints
+        cfg = self.config
+        try:
+            self.sockets.open()
+            if cfg.finetune.enabled:
+                self.finetune = FinetuneLink.for_model(self._ctx, self.denoiser, cfg.finetune, self._finetune_worker)
+        except Exception:
+            self.close()
+            raise
+        s = self.sockets
+        self.control = Control(s["control"], self._poller, cfg, self.stats, self, self.outlet.complain)
+        # in this order each turn: commands, connections (then subscriptions count by peer), viewers, the worker,
+        # then waiting callers
+        self._handlers = {s["control"]: self.control.on_message}
+        if s.monitor is not None:
+            self._handlers[s.monitor] = self.peers.on_connection
+        for mon in s.auth_monitors:
+            self._handlers[mon] = functools.partial(self.peers.on_handshake_failed, mon)
+        self._handlers[s["output"]] = self.peers.on_output
+        self._handlers[s["view"]] = self.peers.on_view
+        if self.finetune is not None:
+            self._handlers[self.finetune.status_socket] = self._on_finetune
+        self._handlers[s["request"]] = self._on_requests
+        for sock in [*self._handlers, s["input"]]:
+            self._poller.register(sock, zmq.POLLIN)
+        shape = warmup_shape or self.denoiser.card.shape_hint
+        if shape is not None:
+            t0 = time.perf_counter()
+            self.denoiser.prepare(shape)
+            log.info("compiled %s for %dx%d in %.1f s (%s)", self.denoiser.engine.name, *shape,
+                     time.perf_counter() - t0, self.denoiser.engine.precision)
+        return self.endpoints
+
+    def memory_bound_mb(self) -> dict[str, float]:
+        return self.sockets.memory_bound_mb()
+
+    def stop(self) -> None:
+        """Ask the loop to end (safe from any thread or a signal handler)."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def close(self) -> None:
+        """Close every socket at once (linger 0), the fine-tuning worker, the ZeroMQ context and the engine."""
+        if self._closed:
+            return
+        self._closed = True
+        self.sockets.close()
+        if self.finetune is not None:
+            self.finetune.close()
+        self.swaps.close()
+        self._ctx.term()
+        self.denoiser.engine.close()
+
+    def serve_forever(self) -> None:
+        """Run the loop until stopped, then close everything."""
+        self.start()
+        try:
+            self._loop()
+        finally:
+            self.close()
+
+    # --- the loop ----------------------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        cfg = self.config
+        self._next_stats = time.monotonic() + cfg.stats_interval_s
+        log.info("serving %s (%s mode) on %s", self.denoiser.card.name, cfg.mode, self.endpoints["input"])
+        self.sockets.log_bounds()
+        queue = self.intake.queue
+        while not self._stop.is_set():
+            wait_ms = 0 if queue else max(0, min(100, int((self._next_stats - time.monotonic()) * 1000)))
+            events = self._turn(wait_ms)
+            if self.sockets["input"] in events:
+                self._drain_input()
+            if queue and not self._stop.is_set():
+                batch = self.intake.take()
+                if len(batch) > 1:
+                    self._process_batch(batch)
+                else:
+                    self._process(batch[0], None)
+        self._wind_down()
+
+    def _turn(self, wait_ms: int) -> dict[zmq.Socket, int]:
+        """Poll once (up to ``wait_ms``), run the handler of every socket but the input that has something, publish
+        the stats when due; the events (the input's is the caller's to handle)."""
+        events = dict(self._poller.poll(wait_ms))
+        for sock, handler in self._handlers.items():
+            if sock in events:
+                handler()
+        if self.swaps.done_in(events):
+            self.swaps.finish()
+        if time.monotonic() >= self._next_stats:
+            self._publish_stats()
+        return events
+
+    def _drain_input(self) -> None:
+        self.intake.drain(self.sockets["input"], self.denoiser, self.streams)
+
+    def _on_requests(self) -> None:
+        for _ in range(REQUESTS_PER_TURN):
+            got = self.intake.request(self.sockets["request"], self.denoiser)
+            if got is False:
+                return
+            if got is not True:
+                self._process(*got)
+
+    def _wind_down(self) -> None:
+        """After the loop: a swap's caller answered (its model closed), the frames accepted in lossless mode
+        denoised, the last stats published."""
+        self.swaps.abandon()
+        queue = self.intake.queue
+        if self.config.mode == "lossless" and queue:
+            log.info("finishing %d frames already accepted before stopping", len(queue))
+            while queue:
+                self._process(queue.popleft(), None)
+        st = self.stats
+        log.info("stopped: %d frames in, %d out, %d dropped, %d errors", st.frames_in, st.frames_out, st.drops,
+                 sum(st.errors.values()))
+        self._publish_stats()
+
+    # --- denoising ---------------------------------------------------------------------------------------------
+    def _process_batch(self, msgs: list[Message]) -> None:
+        t = Timings()
+        previous = [self.streams.previous(m, None) for m in msgs]  # in order: each frame is history for the next
+        try:
+            outs = self.denoiser.batch([m.pixels for m in msgs], t, previous)
+        except Exception as exc:  # the batch shape failed (compile, memory): the frames may still go one by one
+            log.warning("denoising a batch of %d frames (seq %s..%s) failed (%s: %s); denoising them one by one",
+                        len(msgs), msgs[0].seq, msgs[-1].seq, type(exc).__name__, exc)
+            for m, p in zip(msgs, previous):
+                self._process(m, None, p)
+            return
+        self.stats.batched_frames += len(msgs)
+        for m, out in zip(msgs, outs):
+            self._deliver(m, None, out, t)
+
+    def _process(self, msg: Message, envelope: list[Any] | None, previous: list[np.ndarray] | None = None) -> None:
+        self.swaps.sample = msg.pixels  # the last frame denoised: calibrates a swapped-in model
+        t = Timings()
+        if previous is None:
+            previous = self.streams.previous(msg, envelope)
+        try:
+            out = self.denoiser(msg.pixels, t, previous)
+        except Exception as exc:  # an engine failure must not take the server down
+            log.exception("denoising frame seq=%s failed", msg.seq)
+            self.outlet.reject(ProtocolError("engine_error", f"denoising failed: {type(exc).__name__}: {exc}",
+                                             msg.seq), envelope)
+            return
+        self._deliver(msg, envelope, out, t)
+
+    def _deliver(self, msg: Message, envelope: list[Any] | None, out: np.ndarray, t: Timings) -> None:
+        if self.outlet.deliver(msg, envelope, out, t, self.denoiser) and self.finetune is not None \
+                and envelope is None:
+            self.finetune.offer(msg)
+
+    # --- models: swaps, fine-tuning (what Control and the fine-tuning link ask for; the work is .swap's) --------
+    @property
+    def swapping(self) -> bool:
+        return self.swaps.current is not None
+
+    @property
+    def engine_name(self) -> str:
+        return self.denoiser.engine.name
+
+    @property
+    def models_root(self) -> Path:
+        """Where ``swap`` takes model folders from (``models_root``, else the served model's folder's parent)."""
+        return Path(self.config.models_root or self.denoiser.card.run_dir.resolve().parent).resolve()
+
+    def begin_swap(self, model_dir: Path, engine: str | None, reply: bool = True) -> None:
+        self.swaps.begin(model_dir, engine, reply)
+
+    def _on_finetune(self) -> None:
+        """The worker's status; its candidate is prepared off the loop and swapped in like a control swap."""
+        assert self.finetune is not None
+        candidate = self.finetune.poll()
+        if candidate is not None:
+            self.swaps.candidate(Path(candidate))
+
+    # --- stats -------------------------------------------------------------------------------------------------
+    def status(self) -> StatsMessage:
+        info = self.denoiser.info()
+        extra = {"finetune": self.finetune.snapshot()} if self.finetune is not None else {}
+        return self.stats.snapshot(**extra, mode=self.config.mode, subscribers=self.subscribers, viewers=self.viewers,
+                                   engine=info["engine"], precision=info["precision"],
+                                   precision_note=info["precision_note"], device=info["device"],
+                                   model=info["model"], shapes=info["shapes"], endpoints=self.endpoints)
+
+    def _publish_stats(self) -> None:
+        self._next_stats = time.monotonic() + self.config.stats_interval_s
+        if self.finetune is not None:
+            self._on_finetune()  # also notices a worker that ended without a word
+        try:
+            self.sockets["stats"].send_multipart([TOPIC_STATS, json.dumps(self.status()).encode()], zmq.NOBLOCK)
+        except zmq.Again:
+            pass
