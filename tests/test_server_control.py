@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 import zmq
 from serverkit import NAMES, assert_rebindable, camera_frames, config
-from waiting import GENEROUS_S, wait_for
+from waiting import GENEROUS_S, Finishing, wait_for
 
 from streamer.client import StreamClient
 from streamer.protocol import decode_header, encode_frame
-from streamer.server import Server, running_server
+from streamer.server import Server, ServerThread, running_server
 
 
 @pytest.fixture(scope="module")
@@ -211,3 +211,22 @@ def test_fuzz_malformed_input(run: Path) -> None:
 
 
 
+
+
+def test_a_server_asked_to_stop_while_it_starts_stops_once_started(run: Path) -> None:
+    """A server started in the background (the napari widget's) and asked to stop before it has even been made:
+    it stops as soon as it has started, instead of serving on in a thread nobody holds."""
+    made, go = threading.Event(), threading.Event()
+
+    def make() -> Server:
+        made.set()
+        go.wait(GENEROUS_S)  # (loading and compiling a model takes seconds)
+        return Server(run, config())
+
+    runner = ServerThread(make, background=True)
+    assert made.wait(GENEROUS_S)
+    stopping = Finishing("stop()", runner.stop, GENEROUS_S)
+    go.set()
+    assert stopping.result() is True and runner.error is None
+    assert runner.server is not None and runner.server.stopping
+    assert_rebindable(runner.server.endpoints)

@@ -30,6 +30,7 @@ class ServerThread:
         self.server: Server | None = None
         self.error: str | None = None
         self.ready = threading.Event()
+        self._stopped = threading.Event()  # asked to stop, perhaps before the server existed
         self._make = make
         self._warmup = warmup_shape
         if not background:
@@ -38,13 +39,13 @@ class ServerThread:
         self._thread.start()
 
     def _start(self) -> None:
-        server = self._make()
+        self.server = server = self._make()  # before it compiles: a stop meanwhile ends it as soon as it serves
         try:
             server.start(self._warmup)
         except BaseException:
             server.close()
+            self.server = None
             raise
-        self.server = server
 
     def _run(self, start_here: bool) -> None:
         if start_here:
@@ -56,14 +57,18 @@ class ServerThread:
                 return
         self.ready.set()
         assert self.server is not None
+        if self._stopped.is_set():
+            self.server.stop()
         self.server.serve_forever()
 
     @property
     def endpoints(self) -> dict[str, str] | None:
+        """The bound addresses once it serves (None while it starts, or when it failed to)."""
         return self.server.endpoints if self.server is not None and self.ready.is_set() else None
 
     def stop(self, timeout: float = 30.0) -> bool:
         """Ask the loop to end and wait for the thread; whether it ended within ``timeout``."""
+        self._stopped.set()
         if self.server is not None:
             self.server.stop()
         self._thread.join(timeout)

@@ -1,24 +1,14 @@
 """The ZeroMQ denoising server (``n2n serve``): the parts around one poll loop.
 
-One thread runs one loop over six sockets (see :class:`~streamer.endpoints.Endpoints`): frames pushed to
-``input`` (PULL), synchronous requests on ``request`` (ROUTER, for REQ callers), commands on ``control`` (REP);
-denoised frames go out on ``output`` (XPUB: any number of subscribers), statistics on ``stats`` (PUB), and raw |
-denoised pairs on ``view`` (XPUB, lossy, only while a viewer subscribes). No locks, no per-frame threads: on the
-CPU the engine is the only thing that takes time, and ZeroMQ's own I/O thread moves the bytes. The loop dispatches
-``{socket: handler}``; the parts (this package's modules) hold the rest:
-
-* :mod:`.sockets`: the sockets and their options; :mod:`.peers`: who listens;
-* :mod:`.intake`: reading, decoding, the queue (live mode: each turn drains everything that arrived, keeps the
-  latest frame and counts the rest as dropped, so latency stays one frame deep; lossless mode: frames in order
-  into a small queue, and when it is full the server stops reading, ZeroMQ's high-water marks fill and the
-  producer's send blocks), and the per-stream history of K-frame models (a gap in ``seq``, a change of shape or
-  dtype or a swap restarts it; a frame that moved against its history is denoised alone);
-* :mod:`.outlet`: sending (lossless mode waits on slow subscribers, serving the loop's other sockets meanwhile);
-* :mod:`.control`: the commands; :mod:`.swap`: a new model prepared off the loop; :mod:`.finetune`: the
-  fine-tuning worker's link; :mod:`.stats`: the counters.
-
-Bad input never stops the loop: it gets an error reply (request path) or an ``error`` message on the output socket
-(push path), a counter in the stats and a log line.
+One thread runs one loop over six sockets (:class:`~streamer.endpoints.Endpoints`): frames pushed to ``input``,
+requests on ``request``, commands on ``control``; denoised frames out on ``output`` (any number of subscribers),
+statistics on ``stats``, raw | denoised pairs on ``view`` (lossy, only while a viewer subscribes). No locks, no
+per-frame threads: the engine is the only thing that takes time, and ZeroMQ's I/O thread moves the bytes. The loop
+dispatches ``{socket: handler}``; the parts hold the rest: :mod:`.sockets` and :mod:`.peers` (who listens),
+:mod:`.intake` (reading, the live queue where the newest frame wins or the lossless one that applies backpressure,
+the K-frame histories), :mod:`.outlet` (sending; lossless waits on slow subscribers, serving the other sockets
+meanwhile), :mod:`.control`, :mod:`.swap`, :mod:`.finetune`, :mod:`.stats`. Bad input never stops the loop: an
+error reply or notice, a counter, a log line.
 """
 
 from __future__ import annotations
@@ -75,7 +65,7 @@ class Server:
         self.sockets = Sockets(self._ctx, self.config, self.denoiser.card.shape_hint)
         self.peers = Peers(self.sockets, self.stats)
         self._poller = zmq.Poller()
-        self.outlet = Outlet(self.config, self.sockets, self.peers, self.stats, self._stop, self._turn)
+        self.outlet = Outlet(self.config, self.sockets, self.peers, self.stats, self._stop, self._wait_turn)
         self.intake = Intake(self.config, self.stats, self.outlet.reject, self.outlet.complain)
         self.streams = Streams(self.denoiser.input_frames, self.config, self.stats)
         self.control: Control | None = None
@@ -183,18 +173,31 @@ class Server:
                     self._process(batch[0], None)
         self._wind_down()
 
-    def _turn(self, wait_ms: int) -> dict[zmq.Socket, int]:
-        """Poll once (up to ``wait_ms``), run the handler of every socket but the input that has something, publish
-        the stats when due; the events (the input's is the caller's to handle)."""
+    def _turn(self, wait_ms: int, swaps: bool = True) -> dict[zmq.Socket, int]:
+        """Poll once (up to ``wait_ms``), run the handler of every socket but the input that has something, take a
+        finished swap over (``swaps``), publish the stats when due; the events (the input's is the caller's)."""
         events = dict(self._poller.poll(wait_ms))
         for sock, handler in self._handlers.items():
             if sock in events:
                 handler()
-        if self.swaps.done_in(events):
+        if swaps and self.swaps.done_in(events):
             self.swaps.finish()
         if time.monotonic() >= self._next_stats:
             self._publish_stats()
         return events
+
+    def _wait_turn(self, wait_ms: int) -> None:
+        """A turn of the lossless wait (a frame in hand, its subscriber with no room): the loop's handlers, but not
+        the input (it has frames waiting: the poll would never wait) nor a finished swap (a new model takes over
+        between two frames, not in the middle of one's delivery or of a batch)."""
+        held = [self.sockets["input"], *([self.swaps.current.done] if self.swaps.current is not None else [])]
+        for sock in held:
+            self._poller.unregister(sock)
+        try:
+            self._turn(wait_ms, swaps=False)
+        finally:
+            for sock in held:
+                self._poller.register(sock, zmq.POLLIN)
 
     def _drain_input(self) -> None:
         self.intake.drain(self.sockets["input"], self.denoiser, self.streams)
