@@ -77,14 +77,6 @@ class Server:
         """The bound addresses (a ``:*`` port resolved to the one the system gave); empty before :meth:`start`."""
         return self.sockets.endpoints
 
-    @property
-    def subscribers(self) -> int:
-        return self.peers.subscribers
-
-    @property
-    def viewers(self) -> int:
-        return self.peers.viewers
-
     # --- life cycle --------------------------------------------------------------------------------------------
     def start(self, warmup_shape: tuple[int, int] | None = None) -> dict[str, str]:
         """Bind the sockets and compile the engine for the expected frame shape; return the bound addresses."""
@@ -121,9 +113,6 @@ class Server:
             log.info("compiled %s for %dx%d in %.1f s (%s)", self.denoiser.engine.name, *shape,
                      time.perf_counter() - t0, self.denoiser.engine.precision)
         return self.endpoints
-
-    def memory_bound_mb(self) -> dict[str, float]:
-        return self.sockets.memory_bound_mb()
 
     def stop(self) -> None:
         """Ask the loop to end (safe from any thread or a signal handler)."""
@@ -287,8 +276,8 @@ class Server:
     def status(self) -> StatsMessage:
         info = self.denoiser.info()
         extra = {"finetune": self.finetune.snapshot()} if self.finetune is not None else {}
-        return self.stats.snapshot(**extra, mode=self.config.mode, subscribers=self.subscribers, viewers=self.viewers,
-                                   engine=info["engine"], precision=info["precision"],
+        return self.stats.snapshot(**extra, mode=self.config.mode, subscribers=self.peers.subscribers,
+                                   viewers=self.peers.viewers, engine=info["engine"], precision=info["precision"],
                                    precision_note=info["precision_note"], device=info["device"],
                                    model=info["model"], shapes=info["shapes"], endpoints=self.endpoints)
 
