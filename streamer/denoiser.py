@@ -98,12 +98,28 @@ class Denoiser:
 
     @property
     def min_side(self) -> int:
-        return self.card.size_multiple
+        return max(self.card.size_multiple, self.card.input.min_side or 0)
+
+    @property
+    def fixed_shape(self) -> tuple[int, int] | None:
+        """The only frame shape the model takes (a zoo package with fixed sizes), else None."""
+        fixed = self.card.input.fixed_shape
+        return (fixed[0], fixed[1]) if fixed else None
+
+    def check_shape(self, shape: tuple[int, ...]) -> None:
+        """A ValueError naming what the model takes, for a frame it cannot denoise."""
+        if len(shape) != 2:
+            raise ValueError(f"expected a 2-D frame (height, width), got shape {shape}")
+        if min(shape) < self.min_side:
+            raise ValueError(f"expected height and width >= {self.min_side}, got shape {shape}")
+        if self.fixed_shape is not None and tuple(shape) != self.fixed_shape:
+            raise ValueError(f"expected shape {self.fixed_shape} (the only size this model takes), got {shape}")
 
     def plan(self, shape: tuple[int, int]) -> TilePlan:
         plan = self._plans.pop(shape, None)  # popped and put back: the most recently used is last
         if plan is None:
-            plan = TilePlan.make(shape, self.tile_size, self.margin, self.card.size_multiple, self.input_frames)
+            plan = TilePlan.make(shape, self.tile_size, self.margin, self.card.size_multiple, self.input_frames,
+                                 pads_itself=self.card.architecture.pads_input)
             if self.max_shapes is not None:
                 while len(self._plans) >= self.max_shapes:
                     self._evict(next(iter(self._plans)))
@@ -157,7 +173,7 @@ class Denoiser:
 
     def _framed(self, plan: TilePlan, dtype: np.dtype) -> bool:
         """Whether frames of this plan and dtype take the engine's frame path (conversion in the engine)."""
-        return not plan.tiled and dtype.name in self.engine.frame_dtypes
+        return plan.whole and dtype.name in self.engine.frame_dtypes
 
     def _out_dtype(self, dtype: np.dtype) -> np.dtype:
         return np.dtype(np.float32) if self.output_dtype == "float32" else dtype
@@ -183,7 +199,7 @@ class Denoiser:
         x += self._offset
         if x.ndim == 2:
             x = x[None]
-        if not plan.tiled:
+        if plan.whole:
             return x[None]
         (h, w), (ph, pw) = plan.shape, plan.padded
         if (ph, pw) != (h, w):
@@ -199,7 +215,7 @@ class Denoiser:
 
     def stitch(self, out: np.ndarray, plan: TilePlan) -> np.ndarray:
         if not plan.tiled:
-            return out[0, 0]
+            return out[0, 0, : plan.shape[0], : plan.shape[1]]
         frame = np.empty(plan.padded, np.float32)
         k = 0
         for r0, r1, r2 in plan.rows:
@@ -221,10 +237,7 @@ class Denoiser:
                  previous: Sequence[np.ndarray] = ()) -> np.ndarray:
         """Denoise one 2-D frame (any supported dtype); fills ``timings`` if given. A K-frame model also uses
         the frames before it, ``previous`` (oldest first; see :meth:`window`)."""
-        if pixels.ndim != 2:
-            raise ValueError(f"expected a 2-D frame (height, width), got shape {pixels.shape}")
-        if min(pixels.shape) < self.min_side:
-            raise ValueError(f"expected height and width >= {self.min_side}, got shape {pixels.shape}")
+        self.check_shape(pixels.shape)
         t = timings or Timings()
         t.start = time.time_ns()
         plan = self.plan(pixels.shape)  # type: ignore[arg-type]
@@ -256,10 +269,9 @@ class Denoiser:
                              + ", ".join(f"{f.shape} {f.dtype}" for f in frames))
         plan = self.plan(first.shape)  # type: ignore[arg-type]
         prev: Sequence[Sequence[np.ndarray]] = previous if previous is not None else [()] * len(frames)
-        if len(frames) == 1 or plan.tiled:
+        if len(frames) == 1 or not plan.whole:
             return [self(f, timings, p) for f, p in zip(frames, prev)]
-        if first.ndim != 2 or min(first.shape) < self.min_side:
-            raise ValueError(f"expected 2-D frames with height and width >= {self.min_side}, got shape {first.shape}")
+        self.check_shape(first.shape)
         t = timings or Timings()
         t.start = time.time_ns()
         if (first.shape, first.dtype.name) not in self._prepared:

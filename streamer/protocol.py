@@ -153,7 +153,8 @@ def decode_header(part: bytes | memoryview) -> dict[str, Any]:
     return header
 
 
-def decode_frame(parts: Sequence[Any], max_bytes: int, min_side: int = 1) -> Message:
+def decode_frame(parts: Sequence[Any], max_bytes: int, min_side: int = 1,
+                 fixed_shape: tuple[int, int] | None = None) -> Message:
     """Check a ``[header, pixels]`` message and view its pixels without copying.
 
     ``parts`` are bytes or ``zmq.Frame`` objects. Raises :class:`ProtocolError` naming what
@@ -177,6 +178,9 @@ def decode_frame(parts: Sequence[Any], max_bytes: int, min_side: int = 1) -> Mes
                                          f"shape {shape}", seq)
     if min(shape) < min_side:
         raise ProtocolError("bad_shape", f"expected height and width >= {min_side}, got shape {shape}", seq)
+    if fixed_shape is not None and tuple(shape) != tuple(fixed_shape):
+        raise ProtocolError("bad_shape", f"expected shape {list(fixed_shape)} (the only size this model takes), got "
+                            f"{shape}", seq)
     dtype = header.get("dtype")
     if dtype not in DTYPES:
         raise ProtocolError("bad_dtype", f"expected 'dtype' one of {', '.join(DTYPES)}, got {dtype!r}", seq)

@@ -235,7 +235,7 @@ def test_export_bad_format_flag(run_copy: Path) -> None:
     """export --format with an unknown format exits 2 naming the allowed formats."""
     result = n2n("export", "--model", run_copy, "--format", "tflite")
 
-    _assert_user_error(result, "--format: expected 'onnx', 'torchscript' or 'int8', got 'tflite'")
+    _assert_user_error(result, "--format: expected 'onnx', 'torchscript', 'int8' or 'bioimageio', got 'tflite'")
 
 
 def test_evaluate_rejects_two_data_files(trained_run: dict[str, Path], tmp_path: Path) -> None:

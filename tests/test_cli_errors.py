@@ -39,7 +39,7 @@ def bad_files(tmp_path: Path) -> dict[str, Path]:
 
 @pytest.mark.parametrize(("args", "expected"), [
     (["export", "--model", "X", "--format", "tensorrt"],
-     "--format: expected 'onnx', 'torchscript' or 'int8', got 'tensorrt'"),
+     "--format: expected 'onnx', 'torchscript', 'int8' or 'bioimageio', got 'tensorrt'"),
     (["train", "--out", "r", "--config", "{binary}"], "{binary}: expected a YAML config (text), got a binary file"),
     (["train", "--out", "r", "--config", "{empty}"],
      "{empty}: expected a mapping of settings (key: value lines), got an empty file"),

@@ -230,7 +230,7 @@ def test_binary_file_is_an_error(tmp_path: Path, data: bytes) -> None:
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
-    ({"format": "tensorrt"}, "--format: expected 'onnx', 'torchscript' or 'int8', got 'tensorrt'"),
+    ({"format": "tensorrt"}, "--format: expected 'onnx', 'torchscript', 'int8' or 'bioimageio', got 'tensorrt'"),
     ({"opset": 9}, "--opset: expected a number >= 18, got 9"),
     ({"opset": "x"}, "--opset: expected a valid integer, got 'x'"),
 ])

@@ -172,12 +172,29 @@ class TrainConfig(Versioned):
         return self
 
 
+class ZooExportConfig(Strict):
+    """``n2n export --format bioimageio``: the package's metadata (trainer/zoo.py)."""
+
+    out: str | None = None
+    """The package (.zip); null: ``<run folder>/<run name>.bioimageio.zip``."""
+    sample: str | None = None
+    """A frame or stack (TIFF) whose first frames are the package's test input; null: the run's first training
+    stack, where its card says it is."""
+    authors: list[str] = Field(default_factory=list)
+    """The model's authors (the zoo asks for at least one); empty: this computer's user name."""
+    license: str = "CC-BY-4.0"
+    """SPDX identifier of the model's licence (the zoo's usual one: CC-BY-4.0)."""
+    name: str | None = None
+    """The package's name in the zoo; null: 'n2n-live <run name>'."""
+
+
 class ExportConfig(Versioned):
     """``n2n export``: write the trained model in a deployable format."""
 
-    format: Literal["onnx", "torchscript", "int8"] = "onnx"
+    format: Literal["onnx", "torchscript", "int8", "bioimageio"] = "onnx"
     """Output format; 'int8': OpenVINO INT8 (NNCF), calibrated on the run's training frames and kept only
-    if it passes its check on their held-out rows (see quantize)."""
+    if it passes its check on their held-out rows (see quantize); 'bioimageio': a BioImage Model Zoo package
+    (docs/zoo.md), see bioimageio."""
     opset: int = Field(18, ge=18)
     """ONNX opset (18 is the oldest PyTorch's exporter writes; a newer one must be supported by it)."""
     max_rel_error: float = Field(1e-4, gt=0)
@@ -186,6 +203,8 @@ class ExportConfig(Versioned):
     """Side of the random frame used for the parity check."""
     quantize: QuantizeConfig = QuantizeConfig()
     """For format int8."""
+    bioimageio: ZooExportConfig = ZooExportConfig()
+    """For format bioimageio."""
 
 
 class EvaluateConfig(Versioned):

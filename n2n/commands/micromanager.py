@@ -113,7 +113,8 @@ BRIDGE = Command("streamer.micromanager.config:MicroManagerConfig", flags={
 
 @BRIDGE
 def bridge(
-    model: Annotated[Path | None, typer.Option("--model", help="Model folder to serve (starts a server here).")] = None,
+    model: Annotated[Path | None, typer.Option("--model", help="Model folder (or zoo package .zip) to serve "
+                                               "(starts a server here).")] = None,
     connect: Annotated[Path | None, typer.Option(
         "--connect", help="Use a running `n2n serve` instead: its --ready-file.")] = None,
     frames: Annotated[int | None, typer.Option(help="Frames to bridge; 0 runs until Ctrl-C.")] = None,

@@ -28,7 +28,8 @@ def denoise(
     input_path: Annotated[Path, typer.Argument(
         metavar="INPUT", help="Recorded dataset: OME-TIFF/TIFF file, OME-Zarr folder (.zarr) or Micro-Manager "
                               "NDTiff dataset folder.", show_default=False)],
-    model: Annotated[Path, typer.Option("--model", help="Model folder made by `n2n train`.")],
+    model: Annotated[Path, typer.Option("--model", help="Model folder made by `n2n train`, or a BioImage Model "
+                                        "Zoo package (.zip).")],
     output: Annotated[Path, typer.Option("--out", help="Output: .ome.tif/.tif (OME-TIFF) or .zarr/.ome.zarr "
                                                         "(OME-Zarr); same axes and metadata as the input.")],
     engine: Annotated[str | None, typer.Option(help="auto, openvino, onnxruntime or torch.")] = None,

@@ -29,7 +29,8 @@ SERVE = Command("streamer.server:ServeConfig", flags={
 
 @SERVE
 def serve(
-    model: Annotated[Path, typer.Option("--model", help="Model folder made by `n2n train` (model.json + exports).")],
+    model: Annotated[Path, typer.Option("--model", help="Model folder made by `n2n train` (model.json + exports), "
+                                        "or a BioImage Model Zoo package (.zip).")],
     engine: Annotated[str | None, typer.Option(help="auto, openvino, onnxruntime or torch.")] = None,
     mode: Annotated[str | None, typer.Option(help="live (latest frame wins) or lossless (every frame).")] = None,
     precision: Annotated[str | None, typer.Option(

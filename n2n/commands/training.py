@@ -137,26 +137,49 @@ def next_steps(run: Path, provenance: dict, data: list[Path], reference: list[Pa
 
 
 EXPORT = Command("trainer.config:ExportConfig", flags={
-    "--format": "format", "--opset": "opset", "--max-loss-db": "quantize.max_loss_db"})
+    "--format": "format", "--opset": "opset", "--max-loss-db": "quantize.max_loss_db", "--out": "bioimageio.out",
+    "--sample": "bioimageio.sample", "--author": "bioimageio.authors", "--license": "bioimageio.license"},
+    defaults={"--out": "<run>/<run name>.bioimageio.zip", "--sample": "the run's first training stack",
+              "--author": "this computer's user name"})
 
 
 @EXPORT
 def export(
     model: Annotated[Path, typer.Option("--model", help="Run folder made by `n2n train`.")],
-    format: Annotated[str | None, typer.Option("--format", help="onnx, torchscript or int8 (OpenVINO, checked).")]
-    = None,
+    format: Annotated[str | None, typer.Option("--format", help="onnx, torchscript, int8 (OpenVINO, checked) or "
+                                               "bioimageio (a BioImage Model Zoo package).")] = None,
     opset: Annotated[int | None, typer.Option(help="ONNX opset (>= 18).")] = None,
     max_loss_db: Annotated[float | None, typer.Option(help="int8: keep it only if it loses at most this (dB).")] = None,
+    out_path: Annotated[Path | None, typer.Option("--out", help="bioimageio: the package to write (.zip).")] = None,
+    sample: Annotated[Path | None, typer.Option("--sample", help="bioimageio: a TIFF whose first frames are the "
+                                                "package's test input.")] = None,
+    author: Annotated[list[str] | None, typer.Option("--author", help="bioimageio: an author (repeat for more).")]
+    = None,
+    license: Annotated[str | None, typer.Option("--license", help="bioimageio: SPDX licence of the model.")] = None,
     config: ConfigOpt = None,
     dry_run: DryRunOpt = False,
 ) -> None:
-    """Export a trained model (checked against PyTorch, or for int8 on held-out frames; refused beyond the limit)."""
-    cfg = EXPORT.load(config, dry_run, {"--format": format, "--opset": opset, "--max-loss-db": max_loss_db})
+    """Export a trained model (checked against PyTorch, or for int8 on held-out frames; refused beyond the limit),
+    or package it for the BioImage Model Zoo (validated with bioimageio.spec)."""
+    cfg = EXPORT.load(config, dry_run, {
+        "--format": format, "--opset": opset, "--max-loss-db": max_loss_db,
+        "--out": str(out_path) if out_path is not None else None, "--sample": str(sample) if sample else None,
+        "--author": author or None, "--license": license})
     from trainer.card import add_artifact
     from trainer.export import ONNX_NAME, TORCHSCRIPT_NAME, export_onnx, export_torchscript
     from trainer.inference import load_run
 
     with user_errors():
+        if cfg.format == "bioimageio":
+            from trainer.zoo import export_bioimageio
+
+            zoo = cfg.bioimageio
+            target = Path(zoo.out) if zoo.out else model / f"{model.resolve().name}.bioimageio.zip"
+            with console.status("packaging for the BioImage Model Zoo (exports, test tensors, validation)"):
+                written = export_bioimageio(model, target, zoo.sample, zoo.authors or None, zoo.license, zoo.name)
+            out.print(f"wrote {written} (validated with bioimageio.spec; test it with `bioimageio test {written}`; "
+                      f"serve it with `n2n serve --model {written}`)", highlight=False)
+            return
         if cfg.format == "int8":
             from trainer.run import quantize_run, training_data
 
@@ -182,7 +205,8 @@ EVALUATE = Command("trainer.config:EvaluateConfig", flags={"--max-frames": "max_
 
 @EVALUATE
 def evaluate(
-    model: Annotated[Path, typer.Option("--model", help="Run folder made by `n2n train`.")],
+    model: Annotated[Path, typer.Option("--model", help="Run folder made by `n2n train`, or a BioImage Model Zoo "
+                                        "package (.zip).")],
     data: Annotated[Path, typer.Option("--data", help="Noisy stack to denoise (T, H, W).")],
     reference: Annotated[Path, typer.Option("--reference", help="Clean reference, (H, W) or (T, H, W).")],
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
@@ -201,8 +225,8 @@ def evaluate(
     from trainer.evaluate import save_figure
 
     with user_errors():
-        if not model.is_dir():
-            raise FileNotFoundError(f"{model}: no such model folder (make one with `n2n train`)")
+        if not model.exists():
+            raise FileNotFoundError(f"{model}: no such model folder or zoo package (make one with `n2n train`)")
         raw = read_stack(data, allow_2d=False)
         ref = read_stack(reference)
     t, h, w = raw.shape

@@ -70,8 +70,10 @@ class _Part(BaseModel):
 class Architecture(_Part):
     """The network (trainer/unet.py): enough to rebuild it and to know its reach."""
 
-    name: Literal["unet2d"] = "unet2d"
-    depth: int = Field(ge=1)
+    name: Literal["unet2d", "bioimageio"] = "unet2d"
+    """unet2d: trainer/unet.py's; bioimageio: a zoo package's network (:mod:`streamer.core.zoo`), known only by its
+    size multiple (``depth``: its halvings) and what its package says."""
+    depth: int = Field(ge=0)
     base_filters: int = Field(ge=1)
     filters: list[int] | None = None
     """Channels per level, full resolution first; null: base_filters doubled per level."""
@@ -86,9 +88,18 @@ class Architecture(_Part):
     denoise frame t; 1: one frame (written only when above 1, so single-frame cards are unchanged). The
     residual output adds to the newest frame. See :mod:`streamer.core.history` for the rule before K frames
     have arrived."""
+    pads_input: bool = Field(True, exclude_if=lambda v: v)
+    """Whether the network pads a frame whose sides are not multiples of the size multiple itself (ours do);
+    false (a zoo package's network): the Denoiser pads it (reflect) and crops the output."""
     flops_per_pixel: float | None = None
     """Floating-point operations per input pixel (2 per multiply-add)."""
     parameters: int | None = None
+
+    @model_validator(mode="after")
+    def _ours_pool(self) -> Architecture:
+        if self.name == "unet2d" and self.depth < 1:
+            raise ValueError(f"expected depth >= 1 for a unet2d, got {self.depth}")
+        return self
 
     @property
     def levels(self) -> int:
@@ -156,6 +167,10 @@ class InputSpec(_Part):
     """The camera's dtype the model was trained on (uint8, uint16, ...)."""
     shape_hint: list[int] | None = None
     """(H, W) of the training frames: the server compiles for it at start."""
+    min_side: int | None = Field(None, ge=1)
+    """Smallest height and width the network takes, where more than the size multiple (a zoo package's minimum)."""
+    fixed_shape: list[int] | None = None
+    """The only (H, W) the network takes (a zoo package whose axes have fixed sizes); null: any."""
 
 
 class Tile(_Part):
@@ -291,8 +306,14 @@ class ModelCard(BaseModel):
     # --- files ------------------------------------------------------------------------------------
     @classmethod
     def load(cls, run_dir: str | Path) -> ModelCard:
-        """Read and check ``run_dir/model.json``; errors say what was expected and what was found."""
+        """Read and check ``run_dir/model.json``; errors say what was expected and what was found. A BioImage Model
+        Zoo package (a ``.zip`` or its ``rdf.yaml``) is read as the model folder :mod:`streamer.core.zoo` makes
+        of it."""
+        from .zoo import is_package, open_package
+
         run_dir = Path(run_dir)
+        if is_package(run_dir):
+            run_dir = open_package(run_dir)
         path = run_dir / CARD_NAME
         if not run_dir.is_dir():
             raise FileNotFoundError(f"{run_dir}: no such model folder (make one with `n2n train`)")

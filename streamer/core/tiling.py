@@ -51,11 +51,22 @@ class TilePlan:
     def tiled(self) -> bool:
         return len(self.rows) * len(self.cols) > 1
 
+    @property
+    def whole(self) -> bool:
+        """The frame goes to the engine as it is: one tile, no padding."""
+        return not self.tiled and self.padded == self.shape
+
     @classmethod
-    def make(cls, shape: tuple[int, int], tile_size: int, margin: int, multiple: int, channels: int = 1) -> TilePlan:
+    def make(cls, shape: tuple[int, int], tile_size: int, margin: int, multiple: int, channels: int = 1,
+             pads_itself: bool = True) -> TilePlan:
+        """``pads_itself``: the network pads a whole frame to its size multiple (ours); else (a zoo package's) the
+        frame is padded here to the multiple, one tile, and cropped after."""
         h, w = shape
-        if h <= tile_size and w <= tile_size:  # whole frame; the network pads odd sizes itself
-            return cls(shape, shape, shape, [(0, 0, h)], [(0, 0, w)], channels)
+        if h <= tile_size and w <= tile_size:  # whole frame
+            if pads_itself or (h % multiple == 0 and w % multiple == 0):
+                return cls(shape, shape, shape, [(0, 0, h)], [(0, 0, w)], channels)
+            ph, pw = -(-h // multiple) * multiple, -(-w // multiple) * multiple
+            return cls(shape, (ph, pw), (ph, pw), [(0, 0, ph)], [(0, 0, pw)], channels)
         tile_size = max(multiple, tile_size // multiple * multiple)
         ph, pw = -(-h // multiple) * multiple, -(-w // multiple) * multiple
         th, tw = min(tile_size, ph), min(tile_size, pw)

@@ -184,7 +184,7 @@ def _denoise(source: Path, model: Path, card: Any, output: Path, out_kind: str, 
         settings: dict[str, Any] = {  # what a resumed run must share with the run it continues
             "input": str(source.resolve()), "input_kind": reader.kind, "input_shape": list(info.shape),
             "input_dtype": info.dtype.name, "model": str(model.resolve()),
-            "model_card_sha256": sha256(model / CARD_NAME), "channel": channel, "output_dtype": cfg.dtype,
+            "model_card_sha256": sha256(card.run_dir / CARD_NAME), "channel": channel, "output_dtype": cfg.dtype,
             "requested_engine": cfg.engine, "requested_precision": cfg.precision, "device": cfg.device}
         record, replaced = prepare_output(output, store, settings, cfg.overwrite, source)
         out_dtype = np.dtype(np.float32) if cfg.dtype == "float32" else info.dtype

@@ -22,6 +22,7 @@ from typing import Any
 
 import zmq
 
+from ..core.card import WEIGHTS_NAME
 from ..core.messages import encode_pair
 from ..core.processes import stop_process
 from ..denoiser import Denoiser
@@ -88,6 +89,11 @@ class FinetuneLink:
         if denoiser.input_frames != 1:
             raise ValueError(f"finetune: expected a single-frame model, got {denoiser.card.name} with "
                              f"input_frames {denoiser.input_frames} (fine-tuning takes single-frame models)")
+        if not (denoiser.card.run_dir / WEIGHTS_NAME).exists():
+            what = ("a BioImage Model Zoo package (its exports only)"
+                    if denoiser.card.training.get("source") == "bioimageio" else f"a folder without {WEIGHTS_NAME}")
+            raise ValueError(f"finetune: expected a model trained by `n2n train` (its PyTorch weights, "
+                             f"{WEIGHTS_NAME}), got {what}: {denoiser.card.run_dir}")
         if worker is None:
             raise ValueError("finetune: expected the command that runs the fine-tuning worker (Server(..., "
                              "finetune_worker=trainer.live.worker_command()); n2n serve gives it), got none")

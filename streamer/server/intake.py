@@ -93,7 +93,8 @@ class Intake:
         self._warned_dtypes: set[str] = set()
 
     def decode(self, parts: list[Any], denoiser: Denoiser) -> Message:
-        msg = decode_frame(parts, self.config.max_message_bytes, min_side=denoiser.min_side)
+        msg = decode_frame(parts, self.config.max_message_bytes, min_side=denoiser.min_side,
+                           fixed_shape=denoiser.fixed_shape)
         expected = denoiser.card.input_dtype
         dtype = msg.pixels.dtype.name
         if expected and dtype != expected and dtype not in self._warned_dtypes:
