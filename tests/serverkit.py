@@ -3,13 +3,15 @@ checks."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import zmq
 from conftest import TINY_CAMERA
 
+from streamer.client import Result, StreamClient
+from streamer.core.messages import StatsMessage
 from streamer.endpoints import ENDPOINT_NAMES, Endpoints
 from streamer.server import ServeConfig
 from streamer.sources import SimulatedCameraConfig, simulate_stack
@@ -28,6 +30,16 @@ def camera_frames(n: int, size: int = 64, seed: int = 21) -> np.ndarray:
     """``n`` uint16 frames from the simulated camera."""
     cam = SimulatedCameraConfig(**{**TINY_CAMERA, "height": size, "width": size, "seed": seed})
     return simulate_stack(cam, n)[0]
+
+
+def stream_all(client: StreamClient, frames: Sequence[np.ndarray]) -> tuple[list[Result], StatsMessage]:
+    """Push ``frames`` (seq 0, 1, ...) once the server sees the subscription, receive as many results, and the
+    server's status after them (a lossless server: one result per frame)."""
+    client.wait_subscribed()
+    for i, frame in enumerate(frames):
+        client.send(frame, seq=i)
+    results = [client.receive() for _ in frames]
+    return results, client.status()
 
 
 def assert_rebindable(endpoints: Mapping[str, str]) -> None:

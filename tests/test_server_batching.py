@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from serverkit import camera_frames, config
+from serverkit import camera_frames, config, stream_all
 
 from streamer.client import StreamClient
 from streamer.server import load_denoiser, running_server
@@ -27,11 +27,7 @@ def test_lossless_batches_waiting_frames_identically(run: Path) -> None:
 
     with running_server(run, config(mode="lossless", max_batch=4, queue_size=8)) as server, \
             StreamClient(server.endpoints) as client:
-        client.wait_subscribed()
-        for i, frame in enumerate(frames):
-            client.send(frame, seq=i)
-        results = [client.receive() for _ in frames]
-        status = client.status()
+        results, status = stream_all(client, frames)
 
     assert [r.seq for r in results] == list(range(40))
     assert status["batched_frames"] >= 4 and status["batched_frames"] % 4 == 0

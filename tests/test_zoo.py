@@ -16,7 +16,7 @@ import pytest
 import tifffile
 import yaml
 from conftest import tiny_train_dict, write_tiff
-from serverkit import camera_frames, config
+from serverkit import camera_frames, config, stream_all
 from test_cli import assert_ok, n2n
 
 from streamer.client import ServerError, StreamClient
@@ -103,11 +103,7 @@ def test_a_package_is_served_as_its_folder_is(package: Path, trained_run: dict[s
 
     with running_server(package, config(mode="lossless", engine="onnxruntime")) as server, \
             StreamClient(server.endpoints) as client:
-        client.wait_subscribed()
-        for i, frame in enumerate(frames):
-            client.send(frame, seq=i)
-        results = [client.receive() for _ in frames]
-        status = client.status()
+        results, status = stream_all(client, frames)
 
     assert is_package(package) and server.denoiser.card.run_dir.parent.name == "zoo"
     assert [r.seq for r in results] == list(range(len(frames)))
