@@ -14,6 +14,9 @@ where the model has an INT8 export that passed its check):
 * end to end: a real ``n2n serve --mode lossless`` process at that precision, at each size:
   latency one frame at a time and the sustained lossless frames/s.
 
+Models that differ only in their frames of history (``input_frames`` K) form the K axis: per network, PSNR and
+frames/s at each K against its K = 1 model (``k_axis`` in the JSON, a table of its own, dotted lines in the plot).
+
 Beside them, the Gaussian filter with the best sigma (chosen on the first frames, as ``n2n evaluate``)
 is the line to beat. Writes JSON, a markdown table and ``frontier.png``: PSNR against end-to-end
 frames/s at the first size.
@@ -36,6 +39,7 @@ from bench.flops import model_flops
 from bench.latency import bare_engine, lossless_end_to_end, make_frame
 from bench.report import fmt, json_safe, machine
 from streamer.core.card import ModelCard
+from streamer.core.history import MOTION_THRESHOLD, FrameHistory
 from streamer.server import ServeConfig, load_denoiser
 
 __all__ = ["gaussian_baseline", "main", "quality", "run_frontier", "table", "write_report"]
@@ -75,9 +79,15 @@ def quality(model: Path, precision: str, raw: np.ndarray, reference: np.ndarray,
     cfg = ServeConfig(engine="openvino", precision=precision, num_threads=threads,  # type: ignore[arg-type]
                       output_dtype="float32")
     den = load_denoiser(model, cfg)
+    # a K-frame model sees the frames before each one by the server's rule, as in n2n evaluate
+    history = FrameHistory(den.input_frames, MOTION_THRESHOLD)
     try:
         den.prepare(raw.shape[1:], raw[0])  # type: ignore[arg-type]
-        out = np.stack([den(f) for f in raw])
+        out = np.empty(raw.shape, np.float32)
+        for i, frame in enumerate(raw):
+            previous = history.previous(frame, i)
+            history.push(frame, i)
+            out[i] = den(frame, previous=previous)
         info = den.engine.info()
     finally:
         den.engine.close()
@@ -145,7 +155,7 @@ def run_frontier(models: Sequence[Path], data: Path, reference: Path, sizes: Seq
                     say(f"  skipped: runs as {q['precision']} ({q['precision_note']})")
                     continue
                 row: dict[str, Any] = {
-                    "model": model.name, "path": str(model), "precision": prec,
+                    "model": model.name, "path": str(model), "precision": prec, "input_frames": arch.input_frames,
                     "architecture": arch.model_dump(exclude={"name", "in_channels", "out_channels"}),
                     "kflop_per_pixel": (arch.flops_per_pixel or 0) / 1e3 or None,
                     "parameters": arch.parameters, "psnr": q["psnr"], "ssim": q["ssim"],
@@ -180,6 +190,7 @@ def run_frontier(models: Sequence[Path], data: Path, reference: Path, sizes: Seq
         "machine": machine(),
         "elapsed_s": time.perf_counter() - started,
     }
+    report["k_axis"] = k_axis(report)
     report = json_safe(report)
     if report_dir is not None:
         write_report(report, Path(report_dir))
@@ -189,31 +200,86 @@ def run_frontier(models: Sequence[Path], data: Path, reference: Path, sizes: Seq
 def table(report: dict[str, Any]) -> str:
     """One markdown row per model × precision, fastest first within equal quality."""
     sizes = [str(s) for s in report["sizes"]]
-    head = ("| model | architecture | kFLOP/px | precision | PSNR / SSIM | "
+    head = ("| model | architecture | K | kFLOP/px | precision | PSNR / SSIM | "
             + " | ".join(f"{s}²: GFLOP, bare / end-to-end lossless frames/s" for s in sizes) + " |")
-    lines = [head, "|" + "---|" * (5 + len(sizes))]
+    lines = [head, "|" + "---|" * (6 + len(sizes))]
     for r in sorted(report["rows"], key=lambda r: (-r["psnr"], r["model"], r["precision"])):
         a = r["architecture"]
         desc = (f"depth {a['depth']}, filters {a['filters'] or a['base_filters']}, {a['block']}"
                 + (f", skip {a['skip']}" if a.get("skip", "concat") != "concat" else "")
-                + (f", stem {a['stem']}" if a["stem"] != "none" else ""))
+                + (f", stem {a['stem']}" if a["stem"] != "none" else "")
+                + (f", frame stem {a['frame_stem']}" if a.get("frame_stem") else "")
+                + (f", residual on {a['residual_frames']}" if a.get("residual_frames", "newest") != "newest" else ""))
         cells = []
         for s in sizes:
             m = r["sizes"].get(s, {})
             cells.append(f"{fmt(m.get('gflop_per_frame'), '.3g')}, {fmt(m.get('bare_fps'), '.1f')} / "
                          f"{fmt(m.get('lossless_fps'), '.1f')}")
-        lines.append(f"| {r['model']} | {desc} | {fmt(r['kflop_per_pixel'], '.1f')} | {r['precision']} | "
+        lines.append(f"| {r['model']} | {desc} | {r.get('input_frames', 1)} | {fmt(r['kflop_per_pixel'], '.1f')} | "
+                     f"{r['precision']} | "
                      f"{r['psnr']:.2f} / {r['ssim']:.4f} | " + " | ".join(cells) + " |")
     g = report["gaussian"]
-    lines.append(f"| Gaussian filter (σ {g['sigma']}) | | | | {g['psnr']:.2f} / {g['ssim']:.4f} |"
+    lines.append(f"| Gaussian filter (σ {g['sigma']}) | | | | | {g['psnr']:.2f} / {g['ssim']:.4f} |"
                  + " |" * len(sizes))
     for s in report.get("skipped", []):
-        lines.append(f"| {Path(s['model']).name} | | | {s['precision']} | skipped: "
+        lines.append(f"| {Path(s['model']).name} | | | | {s['precision']} | skipped: "
                      f"{s['reason'].splitlines()[0][:160]} |" + " |" * len(sizes))
+    lines += k_axis_table(report)
     m = report["machine"]
     lines += ["", f"{report['frames_scored']} frames of {report['data']} scored against {report['reference']}; "
                   f"{m['cpu_count']} × {m['cpu']}, load {m['loadavg'][0]:.2f} at the end."]
     return "\n".join(lines)
+
+
+def _network(arch: dict[str, Any]) -> str:
+    """A network's shape without its frames of history (what the K axis varies)."""
+    return (f"depth {arch['depth']}, filters {arch['filters'] or arch['base_filters']}"
+            + (f", {arch['block']}" if arch.get("block", "conv") != "conv" else "")
+            + (f", skip {arch['skip']}" if arch.get("skip", "concat") != "concat" else "")
+            + (f", stem {arch['stem']}" if arch.get("stem", "none") != "none" else ""))
+
+
+def k_axis(report: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """What each frame of history buys at what speed: per network shape measured at more than one K, its models by
+    K (each at its fastest precision at the first size; of two models of one network and K, the first given), with
+    PSNR and frames/s against its K = 1 model."""
+    size = str(report["sizes"][0])
+    best: dict[tuple[str, int], dict[str, Any]] = {}
+    for r in report["rows"]:
+        fps = r["sizes"].get(size, {}).get("lossless_fps")
+        key = (_network(r["architecture"]), int(r.get("input_frames", 1)))
+        if fps is None or (key in best and best[key]["model"] != r["model"]):
+            continue  # another model of this network and K: the first one measured stands for it
+        if key not in best or fps > best[key]["fps"]:
+            best[key] = {"model": r["model"], "input_frames": key[1], "precision": r["precision"], "psnr": r["psnr"],
+                         "fps": fps}
+    axis: dict[str, list[dict[str, Any]]] = {}
+    for net in dict.fromkeys(n for n, _ in best):
+        ks = sorted((v for (n, _), v in best.items() if n == net), key=lambda v: v["input_frames"])
+        if len(ks) < 2:
+            continue
+        one = next((v for v in ks if v["input_frames"] == 1), None)
+        for v in ks:
+            v["psnr_over_k1"] = v["psnr"] - one["psnr"] if one else None
+            v["fps_over_k1"] = v["fps"] / one["fps"] if one and one["fps"] else None
+        axis[net] = ks
+    return axis
+
+
+def k_axis_table(report: dict[str, Any]) -> list[str]:
+    """The K axis as markdown lines (none where no network was measured at two K)."""
+    axis = k_axis(report)
+    if not axis:
+        return []
+    lines = ["", f"Frames of history (K), each network at its fastest precision; frames/s end to end at "
+                 f"{report['sizes'][0]}²:", "",
+             "| network | K | PSNR (dB) | over K = 1 (dB) | frames/s | of K = 1's frames/s |",
+             "|---|---|---|---|---|---|"]
+    for net, ks in axis.items():
+        for k in ks:
+            lines.append(f"| {net} | {k['input_frames']} | {k['psnr']:.2f} | {fmt(k['psnr_over_k1'], '+.2f')} | "
+                         f"{fmt(k['fps'], '.1f')} | {fmt(k['fps_over_k1'], '.2f')} |")
+    return lines
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
@@ -241,6 +307,11 @@ def plot(report: dict[str, Any], path: Path) -> None:
         ax.annotate(name, (best[0], best[1]), textcoords="offset points", xytext=(5, 4), fontsize=7,
                     color=colours[name])
         model_handles.append(Line2D([], [], color=colours[name], marker="o", lw=0.8, label=name))
+    for ks in k_axis(report).values():  # the K axis: one network's models joined in order of K
+        ax.plot([v["fps"] for v in ks], [v["psnr"] for v in ks], ":", color="k", lw=1, alpha=0.7)
+        for v in ks:
+            ax.annotate(f"K={v['input_frames']}", (v["fps"], v["psnr"]), textcoords="offset points", xytext=(-8, -11),
+                        fontsize=7)
     g = report["gaussian"]
     ax.axhline(g["psnr"], color="k", ls="--", lw=1)
     precision_handles = [Line2D([], [], color="gray", marker=m, ls="", label=p) for p, m in markers.items()

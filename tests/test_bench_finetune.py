@@ -22,12 +22,14 @@ def test_a_size_too_small_to_train_on_is_refused_in_one_line() -> None:
 
 
 @pytest.mark.slow
-def test_the_finetune_benchmark_reports_consistent_numbers(tmp_path: Path) -> None:
+@pytest.mark.parametrize("k", [1, 2])
+def test_the_finetune_benchmark_reports_consistent_numbers(k: int, tmp_path: Path) -> None:
+    """K = 1 (the real-time preset) and K = 2 (the K-frame preset's network): a swap, and numbers that agree."""
     out = tmp_path / "ft.json"
     epochs, steps = 2, 10
     # the session lasts until the first swap has served a while (however busy the machine), 10 minutes at most
     proc = subprocess.run([sys.executable, "-m", "bench.finetune", "--size", "96", "--epochs", str(epochs),
-                           "--steps", str(steps), "--swaps", "1", "--minutes", "10", "--json", str(out)],
+                           "--steps", str(steps), "--swaps", "1", "--minutes", "10", "--k", str(k), "--json", str(out)],
                           capture_output=True, text=True, timeout=1500, cwd=REPO_ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(out.read_text())
@@ -49,3 +51,5 @@ def test_the_finetune_benchmark_reports_consistent_numbers(tmp_path: Path) -> No
     for key in ("psnr_start", "psnr_end", "psnr_scratch", "psnr_scratch_same_patches", "psnr_plain_sample1_model"):
         assert 5 < r[key] < 60, key
     assert r["psnr_end"] > r["psnr_plain_sample1_model"]  # the candidates swapped in serve better
+    assert r["input_frames"] == k
+    assert abs(r["gap_db_to_scratch_same_patches"] - (r["psnr_end"] - r["psnr_scratch_same_patches"])) <= 0.011

@@ -87,3 +87,44 @@ def test_bad_arguments(trained_run: dict[str, Path], tmp_path: Path) -> None:
     tifffile.imwrite(small, np.zeros((8, 8), np.float32))
     with pytest.raises(ValueError, match="expected a reference of"):
         frontier.run_frontier([run], raw, small, sizes=[32])
+
+
+def test_k_axis_joins_one_network_across_frames_of_history() -> None:
+    """Models that differ only in K (and the K-frame front end) form one network's K axis, each at its fastest
+    precision, against its K = 1 model; a network measured at one K only has no axis."""
+    def row(model: str, k: int, precision: str, psnr: float, fps: float, filters: list[int]) -> dict[str, Any]:
+        arch = {"depth": 3, "filters": filters, "base_filters": 32, "block": "conv", "skip": "concat", "stem": "none"}
+        if k > 1:
+            arch.update(input_frames=k, frame_stem=4, residual_frames="mix")
+        return {"model": model, "input_frames": k, "precision": precision, "psnr": psnr, "architecture": arch,
+                "sizes": {"512": {"lossless_fps": fps}}}
+
+    report = {"sizes": [512], "rows": [
+        row("fast", 1, "fp32", 42.0, 80.0, [4, 16, 32, 64]), row("fast", 1, "bf16", 41.99, 120.0, [4, 16, 32, 64]),
+        row("fast-k4", 4, "bf16", 44.0, 90.0, [4, 16, 32, 64]), row("fast-k2", 2, "bf16", 43.0, 110.0, [4, 16, 32, 64]),
+        row("wide", 1, "bf16", 42.3, 15.0, [32, 64, 128, 256]),
+        row("fast-k4-longer", 4, "bf16", 44.2, 95.0, [4, 16, 32, 64])]}  # a second K = 4 model: the first stands
+    axis = frontier.k_axis(report)
+    assert list(axis) == ["depth 3, filters [4, 16, 32, 64]"]  # the wide network has one K: no axis
+    ks = axis["depth 3, filters [4, 16, 32, 64]"]
+    assert [v["input_frames"] for v in ks] == [1, 2, 4] and ks[0]["precision"] == "bf16"  # its fastest
+    assert ks[2]["psnr_over_k1"] == pytest.approx(44.0 - 41.99) and ks[2]["fps_over_k1"] == pytest.approx(0.75)
+    assert "| depth 3, filters [4, 16, 32, 64] | 4 | 44.00 | +2.01 | 90.0 | 0.75 |" in frontier.k_axis_table(report)
+    assert frontier.k_axis_table({**report, "rows": report["rows"][-1:]}) == []
+
+
+def test_a_k_frame_model_is_scored_with_its_history(trained_run: dict[str, Path], tmp_path: Path) -> None:
+    """The frontier's quality of a K-frame model is what n2n evaluate scores: each frame with the ones before it."""
+    from conftest import tiny_train_dict
+
+    from trainer.config import TrainConfig
+    from trainer.run import run_training
+
+    run = tmp_path / "k2"
+    run_training(TrainConfig.model_validate(tiny_train_dict(model={"input_frames": 2, "frame_stem": 2,
+                                                                   "residual_frames": "mix"})),
+                 run, [trained_run["raw"]])
+    raw, ref = tifffile.imread(trained_run["raw"]), tifffile.imread(trained_run["truth"])
+    q = frontier.quality(run, "fp32", raw, ref, float(ref.max() - ref.min()), threads=1)
+    expected, _ = evaluate(load_run(run), raw, ref)
+    assert q["psnr"] == pytest.approx(expected["psnr_denoised"], abs=1e-3)

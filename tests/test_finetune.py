@@ -28,19 +28,58 @@ def test_the_ring_is_bounded_holds_out_pairs_and_restarts_on_a_new_frame_size() 
     ring = PairRing(capacity=20, val_every=5)
     a = np.zeros((8, 8), np.uint16)
     for i in range(1000):
-        ring.add(a, a + 1, seq=i)
+        ring.add((a, a + 1), seq=i)
     assert len(ring) <= 20 and len(ring.val) == 4 and len(ring.train) == 16
     assert ring.nbytes <= 20 * 2 * a.nbytes and ring.seen == 1000 and ring.seqs[-1] == 999
-    ring.add(np.zeros((4, 4), np.uint16), np.zeros((4, 4), np.uint16))
+    ring.add((np.zeros((4, 4), np.uint16), np.zeros((4, 4), np.uint16)))
     assert len(ring.train) + len(ring.val) == 1  # a new frame size: the old pairs cannot train it
     with pytest.raises(ValueError, match="one shape"):
-        ring.add(a, np.zeros((4, 4), np.uint16))
+        ring.add((a, np.zeros((4, 4), np.uint16)))
 
 
-def test_candidates_are_swapped_in_under_load_without_losing_a_frame(run_copy: Path, tmp_path: Path) -> None:
+def test_runs_of_consecutive_frames_go_to_the_worker_whole() -> None:
+    """A K-frame model's worker gets K + 1 consecutive frames at a time: they decode as sent, in order; a run with
+    frames of two shapes is refused, and so is a message with a frame missing."""
+    from streamer.core.messages import decode_pair, encode_pair
+
+    run = tuple(np.full((6, 5), i, np.uint16) for i in range(3))
+    parts = [bytes(p) for p in encode_pair(*run, seq=40)]
+    frames, seq = decode_pair(parts)
+    assert seq == 40 and len(frames) == 3 and all(np.array_equal(a, b) for a, b in zip(frames, run))
+    with pytest.raises(ValueError, match="3 frames after the header, got 2"):
+        decode_pair(parts[:-1])
+    with pytest.raises(ValueError, match="one shape"):
+        encode_pair(run[0], np.zeros((5, 5), np.uint16), seq=0)
+    ring = PairRing(capacity=8, val_every=4)
+    ring.add(frames, seq)
+    ring.add(frames[:2], seq)  # another model's pairs (K changed): start over
+    assert len(ring) == 1 and len(ring.train[0]) == 2
+
+
+@pytest.fixture(scope="module")
+def k2_run(trained_run: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny K = 2 run with the K-frame front end (shared frame stem, mixed residual, windows of a frame alone)."""
+    from conftest import tiny_train_dict
+
+    from trainer.config import TrainConfig
+    from trainer.run import run_training
+
+    out = tmp_path_factory.mktemp("finetune-k2") / "run"  # named as the single-frame copy: the test reads names
+    cfg = TrainConfig.model_validate(tiny_train_dict(model={"input_frames": 2, "frame_stem": 2,
+                                                            "residual_frames": "mix"},
+                                                     data={"repeated_windows": 0.25}))
+    run_training(cfg, out, [trained_run["raw"]])
+    return out
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_candidates_are_swapped_in_under_load_without_losing_a_frame(k: int, request: pytest.FixtureRequest,
+                                                                     tmp_path: Path) -> None:
     """Lossless, frames streaming: the worker trains, saves a candidate (margin -1: every round's), the server
     swaps it in between two frames; every frame comes out once, in order; the candidate's folder is a model
-    folder with a card that says where it came from."""
+    folder with a card that says where it came from. A K-frame model (K = 2) fine-tunes on runs of K + 1 frames
+    and its candidates keep its K."""
+    run_copy = request.getfixturevalue("run_copy") if k == 1 else request.getfixturevalue("k2_run")
     out = tmp_path / "live"
     frames = camera_frames(8, size=64, seed=3)
     received: list[tuple[int | None, str]] = []
@@ -72,6 +111,7 @@ def test_candidates_are_swapped_in_under_load_without_losing_a_frame(run_copy: P
     card = ModelCard.load(out / models[first_new])  # its files check against their sha256
     provenance = card.training["finetuned"]
     assert provenance["from"].endswith("run") and provenance["pairs_seen"] >= FAST["min_pairs"]
+    assert card.input_frames == k and card.architecture == ModelCard.load(run_copy).architecture
 
 
 def test_the_worker_dying_does_not_stop_serving(run_copy: Path, tmp_path: Path) -> None:

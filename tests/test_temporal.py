@@ -69,6 +69,78 @@ def test_k_frame_unet_adds_its_residual_to_the_newest_frame() -> None:
     assert "input_frames" not in UNet(depth=1, base_filters=4).architecture  # K = 1: recorded as before
 
 
+def test_shared_frame_stem_gives_every_frame_the_same_features() -> None:
+    """frame_stem S: one 3×3 convolution (and ReLU) with the same weights on each frame, K·S channels into the first
+    level, frame by frame in order; its weights do not grow with K."""
+    torch.manual_seed(0)
+    net = UNet(depth=2, filters=[4, 8, 8], input_frames=K, frame_stem=3).eval()
+    seen: list[torch.Tensor] = []
+    net.down[0].register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    x = torch.randn(2, K, 16, 20)  # sizes of the size multiple: no padding
+    with torch.no_grad():
+        net(x)
+        per_frame = torch.cat([torch.relu(net.stem_conv(x[:, i:i + 1])) for i in range(K)], dim=1)
+    assert seen[0].shape == (2, 3 * K, 16, 20)
+    assert torch.allclose(seen[0], per_frame, atol=1e-6)
+    wider = UNet(depth=2, filters=[4, 8, 8], input_frames=5, frame_stem=3)
+    assert net.stem_conv.weight.shape == wider.stem_conv.weight.shape
+    assert net.architecture["frame_stem"] == 3 and "frame_stem" not in UNet(depth=1, base_filters=4).architecture
+
+
+def test_mixed_residual_starts_at_the_mean_and_a_frame_alone_is_its_own_mix() -> None:
+    net = UNet(depth=1, base_filters=4, input_frames=K, residual_frames="mix").eval()
+    torch.nn.init.zeros_(net.head.weight)
+    torch.nn.init.zeros_(net.head.bias)
+    x = torch.randn(2, K, 16, 18)
+    alone = x[:, -1:].repeat(1, K, 1, 1)
+    with torch.no_grad():
+        assert torch.allclose(net(x), x.mean(dim=1, keepdim=True), atol=1e-6)
+        net.mix.copy_(torch.tensor([0.1, 0.3, 0.6]))  # any learned weights that sum to one
+        assert torch.allclose(net(alone), x[:, -1:], atol=1e-6)
+    assert net.architecture["residual_frames"] == "mix"
+
+
+@pytest.mark.parametrize("front", [{"frame_stem": 4}, {"residual_frames": "mix"},
+                                   {"frame_stem": 2, "residual_frames": "mix", "stem": "unshuffle"}],
+                         ids=["frame stem", "mixed residual", "both, unshuffled"])
+def test_k_frame_front_ends_count_their_flops_and_keep_their_reach(front: dict[str, object]) -> None:
+    """The analytic FLOP count equals a forward pass's convolutions (plus 2 per frame for the mix); a pixel's
+    output looks no further than the reach the tiler's margin is made of."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(0)
+    net = UNet(depth=2, filters=[4, 8, 16], input_frames=K, **front).eval()  # type: ignore[arg-type]
+    size = 64
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        net(torch.zeros(1, K, size, size))
+    convs = sum(v for op, v in counter.get_flop_counts()["Global"].items() if "convolution" in str(op)) / size**2
+    mix = 2 * K if front.get("residual_frames") == "mix" else 0
+    assert net.flops_per_pixel() == pytest.approx(convs + mix)
+    side = 4 * net.reach
+    x = torch.randn(1, K, side, side)
+    poked = x.clone()
+    poked[:, 0, side // 2, side // 2] += 10.0  # the oldest frame: it goes through the stem too
+    with torch.no_grad():
+        diff = (net(poked) - net(x)).abs()[0, 0]
+    rows, cols = torch.nonzero(diff > 1e-6, as_tuple=True)
+    assert rows.numel() > 0
+    assert (rows - side // 2).abs().max() <= net.reach and (cols - side // 2).abs().max() <= net.reach
+
+
+def test_sampler_repeats_the_newest_frame_in_a_share_of_windows() -> None:
+    """repeated: that share of windows is the frame next to the target K times (a frame alone, as served)."""
+    stack = np.arange(20, dtype=np.float32)[:, None, None] * np.ones((20, 32, 32), np.float32)
+    for share, low, high in [(0.0, 0.0, 0.0), (1.0, 1.0, 1.0), (0.3, 0.2, 0.4)]:
+        x, y = PairSampler([stack], 16, [32], seed=2, k=3, reverse=False, repeated=share).sample(400)
+        frames, t = x[:, :, 0, 0], y[:, 0, 0, 0] - 1  # constant frames: values are frame indices; forward: t → t+1
+        assert np.all(frames[:, -1] == t)  # the newest input is always the frame next to the target
+        later = t >= 1  # (the window of frame 0 is frame 0 three times anyway)
+        alone = np.all(frames == frames[:, -1:], axis=1)[later]
+        assert low <= alone.mean() <= high, (share, alone.mean())
+    with pytest.raises(ValueError, match="fraction"):
+        PairSampler([stack], 16, [32], k=3, repeated=1.5)
+
+
 def test_single_frame_card_and_config_are_unchanged(trained_run: dict[str, Path]) -> None:
     """K = 1 writes nothing new (old cards and configs load as K = 1)."""
     card = json.loads((trained_run["run"] / "model.json").read_text())
@@ -273,3 +345,21 @@ def test_n2n_denoise_applies_the_history_rule_along_t(k_run: Path, tmp_path: Pat
     reader.close()
     den = load_denoiser(k_run, config(engine="openvino", output_dtype="float32"))
     assert all(np.array_equal(zout[i], den(series[0][i])) for i in range(t))
+
+
+def test_drift_benchmark_trains_the_shipped_k_frame_network() -> None:
+    """bench.drift's K-frame models take configs/train_temporal.yaml's network and training windows: its --set
+    overrides on the real-time preset give that config's model and windows, at the K asked for."""
+    from bench.drift import _temporal_settings
+    from n2n.command import parse_settings
+    from streamer.core.config import load_config
+
+    root = Path(__file__).resolve().parent.parent
+    sets, k = _temporal_settings(root / "configs" / "train_temporal.yaml")
+    shipped = load_config(TrainConfig, root / "configs" / "train_temporal.yaml")
+    assert k == shipped.model.input_frames > 1
+    made = load_config(TrainConfig, root / "configs" / "train_fast.yaml",
+                       **{**parse_settings(sets), "model.input_frames": k})
+    assert made.model == shipped.model
+    assert (made.data.repeated_windows, made.data.reversed_pairs) == (shipped.data.repeated_windows,
+                                                                      shipped.data.reversed_pairs) != (0.0, True)

@@ -52,6 +52,12 @@ class ModelConfig(Strict):
     """K: consecutive frames the network sees (t−K+1 … t) to denoise frame t; causal, no look-ahead. Trained on
     frames t−K+1 … t → frame t+1 (Noise2Noise); before K frames exist the oldest is repeated (streamer/core/history.py).
     1: the single-frame network."""
+    frame_stem: int = Field(0, ge=0, le=64, exclude_if=lambda v: v == 0)
+    """Channels of a 3×3 convolution shared by the K frames (same weights on each) before the first level mixes
+    them; 0: the K frames enter the first convolution as its channels."""
+    residual_frames: Literal["newest", "mix"] = Field("newest", exclude_if=lambda v: v == "newest")
+    """What the residual output adds to: 'newest' (frame t) or 'mix' (a learned weighted sum of the K frames,
+    initialised to their mean; with a thin first level it keeps the older frames in use)."""
 
     @model_validator(mode="after")
     def _filters_fit_depth(self) -> ModelConfig:
@@ -95,6 +101,10 @@ class DataConfig(Strict):
     reversed_pairs: bool = Field(True, exclude_if=lambda v: v is True)
     """With model.input_frames > 1: also train on time-reversed windows (frames t+K−1 … t, newest last, → frame
     t−1), twice the pairs (Noise2Noise pairs of one frame already go both ways)."""
+    repeated_windows: float = Field(0.0, ge=0.0, le=1.0, exclude_if=lambda v: v == 0.0)
+    """With model.input_frames > 1: the fraction of training windows whose K frames are one frame repeated (the
+    frame next to the target), as the streamer sends a frame alone (the first of a stream, or one that moved),
+    so that the model's answer for a frame alone is as good as a single-frame model's. 0: none."""
 
 
 class OptimConfig(Strict):

@@ -1,9 +1,11 @@
 """Fine-tuning on the live stream (``n2n serve --finetune``): the worker process.
 
 The server sends it pairs of consecutive raw frames, sampled across the session (one pair every ``every``
-frames), over a ZeroMQ socket it never waits on. The worker keeps them in a bounded ring, one pair in
-``val_every`` held out for validation, and in rounds continues training the serving model from its weights on
-random patches of the training pairs (Noise2Noise: frame t predicts t+1 and back). After each round it scores the
+frames), over a ZeroMQ socket it never waits on; for a K-frame model, runs of K + 1 consecutive frames (a window
+and the frame after it). The worker keeps them in a bounded ring, one pair in ``val_every`` held out for
+validation, and in rounds continues training the serving model from its weights on random patches of the
+training pairs (Noise2Noise: frame t predicts t+1 and back; a K-frame model frames t−K+1 … t, and the run
+reversed, with windows of one frame repeated as often as its training had them). After each round it scores the
 candidate and the serving weights by the N2N loss on the held-out pairs, which ranks models as the error to the
 clean image does, up to a constant. A candidate better by ``margin`` is saved as a run folder of its own (weights,
 ONNX, card with provenance: the frames' seq range and time) and offered to the server, which swaps it in between
@@ -42,25 +44,26 @@ def worker_command() -> list[str]:
 
 
 class PairRing:
-    """Consecutive frame pairs, at most ``capacity`` (the oldest go first), one in ``val_every`` held out."""
+    """Runs of consecutive frames (pairs; K + 1 frames for a K-frame model), at most ``capacity`` (the oldest go
+    first), one in ``val_every`` held out."""
 
     def __init__(self, capacity: int, val_every: int) -> None:
         n_val = max(2, capacity // val_every)
-        self.train: deque[tuple[np.ndarray, np.ndarray]] = deque(maxlen=max(1, capacity - n_val))
-        self.val: deque[tuple[np.ndarray, np.ndarray]] = deque(maxlen=n_val)
+        self.train: deque[tuple[np.ndarray, ...]] = deque(maxlen=max(1, capacity - n_val))
+        self.val: deque[tuple[np.ndarray, ...]] = deque(maxlen=n_val)
         self.val_every = val_every
         self.seen = 0
         self.seqs: deque[int] = deque(maxlen=capacity)
         self.first_seq: int | None = None
 
-    def add(self, a: np.ndarray, b: np.ndarray, seq: int | None = None) -> None:
-        if a.shape != b.shape:
-            raise ValueError(f"expected a pair of one shape, got {a.shape} and {b.shape}")
-        if self.train and a.shape != self.train[0][0].shape:  # another frame size: start over
-            self.train.clear()
+    def add(self, frames: tuple[np.ndarray, ...], seq: int | None = None) -> None:
+        if len(frames) < 2 or any(f.shape != frames[0].shape for f in frames):
+            raise ValueError(f"expected two or more frames of one shape, got {[f.shape for f in frames]}")
+        if self.train and (frames[0].shape != self.train[0][0].shape or len(frames) != len(self.train[0])):
+            self.train.clear()  # another frame size: start over
             self.val.clear()
         self.seen += 1
-        (self.val if self.seen % self.val_every == 0 else self.train).append((a, b))
+        (self.val if self.seen % self.val_every == 0 else self.train).append(tuple(frames))
         if seq is not None:
             self.seqs.append(seq)
             self.first_seq = seq if self.first_seq is None else self.first_seq
@@ -70,7 +73,7 @@ class PairRing:
 
     @property
     def nbytes(self) -> int:
-        return sum(a.nbytes + b.nbytes for a, b in [*self.train, *self.val])
+        return sum(f.nbytes for run in [*self.train, *self.val] for f in run)
 
 
 class Tuner:
@@ -85,8 +88,9 @@ class Tuner:
         self.cfg = cfg
         self.run_dir = run_dir
         self.card = ModelCard.load(run_dir)
-        if self.card.input_frames != 1:
-            raise ValueError("fine-tuning takes single-frame models (input_frames 1)")
+        self.k = self.card.input_frames
+        data = ((self.card.training or {}).get("config") or {}).get("data") or {}
+        self.repeated = float(data.get("repeated_windows", 0.0)) if self.k > 1 else 0.0  # as it was trained
         self.net, self.norm = load_weights(run_dir)
         torch.set_num_threads(int(cfg["threads"]))
         self.serving = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
@@ -97,8 +101,20 @@ class Tuner:
     def _normed(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(self.norm.normalize(x.astype(np.float32)), np.float32)
 
-    def loss_of(self, state: dict[str, Any], pairs: list[tuple[np.ndarray, np.ndarray]]) -> float:
-        """N2N loss of ``state`` on ``pairs`` (both directions), in the model's normalised units."""
+    def _window(self, run: tuple[np.ndarray, ...], rng: np.random.Generator | None = None
+                ) -> tuple[list[np.ndarray], np.ndarray]:
+        """The model's input frames (oldest first) and the Noise2Noise target of a run of K + 1 frames (K = 1:
+        a pair); with ``rng``, the run reversed half the time and the input one frame repeated at the model's
+        training rate of such windows."""
+        if rng is not None and rng.random() < 0.5:
+            run = run[::-1]
+        inputs = list(run[:self.k])
+        if rng is not None and self.repeated and rng.random() < self.repeated:
+            inputs = [inputs[-1]] * self.k
+        return inputs, run[self.k]
+
+    def loss_of(self, state: dict[str, Any], runs: list[tuple[np.ndarray, ...]]) -> float:
+        """N2N loss of ``state`` on ``runs`` (both directions), in the model's normalised units."""
         import torch
 
         keep = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
@@ -107,20 +123,21 @@ class Tuner:
         crop = int(self.cfg["val_crop"])
         losses = []
         with torch.no_grad():
-            for a, b in pairs:
-                h, w = a.shape
+            for run in runs:
+                h, w = run[0].shape
                 m = self.net.size_multiple
                 ch, cw = min(h, crop) // m * m, min(w, crop) // m * m
                 r0, c0 = (h - ch) // 2, (w - cw) // 2
-                x = torch.from_numpy(np.stack([self._normed(a[r0:r0 + ch, c0:c0 + cw]),
-                                               self._normed(b[r0:r0 + ch, c0:c0 + cw])])[:, None])
+                cut = [self._normed(f[r0:r0 + ch, c0:c0 + cw]) for f in run]
+                x = torch.from_numpy(np.stack([np.stack(cut[:self.k]), np.stack(cut[::-1][:self.k])]))
                 y = self.net(x)
-                losses.append(float(torch.mean((y[0] - x[1]) ** 2) + torch.mean((y[1] - x[0]) ** 2)) / 2)
+                losses.append(float(torch.mean((y[0, 0] - torch.from_numpy(cut[self.k])) ** 2)
+                                    + torch.mean((y[1, 0] - torch.from_numpy(cut[-1 - self.k])) ** 2)) / 2)
         self.net.load_state_dict(keep)
         return float(np.mean(losses))
 
-    def train_round(self, pairs: list[tuple[np.ndarray, np.ndarray]], between: Any = None) -> float:
-        """``steps`` optimiser steps on random patches of ``pairs`` (random direction, flips, rotations);
+    def train_round(self, runs: list[tuple[np.ndarray, ...]], between: Any = None) -> float:
+        """``steps`` optimiser steps on random patches of ``runs`` (random direction, flips, rotations);
         ``between()`` is called every 10 steps (the worker takes the pairs that arrived meanwhile)."""
         import torch
 
@@ -130,16 +147,14 @@ class Tuner:
         for _ in range(int(self.cfg["steps"])):
             xs, ys = [], []
             for _ in range(bs):
-                a, b = pairs[int(self.rng.integers(len(pairs)))]
-                if self.rng.random() < 0.5:
-                    a, b = b, a
-                h, w = a.shape
+                inputs, target = self._window(runs[int(self.rng.integers(len(runs)))], self.rng)
+                h, w = target.shape
                 r, c = int(self.rng.integers(0, h - p + 1)), int(self.rng.integers(0, w - p + 1))
                 k = int(self.rng.integers(4))
-                xa, xb = np.rot90(a[r:r + p, c:c + p], k), np.rot90(b[r:r + p, c:c + p], k)
-                xs.append(self._normed(np.ascontiguousarray(xa)))
-                ys.append(self._normed(np.ascontiguousarray(xb)))
-            x = torch.from_numpy(np.stack(xs)[:, None])
+                xs.append(np.stack([self._normed(np.ascontiguousarray(np.rot90(f[r:r + p, c:c + p], k)))
+                                    for f in inputs]))
+                ys.append(self._normed(np.ascontiguousarray(np.rot90(target[r:r + p, c:c + p], k))))
+            x = torch.from_numpy(np.stack(xs))
             y = torch.from_numpy(np.stack(ys)[:, None])
             loss = torch.mean((self.net(x) - y) ** 2)
             self.opt.zero_grad(set_to_none=True)

@@ -195,7 +195,8 @@ def train(
     normed = [norm.normalize(s) for s in stacks]
     targets = [norm.normalize(r) for r in references] if config.mode == "supervised" and references else None
     k = config.model.input_frames
-    sampler = PairSampler(normed, dc.patch_size, splits, targets, seed=oc.seed, k=k, reverse=dc.reversed_pairs)
+    sampler = PairSampler(normed, dc.patch_size, splits, targets, seed=oc.seed, k=k, reverse=dc.reversed_pairs,
+                          repeated=dc.repeated_windows)
     validate = _Validator(stacks, norm, splits, references, config.mode, dc.val_pairs, k)
 
     net.to(device)

@@ -116,7 +116,9 @@ class PairSampler:
 
     ``inputs``: normalised (T, H, W) float32 stacks. ``targets``: None for Noise2Noise
     (targets are the neighbouring frames of the same stack), else one normalised clean
-    reference per stack, (H, W) or (T, H, W). Patches come from rows ``[0, row_limit)``.
+    reference per stack, (H, W) or (T, H, W). Patches come from rows ``[0, row_limit)``. With ``k`` > 1, a
+    fraction ``repeated`` of the windows are the frame next to the target repeated K times (a frame alone, as
+    the streamer sends the first frame of a stream or one that moved).
     """
 
     def __init__(
@@ -128,6 +130,7 @@ class PairSampler:
         seed: int = 0,
         k: int = 1,
         reverse: bool = True,
+        repeated: float = 0.0,
     ) -> None:
         if not inputs:
             raise ValueError("Expected at least one training stack, got none")
@@ -137,6 +140,9 @@ class PairSampler:
         self.row_limit = list(row_limit)
         self.rng = np.random.default_rng(seed)
         self.k = k
+        if not 0.0 <= repeated <= 1.0:
+            raise ValueError(f"repeated must be a fraction in [0, 1], got {repeated}")
+        self.repeated = float(repeated) if k > 1 else 0.0
         self._pairs: list[np.ndarray] = []
         weights = []
         for i, stack in enumerate(self.inputs):
@@ -171,6 +177,8 @@ class PairSampler:
         for b, s in enumerate(stacks):
             row = self._pairs[s][self.rng.integers(len(self._pairs[s]))]
             src, dst = row[:-1], row[-1]
+            if self.repeated and self.rng.random() < self.repeated:
+                src = np.full(self.k, src[-1])
             w = self.inputs[s].shape[2]
             r = self.rng.integers(0, self.row_limit[s] - p + 1)
             c = self.rng.integers(0, w - p + 1)

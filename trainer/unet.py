@@ -17,6 +17,16 @@ Three knobs span the family (``model.*`` in the training config, recorded in the
 * ``input_frames`` (K): the network sees K consecutive frames (t−K+1 … t, oldest first) as input
   channels and denoises frame t (causal: no future frame, so no added latency); the residual output
   adds to the newest frame. K = 1 is the single-frame network, unchanged.
+* ``frame_stem`` (K > 1): the front end where the K frames meet. 0: the K frames enter the first
+  convolution as its input channels. S > 0: one 3×3 convolution with S channels and a ReLU, the same
+  weights on every frame (a grouped convolution), so every frame gets the same features before the
+  first level mixes them (K·S channels in; with a 4-channel first level the K frames otherwise compete
+  for four channels, and the older ones were learned away).
+* ``residual_frames``: what the residual output adds to: ``newest`` (frame t) or ``mix`` (a learned
+  weighted sum of the K frames, free weights initialised to their mean: a still field starts from the
+  K-frame average, with a K-th of the noise variance, where training from the newest frame alone let a
+  thin first level learn to ignore the older frames. The trained weights need not sum to one (on FMD they
+  sum to about 0.5, the network supplying the rest).
 * ``stem``: ``unshuffle`` folds each 2×2 block of pixels into 4 channels before the U-Net and
   unfolds the output after it (the whole network runs at half resolution: about 4× cheaper,
   at some cost in fine detail).
@@ -33,11 +43,12 @@ from torch import nn
 
 from streamer.core.card import unet_reach
 
-__all__ = ["BLOCKS", "SKIPS", "STEMS", "UNet", "unet_filters", "unet_reach"]
+__all__ = ["BLOCKS", "RESIDUAL_FRAMES", "SKIPS", "STEMS", "UNet", "unet_filters", "unet_reach"]
 
 BLOCKS = ("conv", "dsconv")
 STEMS = ("none", "unshuffle")
 SKIPS = ("concat", "add", "project")
+RESIDUAL_FRAMES = ("newest", "mix")
 SUBPIXEL_MAX_FILTERS = 8  # the sub-pixel decoder form pays for networks this thin at full resolution
 
 
@@ -155,7 +166,8 @@ class UNet(nn.Module):
 
     def __init__(self, depth: int = 2, base_filters: int = 32, residual: bool = True,
                  filters: Sequence[int] | None = None, block: str = "conv", stem: str = "none",
-                 skip: str = "concat", input_frames: int = 1) -> None:
+                 skip: str = "concat", input_frames: int = 1, frame_stem: int = 0,
+                 residual_frames: str = "newest") -> None:
         super().__init__()
         if input_frames < 1:
             raise ValueError(f"U-Net input_frames must be >= 1, got {input_frames}")
@@ -169,6 +181,11 @@ class UNet(nn.Module):
             raise ValueError(f"U-Net stem must be one of {', '.join(STEMS)}, got {stem!r}")
         if skip not in SKIPS:
             raise ValueError(f"U-Net skip must be one of {', '.join(SKIPS)}, got {skip!r}")
+        if frame_stem < 0:
+            raise ValueError(f"U-Net frame_stem must be >= 0 (0: none), got {frame_stem}")
+        if residual_frames not in RESIDUAL_FRAMES:
+            raise ValueError(f"U-Net residual_frames must be one of {', '.join(RESIDUAL_FRAMES)}, "
+                             f"got {residual_frames!r}")
         chans = unet_filters(depth, base_filters, filters)
         if min(chans) < 1:
             raise ValueError(f"U-Net filters must all be >= 1, got {chans}")
@@ -180,12 +197,22 @@ class UNet(nn.Module):
         self.stem = stem
         self.skip = skip
         self.input_frames: int = int(input_frames)
+        self.frame_stem: int = int(frame_stem)
+        self.residual_frames = residual_frames
         self.fold: int = 2 if stem == "unshuffle" else 1
         self.size_multiple: int = 2**depth * self.fold
         """Frame sizes divisible by this run without padding."""
         self.reach: int = unet_reach(depth + (1 if self.fold > 1 else 0))
         """Tile margin that makes tiled output equal whole-frame output."""
         cin = self.fold**2 * self.input_frames
+        # (None when not used: TorchScript drops the branch of an attribute that is None)
+        self.stem_conv: nn.Conv2d | None = None
+        if self.frame_stem:
+            self.stem_conv = nn.Conv2d(self.fold**2, self.frame_stem, 3, padding=1)  # shared by the K frames
+            cin = self.frame_stem * self.input_frames
+        self.mix: nn.Parameter | None = None
+        if residual_frames == "mix":
+            self.mix = nn.Parameter(torch.full((self.input_frames,), 1.0 / self.input_frames))
         self.down = nn.ModuleList()
         for c in chans[:-1]:
             self.down.append(_block(cin, c, block))
@@ -210,6 +237,10 @@ class UNet(nn.Module):
                                 "skip": self.skip}
         if self.input_frames != 1:  # (a single-frame network's record is as it always was)
             arch["input_frames"] = self.input_frames
+        if self.frame_stem:
+            arch["frame_stem"] = self.frame_stem
+        if self.residual_frames != "newest":
+            arch["residual_frames"] = self.residual_frames
         return arch
 
     def flops_per_pixel(self) -> float:
@@ -220,6 +251,10 @@ class UNet(nn.Module):
         for i, up in enumerate(self.up):
             lvl = self.depth - 1 - i
             placed += [(lvl + 1, up.proj), (lvl, up.block)] if isinstance(up, _AddUp | _ProjectUp) else [(lvl, up)]
+        if self.frame_stem:
+            total += 2 * self.frame_stem * 9 * self.input_frames  # fold² in, S out, on 1/fold² of the pixels
+        if self.residual_frames == "mix":
+            total += 2 * self.input_frames
         for lvl, mod in placed:
             pixels = 1.0 / (self.fold * 2**lvl) ** 2
             for conv in (m for m in mod.modules() if isinstance(m, nn.Conv2d)):
@@ -234,6 +269,12 @@ class UNet(nn.Module):
         # exported ONNX graph keeps dynamic height and width. Needs h, w >= size_multiple.
         x = F.pad(x, (0, (m - w % m) % m, 0, (m - h % m) % m), mode="reflect")
         y = F.pixel_unshuffle(x, self.fold) if self.fold > 1 else x
+        stem = self.stem_conv
+        if stem is not None:  # channels frame-major (k·fold² + phase), so groups=K gives each frame the same conv
+            k = self.input_frames
+            bias = stem.bias
+            assert bias is not None
+            y = F.relu(F.conv2d(y, stem.weight.repeat(k, 1, 1, 1), bias.repeat(k), 1, 1, 1, k))
         skips: list[torch.Tensor] = []
         for block in self.down:
             y = block(y)
@@ -246,5 +287,9 @@ class UNet(nn.Module):
         if self.fold > 1:
             y = F.pixel_shuffle(y, self.fold)
         if self.residual:
-            y = y + (x[:, self.input_frames - 1 :] if self.input_frames > 1 else x)  # the newest frame
+            mix = self.mix
+            if mix is not None:
+                y = y + (x * mix.view(1, -1, 1, 1)).sum(dim=1, keepdim=True)
+            else:
+                y = y + (x[:, self.input_frames - 1 :] if self.input_frames > 1 else x)  # the newest frame
         return y[..., :h, :w]

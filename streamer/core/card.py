@@ -86,8 +86,12 @@ class Architecture(_Part):
     input_frames: int = Field(1, ge=1, le=16, exclude_if=lambda v: v == 1)
     """Consecutive frames the network sees (causal: t−K+1 … t, oldest first, as the K input channels) to
     denoise frame t; 1: one frame (written only when above 1, so single-frame cards are unchanged). The
-    residual output adds to the newest frame. See :mod:`streamer.core.history` for the rule before K frames
-    have arrived."""
+    residual output adds to the newest frame (or, with ``residual_frames: mix``, to a learned mix of the K). See
+    :mod:`streamer.core.history` for the rule before K frames have arrived."""
+    frame_stem: int = Field(0, ge=0, exclude_if=lambda v: v == 0)
+    """Channels of the 3×3 convolution shared by the K frames before the first level (0: none)."""
+    residual_frames: Literal["newest", "mix"] = Field("newest", exclude_if=lambda v: v == "newest")
+    """What the residual output adds to: the newest frame, or a learned weighted sum of the K frames."""
     pads_input: bool = Field(True, exclude_if=lambda v: v)
     """Whether the network pads a frame whose sides are not multiples of the size multiple itself (ours do);
     false (a zoo package's network): the Denoiser pads it (reflect) and crops the output."""

@@ -102,19 +102,25 @@ def decode_pixels(buffer: Any, shape: list[int] | tuple[int, ...], dtype: str) -
     return np.frombuffer(buffer, dtype=np.dtype(dtype).newbyteorder("<")).reshape(shape)
 
 
-def encode_pair(a: np.ndarray, b: np.ndarray, seq: int) -> list[Any]:
-    """Two consecutive frames (seq, seq + 1) for the fine-tuning worker: ``[header, pixels a, pixels b]``."""
-    if a.shape != b.shape or a.dtype != b.dtype:
-        raise ValueError(f"expected two frames of one shape and dtype, got {a.shape} {a.dtype} and {b.shape} "
-                         f"{b.dtype}")
-    head = json.dumps({"shape": list(a.shape), "dtype": a.dtype.name, "seq": seq}).encode()
+def encode_pair(*frames: np.ndarray, seq: int) -> list[Any]:
+    """Consecutive frames (seq, seq + 1, …) for the fine-tuning worker: ``[header, pixels of each frame]``. Two
+    for a single-frame model (a Noise2Noise pair), K + 1 for a K-frame model (a window and the frame after it)."""
+    if len(frames) < 2:
+        raise ValueError(f"expected at least two consecutive frames, got {len(frames)}")
+    a = frames[0]
+    for b in frames[1:]:
+        if a.shape != b.shape or a.dtype != b.dtype:
+            raise ValueError(f"expected frames of one shape and dtype, got {a.shape} {a.dtype} and {b.shape} "
+                             f"{b.dtype}")
+    head = json.dumps({"shape": list(a.shape), "dtype": a.dtype.name, "seq": seq, "frames": len(frames)}).encode()
     little = a.dtype.newbyteorder("<")
-    return [head, np.ascontiguousarray(a, little).data, np.ascontiguousarray(b, little).data]
+    return [head, *(np.ascontiguousarray(f, little).data for f in frames)]
 
 
-def decode_pair(parts: list[Any]) -> tuple[np.ndarray, np.ndarray, int | None]:
-    """What :func:`encode_pair` made: the two frames and the first one's seq."""
-    head, a, b = parts
+def decode_pair(parts: list[Any]) -> tuple[tuple[np.ndarray, ...], int | None]:
+    """What :func:`encode_pair` made: the consecutive frames (oldest first) and the first one's seq."""
+    head, *pixels = parts
     meta = json.loads(head)
-    return decode_pixels(a, meta["shape"], meta["dtype"]), decode_pixels(b, meta["shape"], meta["dtype"]), \
-        meta.get("seq")
+    if len(pixels) != int(meta.get("frames", 2)) or len(pixels) < 2:
+        raise ValueError(f"expected {meta.get('frames', 2)} frames after the header, got {len(pixels)}")
+    return tuple(decode_pixels(p, meta["shape"], meta["dtype"]) for p in pixels), meta.get("seq")

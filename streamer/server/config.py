@@ -34,7 +34,9 @@ class FinetuneConfig(Strict):
     """Optimiser steps per round."""
     batch_size: int = Field(8, ge=1)
     patch_size: int = Field(64, ge=16)
-    learning_rate: float = Field(2e-4, gt=0)
+    learning_rate: float = Field(1e-3, gt=0)
+    """Adam's learning rate, constant (the training run's peak): on the fine-tuning benchmark 1e-3 ends 0.9 dB
+    above a model trained from scratch on as many patches, 5e-4 0.16 dB above, 2e-4 0.5 dB below."""
     val_crop: int = Field(256, ge=32)
     """Validation on the centre of each held-out pair, at most this many pixels square."""
     margin: float = Field(0.001, lt=1)

@@ -16,6 +16,7 @@ import logging
 import os
 import subprocess
 import sys
+from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,7 @@ class FinetuneLink:
     :meth:`poll` for its status and the candidates it saved (run folders in ``out``)."""
 
     def __init__(self, ctx: zmq.Context, model_dir: Path, cfg: FinetuneConfig, out: Path,
-                 worker: Sequence[str]) -> None:
+                 worker: Sequence[str], input_frames: int = 1) -> None:
         self.cfg = cfg
         self.out = out
         self.frames = ctx.socket(zmq.PUSH)
@@ -77,18 +78,16 @@ class FinetuneLink:
         self.pairs_sent = 0
         self.pairs_missed = 0  # the worker was busy
         self.swaps = 0
-        self._prev: Message | None = None
+        self._run = input_frames + 1  # frames per message: the window and the frame after it
+        self._recent: deque[Message] = deque(maxlen=self._run)
         self._count = 0
         log.info("fine-tuning worker started (pid %d, log %s)", self.proc.pid, self.log_path)
 
     @classmethod
     def for_model(cls, ctx: zmq.Context, denoiser: Denoiser, cfg: FinetuneConfig,
                   worker: Sequence[str] | None) -> FinetuneLink:
-        """The link for the served model (single-frame models only), saving candidates in ``cfg.out`` (default: the
-        model folder's parent)."""
-        if denoiser.input_frames != 1:
-            raise ValueError(f"finetune: expected a single-frame model, got {denoiser.card.name} with "
-                             f"input_frames {denoiser.input_frames} (fine-tuning takes single-frame models)")
+        """The link for the served model (one frame or K, as its card says), saving candidates in ``cfg.out``
+        (default: the model folder's parent)."""
         if not (denoiser.card.run_dir / WEIGHTS_NAME).exists():
             what = ("a BioImage Model Zoo package (its exports only)"
                     if denoiser.card.training.get("source") == "bioimageio" else f"a folder without {WEIGHTS_NAME}")
@@ -98,21 +97,25 @@ class FinetuneLink:
             raise ValueError("finetune: expected the command that runs the fine-tuning worker (Server(..., "
                              "finetune_worker=trainer.live.worker_command()); n2n serve gives it), got none")
         run_dir = denoiser.card.run_dir
-        return cls(ctx, run_dir, cfg, Path(cfg.out) if cfg.out else run_dir.resolve().parent, worker)
+        return cls(ctx, run_dir, cfg, Path(cfg.out) if cfg.out else run_dir.resolve().parent, worker,
+                   denoiser.input_frames)
 
     def offer(self, msg: Message) -> None:
-        """A frame just served: every ``every`` frames, it and the frame before it (consecutive ``seq``, one
-        shape and dtype) go to the worker, unless it is busy."""
-        prev, self._prev = self._prev, msg
+        """A frame just served: every ``every`` frames, it and the frames before it (K of them for a K-frame model,
+        one for a single-frame model; consecutive ``seq``, one shape and dtype) go to the worker, unless it is
+        busy."""
+        self._recent.append(msg)
         self._count += 1
-        if prev is None or self._count % self.cfg.every or self.proc.poll() is not None:
+        if len(self._recent) < self._run or self._count % self.cfg.every or self.proc.poll() is not None:
             return
-        a, b = prev.pixels, msg.pixels
-        if (a.shape != b.shape or a.dtype != b.dtype or prev.seq is None or msg.seq is None
-                or msg.seq != prev.seq + 1):
+        run = list(self._recent)
+        first = run[0]
+        if first.seq is None or any(m.pixels.shape != first.pixels.shape or m.pixels.dtype != first.pixels.dtype
+                                    or m.seq != first.seq + i for i, m in enumerate(run)):
             return
         try:
-            self.frames.send_multipart(encode_pair(a, b, prev.seq), zmq.NOBLOCK, copy=False)
+            self.frames.send_multipart(encode_pair(*(m.pixels for m in run), seq=first.seq), zmq.NOBLOCK,
+                                       copy=False)
             self.pairs_sent += 1
         except zmq.Again:
             self.pairs_missed += 1
