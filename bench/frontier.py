@@ -85,9 +85,7 @@ def quality(model: Path, precision: str, raw: np.ndarray, reference: np.ndarray,
         den.prepare(raw.shape[1:], raw[0])  # type: ignore[arg-type]
         out = np.empty(raw.shape, np.float32)
         for i, frame in enumerate(raw):
-            previous = history.previous(frame, i)
-            history.push(frame, i)
-            out[i] = den(frame, previous=previous)
+            out[i] = den(frame, previous=history.advance(frame, i))
         info = den.engine.info()
     finally:
         den.engine.close()
@@ -205,10 +203,7 @@ def table(report: dict[str, Any]) -> str:
     lines = [head, "|" + "---|" * (6 + len(sizes))]
     for r in sorted(report["rows"], key=lambda r: (-r["psnr"], r["model"], r["precision"])):
         a = r["architecture"]
-        desc = (f"depth {a['depth']}, filters {a['filters'] or a['base_filters']}, {a['block']}"
-                + (f", skip {a['skip']}" if a.get("skip", "concat") != "concat" else "")
-                + (f", stem {a['stem']}" if a["stem"] != "none" else "")
-                + (f", frame stem {a['frame_stem']}" if a.get("frame_stem") else "")
+        desc = (_network(a, block=True) + (f", frame stem {a['frame_stem']}" if a.get("frame_stem") else "")
                 + (f", residual on {a['residual_frames']}" if a.get("residual_frames", "newest") != "newest" else ""))
         cells = []
         for s in sizes:
@@ -231,10 +226,11 @@ def table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _network(arch: dict[str, Any]) -> str:
-    """A network's shape without its frames of history (what the K axis varies)."""
+def _network(arch: dict[str, Any], block: bool = False) -> str:
+    """A network's shape without its frames of history and their front end (what the K axis varies); ``block``:
+    name the block even when it is the plain ``conv``."""
     return (f"depth {arch['depth']}, filters {arch['filters'] or arch['base_filters']}"
-            + (f", {arch['block']}" if arch.get("block", "conv") != "conv" else "")
+            + (f", {arch['block']}" if block or arch.get("block", "conv") != "conv" else "")
             + (f", skip {arch['skip']}" if arch.get("skip", "concat") != "concat" else "")
             + (f", stem {arch['stem']}" if arch.get("stem", "none") != "none" else ""))
 

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from netkit import conv_flops_measured, impulse_spread
 
 from streamer.core.card import ModelCard
 from streamer.denoiser import Denoiser
@@ -28,15 +29,6 @@ OPTIONS: dict[str, dict[str, Any]] = {
 }
 
 
-def _conv_flops_measured(net: UNet, size: int = 64) -> float:
-    """FLOPs of the convolutions counted by PyTorch on a real forward pass, per pixel."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        net(torch.zeros(1, 1, size, size))
-    return sum(v for op, v in counter.get_flop_counts()["Global"].items() if "convolution" in str(op)) / size**2
-
-
 @pytest.mark.parametrize("options", OPTIONS.values(), ids=list(OPTIONS))
 def test_option_keeps_shape_and_counts_its_flops(options: dict[str, Any]) -> None:
     """Any frame size in, the same size out; the analytic FLOP count equals a forward pass's; the
@@ -46,17 +38,11 @@ def test_option_keeps_shape_and_counts_its_flops(options: dict[str, Any]) -> Non
     for shape in [(1, 1, 37, 53), (2, 1, 64, 64)]:
         with torch.no_grad():
             assert net(torch.randn(*shape)).shape == shape
-    assert net.flops_per_pixel() == pytest.approx(_conv_flops_measured(net))
+    assert net.flops_per_pixel() == pytest.approx(conv_flops_measured(net))
     assert net.size_multiple == 2 ** options["depth"] * (2 if options.get("stem") == "unshuffle" else 1)
-    side = 4 * net.reach
-    x = torch.randn(1, 1, side, side)
-    poked = x.clone()
-    poked[..., side // 2, side // 2] += 10.0
-    with torch.no_grad():
-        diff = (net(poked) - net(x)).abs()[0, 0]
-    rows, cols = torch.nonzero(diff > 1e-6, as_tuple=True)
+    rows, cols, centre = impulse_spread(net)
     assert rows.numel() > 0
-    assert (rows - side // 2).abs().max() <= net.reach and (cols - side // 2).abs().max() <= net.reach
+    assert (rows - centre).abs().max() <= net.reach and (cols - centre).abs().max() <= net.reach
 
 
 def test_filters_must_match_depth() -> None:

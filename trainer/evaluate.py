@@ -97,9 +97,7 @@ def evaluate(
     history = FrameHistory(den_model.input_frames, config.motion_threshold)
     try:
         for i, frame in enumerate(raw):  # one at a time, as a live server does
-            previous = history.previous(frame, i)
-            history.push(frame, i)
-            den[i] = den_model(frame, previous=previous)
+            den[i] = den_model(frame, previous=history.advance(frame, i))
             if progress and ((i + 1) % config.batch_size == 0 or i + 1 == len(raw)):
                 progress(i + 1, len(raw))
         info = den_model.engine.info()

@@ -101,15 +101,14 @@ class Tuner:
     def _normed(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(self.norm.normalize(x.astype(np.float32)), np.float32)
 
-    def _window(self, run: tuple[np.ndarray, ...], rng: np.random.Generator | None = None
-                ) -> tuple[list[np.ndarray], np.ndarray]:
-        """The model's input frames (oldest first) and the Noise2Noise target of a run of K + 1 frames (K = 1:
-        a pair); with ``rng``, the run reversed half the time and the input one frame repeated at the model's
+    def _window(self, run: tuple[np.ndarray, ...], rng: np.random.Generator) -> tuple[list[np.ndarray], np.ndarray]:
+        """A training window of a run of K + 1 frames (K = 1: a pair): the model's input frames (oldest first) and
+        the Noise2Noise target, the run reversed half the time and the input one frame repeated at the model's
         training rate of such windows."""
-        if rng is not None and rng.random() < 0.5:
+        if rng.random() < 0.5:
             run = run[::-1]
         inputs = list(run[:self.k])
-        if rng is not None and self.repeated and rng.random() < self.repeated:
+        if self.repeated and rng.random() < self.repeated:
             inputs = [inputs[-1]] * self.k
         return inputs, run[self.k]
 

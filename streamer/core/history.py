@@ -75,9 +75,9 @@ class FrameHistory:
     """The last K−1 raw frames of one stream, oldest first (see the module docstring).
 
     For each frame, in arrival order: :meth:`previous` (what it may be denoised with; checks for a break and
-    for motion), then :meth:`push` (it becomes history for the next). A frame that is not denoised (live mode
-    dropped it) is still pushed: :meth:`skip`. ``on_reset`` is called with the reason of every reset, ``on_motion``
-    at every motion fallback."""
+    for motion), then :meth:`push` (it becomes history for the next); :meth:`advance` does both. A frame that is
+    not denoised (live mode dropped it) is still pushed: :meth:`skip`. ``on_reset`` is called with the reason of
+    every reset, ``on_motion`` at every motion fallback."""
 
     def __init__(self, frames: int, motion_threshold: float | None = MOTION_THRESHOLD,
                  on_reset: Callable[[str], None] | None = None, on_motion: Callable[[], None] | None = None) -> None:
@@ -143,6 +143,13 @@ class FrameHistory:
         self._held.append(pixels)
         self._last_seq = seq
         self._key = (tuple(pixels.shape), pixels.dtype.name)
+
+    def advance(self, pixels: np.ndarray, seq: int | None = None) -> list[np.ndarray]:
+        """One frame in arrival order: :meth:`previous` (what to denoise it with), then :meth:`push` (it becomes
+        history for the next)."""
+        previous = self.previous(pixels, seq)
+        self.push(pixels, seq)
+        return previous
 
     def skip(self, pixels: np.ndarray, seq: int | None = None) -> None:
         """A frame that arrived but is not denoised (live mode dropped it): checked for a break, then kept."""

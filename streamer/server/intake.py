@@ -65,8 +65,7 @@ class Streams:
             return []
         hist = self.history(msg, envelope)
         short = hist.short
-        previous = hist.previous(msg.pixels, msg.seq)
-        hist.push(msg.pixels, msg.seq)
+        previous = hist.advance(msg.pixels, msg.seq)
         self._stats.history_short += hist.short - short
         return previous
 
