@@ -75,9 +75,8 @@ def gaussian_baseline(raw: np.ndarray, reference: np.ndarray, data_range: float,
 
 def quality(model: Path, precision: str, raw: np.ndarray, reference: np.ndarray, data_range: float,
             threads: int | None = None) -> dict[str, Any]:
-    """Every frame through the served Denoiser at ``precision`` (float32 output), scored."""
-    cfg = ServeConfig(engine="openvino", precision=precision, num_threads=threads,  # type: ignore[arg-type]
-                      output_dtype="float32")
+    """Every frame through the served Denoiser at ``precision`` (in the camera's dtype, as served), scored."""
+    cfg = ServeConfig(engine="openvino", precision=precision, num_threads=threads)  # type: ignore[arg-type]
     den = load_denoiser(model, cfg)
     # a K-frame model sees the frames before each one by the server's rule, as in n2n evaluate
     history = FrameHistory(den.input_frames, MOTION_THRESHOLD)

@@ -64,10 +64,10 @@ class BareEngine:
             den.engine.close()
             raise
         window = den.window(frame)  # a K-frame model's input: K frames (here the one repeated)
-        if not plan.tiled and frame.dtype.name in den.engine.frame_dtypes:
+        if den._framed(plan, frame.dtype):
             raw = window[None, None] if window.ndim == 2 else window[None]
             out_dtype = "float32" if cfg.output_dtype == "float32" else frame.dtype.name
-            self._call = lambda: den.engine.infer_frames(raw, den.card.mean, den.card.std, out_dtype)
+            self._call = lambda: den.engine.infer_frames(raw, den.card.mean, den.card.std, out_dtype, den._noise)
         else:
             batch = den.preprocess(window)
             self._call = lambda: den.engine.infer(batch)

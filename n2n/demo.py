@@ -74,12 +74,12 @@ QUICK = DemoSettings(size=128, exposure_ms=10.0, grab_frames=24, bridge_frames=3
 
 
 def _train_config(s: DemoSettings) -> Any:
-    from trainer.config import FAST_MODEL, TrainConfig
+    from trainer.config import FAST_MODEL, ROBUST_DATA, TrainConfig
 
     return TrainConfig.model_validate({
         "version": 1, "mode": "n2n",
         "model": FAST_MODEL.model_dump(),
-        "data": {"source": "files", "patch_size": s.patch_size, "val_pairs": 4},
+        "data": {"source": "files", "patch_size": s.patch_size, "val_pairs": 4, **ROBUST_DATA},
         "optim": {"batch_size": s.batch_size, "epochs": s.epochs, "steps_per_epoch": s.steps_per_epoch,
                   "warmup_steps": min(50, s.epochs * s.steps_per_epoch // 4), "early_stopping_patience": s.epochs,
                   "seed": 0},

@@ -11,12 +11,23 @@ A K-frame model (``card.input_frames`` > 1) denoises frame t from frames t−K+1
 older frames (``previous``, oldest first; :class:`streamer.core.history.FrameHistory` keeps them per stream) and
 the Denoiser repeats the oldest one it has until there are K (the first frame of a stream is denoised from
 itself alone, repeated K times). A single-frame model ignores ``previous``.
+
+Never worse than raw in silence. Each frame returned carries flags (:attr:`Denoiser.last_flags`, counted in
+:attr:`Denoiser.counts`):
+
+* ``float_path``: the frame's normalised values left the range the reduced precision (INT8) was checked on
+  (``card.quantization.calibration["checked_range"]``), or its brightest value stays below the dimmest checked
+  frame's (``checked_min_peak``): it went through the float32 model instead, never a clipped or coarsely quantised
+  one. Still denoised.
+* ``raw:output_range``: the output departed from the input's intensity range (its mean, or its extremes beyond
+  the input's), or saturated where the input did not: the raw frame is returned instead (not denoised).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +41,24 @@ from .core.dtypes import to_dtype
 from .core.tiling import TilePlan
 from .engines import Engine, create_engine
 
-__all__ = ["Denoiser", "Timings"]
+__all__ = ["FLAG_FLOAT_PATH", "FLAG_RAW_OUTPUT", "Denoiser", "Timings", "is_raw"]
+
+FLAG_FLOAT_PATH = "float_path"
+"""The frame left the range its reduced precision was checked on: served by the float32 model."""
+FLAG_RAW_OUTPUT = "raw:output_range"
+"""The output departed from the input's intensity range or saturated: the raw frame was returned."""
+OUTPUT_MEAN_TOLERANCE = 0.25
+"""The output's mean may differ from the input's by this share of the input's range (denoising keeps the mean)."""
+OUTPUT_EXTREME_TOLERANCE = 0.5
+"""The output may exceed the input's extremes by this share of its range (denoising narrows them)."""
+OUTPUT_COLLAPSE = 0.25
+"""The output's maximum must reach above the bottom quarter of the input's range (and its minimum below the top
+quarter): an output squeezed into one end of it lost its structures (a clipped reduced-precision network)."""
+
+
+def is_raw(flags: Sequence[str]) -> bool:
+    """Whether a frame with these flags was returned raw (not denoised)."""
+    return any(f.startswith("raw:") for f in flags)
 
 log = logging.getLogger("n2n.streamer")
 
@@ -73,22 +101,41 @@ class Denoiser:
         and a swap compiles at most this many."""
         self.evicted = 0
         """Frame shapes released so far (see ``max_shapes``)."""
+        self.norm = card.normalization
         self._scale = np.float32(1.0 / card.std)
         self._offset = np.float32(-card.mean / card.std)
         self._plans: dict[tuple[int, int], TilePlan] = {}
         self._prepared: set[tuple[tuple[int, ...], str]] = set()
+        self.counts: Counter[str] = Counter()
+        """Frames flagged since this Denoiser was made, by flag (see the module docstring)."""
+        self.last_flags: list[tuple[str, ...]] = []
+        """The flags of each frame the last call returned, in order (() : served as checked)."""
+        self.check_output = True
+        """Whether outputs are checked against their input (see :data:`FLAG_RAW_OUTPUT`)."""
+        q = card.quantization
+        rng = q.calibration.get("checked_range") if q is not None else None
+        self.checked_range: tuple[float, float] | None = (float(rng[0]), float(rng[1])) if rng else None
+        """Normalised values the INT8 export was checked on (None: not recorded, or no INT8)."""
+        peak = q.calibration.get("checked_min_peak") if q is not None else None
+        self.checked_min_peak: float | None = float(peak) if peak is not None else None
+        """A frame whose brightest normalised value is below this is dimmer than any the INT8 export was checked on."""
+        self._fp32: dict[tuple[int, ...], Any] = {}
+        n = self.norm
+        self._noise: tuple[float, float, float] | None = (
+            None if n.linear else (float(n.gain), float(n.offset), float(n.read_noise)))  # type: ignore[arg-type]
 
     @classmethod
     def from_model_dir(cls, model_dir: str | Path, engine: str = "auto", precision: str = "auto",
                        device: str = "auto", num_threads: int | None = None, min_psnr_db: float = 50.0,
                        tile_size: int | None = None, tile_overlap: int | None = None, output_dtype: str = "same",
-                       max_tiles: int | None = None, max_shapes: int | None = None) -> Denoiser:
+                       max_tiles: int | None = None, max_shapes: int | None = None,
+                       retime: bool = False) -> Denoiser:
         """The model folder's card, an engine for it (``auto``: the first that runs here, see
         :func:`streamer.engines.create_engine`) and the pre/post-processing around it: what every user of a model
         folder (the server, ``n2n denoise``, ``n2n evaluate``) builds."""
         card = ModelCard.load(model_dir)
         eng = create_engine(engine, card, precision=precision, device=device, num_threads=num_threads,
-                            min_psnr_db=min_psnr_db)
+                            min_psnr_db=min_psnr_db, retime=retime)
         return cls(card, eng, tile_size, tile_overlap, output_dtype, max_tiles=max_tiles, max_shapes=max_shapes)
 
     @property
@@ -129,6 +176,7 @@ class Denoiser:
     def _evict(self, shape: tuple[int, int]) -> None:
         old = self._plans.pop(shape)
         self._prepared = {p for p in self._prepared if p[0] != tuple(shape)}
+        self._fp32 = {k: v for k, v in self._fp32.items() if tuple(k[-2:]) != tuple(shape)}
         self.engine.forget(*old.tile)
         self.evicted += 1
 
@@ -144,7 +192,7 @@ class Denoiser:
             self.engine.prepare(self._engine_shape(plan), calib)
         if framed:
             self.engine.infer_frames(np.zeros(plan.batch_shape, dtype), self.card.mean, self.card.std,
-                                     self._out_dtype(dtype).name)
+                                     self._out_dtype(dtype).name, self._noise)
         self._prepared.add((tuple(shape), dtype.name))
         return plan
 
@@ -156,27 +204,86 @@ class Denoiser:
     def _engine_shape(self, plan: TilePlan) -> tuple[int, int, int, int]:
         return (self._chunk(plan), *plan.batch_shape[1:])
 
-    def _infer_tiles(self, batch: np.ndarray, plan: TilePlan) -> np.ndarray:
+    def _infer_tiles(self, batch: np.ndarray, plan: TilePlan, fp32: bool = False) -> np.ndarray:
         """The engine on a frame's tiles, ``max_tiles`` at a time (the last call padded with copies of its
-        last tile, so that one compiled shape serves every call)."""
+        last tile, so that one compiled shape serves every call); ``fp32``: its float32 model."""
+        infer = self._infer_fp32 if fp32 else self.engine.infer
         k = self._chunk(plan)
         if len(batch) <= k:
-            return self.engine.infer(batch)
+            return infer(batch)
         out = np.empty((len(batch), 1, *batch.shape[2:]), np.float32)
         for i in range(0, len(batch), k):
             part = batch[i : i + k]
             n = len(part)
             if n < k:
                 part = np.concatenate([part, np.repeat(part[-1:], k - n, axis=0)])
-            out[i : i + n] = self.engine.infer(part)[:n]
+            out[i : i + n] = infer(part)[:n]
         return out
 
     def _framed(self, plan: TilePlan, dtype: np.dtype) -> bool:
-        """Whether frames of this plan and dtype take the engine's frame path (conversion in the engine)."""
-        return plan.whole and dtype.name in self.engine.frame_dtypes
+        """Whether frames of this plan and dtype take the engine's frame path (conversion in the engine: the
+        linear normalisation only)."""
+        return plan.whole and dtype.name in self.engine.frame_dtypes and (
+            self.norm.linear or self.engine.frame_noise_models)
 
     def _out_dtype(self, dtype: np.dtype) -> np.dtype:
         return np.dtype(np.float32) if self.output_dtype == "float32" else dtype
+
+    # --- what is served is what was checked ------------------------------------------------------------------
+    @property
+    def guarded(self) -> bool:
+        """Whether frames are checked against the range the engine's precision was checked on (INT8 only: a
+        float precision does not clip)."""
+        return self.engine.precision == "int8"
+
+    def in_checked_range(self, x: np.ndarray) -> bool:
+        """Whether the camera values ``x`` (a frame or window) normalise into the INT8 export's checked range."""
+        if self.checked_range is None:
+            return False
+        lo, hi = self.checked_range
+        ends = self.norm.normalize(np.array([x.min(), x.max()], dtype=np.float32))
+        dim = self.checked_min_peak is not None and ends[1] < self.checked_min_peak
+        return bool(ends[0] >= lo and ends[1] <= hi and not dim)
+
+    def _infer_fp32(self, batch: np.ndarray) -> np.ndarray:
+        """The float32 model on a normalised batch (the INT8 engine's float graph, compiled once per shape)."""
+        shape = tuple(int(v) for v in batch.shape)
+        compiled = self._fp32.get(shape)
+        if compiled is None:
+            compiled = self._fp32[shape] = self.engine._compile(shape, "fp32")  # type: ignore[arg-type]
+        return self.engine._run(compiled, np.ascontiguousarray(batch, dtype=np.float32))
+
+    def _checked_output(self, out: np.ndarray, pixels: np.ndarray, flags: list[str]) -> np.ndarray:
+        """``out``, or the raw frame (flagged) where ``out`` departs from ``pixels``' intensities: its mean moved by
+        a quarter of the input's range, its extremes beyond the input's by half of it, its values collapsed into
+        the bottom or top quarter of the input's range (a clipped network: the brightest structures gone), a pixel
+        saturated where the input has none, or a value not finite. The tolerances (plus 2% of the input's mean
+        level) catch a broken output, not a denoised one: denoising keeps the mean and narrows the extremes."""
+        if not self.check_output:
+            return out
+        lo, hi = float(pixels.min()), float(pixels.max())
+        o_lo, o_hi = float(out.min()), float(out.max())
+        sub = (slice(None, None, 4), slice(None, None, 4))
+        mean_in = float(pixels[sub].mean(dtype=np.float64))
+        span, slack = hi - lo, 0.02 * abs(mean_in)
+        shift = abs(float(out[sub].mean(dtype=np.float64)) - mean_in)
+        top = np.iinfo(out.dtype).max if out.dtype.kind in "iu" else None
+        bad = (not (np.isfinite(o_lo) and np.isfinite(o_hi))
+               or shift > OUTPUT_MEAN_TOLERANCE * span + slack
+               or o_hi > hi + OUTPUT_EXTREME_TOLERANCE * span + slack
+               or o_lo < lo - OUTPUT_EXTREME_TOLERANCE * span - slack
+               or o_hi < lo + OUTPUT_COLLAPSE * span - slack
+               or o_lo > hi - OUTPUT_COLLAPSE * span + slack
+               or (top is not None and o_hi >= top and hi < top))
+        if not bad:
+            return out
+        flags.append(FLAG_RAW_OUTPUT)
+        return pixels.astype(out.dtype) if out.dtype != pixels.dtype else pixels.copy()
+
+    def _note(self, flags: list[tuple[str, ...]]) -> None:
+        self.last_flags = flags
+        for fl in flags:
+            self.counts.update(fl)
 
     def window(self, pixels: np.ndarray, previous: Sequence[np.ndarray] = ()) -> np.ndarray:
         """What the model sees for ``pixels``: the frame itself (K = 1), or frames t−K+1 … t as a (K, H, W)
@@ -195,8 +302,11 @@ class Denoiser:
     def preprocess(self, pixels: np.ndarray, plan: TilePlan | None = None) -> np.ndarray:
         """Normalised engine input for one frame (H, W), or one window (K, H, W) of a K-frame model."""
         plan = plan or self.plan(pixels.shape[-2:])  # type: ignore[arg-type]
-        x = np.multiply(pixels, self._scale, dtype=np.float32)
-        x += self._offset
+        if self.norm.linear:
+            x = np.multiply(pixels, self._scale, dtype=np.float32)
+            x += self._offset
+        else:
+            x = self.norm.normalize(pixels)
         if x.ndim == 2:
             x = x[None]
         if plan.whole:
@@ -227,8 +337,11 @@ class Denoiser:
 
     def postprocess(self, y: np.ndarray, dtype: np.dtype) -> np.ndarray:
         """Back to intensities; integer inputs are clipped to their range and rounded."""
-        y = y * np.float32(self.card.std)
-        y += np.float32(self.card.mean)
+        if self.norm.linear:
+            y = y * np.float32(self.card.std)
+            y += np.float32(self.card.mean)
+        else:
+            y = self.norm.denormalize(y)
         if self.output_dtype == "float32" or dtype.kind == "f":
             return y.astype(np.float32 if self.output_dtype == "float32" else dtype, copy=False)
         return to_dtype(y, dtype, inplace=True)
@@ -236,7 +349,14 @@ class Denoiser:
     def __call__(self, pixels: np.ndarray, timings: Timings | None = None,
                  previous: Sequence[np.ndarray] = ()) -> np.ndarray:
         """Denoise one 2-D frame (any supported dtype); fills ``timings`` if given. A K-frame model also uses
-        the frames before it, ``previous`` (oldest first; see :meth:`window`)."""
+        the frames before it, ``previous`` (oldest first; see :meth:`window`). Its flags: ``last_flags[0]``."""
+        flags: list[str] = []
+        out = self._denoise(pixels, timings, previous, flags)
+        self._note([tuple(flags)])
+        return out
+
+    def _denoise(self, pixels: np.ndarray, timings: Timings | None, previous: Sequence[np.ndarray],
+                 flags: list[str]) -> np.ndarray:
         self.check_shape(pixels.shape)
         t = timings or Timings()
         t.start = time.time_ns()
@@ -244,17 +364,23 @@ class Denoiser:
         if (pixels.shape, pixels.dtype.name) not in self._prepared:
             self.prepare(pixels.shape, pixels)  # type: ignore[arg-type]
         x = self.window(pixels, previous)
-        if self._framed(plan, pixels.dtype):
+        float_path = self.guarded and not self.in_checked_range(x)
+        if float_path:
+            flags.append(FLAG_FLOAT_PATH)
+        elif self._framed(plan, pixels.dtype):
             t.preprocessed = time.time_ns()
             out = self.engine.infer_frames(x[None, None] if x.ndim == 2 else x[None], self.card.mean,
-                                           self.card.std, self._out_dtype(pixels.dtype).name)[0, 0]
-            t.inferred = t.postprocessed = time.time_ns()
+                                           self.card.std, self._out_dtype(pixels.dtype).name, self._noise)[0, 0]
+            t.inferred = time.time_ns()
+            out = self._checked_output(out, pixels, flags)
+            t.postprocessed = time.time_ns()
             return out
         batch = self.preprocess(x, plan)
         t.preprocessed = time.time_ns()
-        out = self._infer_tiles(batch, plan)
+        out = self._infer_tiles(batch, plan, fp32=float_path)
         t.inferred = time.time_ns()
         result = self.postprocess(self.stitch(out, plan), pixels.dtype)
+        result = self._checked_output(result, pixels, flags)
         t.postprocessed = time.time_ns()
         return result
 
@@ -269,34 +395,56 @@ class Denoiser:
                              + ", ".join(f"{f.shape} {f.dtype}" for f in frames))
         plan = self.plan(first.shape)  # type: ignore[arg-type]
         prev: Sequence[Sequence[np.ndarray]] = previous if previous is not None else [()] * len(frames)
-        if len(frames) == 1 or not plan.whole:
-            return [self(f, timings, p) for f, p in zip(frames, prev)]
+        if (first.shape, first.dtype.name) not in self._prepared:
+            self.check_shape(first.shape)
+            self.prepare(first.shape, first)  # type: ignore[arg-type]  # decides the precision on one frame
+        k = self.input_frames
+        windows = [self.window(f, p) for f, p in zip(frames, prev)] if k > 1 else frames
+        if (len(frames) == 1 or not plan.whole
+                or (self.guarded and not all(self.in_checked_range(w) for w in windows))):
+            out_frames, all_flags = [], []
+            for f, p in zip(frames, prev):
+                flags: list[str] = []
+                out_frames.append(self._denoise(f, timings, p, flags))
+                all_flags.append(tuple(flags))
+            self._note(all_flags)
+            return out_frames
         self.check_shape(first.shape)
         t = timings or Timings()
         t.start = time.time_ns()
-        if (first.shape, first.dtype.name) not in self._prepared:
-            self.prepare(first.shape, first)  # type: ignore[arg-type]  # decides the precision on one frame
-        k = self.input_frames
         if self._framed(plan, first.dtype):
             t.preprocessed = time.time_ns()
-            stacked = (np.stack(frames)[:, None] if k == 1 else
-                       np.stack([self.window(f, p) for f, p in zip(frames, prev)]))
-            out = self.engine.infer_frames(stacked, self.card.mean, self.card.std, self._out_dtype(first.dtype).name)
-            t.inferred = t.postprocessed = time.time_ns()
-            return [out[i, 0] for i in range(len(frames))]
-        x = np.empty((len(frames), k, *first.shape), np.float32)
-        for i, (f, p) in enumerate(zip(frames, prev)):
-            np.multiply(self.window(f, p), self._scale, out=x[i] if k > 1 else x[i, 0], dtype=np.float32)
-        x += self._offset
-        t.preprocessed = time.time_ns()
-        out = self.engine.infer(x)
-        t.inferred = time.time_ns()
-        results = [self.postprocess(out[i, 0], first.dtype) for i in range(len(frames))]
+            stacked = np.stack(windows)[:, None] if k == 1 else np.stack(windows)
+            out = self.engine.infer_frames(stacked, self.card.mean, self.card.std, self._out_dtype(first.dtype).name,
+                                           self._noise)
+            t.inferred = time.time_ns()
+            results = [out[i, 0] for i in range(len(frames))]
+        else:
+            x = np.empty((len(frames), k, *first.shape), np.float32)
+            for i, w in enumerate(windows):
+                if self.norm.linear:
+                    np.multiply(w, self._scale, out=x[i] if k > 1 else x[i, 0], dtype=np.float32)
+                else:
+                    x[i] = self.norm.normalize(w)
+            if self.norm.linear:
+                x += self._offset
+            t.preprocessed = time.time_ns()
+            out = self.engine.infer(x)
+            t.inferred = time.time_ns()
+            results = [self.postprocess(out[i, 0], first.dtype) for i in range(len(frames))]
+        checked, all_flags = [], []
+        for r, f in zip(results, frames):
+            flags = []
+            checked.append(self._checked_output(r, f, flags))
+            all_flags.append(tuple(flags))
+        self._note(all_flags)
         t.postprocessed = time.time_ns()
-        return results
+        return checked
 
     def info(self) -> dict[str, Any]:
         return {"model": self.card.name, "model_dir": str(self.card.run_dir), **self.engine.info(),
                 "input_frames": self.input_frames,
                 "tile_size": self.tile_size, "tile_overlap": self.margin, "output_dtype": self.output_dtype,
-                "max_tiles": self.max_tiles, "max_shapes": self.max_shapes, "shapes_evicted": self.evicted}
+                "max_tiles": self.max_tiles, "max_shapes": self.max_shapes, "shapes_evicted": self.evicted,
+                "normalization": self.norm.kind,
+                "checked_range": list(self.checked_range) if self.checked_range else None, "flagged": dict(self.counts)}

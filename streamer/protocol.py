@@ -15,6 +15,11 @@ parts, with ``"type": "frame"`` and per-stage timestamps (ns since the epoch) in
 
     "stages": {"received": ..., "preprocessed": ..., "inferred": ..., "sent": ...}
 
+and, only when the Denoiser's checks flagged the frame, ``"flags": ["float_path"]`` (denoised by the float32
+model: the frame left the range the reduced precision was checked on) or ``"flags": ["raw:output_range"]`` (the
+pixels are the RAW frame: the denoised output failed its check); any ``raw:`` flag means not denoised. An
+optional field of version 1: readers that do not know it ignore it.
+
 ``meta.stream`` (any JSON value) names the stream a frame belongs to, for a model that sees the frames before
 the current one (``input_frames`` K > 1 in its card): the server keeps each stream's last K−1 frames (frames
 without it make one default stream; requests are kept per caller and stream), and a gap in ``seq``, a change of

@@ -13,8 +13,12 @@ import tifffile
 
 from bench import frontier
 from streamer.core.card import ModelCard
+from trainer.config import EvaluateConfig
 from trainer.evaluate import evaluate
 from trainer.inference import load_run
+
+FP32 = EvaluateConfig(precision="fp32")
+"""The frontier rows compared below run at fp32 (evaluate's default, auto, scores what n2n serve runs here)."""
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +46,7 @@ def test_quality_equals_n2n_evaluate(frontier_run: tuple[dict[str, Any], Path], 
     Gaussian baseline is the same too."""
     r, _ = frontier_run
     raw, ref = tifffile.imread(trained_run["raw"]), tifffile.imread(trained_run["truth"])
-    expected, _ = evaluate(load_run(trained_run["run"]), raw, ref)
+    expected, _ = evaluate(load_run(trained_run["run"]), raw, ref, FP32)
     row = next(row for row in r["rows"] if row["model"] == "run")
     assert row["psnr"] == pytest.approx(expected["psnr_denoised"], abs=1e-3)
     assert row["ssim"] == pytest.approx(expected["ssim_denoised"], abs=1e-4)
@@ -126,5 +130,5 @@ def test_a_k_frame_model_is_scored_with_its_history(trained_run: dict[str, Path]
                  run, [trained_run["raw"]])
     raw, ref = tifffile.imread(trained_run["raw"]), tifffile.imread(trained_run["truth"])
     q = frontier.quality(run, "fp32", raw, ref, float(ref.max() - ref.min()), threads=1)
-    expected, _ = evaluate(load_run(run), raw, ref)
+    expected, _ = evaluate(load_run(run), raw, ref, FP32)
     assert q["psnr"] == pytest.approx(expected["psnr_denoised"], abs=1e-3)

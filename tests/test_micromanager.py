@@ -357,7 +357,7 @@ def test_bridge_live_accounts_for_every_frame(core: SnakeCaseCore, run: Path) ->
         finally:
             source.close()
     assert report.frames_seen == 60 and report.frames_denoised >= 1
-    assert report.frames_denoised + report.frames_dropped == 60
+    assert report.frames_denoised + report.frames_kept_raw + report.frames_dropped == 60
 
 
 def test_bridge_stops_in_bounded_time_and_accounts_for_every_frame(core: SnakeCaseCore, run: Path,
@@ -380,9 +380,9 @@ def test_bridge_stops_in_bounded_time_and_accounts_for_every_frame(core: SnakeCa
             stop.set()
             source.close()
     assert report.interrupted and report.frames_seen > 0
-    assert report.frames_seen == (report.frames_denoised + report.frames_dropped + report.frames_failed
-                                  + report.frames_unaccounted)
-    assert tifffile.imread(tmp_path / "b.ome.tif").shape[0] == report.frames_denoised
+    assert report.frames_seen == (report.frames_denoised + report.frames_kept_raw + report.frames_dropped
+                                  + report.frames_failed + report.frames_unaccounted)
+    assert tifffile.imread(tmp_path / "b.ome.tif").shape[0] == report.frames_denoised + report.frames_kept_raw
 
 
 def test_bridge_saves_float_output_in_the_camera_dtype(core: SnakeCaseCore, run: Path, tmp_path: Path) -> None:

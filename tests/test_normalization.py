@@ -67,7 +67,7 @@ def test_dict_round_trip_through_json() -> None:
 
 def test_from_dict_rejects_other_kinds() -> None:
     """from_dict refuses a normalisation kind it does not implement."""
-    with pytest.raises(ValueError, match="kind 'meanstd', got 'percentile'"):
+    with pytest.raises(ValueError, match="kind 'meanstd' or 'anscombe', got 'percentile'"):
         Normalization.from_dict({"mean": 0.0, "std": 1.0, "kind": "percentile"})
 
 

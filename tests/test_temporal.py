@@ -206,7 +206,7 @@ def test_lossless_k_frames_through_the_server_equal_offline_evaluation(k_run: Pa
     offline = EvaluateConfig(engine="openvino", precision="fp32", motion_threshold=None)  # as the server below
     offline_a = evaluate(k_run, a, a, offline)[1]
     offline_b = evaluate(k_run, b, b, offline)[1]
-    cfg = config(mode="lossless", engine="openvino", output_dtype="float32", motion_threshold=None)
+    cfg = config(mode="lossless", engine="openvino", motion_threshold=None)  # the camera dtype, as evaluate
 
     with running_server(k_run, cfg) as server, StreamClient(server.endpoints) as client:
         client.wait_subscribed()
@@ -297,7 +297,7 @@ def test_motion_check_falls_back_to_one_frame_under_drift(k_run: Path) -> None:
     cfg = EvaluateConfig(engine="openvino", precision="fp32", motion_threshold=1.5)
     report, den = evaluate(k_run, moving, moving, cfg)
     assert report["history"]["motion_fallbacks"] == 4 and report["history"]["short"] == 1
-    alone = load_denoiser(k_run, config(engine="openvino", output_dtype="float32"))
+    alone = load_denoiser(k_run, config(engine="openvino"))  # the camera dtype, as evaluate scores
     assert all(np.array_equal(den[i], alone(moving[i])) for i in range(5))
     assert evaluate(k_run, still, still, cfg)[0]["history"] == {"resets": {}, "short": 2, "motion_fallbacks": 0}
 
@@ -323,7 +323,8 @@ def test_n2n_denoise_applies_the_history_rule_along_t(k_run: Path, tmp_path: Pat
     out = reader.read(0, t * c).reshape(t, c, *tcyx.shape[-2:])
     reader.close()
     for i in range(c):
-        expected = evaluate(k_run, series[i], series[i], EvaluateConfig(engine="openvino", precision="fp32"))[1]
+        expected = evaluate(k_run, series[i], series[i], EvaluateConfig(engine="openvino", precision="fp32",
+                                                                        output_dtype="float32"))[1]
         assert np.array_equal(out[:, i], expected)
 
     zyx = tmp_path / "z.ome.tif"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from streamer.core.choices import Device, EngineChoice, PrecisionChoice
 from streamer.core.config import CONFIG_VERSION, ConfigError, Strict, Versioned, load_config, save_config
@@ -15,6 +15,7 @@ __all__ = [
     "CONFIG_VERSION",
     "ConfigError",
     "FAST_MODEL",
+    "ROBUST_DATA",
     "ModelConfig",
     "QuantizeConfig",
     "DataConfig",
@@ -58,6 +59,10 @@ class ModelConfig(Strict):
     residual_frames: Literal["newest", "mix"] = Field("newest", exclude_if=lambda v: v == "newest")
     """What the residual output adds to: 'newest' (frame t) or 'mix' (a learned weighted sum of the K frames,
     initialised to their mean; with a thin first level it keeps the older frames in use)."""
+    bias: bool = Field(True, exclude_if=lambda v: v is True)
+    """Biases in the convolutions. false: a bias-free network, whose output scales with its input (f(c·x) = c·f(x));
+    with the ``anscombe`` normalisation a frame brighter or dimmer than the training frames is then the training
+    case at another noise level, which bias-free networks handle (Mohan et al. 2020): exposure-robust."""
 
     @model_validator(mode="after")
     def _filters_fit_depth(self) -> ModelConfig:
@@ -83,6 +88,22 @@ class ModelConfig(Strict):
 FAST_MODEL = ModelConfig(depth=3, filters=[4, 16, 32, 64])
 
 
+class NoiseModelConfig(Strict):
+    """A camera's noise: ``var(ADU) = gain·(ADU − offset) + read_noise²`` (from its datasheet or a photon-transfer
+    measurement); null: estimated from the training frames (consecutive frames of a still field)."""
+
+    gain: float | None = Field(None, gt=0)
+    """ADU per photo-electron (the inverse of a datasheet's e-/ADU conversion gain)."""
+    offset: float | None = None
+    """ADU with no light (the camera's bias)."""
+    read_noise: float | None = Field(None, ge=0)
+    """Read noise in ADU rms (a datasheet's e- rms times the gain)."""
+
+
+#: the exposure-robust data settings of the shipped presets (configs/train*.yaml, n2n demo): see docs/training.md
+ROBUST_DATA: dict[str, Any] = {"normalization": "anscombe", "exposure_augment": [0.25, 16.0]}
+
+
 class DataConfig(Strict):
     """Where frames come from and how training pairs are drawn."""
 
@@ -105,6 +126,28 @@ class DataConfig(Strict):
     """With model.input_frames > 1: the fraction of training windows whose K frames are one frame repeated (the
     frame next to the target), as the streamer sends a frame alone (the first of a stream, or one that moved),
     so that the model's answer for a frame alone is as good as a single-frame model's. 0: none."""
+    normalization: Literal["meanstd", "anscombe"] = "meanstd"
+    """What the network sees. 'anscombe': the camera's noise stabilised (generalised Anscombe transform, noise model
+    from ``noise_model`` or estimated from the training pairs) and zero where no light falls: with a bias-free network
+    (model.bias: false) a model trained at one exposure serves others. 'meanstd': the training frames' mean and std."""
+    noise_model: NoiseModelConfig = NoiseModelConfig()
+    """The camera's noise model (ADU) for 'anscombe' and exposure_augment; what is not given is estimated from the
+    training pairs."""
+    exposure_augment: list[float] | None = Field(None, min_length=2, max_length=2)
+    """[low, high]: a share of the training pairs (exposure_augment_share) remade at an exposure between low and high
+    times the recorded one
+    (dimmer: photo-electrons thinned; brighter: sums of consecutive frames; trainer/pairs.py ExposureAugment), so
+    the model serves frames dimmer and brighter than its training frames. null: the recorded exposure only."""
+
+    exposure_augment_share: float = Field(0.5, gt=0, le=1)
+    """The share of training pairs remade at another exposure (the rest stay at the recorded one)."""
+
+    @field_validator("exposure_augment")
+    @classmethod
+    def _augment_range(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and not 0 < v[0] <= 1 <= v[1]:
+            raise ValueError(f"expected exposure_augment [low, high] with 0 < low <= 1 <= high, got {v}")
+        return v
 
 
 class OptimConfig(Strict):
@@ -157,6 +200,20 @@ class QuantizeConfig(Strict):
     """Patches of the training rows that calibrate the quantization ranges."""
     patch_size: int = Field(256, ge=16)
     """Side of the calibration patches (smaller frames give smaller patches)."""
+    exposure_scales: list[float] = Field(default_factory=lambda: [1.0, 2.0], min_length=1)
+    """The training frames' light (above the camera's offset) scaled by each factor, as exposure or laser power
+    would: INT8 is calibrated on all of them and kept only if it passes its check at each. Frames whose values fall
+    outside that range, or whose brightest pixel is dimmer than the dimmest frame at the lowest factor, are served
+    by the float32 model (counted), never a clipped or coarsely quantised one. The wider the range, the coarser INT8's
+    steps at 1x: on the simulator's real-time model 1-2x kept INT8 within 0.05 dB at both, 1-4x lost 0.16 dB at 1x,
+    1/4-4x 0.43 dB at 1/4x."""
+
+    @field_validator("exposure_scales")
+    @classmethod
+    def _positive_scales(cls, v: list[float]) -> list[float]:
+        if any(not x > 0 for x in v):
+            raise ValueError(f"expected positive exposure scales, got {v}")
+        return sorted(v)
 
 
 class TrainConfig(Versioned):
@@ -234,10 +291,17 @@ class EvaluateConfig(Versioned):
     engine: EngineChoice = "auto"
     """The serving engine that denoises (the same Denoiser as n2n serve: a frame scored here is the frame
     served live)."""
-    precision: PrecisionChoice = "fp32"
-    """fp32 scores the model itself; auto (or bf16, int8) scores what n2n serve delivers on this machine."""
+    precision: PrecisionChoice = "auto"
+    """auto (as n2n serve runs it): scores what n2n serve delivers on this machine, the precision recorded for it
+    in the model folder (or timed and recorded now); fp32 scores the model itself."""
+    retime: bool = False
+    """precision 'auto': time the precisions that passed their check again instead of taking the choice recorded for
+    this machine in the model folder (precision_choice.json), and record the new choice."""
     device: Device = "auto"
     """Device for the engine."""
+    output_dtype: Literal["same", "float32"] = "same"
+    """same: score the frames in the camera's dtype, clipped and rounded, as n2n serve and n2n denoise deliver them
+    (the same pixels); float32: the model's unrounded output."""
     motion_threshold: float | None = Field(MOTION_THRESHOLD, gt=0)
     """K-frame models: the motion check of n2n serve (streamer/core/history.py): a frame that moved against the oldest
     frame of its window is denoised alone; None: no check."""

@@ -44,14 +44,16 @@ def _scores(images: np.ndarray, reference: np.ndarray, rng: float, ssim_too: boo
     return {"psnr": p, "ssim": s}
 
 
-def denoiser_for(model: TrainedModel | str | Path, config: EvaluateConfig | None = None) -> Any:
-    """The streamer's Denoiser for a run folder (float32 output): the one inference path, shared with
-    ``n2n serve``, so a frame scored offline is the frame served live."""
+def denoiser_for(model: TrainedModel | str | Path, config: EvaluateConfig | None = None,
+                 output_dtype: str = "same") -> Any:
+    """The streamer's Denoiser for a run folder: the one inference path, shared with ``n2n serve`` and ``n2n
+    denoise``, so a frame scored offline is the frame served live. ``same`` (their default): the camera's dtype,
+    clipped and rounded as they deliver it, so the scores are those of the pixels a user gets."""
     from streamer.denoiser import Denoiser
 
     config = config or EvaluateConfig()
     return Denoiser.from_model_dir(model.run_dir if isinstance(model, TrainedModel) else Path(model), config.engine,
-                                   config.precision, config.device, output_dtype="float32")
+                                   config.precision, config.device, output_dtype=output_dtype, retime=config.retime)
 
 
 def best_gaussian(raw: np.ndarray, references: Sequence[np.ndarray], data_ranges: Sequence[float],
@@ -88,7 +90,7 @@ def evaluate(
         raw = raw[: config.max_frames]
         reference = reference[: config.max_frames] if reference.ndim == 3 else reference
     rng = config.data_range or data_range_of(reference)
-    den_model = denoiser_for(model, config)
+    den_model = denoiser_for(model, config, output_dtype=config.output_dtype)
     den_model.prepare(raw.shape[1:], raw[0])  # compile before the clock starts: seconds_per_frame is per frame
     t0 = time.perf_counter()
     den = np.empty(raw.shape, dtype=np.float32)
@@ -129,6 +131,11 @@ def evaluate(
     report["gain_db_over_raw"] = report["psnr_denoised"] - report["psnr_raw"]
     report["seconds_per_frame"] = per_frame_s
     report["engine"], report["precision"], report["device"] = info["engine"], info["precision"], info["device"]
+    report["flagged"] = dict(den_model.counts)  # frames the served path's checks flagged (float path, kept raw)
+    report["precision_note"] = info["precision_note"]
+    # what was asked for: auto/auto is what n2n serve runs by default, so the scores are those of the served frames
+    report["requested_engine"], report["requested_precision"] = config.engine, config.precision
+    report["served_default"] = config.engine == "auto" and config.precision == "auto"
     if history.frames > 1:
         report["input_frames"] = history.frames
         report["history"] = {"resets": dict(history.resets), "short": history.short,

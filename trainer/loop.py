@@ -16,12 +16,12 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from streamer.core.card import Normalization
+from streamer.core.card import Normalization, estimate_noise_model
 
 from .config import TrainConfig
 from .inference import pick_device, predict, save_weights
 from .metrics import psnr, ssim
-from .pairs import PairSampler, held_out_pairs, split_rows
+from .pairs import ExposureAugment, PairSampler, held_out_pairs, split_rows
 from .unet import UNet
 
 __all__ = ["TrainResult", "train", "CHECKPOINT_NAME", "pick_precision", "check_stacks"]
@@ -145,6 +145,39 @@ class _Validator:
         return out
 
 
+def fit_normalization(config: TrainConfig, stacks: Sequence[np.ndarray]) -> Normalization:
+    """The run's normalisation (``data.normalization``), fitted on its training frames."""
+    if config.data.normalization == "anscombe":
+        nm = config.data.noise_model
+        norm = Normalization.fit_anscombe(stacks, gain=nm.gain, offset=nm.offset, read_noise=nm.read_noise)
+    else:
+        norm = Normalization.fit(stacks)
+    log.info("normalisation: %s", norm.describe())
+    return norm
+
+
+def exposure_augment(config: TrainConfig, stacks: Sequence[np.ndarray], norm: Normalization) -> ExposureAugment | None:
+    """The run's exposure augmentation (``data.exposure_augment``) with the camera's noise model: the normalisation's
+    (anscombe), else ``data.noise_model`` completed by an estimate from the training pairs."""
+    dc = config.data
+    if dc.exposure_augment is None:
+        return None
+    if norm.kind == "anscombe":
+        gain, offset, read = norm.gain, norm.offset, norm.read_noise
+    else:
+        nm = dc.noise_model
+        est = estimate_noise_model(stacks, gain=nm.gain, offset=nm.offset) if None in (nm.gain, nm.offset,
+                                                                                       nm.read_noise) else {}
+        gain = nm.gain if nm.gain is not None else est["gain"]
+        offset = nm.offset if nm.offset is not None else est["offset"]
+        read = nm.read_noise if nm.read_noise is not None else est["read_noise"]
+    assert gain is not None and offset is not None and read is not None
+    low, high = dc.exposure_augment
+    log.info("exposure augmentation: %.0f%% of the pairs at %g to %g times the recorded light",
+             100 * dc.exposure_augment_share, low, high)
+    return ExposureAugment(low, high, gain, offset, read, share=dc.exposure_augment_share)
+
+
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
@@ -187,16 +220,17 @@ def train(
             raise ValueError(f"{ckpt_path}: was made with a different configuration ({', '.join(changed)} "
                              "changed); resume allows changing only optim.epochs, max_minutes, "
                              "early_stopping_patience, device and num_threads")
-    norm = Normalization.from_dict(ckpt["normalization"]) if ckpt else Normalization.fit(stacks)
+    norm = Normalization.from_dict(ckpt["normalization"]) if ckpt else fit_normalization(config, stacks)
 
     net = UNet(**config.model.build_kwargs())
     mult = net.size_multiple
     splits = [split_rows(s.shape[1], dc.val_fraction, mult, dc.patch_size) for s in stacks]
-    normed = [norm.normalize(s) for s in stacks]
     targets = [norm.normalize(r) for r in references] if config.mode == "supervised" and references else None
     k = config.model.input_frames
-    sampler = PairSampler(normed, dc.patch_size, splits, targets, seed=oc.seed, k=k, reverse=dc.reversed_pairs,
-                          repeated=dc.repeated_windows)
+    augment = exposure_augment(config, stacks, norm)
+    sampler = PairSampler(list(stacks) if augment else [norm.normalize(s) for s in stacks], dc.patch_size, splits,
+                          targets, seed=oc.seed, k=k, reverse=dc.reversed_pairs, repeated=dc.repeated_windows,
+                          augment=augment, normalize=norm.normalize)
     validate = _Validator(stacks, norm, splits, references, config.mode, dc.val_pairs, k)
 
     net.to(device)

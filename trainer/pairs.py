@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
-__all__ = ["n2n_pair_indices", "n2n_window_indices", "supervised_window_indices", "window", "PairSampler",
-           "held_out_pairs", "split_rows"]
+__all__ = ["ExposureAugment", "n2n_pair_indices", "n2n_window_indices", "supervised_window_indices", "window",
+           "PairSampler", "held_out_pairs", "split_rows"]
 
 
 def window(t: int, k: int, first: int = 0) -> list[int]:
@@ -111,6 +111,44 @@ def held_out_pairs(
     return items
 
 
+class ExposureAugment:
+    """Training pairs at other exposures, made from the recorded ones with the camera's noise model, so that a model
+    trained at one exposure serves the others (a microscopist changes exposure and laser power mid-session).
+
+    A factor ``f`` is drawn log-uniformly in ``[low, high]`` for a share ``share`` of the pairs. Dimmer (``f < 1``):
+    each frame's photo-electrons thinned, kept each with probability ``f`` (binomial thinning of a Poisson count is
+    the Poisson count of ``f`` times the light), read noise added back. Brighter (``f`` ≥ 1.5, Noise2Noise runs):
+    blocks of ``n = round(f)`` consecutive frames, each summed (a sum of Poisson counts is the count of the summed
+    light), the window K blocks and the target the next block (independent noise: still a Noise2Noise pair).
+    """
+
+    def __init__(self, low: float, high: float, gain: float, offset: float, read_noise: float,
+                 share: float = 0.5) -> None:
+        if not 0 < low <= high:
+            raise ValueError(f"expected 0 < low <= high exposure factors, got {low}, {high}")
+        self.low, self.high, self.share = float(low), float(high), float(share)
+        self.gain, self.offset, self.read_noise = float(gain), float(offset), float(read_noise)
+
+    def draw(self, rng: np.random.Generator) -> float:
+        if rng.random() >= self.share:
+            return 1.0
+        return float(np.exp(rng.uniform(np.log(self.low), np.log(self.high))))
+
+    def thin(self, x: np.ndarray, f: float, rng: np.random.Generator) -> np.ndarray:
+        """Camera values at ``f`` times the light (``f`` < 1), float32."""
+        electrons = np.rint(np.maximum((np.asarray(x, np.float64) - self.offset) / self.gain, 0)).astype(np.int64)
+        kept = rng.binomial(electrons, f).astype(np.float32)
+        out = kept * np.float32(self.gain) + np.float32(self.offset)
+        if self.read_noise > 0:
+            out += rng.normal(0, self.read_noise, out.shape).astype(np.float32)
+        return out
+
+    def summed(self, frames: np.ndarray) -> np.ndarray:
+        """The sum of consecutive frames as one frame of their summed light (the offset counted once), float32."""
+        n = len(frames)
+        return frames.sum(axis=0, dtype=np.float32) - np.float32((n - 1) * self.offset)
+
+
 class PairSampler:
     """Draws random (input, target) patch batches with random flips and 90° rotations.
 
@@ -131,9 +169,16 @@ class PairSampler:
         k: int = 1,
         reverse: bool = True,
         repeated: float = 0.0,
+        augment: ExposureAugment | None = None,
+        normalize: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> None:
         if not inputs:
             raise ValueError("Expected at least one training stack, got none")
+        if augment is not None and normalize is None:
+            raise ValueError("exposure augmentation needs the camera's frames and their normalisation")
+        self.augment = augment
+        """With it, ``inputs`` are the camera's frames (normalised per patch, after the exposure is changed)."""
+        self.normalize = normalize
         self.inputs = list(inputs)
         self.targets = list(targets) if targets is not None else None
         self.patch = patch_size
@@ -188,9 +233,36 @@ class PairSampler:
             else:
                 ref = self.targets[s]
                 t = (ref[dst] if ref.ndim == 3 else ref)[r : r + p, c : c + p]
+            if self.augment is not None:
+                a, t = self._at_exposure(s, a, t, r, c)
             k = int(self.rng.integers(4))
             if self.rng.integers(2):
                 a, t = a[..., ::-1], t[:, ::-1]
             x[b] = np.rot90(a, k, axes=(1, 2))
             y[b, 0] = np.rot90(t, k)
         return x, y
+
+    def _at_exposure(self, s: int, a: np.ndarray, t: np.ndarray, r: int, c: int) -> tuple[np.ndarray, np.ndarray]:
+        """A camera-value pair at a drawn exposure (see :class:`ExposureAugment`), normalised."""
+        aug, norm = self.augment, self.normalize
+        assert aug is not None and norm is not None
+        f = aug.draw(self.rng)
+        stack = self.inputs[s]
+        n = min(round(f), stack.shape[0] // (self.k + 1))
+        if f >= 1.5 and n >= 2 and self.targets is None:
+            # K + 1 consecutive blocks of n frames, each summed: the window is the first K, the target the next
+            # (or, reversed, the window the last K newest-last and the target the block before them)
+            t0 = int(self.rng.integers(0, stack.shape[0] - (self.k + 1) * n + 1))
+            p = self.patch
+            blocks = [aug.summed(stack[t0 + j * n : t0 + (j + 1) * n, r : r + p, c : c + p])
+                      for j in range(self.k + 1)]
+            if self.rng.integers(2):
+                blocks = blocks[::-1]
+            if self.repeated and self.rng.random() < self.repeated:
+                blocks[: self.k] = [blocks[self.k - 1]] * self.k
+            a, t = np.stack(blocks[: self.k]), blocks[self.k]
+        elif f < 1:
+            a = aug.thin(a, f, self.rng)
+            t = aug.thin(t, f, self.rng) if self.targets is None else np.asarray(t, np.float32) * np.float32(f) + \
+                np.float32((1 - f) * aug.offset)
+        return norm(a), norm(t)

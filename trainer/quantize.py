@@ -25,7 +25,7 @@ import logging
 import math
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,15 +46,46 @@ MIN_INT8_SHARE = 0.5
 _Item = tuple[np.ndarray, np.ndarray, float | None]
 
 
+def dark_level(stacks: Sequence[np.ndarray], norm: Normalization) -> float:
+    """The camera values with no light: the noise model's offset, else the darkest training pixels (0.1st
+    percentile)."""
+    if norm.kind == "anscombe" and norm.offset is not None:
+        return float(norm.offset)
+    sample = np.concatenate([s[:: max(1, len(s) // 8), ::4, ::4].ravel() for s in stacks])
+    return float(np.quantile(sample, 0.001))
+
+
+def scaled(x: np.ndarray, scale: float, dark: float) -> np.ndarray:
+    """Camera values with the light above ``dark`` scaled by ``scale`` (float32), as a longer exposure would."""
+    x = np.asarray(x, dtype=np.float32)
+    return x if scale == 1.0 else (x - np.float32(dark)) * np.float32(scale) + np.float32(dark)
+
+
+def checked_range(stacks: Sequence[np.ndarray], norm: Normalization, scales: Sequence[float],
+                  dark: float) -> tuple[float, float, float]:
+    """What the INT8 export is checked on, in normalised values: the range the training frames take at every exposure
+    scale (lowest, highest), and the dimmest frame's peak at the lowest scale (a frame whose brightest pixel stays
+    below it is dimmer than anything checked)."""
+    lo = min(float(s.min()) for s in stacks)
+    hi = max(float(s.max()) for s in stacks)
+    dim_peak = min(float(s.max(axis=(-2, -1)).min()) for s in stacks)
+    ends = np.array([scaled(np.array([lo, hi]), c, dark) for c in scales], dtype=np.float32).ravel()
+    normed = norm.normalize(ends)
+    peak = float(norm.normalize(scaled(np.array([dim_peak]), min(scales), dark))[0])
+    return float(normed.min()), float(normed.max()), peak
+
+
 def calibration_patches(stacks: Sequence[np.ndarray], splits: Sequence[int], norm: Normalization, count: int,
-                        size: int, multiple: int, seed: int = 0, k: int = 1) -> list[np.ndarray]:
+                        size: int, multiple: int, seed: int = 0, k: int = 1, scales: Sequence[float] = (1.0,),
+                        dark: float = 0.0) -> list[np.ndarray]:
     """``count`` normalised (1, 1, s, s) patches from the training rows (above ``splits``) of random
     frames: what the model sees when it runs, never the held-out rows. A K-frame model (``k`` > 1) gets
-    (1, K, s, s) windows of consecutive frames ending at the drawn one (the oldest repeated at the start)."""
+    (1, K, s, s) windows of consecutive frames ending at the drawn one (the oldest repeated at the start). Patch i
+    has its light scaled by ``scales[i % len(scales)]`` (see :func:`scaled`)."""
     if min(splits) < multiple:
         raise ValueError(f"expected at least {multiple} training rows above the held-out rows, got {min(splits)}")
     rng = np.random.default_rng(seed)
-    out = []
+    out: list[np.ndarray] = []
     for _ in range(count):
         i = int(rng.integers(len(stacks)))
         t, _, w = stacks[i].shape
@@ -62,25 +93,26 @@ def calibration_patches(stacks: Sequence[np.ndarray], splits: Sequence[int], nor
         r = int(rng.integers(0, max(1, splits[i] - s + 1)))
         c = int(rng.integers(0, max(1, w - s + 1)))
         frame = int(rng.integers(t))
+        scale = float(scales[len(out) % len(scales)])
         if k == 1:
-            out.append(norm.normalize(stacks[i][frame, r : r + s, c : c + s])[None, None])
+            out.append(norm.normalize(scaled(stacks[i][frame, r : r + s, c : c + s], scale, dark))[None, None])
         else:
-            out.append(norm.normalize(stacks[i][window(frame, k), r : r + s, c : c + s])[None])
+            out.append(norm.normalize(scaled(stacks[i][window(frame, k), r : r + s, c : c + s], scale, dark))[None])
     return out
 
 
 def _validation_items(stacks: Sequence[np.ndarray], references: Sequence[np.ndarray] | None,
                       splits: Sequence[int], mode: str, val_pairs: int, norm: Normalization,
-                      k: int = 1) -> list[_Item]:
+                      k: int = 1, scale: float = 1.0, dark: float = 0.0) -> list[_Item]:
     items: list[_Item] = []
     for x, y, ref, _ in held_out_pairs(stacks, splits, references, mode, val_pairs, k):
-        xn = norm.normalize(x)
+        xn = norm.normalize(scaled(x, scale, dark))
         batch, newest = (xn[None, None], xn) if xn.ndim == 2 else (xn[None], xn[-1])
         if ref is not None:
-            items.append((batch, norm.normalize(ref), None))
+            items.append((batch, norm.normalize(scaled(ref, scale, dark)), None))
         else:
             assert y is not None
-            yn = norm.normalize(y)
+            yn = norm.normalize(scaled(y, scale, dark))
             items.append((batch, yn, float(np.mean((newest.astype(np.float64) - yn) ** 2) / 2)))
     return items
 
@@ -113,50 +145,72 @@ def _int8_share(model: Any) -> tuple[int, int]:
     return sum(quantized(c) for c in convs), len(convs)
 
 
-def _check(onnx: Path, int8: Path, items: Sequence[_Item], max_loss_db: float) -> dict[str, Any]:
-    """Both models through the serving engine on the held-out items."""
+def _check(onnx: Path, int8: Path, by_scale: Mapping[float, Sequence[_Item]], max_loss_db: float) -> dict[str, Any]:
+    """Both models through the serving engine on the held-out items at each exposure scale: the loss is the worst
+    scale's."""
+    items = next(iter(by_scale.values()))
     fp32 = OpenVINOEngine(onnx, precision="fp32")
     q = OpenVINOEngine(onnx, int8_path=int8, precision="int8")
     fp32.input_frames = q.input_frames = int(items[0][0].shape[1])  # K consecutive frames per input
+    losses: dict[str, float] = {}
+    parts: dict[str, Any] = {}
     try:
-        err_fp32, parts_fp32 = _error_db(fp32.infer, items)
-        err_int8, parts_int8 = _error_db(q.infer, items)
+        for scale, its in by_scale.items():
+            err_fp32, parts_fp32 = _error_db(fp32.infer, its)
+            err_int8, parts_int8 = _error_db(q.infer, its)
+            losses[f"{scale:g}"] = err_int8 - err_fp32
+            if scale == 1.0 or len(by_scale) == 1:
+                parts = {"fp32": parts_fp32, "int8": parts_int8}
     finally:
         fp32.close()
         q.close()
     against = "reference" if items[0][2] is None else "next frame (Noise2Noise), noise-corrected"
-    loss = err_int8 - err_fp32
+    loss = max(losses.values())
     return {"against": against, "items": len(items), "pixels": int(sum(t.size for _, t, _ in items)),
-            "loss_db": loss, "fp32": parts_fp32, "int8": parts_int8, "passed": bool(loss <= max_loss_db)}
+            "loss_db": loss, "loss_db_by_exposure_scale": losses, **parts, "passed": bool(loss <= max_loss_db)}
 
 
 def quantize_int8(run_dir: str | Path, stacks: Sequence[np.ndarray], references: Sequence[np.ndarray] | None,
                   splits: Sequence[int], mode: str, val_pairs: int = 8, max_loss_db: float = 0.1,
                   samples: int = 32, patch: int = 256, seed: int = 0,
-                  calibration: list[np.ndarray] | None = None) -> Quantization:
+                  calibration: list[np.ndarray] | None = None,
+                  scales: Sequence[float] = (1.0, 2.0)) -> Quantization:
     """Quantize ``run_dir/model.onnx`` to INT8 and keep it (``model_int8.xml``/``.bin``, listed in the
     card) only if it passes (see the module docstring). ``calibration`` replaces the patches drawn from
     the training frames (tests use it to calibrate deliberately wrongly)."""
     run_dir = Path(run_dir)
     card = ModelCard.load(run_dir)
-    norm = Normalization(mean=card.mean, std=card.std)
+    norm = card.normalization
     onnx = card.artifact("onnx")
     target = run_dir / INT8_NAME
     for stale in (target, target.with_suffix(".bin")):
         stale.unlink(missing_ok=True)  # an older INT8 export must not outlive a failed new one
     card.artifacts = {k: v for k, v in card.artifacts.items() if k != "openvino_int8"}
+    scales = sorted(float(c) for c in scales) or [1.0]
+    dark = dark_level(stacks, norm)
+    lo, hi, peak = checked_range(stacks, norm, scales, dark)
     if calibration is None:
-        calibration = calibration_patches(stacks, splits, norm, samples, patch, card.size_multiple, seed,
-                                          card.input_frames)
+        calibration = calibration_patches(stacks, splits, norm, max(samples, len(scales)), patch, card.size_multiple,
+                                          seed, card.input_frames, scales, dark)
         source: dict[str, Any] = {"frames": "training rows of the run's own frames", "patches": len(calibration),
                                   "patch_size": int(calibration[0].shape[-1]), "seed": seed}
     else:
         source = {"frames": "given by the caller", "patches": len(calibration)}
-    items = _validation_items(stacks, references, splits, mode, val_pairs, norm, card.input_frames)
+    source |= {"exposure_scales": scales, "dark_level": dark, "checked_range": [lo, hi], "checked_min_peak": peak}
+    by_scale = {c: _validation_items(stacks, references, splits, mode, val_pairs, norm, card.input_frames, c, dark)
+                for c in scales}
+    items = [it for its in by_scale.values() for it in its]
+
+    scale_of = {id(it[1]): c for c, its in by_scale.items() for it in its}
 
     def metric(compiled: Any, data: Any) -> float:  # NNCF maximises it
+        """Minus the mean over exposure scales of each scale's error in dB: every scale weighs the same (a pooled
+        MSE would be the brightest scale's alone), so a drop in it is the scales' mean loss."""
         out = compiled.output(0)
-        return -_error_db(lambda x: compiled(x)[out], list(data))[0]
+        groups: dict[float, list[_Item]] = {}
+        for it in data:
+            groups.setdefault(scale_of.get(id(it[1]), 1.0), []).append(it)
+        return -float(np.mean([_error_db(lambda x: compiled(x)[out], its)[0] for its in groups.values()]))
 
     result: Quantization
     try:
@@ -180,7 +234,7 @@ def quantize_int8(run_dir: str | Path, stacks: Sequence[np.ndarray], references:
         with tempfile.TemporaryDirectory(dir=run_dir) as tmp:
             tmp_xml = Path(tmp) / INT8_NAME
             ov.save_model(quantized, str(tmp_xml), compress_to_fp16=False)
-            check = _check(onnx, tmp_xml, items, max_loss_db)
+            check = _check(onnx, tmp_xml, by_scale, max_loss_db)
             check["int8_convolutions"] = f"{n_int8} of {n_conv}"
             keep = check["passed"] and n_int8 >= MIN_INT8_SHARE * n_conv
             if keep:
@@ -195,7 +249,8 @@ def quantize_int8(run_dir: str | Path, stacks: Sequence[np.ndarray], references:
                               max_loss_db=max_loss_db)
     else:
         loss = check["loss_db"]
-        how = (f"{loss:.3f} dB against float32 on the held-out rows "
+        how = (f"{loss:.3f} dB against float32 on the held-out rows at the worst of {len(scales)} exposure scales "
+               f"{scales[0]:g}x to {scales[-1]:g}x "
                f"({'against the reference' if items[0][2] is None else 'noise-corrected, vs the next frame'}); "
                f"{n_int8} of {n_conv} convolutions in INT8")
         if keep:

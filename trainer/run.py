@@ -104,6 +104,28 @@ def run_training(
     if config.quantize.int8:
         quantize_run(run_dir, config, stacks, refs)
         card = ModelCard.load(run_dir)
+    return _estimate_gain(run_dir, config, stacks, card)
+
+
+def _estimate_gain(run_dir: Path, config: TrainConfig, stacks: Sequence[np.ndarray], card: ModelCard) -> ModelCard:
+    """The served model's gain over raw and a Gaussian filter's, estimated on the held-out rows without a
+    reference (:mod:`trainer.gain`), into the card's metrics; a failure is logged, never fails the training."""
+    from .gain import estimate_gain
+
+    try:
+        splits = [split_rows(s.shape[1], config.data.val_fraction, card.size_multiple, config.data.patch_size)
+                  for s in stacks]
+        gain = estimate_gain(run_dir, stacks, splits, card.input_frames, max(config.data.val_pairs, 32))
+    except Exception as exc:  # an engine that does not run here, a stack of one frame: the model is still good
+        log.warning("could not estimate the gain over raw (%s: %s)", type(exc).__name__, exc)
+        return card
+    log.info("estimated gain over raw: %+.1f dB (Gaussian filter, sigma %.2g: %+.1f dB) on %d held-out pairs, "
+             "%s at %s", gain["gain_db_model"], gain["gaussian_sigma"], gain["gain_db_gaussian"], gain["pairs"],
+             gain["engine"], gain["precision"])
+    card.metrics.update({"estimated_gain_db": round(gain["gain_db_model"], 3),
+                         "estimated_gain_db_gaussian": round(gain["gain_db_gaussian"], 3),
+                         "estimated_gaussian_sigma": gain["gaussian_sigma"]})
+    card.save(run_dir)
     return card
 
 
@@ -118,7 +140,7 @@ def quantize_run(run_dir: Path, config: TrainConfig, stacks: Sequence[np.ndarray
     splits = [split_rows(s.shape[1], config.data.val_fraction, multiple, config.data.patch_size) for s in stacks]
     return quantize_int8(run_dir, stacks, refs, splits, config.mode, config.data.val_pairs,
                          max_loss_db if max_loss_db is not None else q.max_loss_db,
-                         q.calibration_patches, q.patch_size, seed=config.optim.seed)
+                         q.calibration_patches, q.patch_size, seed=config.optim.seed, scales=q.exposure_scales)
 
 
 def training_data(run_dir: Path) -> tuple[TrainConfig, list[np.ndarray], list[np.ndarray] | None]:

@@ -63,17 +63,18 @@ def unet_filters(depth: int, base_filters: int, filters: Sequence[int] | None = 
     return [int(f) for f in filters]
 
 
-def _block(cin: int, cout: int, kind: str) -> nn.Sequential:
+def _block(cin: int, cout: int, kind: str, bias: bool = True) -> nn.Sequential:
     if kind == "conv":
-        return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(inplace=True),
-                             nn.Conv2d(cout, cout, 3, padding=1), nn.ReLU(inplace=True))
+        return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=bias), nn.ReLU(inplace=True),
+                             nn.Conv2d(cout, cout, 3, padding=1, bias=bias), nn.ReLU(inplace=True))
     # depthwise-separable; from a handful of input channels a depthwise 3×3 sees too little, so
     # the first convolution of the network stays a full one
-    first: list[nn.Module] = ([nn.Conv2d(cin, cout, 3, padding=1)] if cin < 4 else
-                              [nn.Conv2d(cin, cin, 3, padding=1, groups=cin), nn.Conv2d(cin, cout, 1)])
+    first: list[nn.Module] = ([nn.Conv2d(cin, cout, 3, padding=1, bias=bias)] if cin < 4 else
+                              [nn.Conv2d(cin, cin, 3, padding=1, groups=cin, bias=bias),
+                               nn.Conv2d(cin, cout, 1, bias=bias)])
     return nn.Sequential(*first, nn.ReLU(inplace=True),
-                         nn.Conv2d(cout, cout, 3, padding=1, groups=cout), nn.Conv2d(cout, cout, 1),
-                         nn.ReLU(inplace=True))
+                         nn.Conv2d(cout, cout, 3, padding=1, groups=cout, bias=bias),
+                         nn.Conv2d(cout, cout, 1, bias=bias), nn.ReLU(inplace=True))
 
 
 # Row (and column) mixing that turns a 3×3 kernel applied after nearest 2× upsampling into one 3×3
@@ -121,10 +122,10 @@ class _CatUp(nn.Sequential):
 class _AddUp(nn.Module):
     """Decoder level with an additive skip: 1×1 projection at the coarse level, upsample, add, convolve."""
 
-    def __init__(self, coarse: int, fine: int, block: str) -> None:
+    def __init__(self, coarse: int, fine: int, block: str, bias: bool = True) -> None:
         super().__init__()
-        self.proj = nn.Conv2d(coarse, fine, 1)
-        self.block = _block(fine, fine, block)
+        self.proj = nn.Conv2d(coarse, fine, 1, bias=bias)
+        self.block = _block(fine, fine, block, bias)
 
     def forward(self, y: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         return self.block(F.interpolate(self.proj(y), scale_factor=2.0, mode="nearest") + skip)
@@ -134,10 +135,10 @@ class _ProjectUp(nn.Module):
     """Decoder level: 1×1 projection at the coarse level down to this level's channels, upsample,
     concatenate the skip, convolve: CARE's concatenation on a slimmer tensor."""
 
-    def __init__(self, coarse: int, fine: int, block: str) -> None:
+    def __init__(self, coarse: int, fine: int, block: str, bias: bool = True) -> None:
         super().__init__()
-        self.proj = nn.Conv2d(coarse, fine, 1)
-        self.block = _block(2 * fine, fine, block)
+        self.proj = nn.Conv2d(coarse, fine, 1, bias=bias)
+        self.block = _block(2 * fine, fine, block, bias)
         self.split: bool = block == "conv"
 
     def forward(self, y: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
@@ -167,7 +168,7 @@ class UNet(nn.Module):
     def __init__(self, depth: int = 2, base_filters: int = 32, residual: bool = True,
                  filters: Sequence[int] | None = None, block: str = "conv", stem: str = "none",
                  skip: str = "concat", input_frames: int = 1, frame_stem: int = 0,
-                 residual_frames: str = "newest") -> None:
+                 residual_frames: str = "newest", bias: bool = True) -> None:
         super().__init__()
         if input_frames < 1:
             raise ValueError(f"U-Net input_frames must be >= 1, got {input_frames}")
@@ -199,6 +200,7 @@ class UNet(nn.Module):
         self.input_frames: int = int(input_frames)
         self.frame_stem: int = int(frame_stem)
         self.residual_frames = residual_frames
+        self.bias: bool = bool(bias)
         self.fold: int = 2 if stem == "unshuffle" else 1
         self.size_multiple: int = 2**depth * self.fold
         """Frame sizes divisible by this run without padding."""
@@ -208,26 +210,32 @@ class UNet(nn.Module):
         # (None when not used: TorchScript drops the branch of an attribute that is None)
         self.stem_conv: nn.Conv2d | None = None
         if self.frame_stem:
-            self.stem_conv = nn.Conv2d(self.fold**2, self.frame_stem, 3, padding=1)  # shared by the K frames
+            self.stem_conv = nn.Conv2d(self.fold**2, self.frame_stem, 3, padding=1, bias=bias)  # shared by the K frames
             cin = self.frame_stem * self.input_frames
         self.mix: nn.Parameter | None = None
         if residual_frames == "mix":
             self.mix = nn.Parameter(torch.full((self.input_frames,), 1.0 / self.input_frames))
         self.down = nn.ModuleList()
         for c in chans[:-1]:
-            self.down.append(_block(cin, c, block))
+            self.down.append(_block(cin, c, block, bias))
             cin = c
-        self.bottom = _block(chans[-2], chans[-1], block)
+        self.bottom = _block(chans[-2], chans[-1], block, bias)
         self.up = nn.ModuleList()
         for lvl in reversed(range(depth)):
             if skip == "add":
-                self.up.append(_AddUp(chans[lvl + 1], chans[lvl], block))
+                self.up.append(_AddUp(chans[lvl + 1], chans[lvl], block, bias))
             elif skip == "project":
-                self.up.append(_ProjectUp(chans[lvl + 1], chans[lvl], block))
+                self.up.append(_ProjectUp(chans[lvl + 1], chans[lvl], block, bias))
             else:
-                self.up.append(_CatUp(*_block(chans[lvl + 1] + chans[lvl], chans[lvl], block),
+                self.up.append(_CatUp(*_block(chans[lvl + 1] + chans[lvl], chans[lvl], block, bias),
                                       subpixel=block == "conv" and chans[0] <= SUBPIXEL_MAX_FILTERS))
-        self.head = nn.Conv2d(chans[0], self.fold**2, 1)
+        self.head = nn.Conv2d(chans[0], self.fold**2, 1, bias=bias)
+        if not bias:
+            # without biases nothing keeps the activations from fading layer by layer under PyTorch's default
+            # initialisation (a gain of about 1/sqrt(3) a layer); He initialisation keeps their scale
+            for m in self.modules():
+                if isinstance(m, nn.Conv2d):
+                    nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
 
     @property
     def architecture(self) -> dict[str, Any]:
@@ -241,6 +249,8 @@ class UNet(nn.Module):
             arch["frame_stem"] = self.frame_stem
         if self.residual_frames != "newest":
             arch["residual_frames"] = self.residual_frames
+        if not self.bias:
+            arch["bias"] = False
         return arch
 
     def flops_per_pixel(self) -> float:
@@ -273,8 +283,8 @@ class UNet(nn.Module):
         if stem is not None:  # channels frame-major (k·fold² + phase), so groups=K gives each frame the same conv
             k = self.input_frames
             bias = stem.bias
-            assert bias is not None
-            y = F.relu(F.conv2d(y, stem.weight.repeat(k, 1, 1, 1), bias.repeat(k), 1, 1, 1, k))
+            y = F.relu(F.conv2d(y, stem.weight.repeat(k, 1, 1, 1), bias.repeat(k) if bias is not None else None,
+                                1, 1, 1, k))
         skips: list[torch.Tensor] = []
         for block in self.down:
             y = block(y)

@@ -217,6 +217,10 @@ def export_bioimageio(run_dir: str | Path, out: str | Path, sample: str | Path |
         raise ZooExportError(f"expected a .zip path for the package, got {out}")
     m = load_run(run_dir)
     card = m.card
+    if not card.normalization.linear:
+        raise ZooExportError(
+            f"{run_dir}: this model normalises with the camera's noise model ({card.normalization.kind}), which the "
+            "zoo's pre/post-processing cannot express; to export it, train with --set data.normalization=meanstd")
     for fmt, name_, fn in (("onnx", ONNX_NAME, export_onnx), ("torchscript", TORCHSCRIPT_NAME, export_torchscript)):
         if fmt not in card.artifacts or not (run_dir / card.artifacts[fmt].path).exists():
             log.info("exporting %s first", fmt)

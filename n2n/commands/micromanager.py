@@ -106,7 +106,8 @@ def grab(
 BRIDGE = Command("streamer.micromanager.config:MicroManagerConfig", flags={
     "--model": "bridge.model", "--connect": "bridge.connect", "--frames": "bridge.frames", "--out": "bridge.out",
     "--no-save": "bridge.out", "--mode": "serve.mode", "--engine": "serve.engine", "--precision": "serve.precision",
-    "--device": "serve.device", "--threads": "serve.num_threads", "--finetune": "serve.finetune.enabled",
+    "--retime": "serve.retime", "--device": "serve.device", "--threads": "serve.num_threads",
+    "--finetune": "serve.finetune.enabled",
     **_SOURCE_FLAGS},
     defaults={**_SOURCE_DEFAULTS, "--threads": "the engine's (all cores)", "--json": "not written"})
 
@@ -123,7 +124,10 @@ def bridge(
     mode: Annotated[str | None, typer.Option(help="live (latest frame wins) or lossless (every frame).")] = None,
     engine: Annotated[str | None, typer.Option(help="auto, openvino, onnxruntime or torch.")] = None,
     precision: Annotated[str | None, typer.Option(
-        help="auto (the fastest that passed its check), fp32, bf16, fp16 or int8.")] = None,
+        help="auto (the fastest that passed its check, as recorded for this machine), fp32, bf16, fp16 or int8.")]
+    = None,
+    retime: Annotated[bool | None, typer.Option("--retime", help="Precision auto: time the precisions again instead "
+                                                "of taking the choice recorded for this machine.")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads for the engine.")] = None,
     finetune: Annotated[bool | None, typer.Option("--finetune", help="Keep training the model on the stream "
@@ -144,7 +148,8 @@ def bridge(
     cfg = BRIDGE.load(config, dry_run, {
         "--model": model, "--connect": connect, "--frames": NULL if frames == 0 else frames, "--out": out_path,
         "--no-save": NULL if no_save else None, "--mode": mode, "--engine": engine, "--precision": precision,
-        "--device": device, "--threads": threads, "--finetune": finetune, "--exposure-ms": exposure_ms,
+        "--retime": retime, "--device": device, "--threads": threads, "--finetune": finetune,
+        "--exposure-ms": exposure_ms,
         "--mm-config": mm_config,
         "--gui": NULL if gui else None})
     if cfg.bridge.model is None and cfg.bridge.connect is None:

@@ -16,9 +16,9 @@ from n2n.errors import user_errors
 __all__ = ["DENOISE", "denoise"]
 
 DENOISE = Command("streamer.offline.config:DenoiseConfig", flags={
-    "--engine": "engine", "--precision": "precision", "--device": "device", "--threads": "threads",
-    "--dtype": "dtype", "--channel": "channel", "--workers": "workers", "--scheduler": "scheduler",
-    "--overwrite": "overwrite"},
+    "--engine": "engine", "--precision": "precision", "--retime": "retime", "--device": "device",
+    "--threads": "threads", "--dtype": "dtype", "--channel": "channel", "--workers": "workers",
+    "--scheduler": "scheduler", "--overwrite": "overwrite"},
     defaults={"--threads": "the cores shared among the workers", "--channel": "every plane",
               "--scheduler": "a LocalCluster when --workers > 1", "--json": "not written"})
 
@@ -35,6 +35,8 @@ def denoise(
     engine: Annotated[str | None, typer.Option(help="auto, openvino, onnxruntime or torch.")] = None,
     precision: Annotated[str | None, typer.Option(help="auto, fp32, bf16, fp16 or int8 (decided once, recorded).")]
     = None,
+    retime: Annotated[bool | None, typer.Option("--retime", help="Precision auto: time the precisions again instead "
+                                                "of taking the choice recorded for this machine.")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
     threads: Annotated[int | None, typer.Option(help="Engine threads per worker.")] = None,
     dtype: Annotated[str | None, typer.Option(help="same (the input's, clipped and rounded) or float32.")] = None,
@@ -51,8 +53,9 @@ def denoise(
     """Denoise a recorded dataset with a trained model; rerun the same command after an interruption to
     continue where it stopped."""
     cfg = DENOISE.load(config, dry_run, {
-        "--engine": engine, "--precision": precision, "--device": device, "--threads": threads, "--dtype": dtype,
-        "--channel": channel, "--workers": workers, "--scheduler": scheduler, "--overwrite": overwrite})
+        "--engine": engine, "--precision": precision, "--retime": retime, "--device": device, "--threads": threads,
+        "--dtype": dtype, "--channel": channel, "--workers": workers, "--scheduler": scheduler,
+        "--overwrite": overwrite})
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,

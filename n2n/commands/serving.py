@@ -18,7 +18,7 @@ __all__ = ["KEYS", "keys", "DASH", "SERVE", "dash", "serve"]
 ADDRESS_FLAGS = {name: f"--{name}-address" for name in ENDPOINT_NAMES}
 
 SERVE = Command("streamer.server:ServeConfig", flags={
-    "--engine": "engine", "--mode": "mode", "--precision": "precision", "--device": "device",
+    "--engine": "engine", "--mode": "mode", "--precision": "precision", "--retime": "retime", "--device": "device",
     "--threads": "num_threads", "--output-dtype": "output_dtype", "--curve-keys": "curve_keys",
     "--insecure": "insecure", "--models-root": "models_root", "--finetune": "finetune.enabled",
     **{flag: f"endpoints.{name}" for name, flag in ADDRESS_FLAGS.items()}},
@@ -34,7 +34,10 @@ def serve(
     engine: Annotated[str | None, typer.Option(help="auto, openvino, onnxruntime or torch.")] = None,
     mode: Annotated[str | None, typer.Option(help="live (latest frame wins) or lossless (every frame).")] = None,
     precision: Annotated[str | None, typer.Option(
-        help="auto (the fastest that passed its check), fp32, bf16, fp16 or int8.")] = None,
+        help="auto (the fastest that passed its check, as recorded for this machine), fp32, bf16, fp16 or int8.")]
+    = None,
+    retime: Annotated[bool | None, typer.Option("--retime", help="Precision auto: time the precisions again instead "
+                                                "of taking the choice recorded for this machine.")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads for the engine.")] = None,
     output_dtype: Annotated[str | None, typer.Option("--output-dtype", help="same or float32.")] = None,
@@ -66,9 +69,9 @@ def serve(
 ) -> None:
     """Denoise frames streamed over ZeroMQ until Ctrl-C, SIGTERM or a shutdown command."""
     cfg = SERVE.load(config, dry_run, {
-        "--engine": engine, "--mode": mode, "--precision": precision, "--device": device, "--threads": threads,
-        "--output-dtype": output_dtype, "--input-address": input_address, "--output-address": output_address,
-        "--request-address": request_address, "--stats-address": stats_address,
+        "--engine": engine, "--mode": mode, "--precision": precision, "--retime": retime, "--device": device,
+        "--threads": threads, "--output-dtype": output_dtype, "--input-address": input_address,
+        "--output-address": output_address, "--request-address": request_address, "--stats-address": stats_address,
         "--control-address": control_address, "--view-address": view_address, "--curve-keys": curve_keys,
         "--insecure": insecure, "--models-root": models_root, "--finetune": finetune})
     import signal

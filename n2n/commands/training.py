@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import shlex
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -111,10 +111,24 @@ def train(
     table.add_row("mode", t["mode"])
     table.add_row("epochs (best)", f"{t['epochs']} ({t['best_epoch']}), {t['stopped']}")
     table.add_row("time", f"{t['seconds']:.0f} s on {t['device']} ({t['precision']})")
+    table.add_row("normalisation", card.normalization.describe())
+    aug = t.get("config", {}).get("data", {}).get("exposure_augment")
+    if aug:
+        table.add_row("exposures trained", f"{aug[0]:g}x to {aug[1]:g}x the recorded light")
+    if card.quantization is not None:
+        table.add_row("INT8", card.quantization.reason)
+    from trainer.gain import gain_summary
+
+    gain, gain_warning = gain_summary(card.metrics)
     for k, v in card.metrics.items():
-        table.add_row(k, f"{v:.4g}")
+        if not k.startswith("estimated_"):  # the estimated gain: said in words below
+            table.add_row(k, f"{v:.4g}")
+    if gain is not None:
+        table.add_row("estimated gain over raw", gain)
     table.add_row("files", ", ".join(sorted(p.name for p in out_dir.iterdir() if p.is_file())))
     out.print(table)
+    if gain_warning is not None:
+        console.print(f"[bold yellow]warning: {gain_warning}[/bold yellow]", highlight=False, soft_wrap=True)
     for line in next_steps(out_dir, t.get("data", {}), data or [], reference or []):
         console.print(line, highlight=False, soft_wrap=True)
 
@@ -199,8 +213,18 @@ def export(
     out.print(f"wrote {model / info.path} (relative error vs PyTorch {info.parity_rel_error:.2g})", highlight=False)
 
 
-EVALUATE = Command("trainer.config:EvaluateConfig", flags={"--max-frames": "max_frames"},
-                   defaults={"--max-frames": "all", "--json": "not written", "--figure": "not drawn"})
+EVALUATE = Command("trainer.config:EvaluateConfig", flags={
+    "--max-frames": "max_frames", "--engine": "engine", "--precision": "precision", "--device": "device",
+    "--retime": "retime"},
+    defaults={"--max-frames": "all", "--json": "not written", "--figure": "not drawn"})
+
+
+def scored_line(report: dict[str, Any]) -> str:
+    """The line under evaluate's table: which engine and precision denoised (as n2n serve runs it, or as asked)."""
+    how = ("the default, as n2n serve runs it" if report.get("served_default") else
+           f"as asked: --engine {report.get('requested_engine')} --precision {report.get('requested_precision')}; "
+           "n2n serve runs --engine auto --precision auto")
+    return f"scored: {report['engine']} {report['precision']} on {report['device']} ({how})"
 
 
 @EVALUATE
@@ -213,11 +237,21 @@ def evaluate(
     figure: Annotated[Path | None, typer.Option("--figure", help="PNG: raw | Gaussian | denoised | reference.")]
     = None,
     max_frames: Annotated[int | None, typer.Option(help="Only the first N frames.")] = None,
+    engine: Annotated[str | None, typer.Option(help="auto, openvino, onnxruntime or torch (auto: as n2n serve "
+                                               "picks).")] = None,
+    precision: Annotated[str | None, typer.Option(
+        help="auto (as n2n serve runs it: the fastest that passed its check, as recorded for this machine), fp32 "
+             "(the model itself), bf16, fp16 or int8.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
+    retime: Annotated[bool | None, typer.Option("--retime", help="Precision auto: time the precisions again "
+                                                "instead of taking the choice recorded for this machine.")] = None,
     config: ConfigOpt = None,
     dry_run: DryRunOpt = False,
 ) -> None:
-    """Score a model against a reference, beside Gaussian and frame-averaging baselines."""
-    cfg = EVALUATE.load(config, dry_run, {"--max-frames": max_frames})
+    """Score a model against a reference, beside Gaussian and frame-averaging baselines, denoised as n2n serve
+    denoises it (the engine and precision it picks here, unless --engine/--precision say otherwise)."""
+    cfg = EVALUATE.load(config, dry_run, {"--max-frames": max_frames, "--engine": engine, "--precision": precision,
+                                          "--device": device, "--retime": retime})
     from rich.progress import Progress
 
     from streamer.sources import read_stack
@@ -246,6 +280,7 @@ def evaluate(
         if report.get(f"psnr_{key}") is not None:
             table.add_row(label, f"{report[f'psnr_{key}']:.2f}", f"{report[f'ssim_{key}']:.4f}")
     out.print(table)
+    out.print(scored_line(report), highlight=False, markup=False)
     with user_errors():
         if json_path:
             json_path.parent.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,7 @@ from pydantic_core import PydanticCustomError
 
 __all__ = ["ARTIFACT_FORMATS", "CARD_NAME", "CARD_VERSION", "DEFAULT_NAMES", "INT8_NAME", "ONNX_NAME",
            "TORCHSCRIPT_NAME", "WEIGHTS_NAME", "Architecture", "Artifact", "CardError", "ModelCard", "Normalization",
-           "Quantization", "file_digest", "unet_reach"]
+           "Quantization", "estimate_noise_model", "file_digest", "unet_reach"]
 
 CARD_NAME = "model.json"
 CARD_VERSION: Literal[1] = 1
@@ -92,6 +92,8 @@ class Architecture(_Part):
     """Channels of the 3×3 convolution shared by the K frames before the first level (0: none)."""
     residual_frames: Literal["newest", "mix"] = Field("newest", exclude_if=lambda v: v == "newest")
     """What the residual output adds to: the newest frame, or a learned weighted sum of the K frames."""
+    bias: bool = Field(True, exclude_if=lambda v: v)
+    """Whether the convolutions have biases (false: the network scales with its input, f(c·x) = c·f(x))."""
     pads_input: bool = Field(True, exclude_if=lambda v: v)
     """Whether the network pads a frame whose sides are not multiples of the size multiple itself (ours do);
     false (a zoo package's network): the Denoiser pads it (reflect) and crops the output."""
@@ -112,12 +114,30 @@ class Architecture(_Part):
 
 
 class Normalization(_Part):
-    """``(x − mean) / std`` in, the inverse out; fitted on the training frames (:meth:`fit`) and kept in the card,
-    never computed per frame."""
+    """What the network sees: fitted on the training frames (:meth:`fit`, :meth:`fit_anscombe`) and kept in the card,
+    never computed per frame.
 
-    kind: Literal["meanstd"] = "meanstd"
+    ``meanstd``: ``(x − mean) / std`` in, the inverse out.
+
+    ``anscombe``: the camera's noise stabilised first. A camera's ADU follow ``var(x) = gain·(x − offset) +
+    read_noise²`` (photon transfer; ``gain`` in ADU per photo-electron, ``read_noise`` in ADU). The generalised Anscombe
+    transform ``A(x) = (2/gain)·sqrt(gain·(x − offset) + 3/8·gain² + read_noise²)`` makes the noise about unit variance
+    at every brightness; the network sees ``(A(x) − A(offset)) / std`` (zero where no light falls, so a frame twice
+    as bright is twice the input) and its output goes back through the exact unbiased inverse (Mäkitalo & Foi 2013,
+    closed form). Nothing depends on the exposure the model was trained at: a model trained on dim frames serves
+    bright ones (with a bias-free network, ``model.bias: false``, the network itself scales with its input)."""
+
+    kind: Literal["meanstd", "anscombe"] = "meanstd"
     mean: float
     std: float
+    gain: float | None = Field(None, gt=0)
+    """anscombe: ADU per photo-electron (the slope of variance against mean)."""
+    offset: float | None = None
+    """anscombe: the camera's offset (ADU with no light)."""
+    read_noise: float | None = Field(None, ge=0)
+    """anscombe: the read noise in ADU (rms)."""
+    source: str | None = None
+    """anscombe: where the noise model came from (estimated from the training pairs, or given)."""
 
     @field_validator("std")
     @classmethod
@@ -131,16 +151,19 @@ class Normalization(_Part):
     def _usable(self) -> Normalization:
         if not math.isfinite(self.mean) or not math.isfinite(self.std) or self.std <= 0:
             raise ValueError(f"expected a finite mean and a positive std, got mean={self.mean}, std={self.std}")
+        if self.kind == "anscombe":
+            if self.gain is None or self.offset is None or self.read_noise is None:
+                raise ValueError("expected gain, offset and read_noise for normalisation kind 'anscombe', got "
+                                 f"gain={self.gain}, offset={self.offset}, read_noise={self.read_noise}")
+            if not all(math.isfinite(v) for v in (self.gain, self.offset, self.read_noise)):
+                raise ValueError(f"expected finite gain, offset and read_noise, got {self.gain}, {self.offset}, "
+                                 f"{self.read_noise}")
         return self
 
     @classmethod
     def fit(cls, stacks: Sequence[np.ndarray]) -> Normalization:
         """Mean and standard deviation over all pixels of all stacks (float64 accumulation)."""
-        if not stacks:
-            raise ValueError("Expected at least one stack to compute normalisation from, got none")
-        for i, s in enumerate(stacks):
-            if s.dtype.kind == "f" and not np.isfinite(s).all():
-                raise ValueError(f"Stack {i} contains NaN or infinite values; cannot normalise")
+        _check_finite(stacks)
         n = sum(s.size for s in stacks)
         mean = sum(float(s.sum(dtype=np.float64)) for s in stacks) / n
         # frame by frame: no float64 copy of a whole (possibly multi-GB) stack
@@ -150,20 +173,155 @@ class Normalization(_Part):
             raise ValueError("Training data is constant (std 0): nothing to learn from")
         return cls(mean=mean, std=std)
 
+    @classmethod
+    def fit_anscombe(cls, stacks: Sequence[np.ndarray], gain: float | None = None, offset: float | None = None,
+                     read_noise: float | None = None) -> Normalization:
+        """The ``anscombe`` normalisation: the noise model estimated from consecutive frames (photon transfer, see
+        :func:`estimate_noise_model`) where not given, and the scale of the stabilised frames."""
+        _check_finite(stacks)
+        given = {k: v for k, v in (("gain", gain), ("offset", offset), ("read_noise", read_noise)) if v is not None}
+        if len(given) < 3:
+            est = estimate_noise_model(stacks, gain=gain, offset=offset)
+            gain = gain if gain is not None else est["gain"]
+            offset = offset if offset is not None else est["offset"]
+            read_noise = read_noise if read_noise is not None else est["read_noise"]
+            source = (f"estimated from {est['pairs']} consecutive frame pairs (photon transfer)"
+                      + (f"; given: {', '.join(sorted(given))}" if given else ""))
+        else:
+            source = "given"
+        assert gain is not None and offset is not None and read_noise is not None
+        norm = cls(kind="anscombe", mean=0.0, std=1.0, gain=gain, offset=offset, read_noise=read_noise, source=source)
+        sq = sum(float((norm._stabilise(frame.astype(np.float32)).astype(np.float64) ** 2).sum())
+                 for s in stacks for frame in s[:: max(1, len(s) // 16)])
+        n = sum(frame.size for s in stacks for frame in s[:: max(1, len(s) // 16)])
+        scale = float(np.sqrt(sq / n))
+        if not scale > 0:
+            raise ValueError("Training data holds no light above the camera offset: nothing to learn from")
+        return norm.model_copy(update={"std": scale})
+
+    # --- the transform --------------------------------------------------------------------------------
+    def _stabilise(self, x: np.ndarray) -> np.ndarray:
+        """A(x) − A(offset), float32 (anscombe only)."""
+        a, o, r = np.float32(self.gain), np.float32(self.offset), np.float32(self.read_noise)
+        c = np.float32(0.375) * a * a + r * r
+        y = np.multiply(x, a, dtype=np.float32)
+        y += c - a * o
+        np.maximum(y, 0, out=y)
+        np.sqrt(y, out=y)
+        y *= np.float32(2.0) / a
+        y -= np.float32(2.0) / a * np.sqrt(c)
+        return y
+
+    def _unstabilise(self, d: np.ndarray) -> np.ndarray:
+        """The exact unbiased inverse of A (closed-form approximation, Mäkitalo & Foi 2013) of A(x) − A(offset)."""
+        a, o, r = float(self.gain), float(self.offset), float(self.read_noise)  # type: ignore[arg-type]
+        s = r / a  # read noise in electrons
+        c = 0.375 * a * a + r * r
+        z = np.asarray(d, dtype=np.float32) + np.float32(2.0 / a * math.sqrt(c))  # A(x) again, in electron units
+        z = np.maximum(z, np.float32(0.8), dtype=np.float32)  # the closed form holds above ~0.8 (below: dark)
+        inv_z = np.float32(1.0) / z
+        k = np.float32(math.sqrt(1.5))
+        e = (np.float32(0.25) * z * z + np.float32(0.25) * k * inv_z - np.float32(1.375) * inv_z * inv_z
+             + np.float32(0.625) * k * inv_z * inv_z * inv_z - np.float32(0.125 + s * s))
+        np.maximum(e, 0, out=e)
+        return e * np.float32(a) + np.float32(o)
+
     def normalize(self, x: np.ndarray) -> np.ndarray:
+        if self.kind == "anscombe":
+            return self._stabilise(np.asarray(x)) / np.float32(self.std)
         return (np.asarray(x, dtype=np.float32) - np.float32(self.mean)) / np.float32(self.std)
 
     def denormalize(self, y: np.ndarray) -> np.ndarray:
+        if self.kind == "anscombe":
+            return self._unstabilise(np.asarray(y, dtype=np.float32) * np.float32(self.std))
         return np.asarray(y, dtype=np.float32) * np.float32(self.std) + np.float32(self.mean)
 
-    def to_dict(self) -> dict[str, float | str]:
-        return {"mean": self.mean, "std": self.std, "kind": self.kind}
+    @property
+    def linear(self) -> bool:
+        """Whether normalisation is one multiply-add per pixel (``meanstd``)."""
+        return self.kind == "meanstd"
+
+    def describe(self) -> str:
+        """One line for a person."""
+        if self.kind == "anscombe":
+            return (f"camera noise model: gain {self.gain:.4g} ADU/e-, offset {self.offset:.4g} ADU, read noise "
+                    f"{self.read_noise:.3g} ADU ({self.source or 'given'}); variance-stabilised (Anscombe)")
+        return f"mean {self.mean:.4g}, std {self.std:.4g} of the training frames"
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
 
     @classmethod
     def from_dict(cls, d: dict) -> Normalization:
-        if d.get("kind", "meanstd") != "meanstd":
-            raise ValueError(f"Expected normalisation kind 'meanstd', got {d.get('kind')!r}")
-        return cls(mean=float(d["mean"]), std=float(d["std"]))
+        if d.get("kind", "meanstd") not in ("meanstd", "anscombe"):
+            raise ValueError(f"Expected normalisation kind 'meanstd' or 'anscombe', got {d.get('kind')!r}")
+        return cls.model_validate(d)
+
+
+def _check_finite(stacks: Sequence[np.ndarray]) -> None:
+    if not stacks:
+        raise ValueError("Expected at least one stack to compute normalisation from, got none")
+    for i, s in enumerate(stacks):
+        if s.dtype.kind == "f" and not np.isfinite(s).all():
+            raise ValueError(f"Stack {i} contains NaN or infinite values; cannot normalise")
+
+
+def estimate_noise_model(stacks: Sequence[np.ndarray], gain: float | None = None, offset: float | None = None,
+                         max_pairs: int = 16, bins: int = 32) -> dict[str, float]:
+    """A camera's noise model from consecutive frames of a still field, the way a camera is characterised (photon
+    transfer): half the variance of a frame difference against the mean of the two frames, in bins of brightness,
+    fitted by a line ``var = gain·mean + c`` (weighted by pixels per bin; the brightest bins, where a sensor
+    saturates, left out). ``c = read_noise² − gain·offset``: the offset is taken as the 0.1st percentile of the
+    mean frames (the darkest pixels) unless given, and the read noise follows from it."""
+    means, halfvars = [], []
+    pairs = 0
+    for s in stacks:
+        if len(s) < 2:
+            continue
+        # the brightness of a pixel: its mean over up to 64 frames (the mean of the pair alone is noisy enough to
+        # flatten the fitted slope at low light)
+        sel = s[:: max(1, len(s) // 64)]
+        total = np.zeros(s.shape[1:], np.float64)
+        for frame in sel:
+            total += frame
+        level = (total / len(sel)).ravel()
+        step = max(1, (len(s) - 1) // max_pairs)
+        for t in range(0, len(s) - 1, step):
+            a, b = s[t].astype(np.float64), s[t + 1].astype(np.float64)
+            means.append(level)
+            halfvars.append(((a - b) ** 2 / 2).ravel())
+            pairs += 1
+    m, v = np.concatenate(means), np.concatenate(halfvars)
+    lo, hi = np.quantile(m, [0.001, 0.995])
+    if not hi > lo:
+        raise ValueError("the training frames hold one brightness only: cannot estimate the camera's noise model "
+                         "(give data.noise_model: gain, offset, read_noise)")
+    edges = np.quantile(m[(m >= lo) & (m <= hi)], np.linspace(0, 1, bins + 1))
+    edges = np.unique(edges)
+    idx = np.clip(np.searchsorted(edges, m, side="right") - 1, 0, len(edges) - 2)
+    keep = (m >= lo) & (m <= hi)
+    counts = np.bincount(idx[keep], minlength=len(edges) - 1).astype(np.float64)
+    sum_m = np.bincount(idx[keep], weights=m[keep], minlength=len(edges) - 1)
+    sum_v = np.bincount(idx[keep], weights=v[keep], minlength=len(edges) - 1)
+    ok = counts > 50
+    if ok.sum() < 2:
+        raise ValueError("too few pixels to estimate the camera's noise model from the training frames")
+    bm, bv, w = sum_m[ok] / counts[ok], sum_v[ok] / counts[ok], counts[ok]
+    if gain is None:
+        A = np.stack([bm, np.ones_like(bm)], axis=1) * np.sqrt(w)[:, None]
+        slope, c = np.linalg.lstsq(A, bv * np.sqrt(w), rcond=None)[0]
+        gain = float(slope)
+    else:
+        c = float(np.sum(w * (bv - gain * bm)) / np.sum(w))
+    if not gain > 0:
+        raise ValueError(f"the frame-to-frame variance does not grow with brightness (slope {gain:.3g}): these are "
+                         "not consecutive frames of a still field, or not raw camera counts; give data.noise_model")
+    if offset is None:
+        offset = float(np.quantile(m, 0.001))
+    read_var = float(c) + gain * offset
+    if read_var < 0:  # the darkest pixels hold light already: the offset is lower than that
+        offset, read_var = -float(c) / gain, 0.0
+    return {"gain": gain, "offset": float(offset), "read_noise": float(np.sqrt(read_var)), "pairs": pairs}
 
 
 class InputSpec(_Part):

@@ -50,6 +50,11 @@ class FrameHeader(TypedDict, total=False):
     stages: Stages
     raw: RawSpec
     """View messages: the raw frame's shape and dtype."""
+    flags: list[str]
+    """Frames the server sends, only when its checks flagged the frame (absent: served as checked):
+    ``float_path`` (denoised by the float32 model: the frame left the range the reduced precision was checked on),
+    ``raw:…`` (e.g. ``raw:output_range``: the pixels are the RAW frame, not denoised, because the denoised output
+    failed a check). Optional: protocol version 1 readers that do not know it ignore it."""
 
 
 class StatsMessage(TypedDict):
@@ -83,6 +88,12 @@ class StatsMessage(TypedDict):
     history_resets: dict[str, int]
     history_short: int
     motion_fallbacks: int
+    served_float_path: int
+    """Frames served denoised by the float32 model (flag ``float_path``) since the server started."""
+    served_raw: int
+    """Frames served RAW, not denoised (any ``raw:…`` flag) since the server started."""
+    served_flags: dict[str, int]
+    """Frames served with each flag (the header's ``flags``) since the server started."""
     mode: str
     subscribers: int
     viewers: int

@@ -7,7 +7,8 @@
 It subscribes to the server's stats socket (PUB, topic ``stats``, see
 :class:`streamer.core.messages.StatsMessage`)
 and redraws a compact panel a few times a second: frame rates in and out, latency p50/p95/p99
-with a sparkline of the last minute, per-stage medians, drops, errors by kind, queue depth,
+with a sparkline of the last minute, per-stage medians, drops, errors by kind, frames the checks flagged
+(float path: the float32 fallback; raw: served not denoised), queue depth,
 the engine, precision, device, model and mode, and this machine's CPU load (and GPU load when
 ``pynvml`` is installed). It fits an 80 × 24 terminal, uses plain unicode text (no mouse, no
 images, no alternate screen), so it works over ssh; Ctrl-C quits cleanly.

@@ -215,6 +215,39 @@ def _errors(stats: Mapping[str, Any]) -> Text:
     return text
 
 
+FLAG_LABELS = {"float_path": "float path", "raw:output_range": "raw (output check)"}
+"""How the checks row names the Denoiser's flags (others: ``raw:x`` as ``raw (x)``, the rest as sent)."""
+
+
+def _flag_label(flag: str) -> str:
+    if flag in FLAG_LABELS:
+        return FLAG_LABELS[flag]
+    return f"raw ({flag[4:].replace('_', ' ')})" if flag.startswith("raw:") else flag.replace("_", " ")
+
+
+def _checks(stats: Mapping[str, Any]) -> Text:
+    """Frames served with a flag from the Denoiser's checks, e.g. ``float path 3 · raw (output check) 1``: the
+    float32 fallback of a reduced-precision model, and frames served RAW because the denoised output failed a
+    check (``served_flags``; ``–`` from a server that does not count them)."""
+    text = Text(no_wrap=True, overflow="ellipsis")
+    flags = stats.get("served_flags")
+    if not isinstance(flags, Mapping):
+        text.append(DASH)
+        return text
+    counts = {str(k): int(n) for k, v in flags.items() if (n := _number(v))}
+    counts.setdefault("float_path", 0)
+    if not any(k.startswith("raw:") for k in counts):
+        counts["raw"] = 0
+    ranked = sorted(counts.items(), key=lambda kv: (kv[0].startswith("raw"), -kv[1], kv[0]))
+    for i, (flag, n) in enumerate(ranked):
+        if i:
+            text.append(" · ", style="dim")
+        style = "bold" if not n else "bold red" if flag.startswith("raw") else "bold yellow"
+        text.append(f"{_flag_label(flag)} ", style="dim")
+        text.append(str(n), style=style)
+    return text
+
+
 def render(stats: Mapping[str, Any] | None, history: History, address: str, *,
            seconds_since_last: float | None = None, cpu_percent: float | None = None, gpu: str | None = None,
            bad_messages: int = 0) -> RenderableType:
@@ -272,6 +305,7 @@ def render(stats: Mapping[str, Any] | None, history: History, address: str, *,
                                  ("viewers", _count(stats.get("viewers")))))
     grid.add_row("drops", drop_text)
     grid.add_row("errors", _errors(stats))
+    grid.add_row("checks", _checks(stats))
     ft = stats.get("finetune")
     if isinstance(ft, dict):  # n2n serve --finetune: the worker's progress
         grid.add_row("fine-tune", _pairs(("state", str(ft.get("state", "?"))[:40]), ("pairs", _count(ft.get("pairs"))),

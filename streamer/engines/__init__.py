@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from pathlib import Path
 from typing import Any
 
-from ..core.card import ModelCard
+from ..core.card import CardError, ModelCard
 from ..core.choices import ENGINES
-from ._base import Engine, EngineUnavailable, calibration_batch, psnr_between
+from ._base import CHOICE_NAME, Engine, EngineUnavailable, calibration_batch, cpu_name, psnr_between
 
-__all__ = ["ENGINES", "Engine", "EngineUnavailable", "available_engines", "calibration_batch", "create_engine",
-           "psnr_between"]
+__all__ = ["CHOICE_NAME", "ENGINES", "Engine", "EngineUnavailable", "available_engines", "calibration_batch",
+           "cpu_name", "create_engine", "model_key", "psnr_between"]
 
 log = logging.getLogger("n2n.streamer")
 
@@ -33,6 +34,24 @@ def available_engines() -> list[str]:
     """Engines whose library is importable here (whether a model has their file is separate)."""
     found = {"openvino": "openvino", "onnxruntime": "onnxruntime", "torch": "torch"}
     return [name for name in ENGINES if importlib.util.find_spec(found[name]) is not None]
+
+
+def model_key(card: ModelCard) -> dict[str, str]:
+    """The model's exported files by their sha256 (an OpenVINO export's weights too): part of the fingerprint a
+    recorded precision choice holds for, so a re-exported model is timed again."""
+    key: dict[str, str] = {}
+    for fmt, art in card.artifacts.items():
+        key[fmt] = art.sha256
+        if art.weights_sha256:
+            key[f"{fmt}.weights"] = art.weights_sha256
+    return key
+
+
+def _choice_file(card: ModelCard) -> Path | None:
+    try:
+        return card.run_dir / CHOICE_NAME
+    except CardError:  # a card not loaded from a folder: nowhere to record
+        return None
 
 
 def _make(name: str, card: ModelCard, **kwargs: Any) -> Engine:
@@ -69,11 +88,16 @@ def _construct(name: str, card: ModelCard, **kwargs: Any) -> Engine:
 
 
 def create_engine(name: str, card: ModelCard, precision: str = "auto", device: str = "auto",
-                  num_threads: int | None = None, min_psnr_db: float = 50.0) -> Engine:
+                  num_threads: int | None = None, min_psnr_db: float = 50.0, retime: bool = False) -> Engine:
     """The engine ``name`` for the model ``card``; ``auto`` takes the first that works here: PyTorch on a CUDA
     GPU, else OpenVINO, then ONNX Runtime on the CPU. On the CPU the TorchScript engine runs only when asked for
-    (``torch``): a TorchScript file is a program, the others are graphs."""
-    kwargs = {"precision": precision, "num_threads": num_threads, "min_psnr_db": min_psnr_db}
+    (``torch``): a TorchScript file is a program, the others are graphs.
+
+    Precision ``auto`` records the precision it timed and chose in the model folder (``precision_choice.json``,
+    per machine, engine, library version and model files) and takes it again on a later start without timing;
+    ``retime``: time again (and record the new choice)."""
+    kwargs = {"precision": precision, "num_threads": num_threads, "min_psnr_db": min_psnr_db,
+              "choice_file": _choice_file(card), "model_key": model_key(card), "retime": retime}
     if name != "auto":
         dev = device
         if name in ("openvino",) and device == "auto":

@@ -3,14 +3,24 @@ K-frame model), (N, 1, H, W) out."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
+import platform
+import tempfile
 import time
 from abc import ABC, abstractmethod
+from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["Engine", "EngineUnavailable", "psnr_between", "calibration_batch"]
+__all__ = ["CHOICE_NAME", "Engine", "EngineUnavailable", "calibration_batch", "cpu_name", "psnr_between"]
+
+CHOICE_NAME = "precision_choice.json"
+"""The file in a model folder where ``auto`` records the precision it timed and chose, per machine."""
 
 log = logging.getLogger("n2n.streamer")
 
@@ -42,6 +52,19 @@ def calibration_batch(shape: tuple[int, int, int, int], seed: int = 0) -> np.nda
     return ((batch - batch.mean()) / (batch.std() + 1e-6)).astype(np.float32)
 
 
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``'s ``model name``, else :func:`platform.processor`)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, sep, value = line.partition(":")
+                if sep and key.strip().lower() in ("model name", "hardware", "cpu model") and value.strip():
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
 class Engine(ABC):
     """Runs an exported model. Subclasses set ``name`` and implement ``_compile``/``_run``.
 
@@ -49,16 +72,24 @@ class Engine(ABC):
     are free); :meth:`infer` runs a batch of that shape. bf16/fp16 are kept only if, on a
     calibration batch, their output is within ``min_psnr_db`` of float32's; int8 (an INT8 export)
     was checked on held-out frames when it was written. See :meth:`prepare`.
+
+    ``choice_file`` (the model folder's ``precision_choice.json``) is where ``auto`` records the precision it timed
+    and chose, keyed by :meth:`fingerprint` (this machine, engine, library version and ``model_key``: the model's
+    files); a later ``auto`` with the same fingerprint takes it again without timing, unless ``retime``.
     """
 
     name: str = "engine"
 
     def __init__(self, precision: str = "auto", device: str = "cpu", num_threads: int | None = None,
-                 min_psnr_db: float = 50.0) -> None:
+                 min_psnr_db: float = 50.0, choice_file: str | Path | None = None,
+                 model_key: dict[str, str] | None = None, retime: bool = False) -> None:
         self.requested_precision = precision
         self.device = device
         self.num_threads = num_threads
         self.min_psnr_db = min_psnr_db
+        self.choice_file = Path(choice_file) if choice_file is not None else None
+        self.model_key = dict(model_key or {})
+        self.retime = retime
         self.precision = "fp32"
         self.precision_note = ""
         self._compiled: dict[tuple[int, ...], Any] = {}
@@ -83,6 +114,73 @@ class Engine(ABC):
     def _supported(self) -> tuple[str, ...]:
         return ("fp32",)
 
+    def _library(self) -> str:
+        """The engine library and its version (``openvino 2024.4``): a new version may time differently."""
+        return ""
+
+    def _device_name(self) -> str:
+        """What runs the engine: the CPU's model name, or the GPU's."""
+        return cpu_name()
+
+    # --- the recorded choice of auto ------------------------------------------------------------
+    def fingerprint(self) -> dict[str, Any]:
+        """What a recorded ``auto`` choice holds for: this machine (its CPU or GPU), the engine, its device and
+        library version, and the model's files (their sha256: a re-exported model is timed again)."""
+        return {"machine": platform.machine(), "device_name": self._device_name(), "engine": self.name,
+                "device": self.device, "library": self._library(), "model": dict(sorted(self.model_key.items()))}
+
+    @staticmethod
+    def _fingerprint_key(fingerprint: dict[str, Any]) -> str:
+        return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
+
+    def _read_choices(self) -> dict[str, Any]:
+        if self.choice_file is None:
+            return {}
+        try:
+            data = json.loads(self.choice_file.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:  # unreadable or not JSON: as if none were recorded
+            log.debug("precision choice %s not read: %s", self.choice_file, exc)
+            return {}
+        choices = data.get("choices") if isinstance(data, dict) else None
+        return choices if isinstance(choices, dict) else {}
+
+    def recorded_choice(self) -> dict[str, Any] | None:
+        """The choice ``auto`` recorded for this fingerprint, or None."""
+        fingerprint = self.fingerprint()
+        entry = self._read_choices().get(self._fingerprint_key(fingerprint))
+        if isinstance(entry, dict) and entry.get("fingerprint") == fingerprint and isinstance(
+                entry.get("precision"), str):
+            return entry
+        return None
+
+    def _record_choice(self, precision: str, times: dict[str, float], shape: tuple[int, ...]) -> None:
+        """Record ``auto``'s choice in :attr:`choice_file`; a folder that cannot be written (read-only, a shared
+        model) only means the next start times again: never an error."""
+        if self.choice_file is None:
+            return
+        fingerprint = self.fingerprint()
+        entry = {"fingerprint": fingerprint, "precision": precision,
+                 "times_ms": {p: round(t * 1e3, 4) for p, t in sorted(times.items(), key=lambda kv: kv[1])},
+                 "shape": list(shape), "threads": self.num_threads,
+                 "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        try:
+            choices = self._read_choices()
+            choices[self._fingerprint_key(fingerprint)] = entry
+            text = json.dumps({"version": 1, "choices": choices}, indent=2) + "\n"
+            fd, tmp = tempfile.mkstemp(prefix=f".{CHOICE_NAME}.", dir=self.choice_file.parent)
+            try:
+                with os.fdopen(fd, "w") as f:
+                    f.write(text)
+                os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide it from the folder's other users
+                os.replace(tmp, self.choice_file)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        except Exception as exc:  # a read-only or shared model folder: carry on without a record
+            log.debug("precision choice not recorded in %s: %s", self.choice_file, exc)
+
     # --- the interface --------------------------------------------------------------------
     def prepare(self, shape: tuple[int, int, int, int], calibration: np.ndarray | None = None) -> None:
         """Compile for ``shape`` (N, K, H, W), choosing and checking the precision once.
@@ -91,7 +189,9 @@ class Engine(ABC):
         they stay within ``min_psnr_db`` of float32. ``int8`` runs the model's INT8 export, which
         passed its quality check on held-out frames when it was written (the model card says how
         much it lost). ``auto`` takes every reduced precision that passed its check and keeps the
-        fastest at this shape (timed here, on this machine). The first shape decides; later shapes
+        fastest at this shape (timed here, on this machine), and records its choice (see :attr:`choice_file`): a
+        later ``auto`` on this machine takes the recorded precision without timing if it passed its check again
+        (``retime``: time again). The first shape decides; later shapes
         (another frame size, a batch of frames) compile at the same precision, so a frame gives the same
         output whatever else is running with it."""
         shape = tuple(int(s) for s in shape)  # type: ignore[assignment]
@@ -130,19 +230,30 @@ class Engine(ABC):
         if len(passed) == 1:
             precision, chosen = next(iter(passed.items()))
         elif passed:
-            x = np.ascontiguousarray(calibration if calibration is not None and calibration.shape == shape
-                                     else calibration_batch(shape), dtype=np.float32)
-            times: dict[str, float] = {}
-            for p, c in passed.items():
-                try:
-                    times[p] = self._time(c, x)
-                except Exception as exc:  # refused at run time: not a candidate
-                    notes.append(f"{p} failed on {self.name} ({type(exc).__name__}: {exc})")
-            if times:
-                precision = min(times, key=times.__getitem__)
+            recorded = None if self.retime else self.recorded_choice()
+            if recorded is not None and recorded["precision"] in passed:
+                precision = recorded["precision"]
                 chosen = passed[precision]
-                notes.append("fastest here: " + ", ".join(f"{p} {t * 1e3:.1f} ms" for p, t in
-                                                          sorted(times.items(), key=lambda kv: kv[1])))
+                when = str(recorded.get("date", "an earlier start"))[:10]
+                notes.append(f"{precision} (chosen on {when} on this machine; --retime to time again)")
+            else:
+                if recorded is not None:
+                    notes.append(f"recorded choice {recorded['precision']} did not pass its check: timing again")
+                x = np.ascontiguousarray(calibration if calibration is not None and calibration.shape == shape
+                                         else calibration_batch(shape), dtype=np.float32)
+                times: dict[str, float] = {}
+                for p, c in passed.items():
+                    try:
+                        times[p] = self._time(c, x)
+                    except Exception as exc:  # refused at run time: not a candidate
+                        notes.append(f"{p} failed on {self.name} ({type(exc).__name__}: {exc})")
+                if times:
+                    precision = min(times, key=times.__getitem__)
+                    chosen = passed[precision]
+                    notes.append("fastest here: " + ", ".join(f"{p} {t * 1e3:.1f} ms" for p, t in
+                                                              sorted(times.items(), key=lambda kv: kv[1])))
+                    if want == "auto":
+                        self._record_choice(precision, times, shape)
         if precision == "fp32" and want != "fp32":
             notes.append("using fp32")
         self.precision_note = "; ".join(notes)
@@ -205,11 +316,17 @@ class Engine(ABC):
     #: dtypes of camera frames :meth:`infer_frames` takes (empty: the engine has no such path)
     frame_dtypes: tuple[str, ...] = ()
 
-    def infer_frames(self, frames: np.ndarray, mean: float, std: float, out_dtype: str) -> np.ndarray:
+    #: whether :meth:`infer_frames` takes a camera noise model (the ``anscombe`` normalisation) too
+    frame_noise_models: bool = False
+
+    def infer_frames(self, frames: np.ndarray, mean: float, std: float, out_dtype: str,
+                     noise: tuple[float, float, float] | None = None) -> np.ndarray:
         """Denoise a (N, K, H, W) batch of camera frames (a dtype in :attr:`frame_dtypes`) with the
         normalisation, and the conversion back to ``out_dtype`` (clipped to its range and rounded to
         nearest-even for integers), inside the engine: the result of doing them around :meth:`infer`,
-        up to float32 rounding (integers: one count where a value falls on .5)."""
+        up to float32 rounding (integers: one count where a value falls on .5). ``noise``: (gain, offset,
+        read_noise) of the ``anscombe`` normalisation (:class:`streamer.core.card.Normalization`), whose scale is
+        ``std`` (``mean`` 0); None: ``(x − mean) / std``."""
         raise NotImplementedError(f"{self.name} has no frame path")
 
     def info(self) -> dict[str, Any]:

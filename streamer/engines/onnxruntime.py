@@ -36,6 +36,10 @@ class OnnxRuntimeEngine(Engine):
         self._session = ort.InferenceSession(str(onnx_path), opts, providers=providers)
         self.device = "cuda" if self._session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
         self._input = self._session.get_inputs()[0].name
+        self._version = str(ort.__version__)
+
+    def _library(self) -> str:
+        return f"onnxruntime {self._version}"
 
     def _compile(self, shape: tuple[int, int, int, int], precision: str) -> Any:
         self._session.run(None, {self._input: np.zeros(shape, np.float32)})  # warm-up for this shape

@@ -52,6 +52,7 @@ class OpenVINOEngine(Engine):
         kwargs["device"] = "cpu"
         super().__init__(**kwargs)
         self._core = ov.Core()
+        self._version = str(getattr(ov, "__version__", "") or ov.get_version())
         self._models = {"float": self._core.read_model(str(onnx_path))}
         if int8_path is not None:
             self._models["int8"] = self._core.read_model(str(int8_path))
@@ -67,6 +68,9 @@ class OpenVINOEngine(Engine):
 
     def _reduced_precision(self) -> str | None:
         return "bf16" if "bf16" in self._caps else None
+
+    def _library(self) -> str:
+        return f"openvino {self._version}"
 
     def _int8_note(self) -> str:
         return self._int8_text
@@ -100,7 +104,10 @@ class OpenVINOEngine(Engine):
     # server does no per-pixel work in Python (about 0.4 ms of a 7 ms frame at 512² for a real-time model)
     frame_dtypes = ("uint8", "uint16", "int16", "float32")
 
-    def infer_frames(self, frames: np.ndarray, mean: float, std: float, out_dtype: str) -> np.ndarray:
+    frame_noise_models = True
+
+    def infer_frames(self, frames: np.ndarray, mean: float, std: float, out_dtype: str,
+                     noise: tuple[float, float, float] | None = None) -> np.ndarray:
         """See :meth:`Engine.infer_frames`. The graph does the Python path's float32 operations, which
         OpenVINO may fuse: an integer output can differ by one count where a value falls on .5."""
         shape = tuple(int(v) for v in frames.shape)
@@ -110,15 +117,15 @@ class OpenVINOEngine(Engine):
             else:
                 self._compiled[shape] = None  # this shape needs no float-batch model (infer() makes one if asked)
         self._current = shape
-        key = (shape, frames.dtype.name, out_dtype, float(mean), float(std))
+        key = (shape, frames.dtype.name, out_dtype, float(mean), float(std), noise)
         entry = self._framed.get(key)
         if entry is None:
             try:
-                entry = (self._compile_frames(shape, frames.dtype.name, out_dtype, mean, std), False)
+                entry = (self._compile_frames(shape, frames.dtype.name, out_dtype, mean, std, noise), False)
             except RuntimeError:
                 # some graphs cannot take the camera's dtype at their input (OpenVINO's CPU plugin refuses
                 # uint16 straight into an INT8 graph's first quantizer): cast to float32 here instead
-                entry = (self._compile_frames(shape, "float32", out_dtype, mean, std), True)
+                entry = (self._compile_frames(shape, "float32", out_dtype, mean, std, noise), True)
             self._framed[key] = entry
             # frames of this shape now take this path: let the float-batch model go (at 2048² the default
             # network's compiled activations are 1.6 GB); infer() compiles it again if it is ever needed
@@ -128,7 +135,7 @@ class OpenVINOEngine(Engine):
         return np.array(request.get_output_tensor(0).data, copy=True)
 
     def _compile_frames(self, shape: tuple[int, ...], in_dtype: str, out_dtype: str, mean: float,
-                        std: float) -> Any:
+                        std: float, noise: tuple[float, float, float] | None = None) -> Any:
         ov = import_openvino()
         import openvino.opset13 as ops
         from openvino.preprocess import PrePostProcessor
@@ -140,12 +147,39 @@ class OpenVINOEngine(Engine):
         ppp = PrePostProcessor(model)
         ppp.input().tensor().set_element_type(types[in_dtype])
         scale, offset = np.float32(1.0 / std), np.float32(-mean / std)
-        # x · (1/std) + (−mean/std): the float32 operations of Denoiser.preprocess
-        ppp.input().preprocess().convert_element_type(ov.Type.f32).custom(
-            lambda x: ops.add(ops.multiply(x, ops.constant(scale)), ops.constant(offset)).output(0))
+
+        def f32(v: float) -> Any:
+            return ops.constant(np.float32(v))
+
+        if noise is None:
+            # x · (1/std) + (−mean/std): the float32 operations of Denoiser.preprocess
+            ppp.input().preprocess().convert_element_type(ov.Type.f32).custom(
+                lambda x: ops.add(ops.multiply(x, ops.constant(scale)), ops.constant(offset)).output(0))
+        else:  # the generalised Anscombe transform of Normalization._stabilise, then / std
+            a, o, r = (float(v) for v in noise)
+            c = 0.375 * a * a + r * r
+            ppp.input().preprocess().convert_element_type(ov.Type.f32).custom(
+                lambda x: ops.multiply(ops.add(ops.multiply(ops.sqrt(ops.maximum(ops.add(
+                    ops.multiply(x, f32(a)), f32(c - a * o)), f32(0.0))), f32(2.0 / a)),
+                    f32(-2.0 / a * np.sqrt(c))), f32(1.0 / std)).output(0))
+
+        def unstabilise(out: Any) -> Any:  # Normalization._unstabilise: the exact unbiased inverse, closed form
+            a, o, r = (float(v) for v in noise)  # type: ignore[union-attr]
+            c, s2, k = 0.375 * a * a + r * r, (r / a) ** 2, float(np.sqrt(1.5))
+            z = ops.maximum(ops.add(ops.multiply(out, f32(std)), f32(2.0 / a * np.sqrt(c))), f32(0.8))
+            inv = ops.divide(f32(1.0), z)
+            inv2 = ops.multiply(inv, inv)
+            e = ops.add(ops.multiply(ops.multiply(z, z), f32(0.25)), ops.multiply(inv, f32(0.25 * k)))
+            e = ops.add(e, ops.multiply(inv2, f32(-1.375)))
+            e = ops.add(e, ops.multiply(ops.multiply(inv2, inv), f32(0.625 * k)))
+            e = ops.maximum(ops.add(e, f32(-(0.125 + s2))), f32(0.0))
+            return ops.add(ops.multiply(e, f32(a)), f32(o))
 
         def back(out: Any) -> Any:
-            y = ops.add(ops.multiply(out, ops.constant(np.float32(std))), ops.constant(np.float32(mean)))
+            if noise is None:
+                y = ops.add(ops.multiply(out, ops.constant(np.float32(std))), ops.constant(np.float32(mean)))
+            else:
+                y = unstabilise(out)
             if out_dtype == "float32":
                 return y.output(0)
             lo, hi = _INT_RANGE[out_dtype]

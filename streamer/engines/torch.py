@@ -40,6 +40,14 @@ class TorchEngine(Engine):
     def _reduced_precision(self) -> str | None:
         return "fp16" if self.device == "cuda" else None
 
+    def _library(self) -> str:
+        return f"torch {self._torch.__version__}"
+
+    def _device_name(self) -> str:
+        if self.device == "cuda":
+            return str(self._torch.cuda.get_device_name())
+        return super()._device_name()
+
     def _compile(self, shape: tuple[int, int, int, int], precision: str) -> Any:
         dtype = {"fp32": None, "fp16": self._torch.float16, "bf16": self._torch.bfloat16}[precision]
         self._run(dtype, np.zeros(shape, np.float32))  # warm-up (and TorchScript profiling) for this shape

@@ -3,8 +3,11 @@
 One thread takes frames from Micro-Manager and pushes them to the server's input; the calling
 thread receives the denoised frames from the server's output (where any other viewer may
 subscribe too) and writes raw and denoised side by side (channels ``raw``, ``denoised``) into
-one OME-TIFF. Counts: frames seen (taken from Micro-Manager), denoised (came back), dropped (by
-the server in live mode, or overwritten in Micro-Manager's buffer before they were read).
+one OME-TIFF. Counts: frames seen (taken from Micro-Manager), denoised (came back denoised), kept raw (came back,
+but the server sent the raw frame: the denoised one failed its checks), dropped (by the server in live mode, or
+overwritten in Micro-Manager's buffer before they were read). Each plane's metadata in the OME-TIFF says
+``n2n-denoised`` (false for a frame the server kept raw: its ``denoised`` channel holds the raw pixels) and, when
+the server flagged it, ``n2n-flags`` (see :mod:`streamer.protocol`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import numpy as np
 
 from ..client import ServerError, StreamClient
 from ..core.dtypes import to_dtype
+from ..denoiser import FLAG_FLOAT_PATH, is_raw
 from ..sources import EndOfStream, OmeTiffWriter
 from ..sources.micromanager import MicroManagerSource
 
@@ -35,6 +39,10 @@ log = logging.getLogger("n2n.micromanager")
 class BridgeReport:
     frames_seen: int = 0
     frames_denoised: int = 0
+    frames_kept_raw: int = 0
+    """Came back from the server raw, not denoised: the denoised frame failed the server's checks."""
+    frames_float_path: int = 0
+    """Came back denoised by the float32 model (out of the reduced precision's checked range)."""
     frames_dropped: int = 0
     frames_failed: int = 0
     frames_unaccounted: int = 0
@@ -167,7 +175,8 @@ def run_bridge(source: MicroManagerSource, endpoints: dict[str, str], frames: in
                     if done_sending:
                         # all sent: finished once the server has accounted for every frame
                         dropped = client.status()["drops"] - base_drops
-                        if report.frames_denoised + report.frames_failed + dropped >= producer.sent:
+                        if report.frames_denoised + report.frames_kept_raw + report.frames_failed + dropped \
+                                >= producer.sent:
                             break
                         idle_since = idle_since or time.monotonic()
                         if time.monotonic() - idle_since > timeout_s:
@@ -181,7 +190,12 @@ def run_bridge(source: MicroManagerSource, endpoints: dict[str, str], frames: in
                 idle_since = None
                 last_received = time.perf_counter()
                 seq = result.seq if result.seq is not None else -1
-                report.frames_denoised += 1
+                got = result.header.get("flags")
+                flags = [str(f) for f in got] if isinstance(got, list) else []
+                raw_back = is_raw(flags)
+                report.frames_kept_raw += raw_back
+                report.frames_denoised += not raw_back
+                report.frames_float_path += FLAG_FLOAT_PATH in flags
                 stages = result.header.get("stages", {})
                 ts = result.header.get("ts_ns")
                 if isinstance(ts, int) and "sent" in stages:
@@ -194,8 +208,10 @@ def run_bridge(source: MicroManagerSource, endpoints: dict[str, str], frames: in
                         if pending and pending[0][0] == seq:
                             raw = pending.popleft()[1]
                     if raw is not None:
-                        writer.write([raw, to_dtype(result.pixels, source.dtype)],
-                                     {**result.header.get("meta", {}), "seq": seq})
+                        plane_meta = {**result.header.get("meta", {}), "seq": seq, "n2n-denoised": not raw_back}
+                        if flags:
+                            plane_meta["n2n-flags"] = flags
+                        writer.write([raw, to_dtype(result.pixels, source.dtype)], plane_meta)
                 now = time.perf_counter()
                 if progress is not None and now - last_progress > 0.25:
                     last_progress = now
@@ -212,14 +228,15 @@ def run_bridge(source: MicroManagerSource, endpoints: dict[str, str], frames: in
     if producer.error is not None and not isinstance(producer.error, EndOfStream):
         raise producer.error
     report.frames_seen = producer.sent
-    report.frames_unaccounted = max(0, producer.sent - report.frames_denoised - report.frames_failed
-                                    - report.frames_dropped)
+    report.frames_unaccounted = max(0, producer.sent - report.frames_denoised - report.frames_kept_raw
+                                    - report.frames_failed - report.frames_dropped)
     report.missed_in_micromanager = source.missed
     report.seconds = round(time.perf_counter() - t0, 3)
     span = (producer.finished_at - producer.started_at) if producer.finished_at else 0.0
     report.fps_in = round(producer.sent / span, 2) if span > 0 else 0.0
-    if report.frames_denoised > 1 and last_received > producer.started_at:
-        report.fps_out = round(report.frames_denoised / (last_received - producer.started_at), 2)
+    back = report.frames_denoised + report.frames_kept_raw
+    if back > 1 and last_received > producer.started_at:
+        report.fps_out = round(back / (last_received - producer.started_at), 2)
     if latencies:
         report.latencies_ms = [round(v, 3) for v in latencies]
         report.latency_ms_p50 = round(float(np.percentile(latencies, 50)), 2)

@@ -16,6 +16,12 @@ wire protocol's), the raw image is returned with ``n2n-denoised: false`` and the
 and ``hook.errors`` counts it. After a server that did not answer, the hook stops waiting on every frame:
 frames are kept raw at once (``hook.skipped``) until a retry, after 1 s, then 2, 4, … up to 30 s between
 tries, and the first answer ends it. ``keep_raw="raw.ome.tif"`` also saves every raw image.
+
+The server's checks travel with its reply (the header's ``flags``, see :mod:`streamer.protocol`): an image the
+server sent back RAW because the denoised output failed a check gets ``n2n-denoised: false`` and ``n2n-flag``
+(the reason, e.g. ``raw:output_range``; ``hook.served_raw`` counts them), and one denoised by the float32 model
+because it left the range the reduced precision was checked on gets ``n2n-precision-fallback: true``
+(``hook.float_path`` counts them). Every flag is also listed in ``n2n-flags``.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import numpy as np
 
 from ..client import ServerError, StreamClient
 from ..core.dtypes import to_dtype
+from ..denoiser import FLAG_FLOAT_PATH, is_raw
 from ..protocol import DTYPES
 from ..sources import OmeTiffWriter
 
@@ -55,6 +62,8 @@ class DenoiseHook:
         self.errors = 0
         self.raw_errors = 0  # raw frames that could not be saved (keep_raw)
         self.skipped = 0  # kept raw without asking: the server was down and the next try not due yet
+        self.served_raw = 0  # the server sent the raw image back: the denoised one failed its checks
+        self.float_path = 0  # denoised by the float32 model (out of the reduced precision's checked range)
         self.last_error: str | None = None
         self._backoff_s = 0.0
         self._retry_at = 0.0
@@ -62,10 +71,13 @@ class DenoiseHook:
         self._raw: OmeTiffWriter | None = None
         self._lock = threading.Lock()
 
-    def _request(self, image: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
+    def _request(self, image: np.ndarray, meta: dict[str, Any]) -> tuple[np.ndarray, list[str]]:
+        """The server's pixels for ``image`` and the flags its checks gave them."""
         if self._client is None:
             self._client = StreamClient(self.endpoints, timeout=self.timeout_s)
-        return self._client.request(image, meta=meta, timeout=self.timeout_s).pixels
+        result = self._client.request(image, meta=meta, timeout=self.timeout_s)
+        flags = result.header.get("flags")
+        return result.pixels, [str(f) for f in flags] if isinstance(flags, list) else []
 
     def __call__(self, image: np.ndarray, metadata: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
         with self._lock:  # pycromanager calls from one thread; be safe if a user shares the hook
@@ -109,7 +121,7 @@ class DenoiseHook:
         small: dict[str, Any] = {k: meta[k] for k in ("ImageNumber", "Axes", "Camera") if k in meta}
         t0 = time.perf_counter()
         try:
-            out = self._request(squeezed, _plain(small))
+            out, flags = self._request(squeezed, _plain(small))
         except ServerError as exc:  # the server answered: it is up, this frame was refused
             return self._kept_raw(image, meta, str(exc))
         except (TimeoutError, OSError) as exc:  # no answer: back off before waiting on the server again
@@ -121,8 +133,20 @@ class DenoiseHook:
             return self._kept_raw(image, meta, str(exc))
         self._backoff_s = 0.0
         out = to_dtype(out, image.dtype)  # a server set to float32 output: back to the camera's type
-        self.denoised += 1
-        meta.update({"n2n-denoised": True, "n2n-latency-ms": round((time.perf_counter() - t0) * 1000, 3)})
+        meta["n2n-latency-ms"] = round((time.perf_counter() - t0) * 1000, 3)
+        if flags:
+            meta["n2n-flags"] = flags
+        if FLAG_FLOAT_PATH in flags:
+            self.float_path += 1
+            meta["n2n-precision-fallback"] = True
+        if is_raw(flags):  # the server answered with the raw image: say so, never pass it off as denoised
+            self.served_raw += 1
+            meta.update({"n2n-denoised": False, "n2n-flag": ",".join(f for f in flags if f.startswith("raw:"))})
+            if self.served_raw <= 10 or self.served_raw % 100 == 0:
+                log.warning("frame %d kept raw by the server (%s)", self.frames, meta["n2n-flag"])
+        else:
+            self.denoised += 1
+            meta["n2n-denoised"] = True
         return out.reshape(image.shape), meta
 
     def close(self) -> None:

@@ -18,6 +18,9 @@ class DenoiseConfig(Versioned):
     precision: PrecisionChoice = "auto"
     """auto: the fastest precision that passes its check here, decided once and recorded, so a resumed
     run and every worker use the same one."""
+    retime: bool = False
+    """precision 'auto': time the precisions that passed their check again instead of taking the choice recorded for
+    this machine in the model folder (precision_choice.json), and record the new choice."""
     device: Device = "auto"
     """Device for the engine."""
     threads: int | None = Field(None, ge=1)

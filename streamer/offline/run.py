@@ -19,22 +19,26 @@ import numpy as np
 from ..core.card import CARD_NAME
 from ..datasets import DatasetError, DatasetInfo, open_dataset, output_kind
 from ..datasets.base import Reader
+from ..denoiser import FLAG_FLOAT_PATH, is_raw
 from .config import DenoiseConfig
 from .store import (
+    FLAGS_NAME,
     MAX_TASK_PLANES,
     PROGRESS_NAME,
     check_writable,
     done_ranges,
     exclusive,
     finish,
+    flagged_planes,
     prepare_output,
+    read_flags,
     remove_path,
     sha256,
     split_tasks,
     todo_planes,
     writing,
 )
-from .task import Job, keep, make_denoiser, peak_mib, release, run_task, warm_up
+from .task import Job, TaskResult, keep, make_denoiser, peak_mib, release, run_task, warm_up
 
 __all__ = ["DenoiseInterrupted", "denoise"]
 
@@ -47,7 +51,7 @@ class DenoiseInterrupted(KeyboardInterrupt):
 
 # --- executors: tasks run here, or on Dask ----------------------------------------------------------------
 
-Commit = Callable[[tuple[int, int, int, float]], None]
+Commit = Callable[[TaskResult], None]
 
 
 def _run_here(job: Job, tasks: list[tuple[int, int]], commit: Commit, started: Callable[[], None]) -> list[float]:
@@ -215,9 +219,14 @@ def _denoise(source: Path, model: Path, card: Any, output: Path, out_kind: str, 
     t0 = time.perf_counter()
     ready = [t0]
     log_file = (store / PROGRESS_NAME).open("a")
+    flags_file = (store / FLAGS_NAME).open("a")
 
-    def commit(result: tuple[int, int, int, float]) -> None:
-        start, stop, denoised, seconds = result
+    def commit(result: TaskResult) -> None:
+        start, stop, denoised, seconds, flagged = result
+        if flagged:  # before the task's progress line: a finished task's flags are never lost
+            flags_file.write("".join(f"{plane} {','.join(flags)}\n" for plane, flags in flagged))
+            flags_file.flush()
+            os.fsync(flags_file.fileno())
         log_file.write(f"{start} {stop}\n")
         log_file.flush()
         os.fsync(log_file.fileno())
@@ -244,10 +253,18 @@ def _denoise(source: Path, model: Path, card: Any, output: Path, out_kind: str, 
                                  f"them: {resume}") from None
     finally:
         log_file.close()
+        flags_file.close()
     seconds = time.perf_counter() - t0
     running = time.perf_counter() - ready[0]
+    flags = read_flags(store)  # this run's and, resumed, the earlier runs' planes
+    by_flag = flagged_planes(flags)
+    kept_raw = sorted(p for p, f in flags.items() if is_raw(f))
+    if kept_raw:
+        log.warning("%d of %d planes were written RAW, not denoised: the denoised plane failed the output check "
+                    "(planes %s%s)", len(kept_raw), len(wanted), ", ".join(map(str, kept_raw[:10])),
+                    ", ..." if len(kept_raw) > 10 else "")
     try:
-        finish(output, store, out_kind, info, out_dtype, progress)
+        finish(output, store, out_kind, info, out_dtype, progress, by_flag)
     except KeyboardInterrupt:
         raise DenoiseInterrupted(f"stopped while writing {output}; every plane is done in {store}: {resume}") \
             from None
@@ -259,6 +276,8 @@ def _denoise(source: Path, model: Path, card: Any, output: Path, out_kind: str, 
             "seconds": round(seconds, 3), "startup_s": round(seconds - running, 3),
             "planes_per_s": round(run / running, 2) if run and running > 0 else None,
             "planes_to_denoise": len(wanted), "task_seconds": round(counts["busy_s"], 3),
+            "planes_kept_raw": len(kept_raw), "planes_float_path": len(by_flag.get(FLAG_FLOAT_PATH, [])),
+            "flagged_planes": by_flag,
             "peak_mib_workers": peaks, "peak_mib_command": peak_mib()}
 
 
@@ -271,7 +290,7 @@ def _start(store: Path, replaced: list[Path], info: DatasetInfo, out_dtype: np.d
     engine, precision = cfg.engine, cfg.precision
     if wanted:
         denoiser = make_denoiser(str(Path(settings["model"])), cfg.engine, cfg.precision, cfg.device, threads,
-                                  cfg.dtype)
+                                  cfg.dtype, retime=cfg.retime)
         denoiser(reader.read(wanted[0], wanted[0] + 1)[0])
         engine, precision = denoiser.engine.name, denoiser.engine.precision
         log.info("denoising with %s at %s (recorded: a resumed run and every worker use it)", engine, precision)

@@ -19,11 +19,15 @@ import numpy as np
 
 from ..datasets import DatasetError, DatasetInfo
 
-__all__ = ["MAX_TASK_PLANES", "PROGRESS_NAME", "check_writable", "done_ranges", "exclusive", "finish",
-           "prepare_output", "remove_path", "sha256", "split_tasks", "store_job", "todo_planes", "writing"]
+__all__ = ["FLAGS_NAME", "MAX_TASK_PLANES", "PROGRESS_NAME", "check_writable", "done_ranges", "exclusive", "finish",
+           "flagged_planes", "prepare_output", "read_flags", "remove_path", "sha256", "split_tasks", "store_job",
+           "todo_planes", "writing"]
 
 PROGRESS_NAME = "n2n-progress.log"
 """In the store: one line ``START STOP`` per finished task (plane ranges, flat indices)."""
+FLAGS_NAME = "n2n-flags.log"
+"""In the store: one line ``PLANE FLAG[,FLAG...]`` per plane the Denoiser's checks flagged, written before its
+task's progress line (a plane denoised again after a resume: its last line counts)."""
 MAX_TASK_PLANES = 16
 
 
@@ -45,14 +49,42 @@ def store_job(store: Path) -> dict[str, Any] | None:
     return job if isinstance(job, dict) else None
 
 
-def set_complete(store: Path) -> None:
+def set_complete(store: Path, flagged: dict[str, list[int]] | None = None) -> None:
+    """Mark the store's job complete; ``flagged``: the planes the Denoiser's checks flagged, by flag (recorded as
+    ``n2n-live.flagged_planes``: a ``raw:…`` plane holds the input's pixels, not denoised ones)."""
     import zarr
 
     group = zarr.open_group(store, mode="r+")
     ours: dict[str, Any] = dict(group.attrs.get("n2n-live", {}))  # type: ignore[arg-type]
     ours["job"] = {**ours.get("job", {}), "complete": True,
                    "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    ours["flagged_planes"] = flagged or {}
     group.attrs["n2n-live"] = ours
+
+
+def read_flags(store: Path, done: list[tuple[int, int]] | None = None) -> dict[int, tuple[str, ...]]:
+    """The flagged planes of the store's finished tasks (``done``: their ranges, default the progress log's):
+    {plane: its flags}; a line cut short by a kill, or of a task never finished, is ignored."""
+    path = store / FLAGS_NAME
+    if not path.is_file():
+        return {}
+    ranges = done_ranges(store) if done is None else done
+    finished = {p for a, b in ranges for p in range(a, b)}
+    out: dict[int, tuple[str, ...]] = {}
+    for line in path.read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0].isdigit() and int(parts[0]) in finished:
+            out[int(parts[0])] = tuple(f for f in parts[1].split(",") if f)
+    return out
+
+
+def flagged_planes(flags: dict[int, tuple[str, ...]]) -> dict[str, list[int]]:
+    """{flag: the planes that have it, in order}."""
+    by_flag: dict[str, list[int]] = {}
+    for plane in sorted(flags):
+        for flag in flags[plane]:
+            by_flag.setdefault(flag, []).append(plane)
+    return by_flag
 
 
 def done_ranges(store: Path) -> list[tuple[int, int]]:
@@ -188,11 +220,13 @@ def check_writable(folder: Path) -> None:
 
 
 def finish(output: Path, store: Path, out_kind: str, info: DatasetInfo, out_dtype: np.dtype,
-            progress: Callable[[int, int, str], None] | None) -> None:
-    """Every plane is in the store: mark it complete (OME-Zarr), or write the OME-TIFF and drop the store."""
+            progress: Callable[[int, int, str], None] | None, flagged: dict[str, list[int]] | None = None) -> None:
+    """Every plane is in the store: mark it complete (OME-Zarr, recording the ``flagged`` planes), or write the
+    OME-TIFF and drop the store."""
     if out_kind == "zarr":
-        set_complete(store)
+        set_complete(store, flagged)
         (store / PROGRESS_NAME).unlink(missing_ok=True)
+        (store / FLAGS_NAME).unlink(missing_ok=True)
         return
     from ..datasets.ometiff import write_ome_tiff
     from ..datasets.omezarr import OmeZarrReader

@@ -16,7 +16,7 @@ from ..datasets import open_dataset
 from ..datasets.base import Reader
 from .store import store_job
 
-__all__ = ["Job", "keep", "make_denoiser", "peak_mib", "release", "run_task", "warm_up"]
+__all__ = ["Job", "TaskResult", "keep", "make_denoiser", "peak_mib", "release", "run_task", "warm_up"]
 
 
 @dataclass(frozen=True)
@@ -76,10 +76,11 @@ def keep(key: tuple[Any, ...], value: Any) -> None:
 
 
 def make_denoiser(model: str, engine: str, precision: str, device: str, threads: int | None,
-                   output_dtype: str) -> Any:
+                   output_dtype: str, retime: bool = False) -> Any:
     from ..denoiser import Denoiser
 
-    return Denoiser.from_model_dir(model, engine, precision, device, threads, output_dtype=output_dtype)
+    return Denoiser.from_model_dir(model, engine, precision, device, threads, output_dtype=output_dtype,
+                                   retime=retime)
 
 
 def _denoiser(job: Job) -> Any:
@@ -134,9 +135,16 @@ def _previous_planes(reader: Reader, planes: np.ndarray, start: int, plane: int,
     return causal_previous(planes[plane - start], previous)
 
 
-def run_task(job: Job, start: int, stop: int) -> tuple[int, int, int, float]:
+TaskResult = tuple[int, int, int, float, list[tuple[int, tuple[str, ...]]]]
+"""(start, stop, planes denoised, seconds, the planes the Denoiser's checks flagged: (plane, its flags))."""
+
+
+def run_task(job: Job, start: int, stop: int) -> TaskResult:
     """Denoise planes ``start:stop`` of the job's input into its store. Returns (start, stop, planes
-    denoised, seconds). A K-frame model sees each plane's previous planes along T (:func:`_previous_planes`)."""
+    denoised, seconds, flagged planes): a plane flagged ``raw:…`` was written RAW (its denoised output failed the
+    Denoiser's checks), one flagged ``float_path`` was denoised by the float32 model (see
+    :mod:`streamer.denoiser`). A K-frame model sees each plane's previous planes along T
+    (:func:`_previous_planes`)."""
     from ..core.dtypes import to_dtype
 
     t0 = time.perf_counter()
@@ -146,12 +154,17 @@ def run_task(job: Job, start: int, stop: int) -> tuple[int, int, int, float]:
     out_dtype = np.dtype(np.float32) if job.output_dtype == "float32" else info.dtype
     out = np.empty((len(planes), *info.plane_shape), out_dtype)
     denoised = 0
+    flagged: list[tuple[int, tuple[str, ...]]] = []
     for i, plane in enumerate(planes):
         if job.channel is None or info.index(start + i)["C"] == job.channel:
             with _ENGINE_LOCK:
                 denoiser = _denoiser(job)
                 out[i] = denoiser(plane, previous=_previous_planes(reader, planes, start, start + i,
                                                                    denoiser.input_frames))
+                last = getattr(denoiser, "last_flags", None)
+                flags = tuple(last[0]) if isinstance(last, list | tuple) and len(last) == 1 else ()
+            if flags:
+                flagged.append((start + i, flags))
             if denoiser.engine.precision != job.precision or denoiser.engine.name != job.engine:
                 raise RuntimeError(f"expected the job's engine {job.engine} at {job.precision}, but this worker's "
                                    f"engine runs {denoiser.engine.name} at {denoiser.engine.precision} "
@@ -163,7 +176,7 @@ def run_task(job: Job, start: int, stop: int) -> tuple[int, int, int, float]:
         raise RuntimeError(f"{job.store} now belongs to another run; planes {start}:{stop} of this one were "
                            "not written")
     writer.write(start, out)
-    return start, stop, denoised, time.perf_counter() - t0
+    return start, stop, denoised, time.perf_counter() - t0, flagged
 
 
 def peak_mib() -> float:

@@ -59,7 +59,11 @@ class ServeConfig(Versioned):
     on the CPU only when asked for: 'torch')."""
     precision: PrecisionChoice = "auto"
     """'auto': the fastest precision here among those that passed their check (bf16/fp16 against float32,
-    see min_precision_psnr_db; int8: the model's INT8 export, checked on held-out frames when written)."""
+    see min_precision_psnr_db; int8: the model's INT8 export, checked on held-out frames when written). Its choice
+    is recorded per machine in the model folder and taken again on the next start (see retime)."""
+    retime: bool = False
+    """precision 'auto': time the precisions that passed their check again instead of taking the choice recorded for
+    this machine in the model folder (precision_choice.json), and record the new choice."""
     min_precision_psnr_db: float = Field(50.0, gt=0)
     """Reduced precision is used only if its output on a calibration frame is this close to float32."""
     device: Device = "auto"

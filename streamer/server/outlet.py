@@ -56,9 +56,10 @@ class Outlet:
         self._error_logs: dict[str, int] = {}
 
     def deliver(self, msg: Message, envelope: list[Any] | None, out: np.ndarray, t: Timings,
-                denoiser: Denoiser) -> bool:
-        """Send one denoised frame; True when it reached somebody (counted as done), False when dropped (counted
-        with the reason)."""
+                denoiser: Denoiser, flags: tuple[str, ...] = ()) -> bool:
+        """Send one denoised frame; True when it reached somebody (counted as done, and by each of its ``flags``),
+        False when dropped (counted with the reason). ``flags``: what the Denoiser's checks said of this frame
+        (:attr:`Denoiser.last_flags`), sent in the header's ``flags`` when there are any."""
         h = msg.header
         sent = time.time_ns()
         header: FrameHeader = {"v": PROTOCOL_VERSION, "type": "frame", "seq": msg.seq, "shape": list(out.shape),
@@ -66,6 +67,8 @@ class Outlet:
                                "engine": denoiser.engine.name, "model": denoiser.card.name,
                                "stages": {"received": msg.received_ns, "preprocessed": t.preprocessed,
                                           "inferred": t.inferred, "sent": sent}}
+        if flags:  # only when a check said something: a frame served as checked has no "flags"
+            header["flags"] = list(flags)
         head = json.dumps(header, separators=(",", ":")).encode()
         body = np.ascontiguousarray(out).data
         if envelope is not None:
@@ -85,7 +88,7 @@ class Outlet:
                 return False
         stages = {"received": msg.received_ns, "start": t.start, "preprocessed": t.preprocessed,
                   "inferred": t.inferred, "postprocessed": t.postprocessed, "sent": sent}
-        self._stats.on_done(stages, h.get("ts_ns"), request=envelope is not None)
+        self._stats.on_done(stages, h.get("ts_ns"), request=envelope is not None, flags=flags)
         return True
 
     def _publish_view(self, msg: Message, header: FrameHeader, body: Any) -> None:

@@ -225,9 +225,10 @@ class Server:
             for m, p in zip(msgs, previous):
                 self._process(m, None, p)
             return
+        flags = self._flags(len(msgs))
         self.stats.batched_frames += len(msgs)
-        for m, out in zip(msgs, outs):
-            self._deliver(m, None, out, t)
+        for m, out, f in zip(msgs, outs, flags):
+            self._deliver(m, None, out, t, f)
 
     def _process(self, msg: Message, envelope: list[Any] | None, previous: list[np.ndarray] | None = None) -> None:
         self.swaps.sample = msg.pixels  # the last frame denoised: calibrates a swapped-in model
@@ -241,10 +242,20 @@ class Server:
             self.outlet.reject(ProtocolError("engine_error", f"denoising failed: {type(exc).__name__}: {exc}",
                                              msg.seq), envelope)
             return
-        self._deliver(msg, envelope, out, t)
+        self._deliver(msg, envelope, out, t, self._flags(1)[0])
 
-    def _deliver(self, msg: Message, envelope: list[Any] | None, out: np.ndarray, t: Timings) -> None:
-        if self.outlet.deliver(msg, envelope, out, t, self.denoiser) and self.finetune is not None \
+    def _flags(self, n: int) -> list[tuple[str, ...]]:
+        """What the Denoiser's checks said of the ``n`` frames it just returned, in order (its ``last_flags``):
+        ``()`` for a frame served as checked, else e.g. ``("float_path",)`` or ``("raw:output_range",)`` (see
+        :mod:`streamer.denoiser`). A Denoiser without them (or with a count that does not match) flags nothing."""
+        last = getattr(self.denoiser, "last_flags", None)
+        if not isinstance(last, list | tuple) or len(last) != n:
+            return [()] * n
+        return [tuple(str(f) for f in flags) for flags in last]
+
+    def _deliver(self, msg: Message, envelope: list[Any] | None, out: np.ndarray, t: Timings,
+                 flags: tuple[str, ...] = ()) -> None:
+        if self.outlet.deliver(msg, envelope, out, t, self.denoiser, flags) and self.finetune is not None \
                 and envelope is None:
             self.finetune.offer(msg)
 

@@ -8,6 +8,7 @@ from typing import Any, cast
 
 from ..core.messages import StatsMessage
 from ..core.summary import RateMeter, percentiles
+from ..denoiser import FLAG_FLOAT_PATH, is_raw
 
 __all__ = ["ServerStats"]
 
@@ -36,6 +37,12 @@ class ServerStats:
         """K-frame models: frames denoised with fewer than K−1 frames of history (the oldest repeated)."""
         self.motion_fallbacks = 0
         """K-frame models: frames denoised alone because they moved against their history."""
+        self.served_flags: Counter[str] = Counter()
+        """Frames served with a flag from the Denoiser's checks, by flag (a frame may have several)."""
+        self.served_float_path = 0
+        """Frames denoised by the float32 model instead of the reduced precision one (out of its checked range)."""
+        self.served_raw = 0
+        """Frames served raw, not denoised: the denoised output failed a check (any ``raw:`` flag)."""
         self.latency_ms: deque[float] = deque(maxlen=window)
         self.server_ms: deque[float] = deque(maxlen=window)
         self.stage_ms: dict[str, deque[float]] = {s: deque(maxlen=window) for s in self.STAGES}
@@ -55,9 +62,14 @@ class ServerStats:
     def on_error(self, code: str) -> None:
         self.errors[code] += 1
 
-    def on_done(self, stages: dict[str, int], capture_ns: int | None, request: bool = False) -> None:
-        """Record one denoised frame from its stage timestamps (ns)."""
+    def on_done(self, stages: dict[str, int], capture_ns: int | None, request: bool = False,
+                flags: tuple[str, ...] = ()) -> None:
+        """Record one served frame from its stage timestamps (ns) and what the Denoiser's checks said of it."""
         self.frames_out += 1
+        if flags:
+            self.served_flags.update(set(flags))
+            self.served_float_path += FLAG_FLOAT_PATH in flags
+            self.served_raw += is_raw(flags)
         if request:
             self.requests += 1
         self.rate_out.tick()
@@ -104,5 +116,8 @@ class ServerStats:
             "history_resets": dict(self.history_resets),
             "history_short": self.history_short,
             "motion_fallbacks": self.motion_fallbacks,
+            "served_float_path": self.served_float_path,
+            "served_raw": self.served_raw,
+            "served_flags": dict(self.served_flags),
             **extra,
         })

@@ -1,0 +1,103 @@
+"""A model trained at one exposure, served at others: what the user gets (the default precision, as ``n2n serve`` and
+``n2n denoise`` run it) against float32, raw, the Gaussian filter, and a model trained at the served exposure.
+
+    python -m bench.exposure [--out runs/exposure] [--train-ms 10] [--test-ms 3 30 100] [--epochs 10]
+                             [--frames 80] [--size 256] [--test-frames 8] [--config configs/train_fast.yaml]
+                             [--set key=value ...] [--json F]
+
+A microscopist changes exposure and laser power during a session. The model (``--config``, default the real-time
+preset) is trained on ``--frames`` simulated frames at ``--train-ms``; each test exposure gets ``--test-frames``
+frames of another field (seed 1) and a model of its own trained at that exposure on the same schedule (the
+"matched" column). Every model is trained once into OUT (reused when there).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from bench import command
+from streamer.core.card import CARD_NAME
+from streamer.sources import SimulatedCameraConfig, simulate_stack
+
+__all__ = ["main"]
+
+
+def _train(out: Path, ms: float, args: Any) -> Path:
+    import tifffile
+
+    folder = out / f"train_{ms:g}ms"
+    if (folder / CARD_NAME).exists():
+        return folder
+    data, gt = out / f"frames_{ms:g}ms.ome.tif", out / f"truth_{ms:g}ms.ome.tif"
+    raw, truth = simulate_stack(SimulatedCameraConfig(height=args.size, width=args.size, exposure_ms=ms, seed=0),
+                                args.frames)
+    tifffile.imwrite(data, raw, ome=True, metadata={"axes": "TYX"})
+    tifffile.imwrite(gt, truth, ome=True, metadata={"axes": "TYX"})
+    sets = [a for s in [f"optim.epochs={args.epochs}", *args.set] for a in ("--set", s)]
+    command.progress_to_stderr(f"training at {ms:g} ms into {folder}")
+    subprocess.run(["n2n", "train", "--config", str(args.config), "--data", str(data), "--reference", str(gt),
+                    "--out", str(folder), *sets], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return folder
+
+
+def measure(args: Any) -> dict[str, Any]:
+    from trainer.config import EvaluateConfig
+    from trainer.evaluate import evaluate
+
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    model = _train(out, args.train_ms, args)
+    rows: list[dict[str, Any]] = []
+    for ms in args.test_ms:
+        raw, truth = simulate_stack(SimulatedCameraConfig(height=args.size, width=args.size, exposure_ms=ms, seed=1),
+                                    args.test_frames)
+        row: dict[str, Any] = {"exposure_ms": ms}
+        default, _ = evaluate(model, raw, truth, EvaluateConfig(precision="auto"))
+        fp32, _ = evaluate(model, raw, truth, EvaluateConfig(precision="fp32"))
+        row |= {"psnr_raw": default["psnr_raw"], "psnr_gaussian": default["psnr_gaussian"],
+                "psnr_default": default["psnr_denoised"], "default_precision": default["precision"],
+                "default_engine": default["engine"], "psnr_fp32": fp32["psnr_denoised"]}
+        if args.matched and ms != args.train_ms:
+            matched, _ = evaluate(_train(out, ms, args), raw, truth, EvaluateConfig(precision="auto"))
+            row["psnr_matched"] = matched["psnr_denoised"]
+        elif args.matched:
+            row["psnr_matched"] = default["psnr_denoised"]
+        rows.append(row)
+        command.progress_to_stderr(json.dumps(row))
+    return {"train_ms": args.train_ms, "config": str(args.config), "epochs": args.epochs, "rows": rows}
+
+
+def table(report: dict[str, Any]) -> str:
+    lines = [f"model trained at {report['train_ms']:g} ms ({report['config']}, {report['epochs']} epochs)", "",
+             "| exposure | raw | Gaussian | default (precision) | fp32 | model trained there |",
+             "|---|---|---|---|---|---|"]
+    for r in report["rows"]:
+        matched = f"{r['psnr_matched']:.2f}" if "psnr_matched" in r else "–"
+        lines.append(f"| {r['exposure_ms']:g} ms | {r['psnr_raw']:.2f} | {r['psnr_gaussian']:.2f} | "
+                     f"{r['psnr_default']:.2f} ({r['default_precision']}) | {r['psnr_fp32']:.2f} | {matched} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = command.parser("bench.exposure", __doc__, show_defaults=True)
+    ap.add_argument("--out", type=Path, default=Path("runs/exposure"))
+    ap.add_argument("--train-ms", type=float, default=10.0)
+    ap.add_argument("--test-ms", type=float, nargs="+", default=[3.0, 30.0, 100.0])
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--frames", type=int, default=80)
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--test-frames", type=int, default=8)
+    ap.add_argument("--config", type=Path, default=Path("configs/train_fast.yaml"))
+    ap.add_argument("--no-matched", dest="matched", action="store_false",
+                    help="skip the models trained at each test exposure")
+    ap.add_argument("--set", action="append", default=[], help="training config override, repeatable")
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args(argv)
+    return command.run_command(lambda: measure(args), table, args.json)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
