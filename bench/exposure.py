@@ -59,7 +59,8 @@ def measure(args: Any) -> dict[str, Any]:
         fp32, _ = evaluate(model, raw, truth, EvaluateConfig(precision="fp32"))
         row |= {"psnr_raw": default["psnr_raw"], "psnr_gaussian": default["psnr_gaussian"],
                 "psnr_default": default["psnr_denoised"], "default_precision": default["precision"],
-                "default_engine": default["engine"], "psnr_fp32": fp32["psnr_denoised"]}
+                "default_engine": default["engine"], "psnr_fp32": fp32["psnr_denoised"],
+                "default_flagged": default.get("flagged", {}), "frames": default["frames"]}
         if args.matched and ms != args.train_ms:
             matched, _ = evaluate(_train(out, ms, args), raw, truth, EvaluateConfig(precision="auto"))
             row["psnr_matched"] = matched["psnr_denoised"]
@@ -76,8 +77,11 @@ def table(report: dict[str, Any]) -> str:
              "|---|---|---|---|---|---|"]
     for r in report["rows"]:
         matched = f"{r['psnr_matched']:.2f}" if "psnr_matched" in r else "–"
+        flagged = r.get("default_flagged", {})
+        how = r["default_precision"] + "".join(f", {n} of {r.get('frames', '?')} {f.replace('_', ' ')}"
+                                               for f, n in sorted(flagged.items()))
         lines.append(f"| {r['exposure_ms']:g} ms | {r['psnr_raw']:.2f} | {r['psnr_gaussian']:.2f} | "
-                     f"{r['psnr_default']:.2f} ({r['default_precision']}) | {r['psnr_fp32']:.2f} | {matched} |")
+                     f"{r['psnr_default']:.2f} ({how}) | {r['psnr_fp32']:.2f} | {matched} |")
     return "\n".join(lines)
 
 

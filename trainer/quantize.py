@@ -36,7 +36,7 @@ from streamer.engines.openvino import OpenVINOEngine, import_openvino
 
 from .pairs import held_out_pairs, window
 
-__all__ = ["INT8_NAME", "calibration_patches", "quantize_int8"]
+__all__ = ["INT8_NAME", "calibration_patches", "checked_range", "frame_peak", "quantize_int8"]
 
 log = logging.getLogger("n2n.trainer")
 MIN_INT8_SHARE = 0.5
@@ -61,18 +61,28 @@ def scaled(x: np.ndarray, scale: float, dark: float) -> np.ndarray:
     return x if scale == 1.0 else (x - np.float32(dark)) * np.float32(scale) + np.float32(dark)
 
 
+def frame_peak(x: np.ndarray) -> float:
+    """A frame's brightness as INT8 sees it: the 99.5th percentile of every 4th pixel each way (robust to a few hot
+    pixels; 0.1 ms at 512²). :meth:`streamer.denoiser.Denoiser.in_checked_range` computes the same."""
+    sub = np.asarray(x)[..., ::4, ::4].ravel()
+    k = max(0, min(sub.size - 1, int(0.995 * sub.size)))
+    return float(np.partition(sub, k)[k])
+
+
 def checked_range(stacks: Sequence[np.ndarray], norm: Normalization, scales: Sequence[float],
-                  dark: float) -> tuple[float, float, float]:
+                  dark: float) -> tuple[float, float, float, float]:
     """What the INT8 export is checked on, in normalised values: the range the training frames take at every exposure
-    scale (lowest, highest), and the dimmest frame's peak at the lowest scale (a frame whose brightest pixel stays
-    below it is dimmer than anything checked)."""
+    scale (lowest, highest), and the range of their brightness (:func:`frame_peak`) from the dimmest frame at the
+    lowest scale to the brightest at the highest. A frame outside either is not what INT8 was checked on: its
+    internal activations may leave the calibrated ranges even where its pixels do not."""
     lo = min(float(s.min()) for s in stacks)
     hi = max(float(s.max()) for s in stacks)
-    dim_peak = min(float(s.max(axis=(-2, -1)).min()) for s in stacks)
+    peaks = [frame_peak(f) for s in stacks for f in s[:: max(1, len(s) // 32)]]
     ends = np.array([scaled(np.array([lo, hi]), c, dark) for c in scales], dtype=np.float32).ravel()
     normed = norm.normalize(ends)
-    peak = float(norm.normalize(scaled(np.array([dim_peak]), min(scales), dark))[0])
-    return float(normed.min()), float(normed.max()), peak
+    peak_lo = float(norm.normalize(scaled(np.array([min(peaks)]), min(scales), dark))[0])
+    peak_hi = float(norm.normalize(scaled(np.array([max(peaks)]), max(scales), dark))[0])
+    return float(normed.min()), float(normed.max()), peak_lo, peak_hi
 
 
 def calibration_patches(stacks: Sequence[np.ndarray], splits: Sequence[int], norm: Normalization, count: int,
@@ -188,7 +198,7 @@ def quantize_int8(run_dir: str | Path, stacks: Sequence[np.ndarray], references:
     card.artifacts = {k: v for k, v in card.artifacts.items() if k != "openvino_int8"}
     scales = sorted(float(c) for c in scales) or [1.0]
     dark = dark_level(stacks, norm)
-    lo, hi, peak = checked_range(stacks, norm, scales, dark)
+    lo, hi, peak_lo, peak_hi = checked_range(stacks, norm, scales, dark)
     if calibration is None:
         calibration = calibration_patches(stacks, splits, norm, max(samples, len(scales)), patch, card.size_multiple,
                                           seed, card.input_frames, scales, dark)
@@ -196,7 +206,8 @@ def quantize_int8(run_dir: str | Path, stacks: Sequence[np.ndarray], references:
                                   "patch_size": int(calibration[0].shape[-1]), "seed": seed}
     else:
         source = {"frames": "given by the caller", "patches": len(calibration)}
-    source |= {"exposure_scales": scales, "dark_level": dark, "checked_range": [lo, hi], "checked_min_peak": peak}
+    source |= {"exposure_scales": scales, "dark_level": dark, "checked_range": [lo, hi],
+               "checked_peak": [peak_lo, peak_hi]}
     by_scale = {c: _validation_items(stacks, references, splits, mode, val_pairs, norm, card.input_frames, c, dark)
                 for c in scales}
     items = [it for its in by_scale.values() for it in its]
