@@ -98,3 +98,14 @@ def test_bench_exposure_reports_every_exposure(tmp_path: Path) -> None:
         assert row["default_precision"] in ("fp32", "bf16", "int8")
         assert np.isfinite([row["psnr_raw"], row["psnr_default"], row["psnr_fp32"], row["psnr_gaussian"]]).all()
     assert report["rows"][0]["psnr_raw"] < report["rows"][1]["psnr_raw"]  # more light, less noise
+
+
+def test_supervised_targets_follow_the_drawn_exposure() -> None:
+    """With a clean reference as the target (CARE mode), a dimmer input gets the reference at that light too."""
+    raw, truth = simulate_stack(SimulatedCameraConfig(height=64, width=64, exposure_ms=10.0, seed=3), 8)
+    norm = Normalization.fit_anscombe([raw])
+    aug = ExposureAugment(0.25, 1.0, norm.gain, norm.offset, norm.read_noise, share=1.0)  # type: ignore[arg-type]
+    x, y = PairSampler([raw], 32, [56], targets=[truth], seed=0, augment=aug, normalize=norm.normalize).sample(64)
+    means_x, means_y = x.reshape(64, -1).mean(axis=1), y.reshape(64, -1).mean(axis=1)
+    assert np.corrcoef(means_x, means_y)[0, 1] > 0.95
+    assert means_y.min() < 0.8 * norm.normalize(truth[:, :56]).mean()

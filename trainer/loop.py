@@ -225,9 +225,11 @@ def train(
     net = UNet(**config.model.build_kwargs())
     mult = net.size_multiple
     splits = [split_rows(s.shape[1], dc.val_fraction, mult, dc.patch_size) for s in stacks]
-    targets = [norm.normalize(r) for r in references] if config.mode == "supervised" and references else None
     k = config.model.input_frames
     augment = exposure_augment(config, stacks, norm)
+    targets: list[np.ndarray] | None = None
+    if config.mode == "supervised" and references:  # camera values when augmenting: normalised per patch after
+        targets = [np.asarray(r, np.float32) if augment else norm.normalize(r) for r in references]
     sampler = PairSampler(list(stacks) if augment else [norm.normalize(s) for s in stacks], dc.patch_size, splits,
                           targets, seed=oc.seed, k=k, reverse=dc.reversed_pairs, repeated=dc.repeated_windows,
                           augment=augment, normalize=norm.normalize)

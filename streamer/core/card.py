@@ -280,14 +280,15 @@ def estimate_noise_model(stacks: Sequence[np.ndarray], gain: float | None = None
             continue
         # the brightness of a pixel: its mean over up to 64 frames (the mean of the pair alone is noisy enough to
         # flatten the fitted slope at low light)
-        sel = s[:: max(1, len(s) // 64)]
-        total = np.zeros(s.shape[1:], np.float64)
+        px = max(1, int(math.sqrt(s.shape[1] * s.shape[2] / 2**20)))  # at most ~1 M pixels a frame
+        sel = s[:: max(1, len(s) // 64), ::px, ::px]
+        total = np.zeros(sel.shape[1:], np.float64)
         for frame in sel:
             total += frame
         level = (total / len(sel)).ravel()
         step = max(1, (len(s) - 1) // max_pairs)
         for t in range(0, len(s) - 1, step):
-            a, b = s[t].astype(np.float64), s[t + 1].astype(np.float64)
+            a, b = s[t, ::px, ::px].astype(np.float64), s[t + 1, ::px, ::px].astype(np.float64)
             means.append(level)
             halfvars.append(((a - b) ** 2 / 2).ravel())
             pairs += 1
