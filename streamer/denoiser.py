@@ -16,8 +16,8 @@ Never worse than raw in silence. Each frame returned carries flags (:attr:`Denoi
 :attr:`Denoiser.counts`):
 
 * ``float_path``: the frame's normalised values left the range the reduced precision (INT8) was checked on
-  (``card.quantization.calibration["checked_range"]``), or its brightness (:meth:`Denoiser.peak`) left that of the
-  frames it was checked on (``checked_peak``: a brighter sample drives the network's inner activations past their
+  (``card.quantization.calibration["checked_range"]``), or its brightness (``core.card.frame_peak``) left that
+  of the frames it was checked on (``checked_peak``: a brighter sample drives the network's inner activations past their
   calibrated ranges even where its pixels stay inside): it went through the float32 model instead, never a clipped
   or coarsely quantised one. Still denoised.
 * ``raw:output_range``: the output departed from the input's intensity range (its mean, or its extremes beyond
@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from .core.card import ModelCard
+from .core.card import ModelCard, frame_peak
 from .core.choices import OutputDtype
 from .core.dtypes import to_dtype
 from .core.tiling import TilePlan
@@ -119,8 +119,8 @@ class Denoiser:
         """Normalised values the INT8 export was checked on (None: not recorded, or no INT8)."""
         peak = q.calibration.get("checked_peak") if q is not None else None
         self.checked_peak: tuple[float, float] | None = (float(peak[0]), float(peak[1])) if peak else None
-        """The normalised brightness (:meth:`peak`) of the frames the INT8 export was checked on, dimmest to
-        brightest."""
+        """The normalised brightness (``core.card.frame_peak``) of the frames the INT8 export was checked on,
+        dimmest to brightest."""
         self._fp32: dict[tuple[int, ...], Any] = {}
         n = self.norm
         self._noise: tuple[float, float, float] | None = (
@@ -244,19 +244,11 @@ class Denoiser:
             return False
         lo, hi = self.checked_range
         newest = x if x.ndim == 2 else x[-1]
-        ends = self.norm.normalize(np.array([x.min(), x.max(), self.peak(newest)], dtype=np.float32))
+        ends = self.norm.normalize(np.array([x.min(), x.max(), frame_peak(newest)], dtype=np.float32))
         inside = bool(ends[0] >= lo and ends[1] <= hi)
         if self.checked_peak is not None:
             inside = inside and self.checked_peak[0] <= ends[2] <= self.checked_peak[1]
         return inside
-
-    @staticmethod
-    def peak(frame: np.ndarray) -> float:
-        """A frame's brightness as INT8 sees it: the 99.5th percentile of every 4th pixel each way (robust to hot
-        pixels; ``trainer.quantize.frame_peak`` records the training frames' the same way)."""
-        sub = np.asarray(frame)[::4, ::4].ravel()
-        k = max(0, min(sub.size - 1, int(0.995 * sub.size)))
-        return float(np.partition(sub, k)[k])
 
     def _infer_fp32(self, batch: np.ndarray) -> np.ndarray:
         """The float32 model on a normalised batch (the INT8 engine's float graph, compiled once per shape)."""

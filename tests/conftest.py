@@ -55,6 +55,18 @@ def tiny_train_dict(**sections: dict[str, Any]) -> dict[str, Any]:
     return cfg
 
 
+def train_tiny(base: Path, raw: np.ndarray, truth: np.ndarray | None = None,
+               **sections: dict[str, Any]) -> tuple[Path, Any]:
+    """Train the tiny config (``sections`` update it) on ``raw`` (and ``truth`` as the reference) written into
+    ``base``; returns the run folder and its model card."""
+    from trainer.run import run_training
+
+    refs = [write_tiff(base / "gt.ome.tif", truth)] if truth is not None else []
+    card = run_training(TrainConfig.model_validate(tiny_train_dict(**sections)), base / "run",
+                        [write_tiff(base / "raw.ome.tif", raw)], refs)
+    return base / "run", card
+
+
 @pytest.fixture
 def tiny_config() -> Callable[..., TrainConfig]:
     """Factory: a validated tiny TrainConfig, e.g. ``tiny_config(optim={"epochs": 3})``."""

@@ -35,20 +35,12 @@ def stack() -> tuple[np.ndarray, np.ndarray]:
 @pytest.fixture(scope="module")
 def int8_model(tmp_path_factory: pytest.TempPathFactory, stack: tuple[np.ndarray, np.ndarray]) -> Path:
     """A tiny run with a kept INT8 export (a loose limit): auto has several precisions to time."""
-    from conftest import tiny_train_dict, write_tiff
+    from conftest import train_tiny
 
-    from trainer.config import TrainConfig
-    from trainer.run import run_training
-
-    base = tmp_path_factory.mktemp("choice")
-    raw = write_tiff(base / "raw.tif", stack[0])
-    cfg = TrainConfig.model_validate(tiny_train_dict(
-        optim={"epochs": 1, "steps_per_epoch": 4},
-        quantize={"int8": True, "max_loss_db": 20.0, "calibration_patches": 4, "patch_size": 32}))
-    run_training(cfg, base / "run", [raw])
-    card = ModelCard.load(base / "run")
+    run, card = train_tiny(tmp_path_factory.mktemp("choice"), stack[0], optim={"epochs": 1, "steps_per_epoch": 4},
+                           quantize={"int8": True, "max_loss_db": 20.0, "calibration_patches": 4, "patch_size": 32})
     assert card.quantization is not None and card.quantization.status == "kept", card.quantization
-    return base / "run"
+    return run
 
 
 @pytest.fixture

@@ -29,19 +29,12 @@ def frames(tmp_path_factory: pytest.TempPathFactory) -> tuple[np.ndarray, np.nda
 @pytest.fixture(scope="module")
 def int8_run(tmp_path_factory: pytest.TempPathFactory, frames: tuple[np.ndarray, np.ndarray]) -> Path:
     """A tiny run (trained briefly) with an INT8 export made under a loose limit, so that it is kept."""
-    from conftest import tiny_train_dict, write_tiff
+    from conftest import train_tiny
 
-    from trainer.config import TrainConfig
-    from trainer.run import run_training
-
-    base = tmp_path_factory.mktemp("int8")
-    raw = write_tiff(base / "raw.tif", frames[0])
-    cfg = TrainConfig.model_validate(tiny_train_dict(
-        model={"depth": 2, "base_filters": 8}, data={"patch_size": 32},
-        optim={"epochs": 2, "steps_per_epoch": 20}, quantize={"int8": True, "max_loss_db": 3.0,
-                                                               "calibration_patches": 8, "patch_size": 64}))
-    run_training(cfg, base / "run", [raw])
-    return base / "run"
+    run, _ = train_tiny(tmp_path_factory.mktemp("int8"), frames[0], model={"depth": 2, "base_filters": 8},
+                        data={"patch_size": 32}, optim={"epochs": 2, "steps_per_epoch": 20},
+                        quantize={"int8": True, "max_loss_db": 3.0, "calibration_patches": 8, "patch_size": 64})
+    return run
 
 
 def _splits(stacks: list[np.ndarray], multiple: int) -> list[int]:

@@ -10,12 +10,11 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_train_dict, write_tiff
+from conftest import train_tiny, write_tiff
 
 from streamer.core.card import ModelCard, Normalization, estimate_noise_model
 from streamer.denoiser import FLAG_FLOAT_PATH, FLAG_RAW_OUTPUT, Denoiser, is_raw
 from streamer.sources import SimulatedCameraConfig, simulate_stack
-from trainer.config import TrainConfig
 from trainer.unet import UNet
 
 CAMERA = SimulatedCameraConfig(height=96, width=96, exposure_ms=10.0, seed=5)  # gain 2 ADU/e-, offset 100, read 3.2
@@ -74,17 +73,12 @@ def test_bias_free_network_scales_with_its_input() -> None:
 @pytest.fixture(scope="module")
 def robust_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A tiny exposure-robust run (anscombe, bias-free) with its INT8 export, trained at 10 ms."""
-    from trainer.run import run_training
-
-    base = tmp_path_factory.mktemp("robust")
     raw, truth = simulate_stack(CAMERA, 8)
-    cfg = TrainConfig.model_validate(tiny_train_dict(
-        model={"depth": 2, "base_filters": 8, "bias": False},
-        data={"normalization": "anscombe", "patch_size": 32, "val_pairs": 2},
-        optim={"epochs": 2, "steps_per_epoch": 20},
-        quantize={"int8": True, "calibration_patches": 10, "max_loss_db": 3.0}))
-    run = base / "run"
-    card = run_training(cfg, run, [write_tiff(base / "raw.ome.tif", raw)], [write_tiff(base / "gt.ome.tif", truth)])
+    run, card = train_tiny(tmp_path_factory.mktemp("robust"), raw, truth,
+                           model={"depth": 2, "base_filters": 8, "bias": False},
+                           data={"normalization": "anscombe", "patch_size": 32, "val_pairs": 2},
+                           optim={"epochs": 2, "steps_per_epoch": 20},
+                           quantize={"int8": True, "calibration_patches": 10, "max_loss_db": 3.0})
     return {"run": run, "card": card}
 
 

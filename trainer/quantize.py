@@ -31,12 +31,12 @@ from typing import Any
 
 import numpy as np
 
-from streamer.core.card import INT8_NAME, Artifact, ModelCard, Normalization, Quantization, file_digest
+from streamer.core.card import INT8_NAME, Artifact, ModelCard, Normalization, Quantization, file_digest, frame_peak
 from streamer.engines.openvino import OpenVINOEngine, import_openvino
 
 from .pairs import held_out_pairs, window
 
-__all__ = ["INT8_NAME", "calibration_patches", "checked_range", "frame_peak", "quantize_int8"]
+__all__ = ["INT8_NAME", "calibration_patches", "checked_range", "quantize_int8"]
 
 log = logging.getLogger("n2n.trainer")
 MIN_INT8_SHARE = 0.5
@@ -59,14 +59,6 @@ def scaled(x: np.ndarray, scale: float, dark: float) -> np.ndarray:
     """Camera values with the light above ``dark`` scaled by ``scale`` (float32), as a longer exposure would."""
     x = np.asarray(x, dtype=np.float32)
     return x if scale == 1.0 else (x - np.float32(dark)) * np.float32(scale) + np.float32(dark)
-
-
-def frame_peak(x: np.ndarray) -> float:
-    """A frame's brightness as INT8 sees it: the 99.5th percentile of every 4th pixel each way (robust to a few hot
-    pixels; 0.1 ms at 512²). :meth:`streamer.denoiser.Denoiser.in_checked_range` computes the same."""
-    sub = np.asarray(x)[..., ::4, ::4].ravel()
-    k = max(0, min(sub.size - 1, int(0.995 * sub.size)))
-    return float(np.partition(sub, k)[k])
 
 
 def checked_range(stacks: Sequence[np.ndarray], norm: Normalization, scales: Sequence[float],

@@ -25,7 +25,7 @@ from pydantic_core import PydanticCustomError
 
 __all__ = ["ARTIFACT_FORMATS", "CARD_NAME", "CARD_VERSION", "DEFAULT_NAMES", "INT8_NAME", "ONNX_NAME",
            "TORCHSCRIPT_NAME", "WEIGHTS_NAME", "Architecture", "Artifact", "CardError", "ModelCard", "Normalization",
-           "Quantization", "estimate_noise_model", "file_digest", "unet_reach"]
+           "Quantization", "estimate_noise_model", "file_digest", "frame_peak", "unet_reach"]
 
 CARD_NAME = "model.json"
 CARD_VERSION: Literal[1] = 1
@@ -256,6 +256,15 @@ class Normalization(_Part):
         if d.get("kind", "meanstd") not in ("meanstd", "anscombe"):
             raise ValueError(f"Expected normalisation kind 'meanstd' or 'anscombe', got {d.get('kind')!r}")
         return cls.model_validate(d)
+
+
+def frame_peak(frame: np.ndarray) -> float:
+    """A frame's brightness as an INT8 export sees it: the 99.5th percentile of every 4th pixel each way (robust to a
+    few hot pixels; about 0.1 ms at 512²). The trainer records the checked frames' (``quantization.calibration
+    .checked_peak``) and the Denoiser measures each served frame's with it."""
+    sub = np.asarray(frame)[..., ::4, ::4].ravel()
+    k = max(0, min(sub.size - 1, int(0.995 * sub.size)))
+    return float(np.partition(sub, k)[k])
 
 
 def _check_finite(stacks: Sequence[np.ndarray]) -> None:
