@@ -1,8 +1,12 @@
 """Faults against real ``n2n serve`` processes on this machine only, bounded in time: fuzzed messages on every
-socket, a stalled subscriber in each mode, kill -9 and a restart, overload, and frames growing to the message
-limit. Every figure comes from the server's own counters, the client's accounting, or /proc::
+socket, a stalled subscriber in each mode, kill -9 and a restart (the loss the client reports against the loss
+measured from the seqs that came back), overload, and frames growing to the message limit (section ``core``);
+hostile model packages (``packages``: bench.faults_packages), the memory budgets with what the audit sent
+(``budgets``: bench.faults_budgets), damaged recordings, full disks, the hook and the client (``files``:
+bench.faults_files). Every figure comes from the server's own counters, the client's accounting, or /proc::
 
     python -m bench.faults --model runs/demo/model --json runs/bench_faults.json
+    python -m bench.faults --model runs/demo/model --sections packages,budgets,files
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -183,30 +188,50 @@ def _stall(model: Path, workdir: Path, mode: str, seconds: float, frame: np.ndar
 
 def _kill_restart(model: Path, workdir: Path, frame: np.ndarray, threads: int | None, precision: str,
                   frozen: int = 10) -> dict[str, Any]:
-    """Frames pushed to a frozen server that is then killed; a restart; what the client reports lost."""
+    """Frames pushed to a frozen server that is then killed; a restart; what the client reports lost against what
+    was lost: the frames sent (their seq) that never came back from either server, counted from the seqs the
+    output carried (not assumed: frames still in a socket's queue may reach the restarted server)."""
     endpoints = Endpoints.local("ipc", workdir)
     cmd = serve_command(model, endpoints, "lossless", "auto", precision, threads)
+    sent: list[int] = []
+    came_back: set[int] = set()
+
+    def read_until(seq: int) -> None:
+        while True:
+            got = client.receive().seq
+            if got is not None:
+                came_back.add(got)
+            if got == seq:
+                return
+
     with StreamClient(endpoints, timeout=30) as client:
         first = spawn(cmd, workdir, "kill-first")
         try:
             client.wait_subscribed()
             for _ in range(20):
-                client.send(frame)
-            for _ in range(20):
-                client.receive()
+                sent.append(client.send(frame))
+            read_until(sent[-1])
             os.kill(first.pid, signal.SIGSTOP)
             for _ in range(frozen):
-                client.send(frame)
+                sent.append(client.send(frame))
             os.kill(first.pid, signal.SIGKILL)
         finally:
             first.stop()
         with spawn(cmd, workdir, "kill-second"):
             client.wait_subscribed()
-            seq = client.send(frame)
-            while client.receive().seq != seq:
-                pass
+            sent.append(client.send(frame))
+            read_until(sent[-1])
+            while True:  # anything still on its way (a frame that outran the marker): read, with a bound
+                try:
+                    got = client.receive(timeout=0.5).seq
+                except TimeoutError:
+                    break
+                if got is not None:
+                    came_back.add(got)
         accounting = client.accounting()
-    return {"lost_reported": accounting["lost"], "lost_actual": frozen, "client": accounting}
+    lost = [s for s in sent if s not in came_back]
+    return {"lost_reported": accounting["lost"], "lost_actual": len(lost), "frozen": frozen, "sent": len(sent),
+            "came_back": len(came_back & set(sent)), "client": accounting}
 
 
 def _growing(model: Path, workdir: Path, threads: int | None, precision: str, max_mb: int) -> dict[str, Any]:
@@ -242,31 +267,88 @@ def _growing(model: Path, workdir: Path, threads: int | None, precision: str, ma
             "peaks_by_side": peaks, "alive": alive, "errors": status["errors_by_kind"]}
 
 
+SECTIONS = ("core", "packages", "budgets", "files")
+
+
 def run_faults(model: Path, fuzz: int = 10_000, stall_s: float = 10.0, overload_s: float = 60.0,
                max_mb: int = 64, threads: int | None = 1, precision: str = "fp32",
-               progress: Any = print) -> dict[str, Any]:
-    frame = _frames(1, 128)[0]
+               progress: Any = print, sections: tuple[str, ...] = SECTIONS,
+               budget_scale: float = 1.0) -> dict[str, Any]:
+    """The sections asked for; ``budget_scale`` scales the budgets section's inputs (1: the audit's own: 400
+    frames of 2048², 60 parts of 30 MiB, a 4096×2048 frame)."""
+    report: dict[str, Any] = {"sections": list(sections), "machine": machine()}
     with tempfile.TemporaryDirectory(prefix="n2n-bench-faults-") as tmp:
         work = Path(tmp)
-        progress(f"fuzz: {fuzz} messages on each of 4 sockets")
-        with spawn(serve_command(model, Endpoints.local("tcp"), "lossless", "auto", precision, threads), work,
-                   "fuzz") as srv, StreamClient(srv.endpoints, timeout=60) as client:
-            before = client.request(frame).pixels
-            fuzzed = _fuzz(srv, fuzz)
-            alive = srv.popen.poll() is None
-            after = client.request(frame).pixels if alive else None
-            fuzz_status: dict[str, Any] = dict(client.status()) if alive else {}
-        stalls = []
-        for mode in ("lossless", "live"):
-            progress(f"a stalled subscriber for {stall_s:g} s, {mode} mode")
-            stalls.append(_stall(model, work, mode, stall_s, frame, threads, precision))
-        progress("kill -9 and a restart")
-        killed = _kill_restart(model, work, frame, threads, precision)
-        progress(f"{overload_s:g} s of live overload at 2x")
-        bare = summary(_bare_ms(model, frame, threads, precision))["p50"]
-        over = live_overload(model, "auto", precision, frame, 2 * 1000 / bare, overload_s, work, threads=threads)
-        progress(f"frames growing to the {max_mb} MiB message limit")
-        grow = _growing(model, work, threads, precision, max_mb)
+        if "core" in sections:
+            report.update(_core(model, work, fuzz, stall_s, overload_s, max_mb, threads, precision, progress))
+        if "packages" in sections:
+            from bench.faults_packages import run_package_faults
+
+            progress("hostile model packages, each through a real n2n denoise")
+            report["packages"] = run_package_faults(_exportable(model, work, progress), work / "packages")
+        if "budgets" in sections:
+            from bench.faults_budgets import run_budget_faults
+
+            progress("memory budgets: the audit's inputs to real servers")
+            k = budget_scale
+            side = max(64, int(2048 * k) // 64 * 64)
+            report["budgets"] = run_budget_faults(model, work / "budgets", threads, frames=max(8, int(400 * k)),
+                                                  side=side, parts=max(4, int(60 * k)), part_mb=30 * k,
+                                                  limit_mb=16 * k, big=(max(128, int(4096 * k) // 64 * 64),
+                                                                        max(64, int(2048 * k) // 64 * 64)))
+        if "files" in sections:
+            from bench.faults_files import run_file_faults
+
+            progress("damaged recordings, full disk, the hook with its server down, the client with a wrong key")
+            report["files"] = run_file_faults(model, work / "files")
+    return report
+
+
+def _exportable(model: Path, work: Path, progress: Any) -> Path:
+    """``model`` if it can be written as a zoo package (the packages are rebuilt from a real one), else a small
+    model trained here for it (a model normalised with the camera's noise model has no zoo form)."""
+    from streamer.core.card import ModelCard
+
+    if ModelCard.load(model).normalization.kind != "anscombe":
+        return model
+    progress(f"{model} normalises with the camera's noise model (no zoo package form): training a small mean/std "
+             "model for the package section")
+    out, frames = work / "package-model", work / "package-frames.ome.tif"
+    n2n = [sys.executable, "-m", "n2n"]
+    for args in (["simulate", "--out", str(frames), "--frames", "8", "--size", "128"],
+                 ["train", "--config", "configs/train_fast.yaml", "--data", str(frames), "--epochs", "1",
+                  "--steps-per-epoch", "2", "--set", "data.normalization=meanstd", "--set",
+                  "data.exposure_augment=null", "--set", "quantize.int8=false", "--out", str(out)]):
+        done = subprocess.run([*n2n, *args], capture_output=True, text=True,
+                              cwd=Path(__file__).resolve().parent.parent)
+        if done.returncode != 0:
+            raise RuntimeError(f"could not make the package section's model (n2n {args[0]}): "
+                               f"{done.stderr[-2000:]}")
+    return out
+
+
+def _core(model: Path, work: Path, fuzz: int, stall_s: float, overload_s: float, max_mb: int, threads: int | None,
+          precision: str, progress: Any) -> dict[str, Any]:
+    frame = _frames(1, 128)[0]
+    progress(f"fuzz: {fuzz} messages on each of 4 sockets")
+    with spawn(serve_command(model, Endpoints.local("tcp"), "lossless", "auto", precision, threads), work,
+               "fuzz") as srv, StreamClient(srv.endpoints, timeout=60) as client:
+        before = client.request(frame).pixels
+        fuzzed = _fuzz(srv, fuzz)
+        alive = srv.popen.poll() is None
+        after = client.request(frame).pixels if alive else None
+        fuzz_status: dict[str, Any] = dict(client.status()) if alive else {}
+    stalls = []
+    for mode in ("lossless", "live"):
+        progress(f"a stalled subscriber for {stall_s:g} s, {mode} mode")
+        stalls.append(_stall(model, work, mode, stall_s, frame, threads, precision))
+    progress("kill -9 and a restart")
+    killed = _kill_restart(model, work, frame, threads, precision)
+    progress(f"{overload_s:g} s of live overload at 2x")
+    bare = summary(_bare_ms(model, frame, threads, precision))["p50"]
+    over = live_overload(model, "auto", precision, frame, 2 * 1000 / bare, overload_s, work, threads=threads)
+    progress(f"frames growing to the {max_mb} MiB message limit")
+    grow = _growing(model, work, threads, precision, max_mb)
     stall_p99 = max(s["request_ms"]["p99"] for s in stalls)
     return {
         "fuzz_messages": fuzzed["fuzz_messages"], "crashes": 0 if alive else 1,
@@ -274,10 +356,9 @@ def run_faults(model: Path, fuzz: int = 10_000, stall_s: float = 10.0, overload_
         "fuzz_errors_by_kind": fuzz_status.get("errors_by_kind", {}),
         "stall_request_p99_ms": stall_p99, "stall_service_ms": max(s["service_ms_p50"] for s in stalls),
         "stalls": stalls,
-        "lost_reported": killed["lost_reported"], "lost_actual": killed["lost_actual"],
+        "lost_reported": killed["lost_reported"], "lost_actual": killed["lost_actual"], "killed": killed,
         "overload_p99_ms": over["ms"]["p99"], "overload_service_ms": bare, "rss_growth_pct": over["rss_growth_pct"],
         "peak_rss_mb": grow["peak_rss_mb"], "rss_budget_mb": grow["rss_budget_mb"], "growing": grow,
-        "machine": machine(),
     }
 
 
@@ -298,25 +379,49 @@ def _bare_ms(model: Path, frame: np.ndarray, threads: int | None, precision: str
 def main(argv: list[str] | None = None) -> int:
     parser = command.parser("bench.faults", __doc__, show_defaults=True)
     parser.add_argument("--model", type=Path, default=Path("runs/demo/model"), help="model folder")
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help=f"which to run, comma-separated, of {', '.join(SECTIONS)}")
     parser.add_argument("--fuzz", type=int, default=10_000, help="fuzzed messages per socket")
     parser.add_argument("--stall-s", type=float, default=10.0, help="seconds of a stalled subscriber per mode")
     parser.add_argument("--overload-s", type=float, default=60.0, help="seconds of live overload at 2x")
     parser.add_argument("--max-mb", type=int, default=64, help="the message limit for the growing frames (MiB)")
+    parser.add_argument("--budget-scale", type=float, default=1.0,
+                        help="the budgets section's inputs scaled (1: the audit's: 400 frames of 2048², 60 × 30 MiB "
+                             "parts at a 16 MiB limit, a 4096×2048 frame)")
     parser.add_argument("--threads", type=int, default=1, help="engine threads of the servers")
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--json", type=Path, help="write the report here")
     args = parser.parse_args(argv)
     require_model(parser, args.model)
+    sections = tuple(x.strip() for x in args.sections.split(",") if x.strip())
+    unknown = [x for x in sections if x not in SECTIONS]
+    if unknown or not sections:
+        parser.error(f"--sections: expected some of {', '.join(SECTIONS)}, got {args.sections!r}")
     report = run_faults(args.model, args.fuzz, args.stall_s, args.overload_s, args.max_mb, args.threads,
-                        args.precision, progress=progress_to_stderr)
-    keys = ("fuzz_messages", "crashes", "correct_after", "stall_request_p99_ms", "stall_service_ms",
-            "lost_reported", "lost_actual", "overload_p99_ms", "overload_service_ms", "rss_growth_pct",
-            "peak_rss_mb", "rss_budget_mb")
-    print(json.dumps({k: report[k] for k in keys}, indent=2))
+                        args.precision, progress=progress_to_stderr, sections=sections,
+                        budget_scale=args.budget_scale)
+    print(json.dumps(headline(report), indent=2, default=str))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2, default=str) + "\n")
     return 0
+
+
+def headline(report: dict[str, Any]) -> dict[str, Any]:
+    """The figures a reader checks first, of the sections that ran."""
+    keys = ("fuzz_messages", "crashes", "correct_after", "stall_request_p99_ms", "stall_service_ms",
+            "lost_reported", "lost_actual", "overload_p99_ms", "overload_service_ms", "rss_growth_pct",
+            "peak_rss_mb", "rss_budget_mb")
+    out: dict[str, Any] = {k: report[k] for k in keys if k in report}
+    if "packages" in report:
+        out["packages_all_refused"] = report["packages"]["all_refused"]
+        out["packages"] = {name: {k: c[k] for k in ("refused", "seconds", "peak_rss_mb", "cache_bytes")}
+                           for name, c in report["packages"]["cases"].items()}
+    if "budgets" in report:
+        out["budgets"] = report["budgets"]
+    if "files" in report:
+        out["files"] = report["files"]
+    return out
 
 
 if __name__ == "__main__":

@@ -127,11 +127,13 @@ def _latency_plot(path: Path, latencies: list[float], title: str) -> None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8), constrained_layout=True)
     ax1.plot(np.arange(len(latencies)), latencies, ".-", lw=0.8, ms=3)
     ax1.set(xlabel="frame", ylabel="latency (ms): capture → denoised", title=title)
+    ax1.set_ylim(bottom=0)  # from zero: a latency axis starting at 4 ms makes 5 ms look like twice 4.5
     lat = np.sort(np.asarray(latencies))
     ax2.plot(lat, np.arange(1, lat.size + 1) / lat.size)
     for q in (50, 95, 99):
         ax2.axvline(np.percentile(lat, q), ls=":", c="gray")
     ax2.set(xlabel="latency (ms)", ylabel="fraction of frames", title="latency CDF (p50, p95, p99 dotted)")
+    ax2.set_xlim(left=0)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

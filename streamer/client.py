@@ -146,11 +146,45 @@ class StreamClient:
             self._sockets[name] = sock
         return sock
 
+    def _limit(self, timeout: float | None) -> float:
+        return self.timeout if timeout is None else timeout
+
+    def _no_answer(self, sock: zmq.Socket, t: float, what: str) -> TimeoutError:
+        hint = "is `n2n serve` running there" + (", and does it know this client's key?)" if self.keys is not None
+                                                 else "?)")
+        return TimeoutError(f"no {what} within {t:g} s from {sock.getsockopt_string(zmq.LAST_ENDPOINT)} ({hint}")
+
     def _wait(self, sock: zmq.Socket, timeout: float | None, flags: int, what: str) -> None:
-        t = self.timeout if timeout is None else timeout
+        t = self._limit(timeout)
         if not sock.poll(int(t * 1000), flags):
-            raise TimeoutError(f"no {what} within {t:g} s from {sock.getsockopt_string(zmq.LAST_ENDPOINT)} "
-                               "(is `n2n serve` running there?)")
+            raise self._no_answer(sock, t, what)
+
+    def _drop(self, name: str) -> None:
+        """Close a socket whose exchange timed out: the next call opens a fresh one (a REQ socket whose request
+        was never taken, e.g. by a CURVE server that refused this client's key, would block its next send)."""
+        sock = self._sockets.pop(name, None)
+        if sock is not None:
+            sock.close(linger=0)
+
+    def _exchange(self, name: str, parts: list[Any], timeout: float | None, what: str) -> list[bytes]:
+        """One request and its reply on the ``name`` REQ socket, both bounded by ``timeout`` (the send too:
+        a REQ socket with no peer that completed its handshake blocks in send); on a timeout the socket is
+        replaced and TimeoutError says so."""
+        t = self._limit(timeout)
+        sock = self._socket(name)
+        deadline = time.monotonic() + t
+        try:
+            sock.setsockopt(zmq.SNDTIMEO, max(0, int(t * 1000)))
+            if not sock.poll(int(t * 1000), zmq.POLLOUT):
+                raise zmq.Again()
+            sock.send_multipart(parts, copy=False)
+            if not sock.poll(max(0, int((deadline - time.monotonic()) * 1000)), zmq.POLLIN):
+                raise zmq.Again()
+            return sock.recv_multipart()
+        except zmq.Again:
+            error = self._no_answer(sock, t, what)
+            self._drop(name)
+            raise error from None
 
     # --- sending -------------------------------------------------------------------------------------
     def send(self, pixels: np.ndarray, seq: int | None = None, meta: Mapping[str, Any] | None = None,
@@ -159,8 +193,13 @@ class StreamClient:
         ``timeout``) when a lossless server applies backpressure."""
         seq = self._next_seq(seq)
         sock = self._socket("input")
-        self._wait(sock, timeout, zmq.POLLOUT, "room to send (the server is not taking frames)")
-        sock.send_multipart(encode_frame(pixels, seq, ts_ns, meta), copy=False)
+        what = "room to send (the server is not taking frames)"
+        self._wait(sock, timeout, zmq.POLLOUT, what)
+        sock.setsockopt(zmq.SNDTIMEO, max(0, int(self._limit(timeout) * 1000)))
+        try:
+            sock.send_multipart(encode_frame(pixels, seq, ts_ns, meta), copy=False)
+        except zmq.Again:
+            raise self._no_answer(sock, self._limit(timeout), what) from None
         self.sent += 1
         if "output" in self._sockets:  # this client reads the results: account for each frame it pushed
             self._outstanding[seq] = None
@@ -179,10 +218,7 @@ class StreamClient:
                 timeout: float | None = None) -> Result:
         """Send one frame on the request path and wait for its denoised frame."""
         seq = self._next_seq(seq)
-        sock = self._socket("request")
-        sock.send_multipart(encode_frame(pixels, seq, None, meta), copy=False)
-        self._wait(sock, timeout, zmq.POLLIN, "reply")
-        return _decode_result(sock.recv_multipart())
+        return _decode_result(self._exchange("request", encode_frame(pixels, seq, None, meta), timeout, "reply"))
 
     def _next_seq(self, seq: int | None) -> int:
         if seq is None:
@@ -226,10 +262,8 @@ class StreamClient:
     def control(self, cmd: str, timeout: float | None = None, **args: Any) -> dict[str, Any]:
         """Send a control command (``status``, ``swap``, ``shutdown``); returns the reply,
         raising RuntimeError when it says ``ok: false``."""
-        sock = self._socket("control")
-        sock.send(json.dumps({"cmd": cmd, **args}).encode())
-        self._wait(sock, timeout, zmq.POLLIN, f"reply to {cmd!r}")
-        reply = json.loads(sock.recv())
+        parts = self._exchange("control", [json.dumps({"cmd": cmd, **args}).encode()], timeout, f"reply to {cmd!r}")
+        reply = json.loads(parts[0])
         if not reply.get("ok"):
             raise RuntimeError(f"server refused {cmd!r}: {reply.get('error')}")
         return reply

@@ -79,7 +79,8 @@ class Denoiser:
 
     def __init__(self, card: ModelCard, engine: Engine, tile_size: int | None = None,
                  tile_overlap: int | None = None, output_dtype: OutputDtype | str = "same",
-                 max_tiles: int | None = None, max_shapes: int | None = None) -> None:
+                 max_tiles: int | None = None, max_shapes: int | None = None,
+                 max_tile_pixels: int | None = None) -> None:
         if output_dtype not in ("same", "float32"):
             raise ValueError(f"expected output_dtype 'same' or 'float32', got {output_dtype!r}")
         self.card = card
@@ -96,6 +97,9 @@ class Denoiser:
         self.max_tiles = max_tiles
         """Tiles per engine call at most (None: all of a frame's): the engine's memory is bounded by this
         many tiles, not by the frame's area."""
+        self.max_tile_pixels = max_tile_pixels
+        """Pixels per engine call at most when tiling (None: no limit; at least one tile a call): the engine's
+        working memory grows with the pixels of one call."""
         self.max_shapes = max_shapes
         """Frame shapes kept compiled at most (None: all): a new shape beyond it releases the least recently
         used one (its plan and what the engine compiled for it), so memory does not grow with every shape seen
@@ -131,14 +135,17 @@ class Denoiser:
                        device: str = "auto", num_threads: int | None = None, min_psnr_db: float = 50.0,
                        tile_size: int | None = None, tile_overlap: int | None = None, output_dtype: str = "same",
                        max_tiles: int | None = None, max_shapes: int | None = None,
-                       retime: bool = False) -> Denoiser:
+                       retime: bool = False, max_tile_pixels: int | None = None,
+                       trust_code: bool = False) -> Denoiser:
         """The model folder's card, an engine for it (``auto``: the first that runs here, see
         :func:`streamer.engines.create_engine`) and the pre/post-processing around it: what every user of a model
-        folder (the server, ``n2n denoise``, ``n2n evaluate``) builds."""
+        folder (the server, ``n2n denoise``, ``n2n evaluate``) builds. ``trust_code``: run a TorchScript file this
+        install did not write (``--trust-code``; :mod:`streamer.core.trust`)."""
         card = ModelCard.load(model_dir)
         eng = create_engine(engine, card, precision=precision, device=device, num_threads=num_threads,
-                            min_psnr_db=min_psnr_db, retime=retime)
-        return cls(card, eng, tile_size, tile_overlap, output_dtype, max_tiles=max_tiles, max_shapes=max_shapes)
+                            min_psnr_db=min_psnr_db, retime=retime, trust_code=trust_code)
+        return cls(card, eng, tile_size, tile_overlap, output_dtype, max_tiles=max_tiles, max_shapes=max_shapes,
+                   max_tile_pixels=max_tile_pixels)
 
     @property
     def shapes(self) -> list[tuple[int, int]]:
@@ -199,9 +206,14 @@ class Denoiser:
         return plan
 
     def _chunk(self, plan: TilePlan) -> int:
-        """Tiles per engine call for this plan."""
+        """Tiles per engine call for this plan: at most ``max_tiles``, and at most ``max_tile_pixels`` in all
+        (one at least)."""
         n = plan.batch_shape[0]
-        return n if self.max_tiles is None else max(1, min(n, self.max_tiles))
+        if self.max_tiles is not None:
+            n = max(1, min(n, self.max_tiles))
+        if self.max_tile_pixels is not None and plan.tiled:
+            n = max(1, min(n, self.max_tile_pixels // (plan.tile[0] * plan.tile[1])))
+        return n
 
     def _engine_shape(self, plan: TilePlan) -> tuple[int, int, int, int]:
         return (self._chunk(plan), *plan.batch_shape[1:])
@@ -383,6 +395,9 @@ class Denoiser:
         batch = self.preprocess(x, plan)
         t.preprocessed = time.time_ns()
         out = self._infer_tiles(batch, plan, fp32=float_path)
+        del batch
+        if plan.tiled:  # a large frame: the engine's working memory for its tiles goes back (see Engine.release)
+            self.engine.release(self._engine_shape(plan))
         t.inferred = time.time_ns()
         result = self.postprocess(self.stitch(out, plan), pixels.dtype)
         result = self._checked_output(result, pixels, flags)

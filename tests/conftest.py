@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,20 @@ from trainer.config import TrainConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FMD_DIR = (REPO_ROOT / ".." / "shared" / "data" / "fmd-confocal-bpae-b").resolve()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The user's configuration folder (the list of TorchScript files this install wrote, streamer/core/trust.py)
+    is a temporary one for the session, so tests never write to the real home; subprocesses inherit it."""
+    folder = tempfile.mkdtemp(prefix="n2n-config-")
+    config._n2n_config_dir = folder  # type: ignore[attr-defined]
+    os.environ["N2N_CONFIG_DIR"] = folder
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    folder = getattr(config, "_n2n_config_dir", None)
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -89,7 +89,7 @@ def test_train_on_files(tmp_path: Path, tiny_yaml: Path, sim_stack, write_stack)
     assert_ok(result)
     text = " ".join(result.output.split())
     assert f"n2n serve --model {out}" in text and f"n2n bridge --model {out}" in text  # the next step
-    assert f"n2n evaluate --model {out} --data NOISY.tif --reference CLEAN.tif" in text  # no reference here
+    assert f"n2n evaluate --model {out} --data OTHER_FRAMES.tif" in text  # no reference here: the estimate
     for name in ("model.pt", "model.onnx", "model.ts", "model.json", "config.yaml", "checkpoint.pt"):
         assert (out / name).is_file(), name
     card = read_card(out)
@@ -153,6 +153,23 @@ def test_evaluate_writes_json_and_figure(trained_run: dict[str, Path], tmp_path:
     assert report["model"] == str(trained_run["run"])
     assert fig.read_bytes()[:8] == PNG_MAGIC and fig.stat().st_size > 20_000
     assert "PSNR" in result.stdout
+
+
+def test_evaluate_without_a_reference_estimates_the_gain(trained_run: dict[str, Path], tmp_path: Path) -> None:
+    """evaluate without --reference: the estimated gain of the model and of a Gaussian filter, a raw | Gaussian |
+    denoised figure, and it says where the figure and the report went."""
+    report_path, fig = tmp_path / "report.json", tmp_path / "fig.png"
+
+    result = n2n("evaluate", "--model", trained_run["run"], "--data", trained_run["raw"], "--json", report_path,
+                 "--figure", fig)
+
+    assert_ok(result)
+    report = json.loads(report_path.read_text())
+    assert report["reference"] is None and report["pairs"] >= 1
+    assert np.isfinite(report["estimated_gain_db"]) and np.isfinite(report["estimated_gain_db_gaussian"])
+    assert fig.read_bytes()[:8] == PNG_MAGIC
+    text = " ".join(result.output.split())
+    assert "gain over raw" in text and f"figure: {fig}" in text and f"report: {report_path}" in text
 
 
 def _assert_user_error(result: Result, *fragments: str) -> None:
@@ -258,3 +275,29 @@ def test_train_set_overrides_any_key(tmp_path: Path, tiny_yaml: Path) -> None:
     assert model["depth"] == 3 and model["filters"] == [4, 16, 32, 64] and model["skip"] == "add"
     _assert_user_error(n2n("train", "--out", out, "--set", "model.depth", "--dry-run"),
                        "--set: expected KEY=VALUE", "model.depth")
+
+
+def test_average_makes_a_reference_and_warns_when_the_field_moved(tmp_path: Path, sim_stack, write_stack) -> None:
+    """n2n average writes the float32 mean of the frames asked for (with which in its metadata); a burst whose
+    field shifts halfway is warned about, a still one is not."""
+    import tifffile
+
+    raw = sim_stack[0]
+    still = write_stack(tmp_path / "still.tif", raw)
+    out = tmp_path / "ref.ome.tif"
+
+    result = n2n("average", "--data", still, "--out", out, "--first", 1, "--frames", 4)
+
+    assert_ok(result)
+    ref = tifffile.imread(out)
+    np.testing.assert_allclose(ref, raw[1:5].mean(axis=0), rtol=1e-6)
+    assert ref.dtype == np.float32 and "warning" not in result.output
+    assert "frames 1..4 (4)" in " ".join(result.output.split())
+
+    moved = np.concatenate([raw[:3], np.roll(raw[3:], 8, axis=2)])
+    shifted = n2n("average", "--data", write_stack(tmp_path / "moved.tif", moved), "--out", tmp_path / "m.tif")
+    assert_ok(shifted)
+    assert "the field changed during the burst" in " ".join(shifted.output.split())
+
+    short = n2n("average", "--data", still, "--out", tmp_path / "x.tif", "--first", len(raw) - 1, "--frames", 2)
+    _assert_user_error(short, "expected at least 2 frames")

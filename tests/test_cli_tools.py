@@ -41,6 +41,41 @@ def test_bench_command_refuses_a_missing_model(tmp_path: Path) -> None:
     assert proc.stderr.splitlines() == [f"error: {tmp_path / 'nope'}: no such model folder (make one with `n2n train`)"]
 
 
+def test_dash_connects_through_a_ready_file(tmp_path: Path) -> None:
+    """`n2n dash --connect READY_FILE` watches the stats address the server wrote there (its subscription reaches
+    the socket standing in for the server's stats); a ready file without one is a one-line error."""
+    import zmq
+
+    ctx = zmq.Context()
+    xpub = ctx.socket(zmq.XPUB)
+    port = xpub.bind_to_random_port("tcp://127.0.0.1")
+    ready = tmp_path / "serve.json"
+    ready.write_text(json.dumps({"endpoints": {"input": "tcp://127.0.0.1:1", "output": "tcp://127.0.0.1:2",
+                                               "control": "tcp://127.0.0.1:3", "stats": f"tcp://127.0.0.1:{port}"}}))
+    proc = subprocess.Popen([sys.executable, "-m", "n2n", "dash", "--connect", str(ready)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=ENV)
+    try:
+        assert xpub.poll(60_000), "the dashboard never subscribed"
+        assert xpub.recv()[:1] == b"\x01"
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=15)
+    finally:
+        xpub.close(linger=0)
+        ctx.term()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, stderr
+    assert f"waiting for server at tcp://127.0.0.1:{port}" in " ".join(stdout.split())
+
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    refused = subprocess.run([sys.executable, "-m", "n2n", "dash", "--connect", str(bad)], capture_output=True,
+                             text=True, env=ENV, timeout=60)
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
+    assert refused.stderr.startswith(f"error: --connect: {bad}: expected the JSON")
+
+
 def test_dash_command_waits_then_quits_on_ctrl_c() -> None:
     """`n2n dash` with no server says it is waiting, and Ctrl-C ends it with status 0. (An XPUB socket stands
     where the server's stats would be: its subscription tells the test that the dashboard is listening.)"""

@@ -242,15 +242,17 @@ def test_error_in_a_flag_names_the_flag(overrides: dict, message: str) -> None:
     assert str(info.value) == message
 
 
-def test_several_errors_report_the_first_and_count_the_rest(tmp_path: Path) -> None:
-    """Several bad values: the first one, then how many more, on one line."""
+def test_several_errors_report_the_first_and_list_the_rest(tmp_path: Path) -> None:
+    """Several bad values: the first one, then how many more and each of them, on one line."""
     path = tmp_path / "c.yaml"
     path.write_text("version: 1\noptim: {epochs: 0, batch_size: 0, seed: x}\n")
 
     with pytest.raises(ConfigError) as info:
         load_config(TrainConfig, path)
 
-    assert str(info.value) == f"{path}: optim.batch_size: expected a number >= 1, got 0 (and 2 more errors)"
+    assert str(info.value) == (f"{path}: optim.batch_size: expected a number >= 1, got 0 (and 2 more errors: "
+                               f"{path}: optim.epochs: expected a number >= 1, got 0; {path}: optim.seed: expected "
+                               "a valid integer, got 'x')")
 
 
 def test_cross_key_error_names_the_file_and_the_flags() -> None:

@@ -210,3 +210,35 @@ def test_offline_and_served_frames_are_identical(model: TrainedModel, data, resu
         trained = norm.denormalize(model.net.eval()(x)[:, 0].numpy())
     np.testing.assert_allclose(served, np.clip(trained, 0, np.iinfo(raw.dtype).max), rtol=0,
                                atol=0.5 + 1e-3 * float(np.abs(trained).max()))
+
+
+def test_without_a_reference_the_estimate_agrees_with_the_reference(model: TrainedModel, data, result) -> None:
+    """The Noise2Noise estimate of the gain over raw (consecutive frames, no reference) is the gain the reference
+    measures, within 1 dB on the simulated stack, scored on the same served model."""
+    from trainer.evaluate import evaluate_without_reference
+
+    cfg = EvaluateConfig(device="cpu", precision="fp32")
+    report, first = evaluate_without_reference(model, data[0], cfg)
+
+    measured = result[0]["psnr_denoised"] - result[0]["psnr_raw"]
+    assert report["reference"] is None and report["pairs"] == data[0].shape[0] - 1
+    assert abs(report["estimated_gain_db"] - measured) < 1.0
+    assert first.shape == data[0].shape[1:] and first.dtype == data[0].dtype
+
+
+def test_without_a_reference_one_frame_is_refused(model: TrainedModel, data) -> None:
+    """One frame has no pair to estimate the noise from: a ValueError that says so."""
+    from trainer.evaluate import evaluate_without_reference
+
+    with pytest.raises(ValueError, match="two or more frames"):
+        evaluate_without_reference(model, data[0][:1], EvaluateConfig(device="cpu", precision="fp32"))
+
+
+def test_a_reference_on_another_scale_is_warned_about(data) -> None:
+    """A uint16-scaled reference of uint8-scaled data (another bit depth) is named; the right one is not."""
+    from trainer.evaluate import reference_warning
+
+    raw, truth = data
+    assert reference_warning(raw, truth) is None
+    warning = reference_warning((raw // 256).astype(np.uint8) + 1, truth)
+    assert warning is not None and "another scale" in warning

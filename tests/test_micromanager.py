@@ -313,6 +313,9 @@ def test_grab_command_then_train(tmp_path: Path, tiny_config_dict: Any) -> None:
     report = json.loads((tmp_path / "grab.json").read_text())
     assert report["frames"] == 12 and report["consecutive"] and report["warnings"] == []
     assert "image numbers 0…11 consecutive" in proc.stdout
+    first = proc.stderr.strip().splitlines()[0] if proc.stderr.strip() else proc.stdout.splitlines()[0]
+    assert "SIMULATED camera" in first  # synthetic cells are never passed off as a microscope's
+    assert all(m.get("n2n-simulated") is True for m in read_frame_metadata(out))
 
     train_yaml = tmp_path / "train.yaml"
     train = tiny_config_dict()
@@ -347,17 +350,27 @@ def test_bridge_lossless_delivers_every_frame(core: SnakeCaseCore, run: Path, tm
     assert report.latency_ms_p50 is not None and report.latency_ms_p99 >= report.latency_ms_p50 > 0
 
 
-def test_bridge_live_accounts_for_every_frame(core: SnakeCaseCore, run: Path) -> None:
-    """Live mode: every frame seen was either denoised or counted as dropped by the server."""
+def test_bridge_live_accounts_for_every_frame(core: SnakeCaseCore, run: Path, tmp_path: Path) -> None:
+    """Live mode: every frame seen was either denoised or counted as dropped by the server, and the raw record keeps
+    every camera frame (consecutive image numbers), each plane saying whether it was denoised as the counts do."""
     core.setExposure(1.0)
+    out = tmp_path / "live.ome.tif"
     with running_server(run, serve_config(mode="live"), warmup_shape=(SIZE, SIZE)) as server:
         source = MicroManagerSource(core)
         try:
-            report = run_bridge(source, server.endpoints, frames=60, out=None)
+            report = run_bridge(source, server.endpoints, frames=60, out=out)
         finally:
             source.close()
     assert report.frames_seen == 60 and report.frames_denoised >= 1
     assert report.frames_denoised + report.frames_kept_raw + report.frames_dropped == 60
+    saved, meta = tifffile.imread(out), read_frame_metadata(out)
+    numbers = [m["ImageNumber"] for m in meta]
+    assert saved.shape[0] == report.planes_written == 60 == len(meta)
+    assert numbers == list(range(numbers[0], numbers[0] + 60))
+    assert sum(m["n2n-denoised"] for m in meta) == report.frames_denoised
+    raw_only = [i for i, m in enumerate(meta) if "n2n-raw-only" in m]
+    assert len(raw_only) == report.frames_dropped
+    assert all(np.array_equal(saved[i, 0], saved[i, 1]) for i in raw_only)
 
 
 def test_bridge_stops_in_bounded_time_and_accounts_for_every_frame(core: SnakeCaseCore, run: Path,
@@ -382,7 +395,8 @@ def test_bridge_stops_in_bounded_time_and_accounts_for_every_frame(core: SnakeCa
     assert report.interrupted and report.frames_seen > 0
     assert report.frames_seen == (report.frames_denoised + report.frames_kept_raw + report.frames_dropped
                                   + report.frames_failed + report.frames_unaccounted)
-    assert tifffile.imread(tmp_path / "b.ome.tif").shape[0] == report.frames_denoised + report.frames_kept_raw
+    assert tifffile.imread(tmp_path / "b.ome.tif").shape[0] == report.planes_written
+    assert report.planes_written >= report.frames_seen  # every frame read is kept raw (one more if read, not sent)
 
 
 def test_bridge_saves_float_output_in_the_camera_dtype(core: SnakeCaseCore, run: Path, tmp_path: Path) -> None:

@@ -118,6 +118,7 @@ def test_compiled_shapes_are_bounded_and_the_least_recently_used_goes(run: Path)
     (np.zeros((32, 32), bool), "got bool"),
     (np.zeros((32, 32), np.float16), "got float16"),
     (np.zeros((32, 32), np.uint64), "got uint64"),
+    (np.zeros((32, 32), np.uint8), "expected uint16 frames (the bit depth the model was trained on), got uint8"),
 ])
 def test_the_hook_keeps_any_image_it_cannot_denoise_raw_and_never_raises(run: Path, image: np.ndarray,
                                                                          reason: str) -> None:

@@ -58,9 +58,21 @@ def test_without_napari_view_says_how_to_install_it() -> None:
     code = "import sys; sys.modules['napari'] = None; from n2n.cli import main; main(['view'])"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == ("error: n2n view needs napari and Qt: pip install 'n2n-live[viewer]' (in a "
-                                   "checkout: pip install -e '.[viewer]')")
+    assert proc.stderr.strip() == ("error: n2n view needs napari and Qt: in your n2n-live checkout, with its "
+                                   "environment active, pip install -e '.[viewer]'")
     assert "Traceback" not in proc.stderr
+
+
+def test_missing_qt_libraries_are_named_by_their_debian_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check the loader does: a library it cannot find is named by its package; one it finds (libc, on every
+    Linux) is not; under another Qt platform nothing is checked."""
+    from n2n.commands.viewer import missing_qt_libraries
+
+    monkeypatch.setenv("QT_QPA_PLATFORM", "xcb")
+    wanted = {"c": "libc6", "n2n-no-such-library-xyz": "libn2n-nothing0"}
+    assert missing_qt_libraries(wanted) == (["libn2n-nothing0"] if sys.platform.startswith("linux") else [])
+    monkeypatch.setenv("QT_QPA_PLATFORM", "offscreen")
+    assert missing_qt_libraries(wanted) == []
 
 
 @needs_napari
@@ -113,6 +125,15 @@ def test_view_shows_raw_and_denoised_of_the_same_frame(run: Path, tmp_path: Path
     np.testing.assert_array_equal(shown["raw"], sent[seq])
     np.testing.assert_array_equal(shown["denoised"], outputs[seq])
     assert not np.array_equal(shown["denoised"], shown["raw"])
+    # the canvas says which image is which, and it is so: the noisy (raw) half is the rougher one
+    assert str(shown["overlay"]).startswith("raw (left) | denoised (right)")
+    canvas = shown["canvas"][..., :3].astype(np.float64).mean(axis=-1)
+    half = canvas.shape[1] // 2
+
+    def roughness(a: np.ndarray) -> float:
+        return float(np.abs(np.diff(a, axis=0)).mean() + np.abs(np.diff(a, axis=1)).mean())
+
+    assert roughness(canvas[:, :half]) > roughness(canvas[:, half:])
     summary = json.loads(summary_path.read_text())
     assert summary["shown"] >= 15 and summary["display_fps"] > 0 and summary["bad"] == 0
     assert summary["shown"] + summary["skipped"] <= status["view_frames"]

@@ -141,6 +141,11 @@ class DataConfig(Strict):
 
     exposure_augment_share: float = Field(0.5, gt=0, le=1)
     """The share of training pairs remade at another exposure (the rest stay at the recorded one)."""
+    accept_dtype: bool = Field(False, exclude_if=lambda v: v is False)
+    """Train on stacks of a pixel type other than a camera's (uint8, uint16) or float32: float64, signed integers
+    (int8, int16, int32), uint32, float16. Refused by default: such a stack is usually a processed copy (a
+    float64 export, a wrapped int8 conversion), and the model applies only to frames of the type it was trained
+    on."""
 
     @field_validator("exposure_augment")
     @classmethod
@@ -299,6 +304,10 @@ class EvaluateConfig(Versioned):
     this machine in the model folder (precision_choice.json), and record the new choice."""
     device: Device = "auto"
     """Device for the engine."""
+    trust_code: bool = False
+    """Run a TorchScript file this install did not write (a downloaded package's or run folder's): a TorchScript file
+    is a program that can read and write your files. Off: such a model runs from its ONNX weights (auto) or is
+    refused (engine torch)."""
     output_dtype: Literal["same", "float32"] = "same"
     """same: score the frames in the camera's dtype, clipped and rounded, as n2n serve and n2n denoise deliver them
     (the same pixels); float32: the model's unrounded output."""

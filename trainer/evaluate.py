@@ -17,7 +17,8 @@ from .config import EvaluateConfig
 from .inference import TrainedModel
 from .metrics import data_range_of, psnr, ssim
 
-__all__ = ["best_gaussian", "check_reference", "denoiser_for", "evaluate", "save_figure"]
+__all__ = ["best_gaussian", "check_reference", "denoiser_for", "evaluate", "evaluate_without_reference",
+           "reference_warning", "save_figure"]
 
 log = logging.getLogger("n2n.trainer")
 
@@ -53,7 +54,8 @@ def denoiser_for(model: TrainedModel | str | Path, config: EvaluateConfig | None
 
     config = config or EvaluateConfig()
     return Denoiser.from_model_dir(model.run_dir if isinstance(model, TrainedModel) else Path(model), config.engine,
-                                   config.precision, config.device, output_dtype=output_dtype, retime=config.retime)
+                                   config.precision, config.device, output_dtype=output_dtype, retime=config.retime,
+                                   trust_code=config.trust_code)
 
 
 def best_gaussian(raw: np.ndarray, references: Sequence[np.ndarray], data_ranges: Sequence[float],
@@ -67,6 +69,53 @@ def best_gaussian(raw: np.ndarray, references: Sequence[np.ndarray], data_ranges
                                      for i in range(n)])) for s in sigmas}
     sigma = float(max(scores, key=scores.__getitem__))
     return sigma, np.stack([ndimage.gaussian_filter(f, sigma) for f in frames]), scores
+
+
+def evaluate_without_reference(model: TrainedModel | str | Path, raw: np.ndarray, config: EvaluateConfig | None = None,
+                               pairs: int = 64) -> tuple[dict[str, Any], np.ndarray]:
+    """No clean reference: the Noise2Noise estimate of the gain over raw (dB) of the model as served and of the best
+    Gaussian filter, from consecutive frames of ``raw`` (at most ``pairs`` pairs, spread over the stack; the
+    estimate :mod:`trainer.gain` makes at the end of training, here on all rows). Returns the report and the first
+    frame denoised (for the figure). Needs two or more frames of a still field."""
+    from .gain import estimate_gain
+
+    config = config or EvaluateConfig()
+    if config.max_frames is not None:
+        raw = raw[: config.max_frames]
+    if raw.ndim != 3 or raw.shape[0] < 2:
+        raise ValueError(f"expected two or more frames of a still field to estimate the gain without a reference, "
+                         f"got {raw.shape[0] if raw.ndim == 3 else 1}")
+    den_model = denoiser_for(model, config, output_dtype=config.output_dtype)
+    try:
+        k = den_model.input_frames
+        gain = estimate_gain(Path("."), [raw], [0], k, min(pairs, raw.shape[0] - 1), denoiser=den_model)
+        first = den_model(np.ascontiguousarray(raw[0]), previous=[raw[0]] * (k - 1) if k > 1 else [])
+    finally:
+        den_model.engine.close()
+    report = {"frames": int(raw.shape[0]), "reference": None, "pairs": gain["pairs"],
+              "estimated_gain_db": round(gain["gain_db_model"], 3),
+              "estimated_gain_db_gaussian": round(gain["gain_db_gaussian"], 3),
+              "gaussian_sigma": gain["gaussian_sigma"], "noise_variance": gain["noise_variance"],
+              "engine": gain["engine"], "precision": gain["precision"], "frames_raw": gain["frames_raw"],
+              "frames_float_path": gain["frames_float_path"],
+              "method": "Noise2Noise estimate from consecutive frames (no reference): the mean squared difference "
+                        "of the output to the next frame, less the noise variance from the frame pairs"}
+    return report, np.asarray(first)
+
+
+def reference_warning(raw: np.ndarray, reference: np.ndarray) -> str | None:
+    """A reference on another scale than the data (another bit depth, a normalised or rescaled average): its
+    scores would be meaningless (8 dB for a uint16 reference of uint8 data). None when their means agree within
+    a factor of 1.5."""
+    m_raw, m_ref = float(np.mean(raw, dtype=np.float64)), float(np.mean(reference, dtype=np.float64))
+    if m_raw <= 0 or m_ref <= 0:
+        return None
+    ratio = m_ref / m_raw
+    if 1 / 1.5 <= ratio <= 1.5:
+        return None
+    return (f"the reference's mean ({m_ref:.4g}, {reference.dtype}) is {ratio:.3g}x the data's ({m_raw:.4g}, "
+            f"{raw.dtype}): a reference on another scale (bit depth, normalisation) scores wrong; it should be the "
+            "average of frames like these")
 
 
 def evaluate(
@@ -156,7 +205,7 @@ def _zoom_box(reference: np.ndarray, frac: float = 0.25) -> tuple[slice, slice]:
     return slice(int(cy), int(cy) + ch), slice(int(cx), int(cx) + cw)
 
 
-def save_figure(path: str | Path, raw: np.ndarray, denoised: np.ndarray, reference: np.ndarray,
+def save_figure(path: str | Path, raw: np.ndarray, denoised: np.ndarray, reference: np.ndarray | None,
                 report: dict[str, Any] | None = None, gaussian: np.ndarray | None = None,
                 reference_title: str = "reference") -> Path:
     """PNG: raw | (Gaussian filter) | denoised | reference on top, the same zoomed crop (the quarter with
@@ -176,10 +225,13 @@ def save_figure(path: str | Path, raw: np.ndarray, denoised: np.ndarray, referen
     if gaussian is not None:
         sigma = f" σ={r['gaussian_sigma']:g}" if "gaussian_sigma" in r else ""
         panels.append((title(f"Gaussian{sigma}", "psnr_gaussian"), gaussian))
-    panels += [(title("denoised", "psnr_denoised"), denoised), (reference_title, reference)]
+    panels.append((title("denoised", "psnr_denoised"), denoised))
+    if reference is not None:
+        panels.append((reference_title, reference))
     path = Path(path)
-    lo, hi = np.percentile(reference, [0.5, 99.8])
-    ys, xs = _zoom_box(reference)
+    shown = reference if reference is not None else denoised  # sets the contrast and picks the zoom
+    lo, hi = np.percentile(shown, [0.5, 99.8])
+    ys, xs = _zoom_box(shown)
     fig, axes = plt.subplots(2, len(panels), figsize=(4 * len(panels), 8.4), constrained_layout=True)
     for col, (name, img) in enumerate(panels):
         axes[0, col].imshow(img, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")

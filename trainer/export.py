@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from streamer.core import trust
 from streamer.core.card import ONNX_NAME, TORCHSCRIPT_NAME
 
 from .card import Artifact, file_digest
@@ -100,7 +101,8 @@ def export_onnx(net: UNet, path: str | Path, opset: int = 18, check_size: int = 
 
 def export_torchscript(net: UNet, path: str | Path, check_size: int = 256,
                        max_rel_error: float = 1e-4) -> Artifact:
-    """Write ``net`` as a scripted TorchScript module; check it against the eager model."""
+    """Write ``net`` as a scripted TorchScript module; check it against the eager model. Its sha256 is recorded as
+    written by this install (:mod:`streamer.core.trust`): the TorchScript engine runs it without ``--trust-code``."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     net = net.cpu().eval().float()
@@ -115,9 +117,10 @@ def export_torchscript(net: UNet, path: str | Path, check_size: int = 256,
         out = torch.jit.load(str(tmp))(torch.from_numpy(x)).numpy()
     err = relative_error(out, ref)
     _accept(tmp, path, "TorchScript", err, max_rel_error)
+    digest = file_digest(path)
+    trust.register(digest, path.resolve())
     log.info("wrote %s (parity %.2g)", path, err)
-    return Artifact(path=path.name, format="torchscript", parity_rel_error=err, sha256=file_digest(path),
-                    **_layout(net))
+    return Artifact(path=path.name, format="torchscript", parity_rel_error=err, sha256=digest, **_layout(net))
 
 
 def _layout(net: UNet) -> dict[str, str]:

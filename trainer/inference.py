@@ -5,6 +5,9 @@ streamer's Denoiser (``trainer.evaluate.denoiser_for``, ``n2n serve``), one path
 
 from __future__ import annotations
 
+import errno
+import io
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +19,40 @@ from streamer.core.card import WEIGHTS_NAME, Normalization
 from .card import ModelCard, read_card
 from .unet import UNet
 
-__all__ = ["WEIGHTS_NAME", "TrainedModel", "load_run", "load_weights", "save_weights", "pick_device", "predict"]
+__all__ = ["NO_SPACE", "WEIGHTS_NAME", "TrainedModel", "load_run", "load_weights", "no_space", "pick_device", "predict",
+           "save_torch", "save_weights"]
+
+NO_SPACE = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
+"""A write refused for room: the disk (or the user's quota) is full, or the file is larger than allowed."""
+
+
+def no_space(folder: Path, what: str, exc: OSError) -> OSError:
+    """The one-line error for a full disk (errno kept)."""
+    error = OSError(f"{folder}: no space left to save {what} ({exc.strerror or exc}); free some space there "
+                    "(the files already saved are intact)")
+    error.errno = exc.errno
+    return error
+
+
+def save_torch(obj: object, path: Path) -> None:
+    """``torch.save`` to ``path`` whole or not at all: serialised in memory, written to ``PATH.tmp``, synced and
+    renamed, so the file already there stays intact and no ``.tmp`` is left when the write fails. A full disk
+    is an OSError naming the folder (torch's own writer reports it as an ``inline_container.cc`` RuntimeError
+    without the cause)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(buffer.getbuffer())
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.errno in NO_SPACE:
+            raise no_space(path.parent, path.name, exc) from None
+        raise
 
 
 
@@ -43,9 +79,7 @@ def save_weights(run_dir: Path, net: UNet, norm: Normalization) -> Path:
     path = run_dir / WEIGHTS_NAME
     arch = net.architecture
     state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
-    tmp = path.with_suffix(".pt.tmp")
-    torch.save({"architecture": arch, "state_dict": state, "normalization": norm.to_dict()}, tmp)
-    tmp.replace(path)
+    save_torch({"architecture": arch, "state_dict": state, "normalization": norm.to_dict()}, path)
     return path
 
 

@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from streamer.core.card import Normalization, estimate_noise_model
 
 from .config import TrainConfig
-from .inference import pick_device, predict, save_weights
+from .inference import pick_device, predict, save_torch, save_weights
 from .metrics import psnr, ssim
 from .pairs import ExposureAugment, PairSampler, held_out_pairs, split_rows
 from .unet import UNet
@@ -44,6 +44,8 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     device: str = "cpu"
     precision: str = "fp32"
+    interrupted: bool = False
+    """Stopped by Ctrl-C after at least one epoch: the best epoch so far was saved (a usable, partial run)."""
 
 
 def pick_precision(preference: str, device: torch.device) -> str:
@@ -179,9 +181,8 @@ def exposure_augment(config: TrainConfig, stacks: Sequence[np.ndarray], norm: No
 
 
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    """Whole or not at all (the previous checkpoint stays intact); a full disk is a one-line OSError."""
+    save_torch(state, path)
 
 
 def train(
@@ -257,6 +258,7 @@ def train(
     console = console or Console(stderr=True)
     t0 = time.perf_counter()
     stopped, epoch, bad_epochs = "completed all epochs", start_epoch, 0
+    interrupted = False
     if history:
         bad_epochs = len(history) - 1 - best_epoch
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -316,7 +318,10 @@ def train(
             # what can be resumed is the caller's to say (n2n train prints the command; the demo has none)
             log.info("interrupted after %d complete epoch(s)%s", len(history),
                      f"; the last is saved in {ckpt_path}" if history else "")
-            raise
+            if best_state is None:
+                raise
+            interrupted = True  # the best epoch so far is saved below: a usable run, marked partial
+            stopped = f"interrupted (Ctrl-C) after {len(history)} of {oc.epochs} epochs: a partial run"
     if best_state is None:
         raise RuntimeError("training ended before the first epoch completed; nothing to save")
     final = UNet(**config.model.build_kwargs())
@@ -327,4 +332,4 @@ def train(
     return TrainResult(run_dir=run_dir, epochs=len(history), steps=len(history) * oc.steps_per_epoch,
                        seconds=elapsed_before + time.perf_counter() - t0, stopped=stopped,
                        best_epoch=best_epoch + 1, metrics=best_metrics, history=history,
-                       device=str(device), precision=precision)
+                       device=str(device), precision=precision, interrupted=interrupted)

@@ -252,7 +252,8 @@ def quantize_int8(run_dir: str | Path, stacks: Sequence[np.ndarray], references:
                               max_loss_db=max_loss_db)
     else:
         loss = check["loss_db"]
-        how = (f"{loss:.3f} dB against float32 on the held-out rows at the worst of {len(scales)} exposure scales "
+        how = (f"{'loses' if loss >= 0 else 'gains'} {abs(loss):.3f} dB against float32 on the held-out rows at "
+               f"the worst of {len(scales)} exposure scales "
                f"{scales[0]:g}x to {scales[-1]:g}x "
                f"({'against the reference' if items[0][2] is None else 'noise-corrected, vs the next frame'}); "
                f"{n_int8} of {n_conv} convolutions in INT8")
@@ -262,12 +263,12 @@ def quantize_int8(run_dir: str | Path, stacks: Sequence[np.ndarray], references:
                 weights=target.with_suffix(".bin").name, weights_sha256=file_digest(target.with_suffix(".bin")),
                 layout=(card.artifacts["onnx"].layout if "onnx" in card.artifacts else "NCHW float32, normalised")
                 + " (INT8 inside)")}
-            result = Quantization(status="kept", reason=f"kept: loses {how}", calibration=source, check=check,
+            result = Quantization(status="kept", reason=f"kept: {how}", calibration=source, check=check,
                                   max_loss_db=max_loss_db)
         else:
             why = (f"more than the {max_loss_db} dB allowed" if not check["passed"] else
                    f"fewer than {MIN_INT8_SHARE:.0%} of the convolutions stayed INT8, so it would not be faster")
-            result = Quantization(status="rejected", reason=f"not written: loses {how}: {why}",
+            result = Quantization(status="rejected", reason=f"not written: {how}: {why}",
                                   calibration=source, check=check, max_loss_db=max_loss_db)
     log.info("INT8: %s", result.reason)
     card.quantization = result

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +17,70 @@ from streamer.sources import read_stack, simulate_stack
 from .card import ModelCard, Quantization, add_artifact, file_digest, versions
 from .config import TrainConfig, save_config
 from .export import ONNX_NAME, TORCHSCRIPT_NAME, export_onnx, export_torchscript
-from .inference import load_weights
+from .inference import NO_SPACE, load_weights, no_space
 from .loop import train
 from .pairs import split_rows
 
-__all__ = ["gather_data", "quantize_run", "run_training", "training_data"]
+__all__ = ["TRAIN_DTYPES", "TrainingInterrupted", "check_dtype", "gather_data", "quantize_run", "run_training",
+           "training_data"]
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C after at least one epoch: the best epoch so far was exported (``card``: a usable run whose
+    ``training.partial`` is true; INT8 and the gain estimate skipped). Still a KeyboardInterrupt, so a caller
+    that stops on Ctrl-C stops."""
+
+    def __init__(self, card: ModelCard) -> None:
+        super().__init__(f"interrupted after {card.training.get('epochs')} epoch(s); the best so far is exported")
+        self.card = card
 
 log = logging.getLogger("n2n.trainer")
+
+TRAIN_DTYPES = ("uint8", "uint16", "float32")
+"""Pixel types taken without asking: a camera's frames (8 or 16 bit) and float32; others need
+``data.accept_dtype: true``."""
+
+
+def check_dtype(path: Path, array: np.ndarray, accept: bool) -> None:
+    """Refuse a stack of another pixel type than :data:`TRAIN_DTYPES` unless ``accept`` (one line: the file,
+    the type found, the types expected)."""
+    if array.dtype.name in TRAIN_DTYPES or accept:
+        return
+    raise ValueError(f"{path}: expected frames of {', '.join(TRAIN_DTYPES[:-1])} or {TRAIN_DTYPES[-1]}, got "
+                     f"{array.dtype.name}; a model serves only frames of the type it was trained on, and a stack of "
+                     f"{array.dtype.name} is usually a processed copy, not the camera's frames: convert it, or train "
+                     "on it as it is with --set data.accept_dtype=true")
+
+
+_TORCH_WRITE_FAILED = ("inline_container", "PytorchStreamWriter", "file write failed")
+
+
+@contextlib.contextmanager
+def _room(run_dir: Path) -> Iterator[None]:
+    """A full disk while training or exporting: one line naming the run folder, no ``*.tmp`` left behind (what
+    was saved before, e.g. the last checkpoint, is intact)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in NO_SPACE:
+            raise
+        _drop_partial(run_dir)
+        if str(exc).startswith(f"{run_dir}: no space left"):
+            raise
+        raise no_space(run_dir, "the run", exc) from None
+    except RuntimeError as exc:  # torch's writer (torch.jit.save, an export) hides the OS's reason
+        if not any(s in str(exc) for s in _TORCH_WRITE_FAILED):
+            raise
+        _drop_partial(run_dir)
+        error = OSError(f"{run_dir}: could not write the run's files (no space left on the device? torch: "
+                        f"{' '.join(str(exc).split())[:200]})")
+        error.errno = errno.EIO
+        raise error from None
+
+
+def _drop_partial(run_dir: Path) -> None:
+    for tmp in run_dir.glob("*.tmp"):
+        tmp.unlink(missing_ok=True)
 
 
 def _describe_file(path: Path, array: np.ndarray) -> dict[str, Any]:
@@ -57,7 +116,10 @@ def gather_data(
     if references and len(references) != len(data):
         raise ValueError(f"Expected one --reference per --data stack: {len(data)} stacks, {len(references)} references")
     min_frames = 2 if config.mode == "n2n" else 1
-    stacks = [read_stack(p, min_frames=min_frames, allow_2d=False) for p in data]
+    stacks = []
+    for path in data:  # each refused as soon as it is read
+        stacks.append(read_stack(path, min_frames=min_frames, allow_2d=False))
+        check_dtype(Path(path), stacks[-1], config.data.accept_dtype)
     refs = [read_stack(p) for p in references] if references else None
     prov = {"source": "files", "data": [_describe_file(p, s) for p, s in zip(data, stacks)],
             "references": [_describe_file(p, r) for p, r in zip(references, refs)] if refs else [],
@@ -74,8 +136,27 @@ def run_training(
     resume: bool = False,
     console: Console | None = None,
 ) -> ModelCard:
-    """Train into ``run_dir`` and leave ``model.pt``, ``model.onnx``, ``model.ts`` and ``model.json`` there."""
+    """Train into ``run_dir`` and leave ``model.pt``, ``model.onnx``, ``model.ts`` and ``model.json`` there.
+
+    Ctrl-C after the first epoch exports the best epoch so far and raises :class:`TrainingInterrupted`; a run that
+    fails or is interrupted before its first epoch leaves no folder it made itself."""
+    made = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with _room(run_dir):
+            return _run_training(config, run_dir, data, references, resume, console)
+    except TrainingInterrupted:
+        raise
+    except BaseException:
+        if made and not (run_dir / "checkpoint.pt").exists():  # a failed start leaves nothing
+            import shutil
+
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+def _run_training(config: TrainConfig, run_dir: Path, data: Sequence[Path], references: Sequence[Path],
+                  resume: bool, console: Console | None) -> ModelCard:
     stacks, refs, provenance = gather_data(config, data, references, run_dir)
     save_config(config, run_dir / "config.yaml")
     result = train(config, stacks, run_dir, references=refs, resume=resume, console=console)
@@ -93,7 +174,8 @@ def run_training(
         "training": {"mode": config.mode, "data": provenance, "config": config.model_dump(mode="json"),
                      "epochs": result.epochs, "best_epoch": result.best_epoch, "steps": result.steps,
                      "seconds": round(result.seconds, 1), "stopped": result.stopped,
-                     "device": result.device, "precision": result.precision},
+                     "device": result.device, "precision": result.precision,
+                     **({"partial": True} if result.interrupted else {})},
         "metrics": result.metrics,
         "history": result.history,
         "versions": versions(),
@@ -101,6 +183,8 @@ def run_training(
     card.save(run_dir)
     add_artifact(run_dir, export_onnx(net, run_dir / ONNX_NAME, opset=config.onnx_opset))
     card = add_artifact(run_dir, export_torchscript(net, run_dir / TORCHSCRIPT_NAME))
+    if result.interrupted:  # usable now; INT8 and the gain estimate wait for the run to be finished
+        raise TrainingInterrupted(card)
     if config.quantize.int8:
         quantize_run(run_dir, config, stacks, refs)
         card = ModelCard.load(run_dir)

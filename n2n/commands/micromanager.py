@@ -21,6 +21,14 @@ _SOURCE_FLAGS = {"--exposure-ms": "source.exposure_ms", "--mm-config": "source.c
                  "--gui": "source.config_file"}
 _SOURCE_DEFAULTS = {"--exposure-ms": "Micro-Manager's", "--json": "not written"}
 
+def _camera_words(source: Any) -> str:
+    """The camera as the first line names it: n2n-live's simulated camera is always said to be one."""
+    if getattr(source, "simulated", False):
+        return (f"the SIMULATED camera {source.camera!r} (synthetic cells, not a microscope; --gui or --mm-config "
+                "FILE.cfg for yours)")
+    return repr(source.camera)
+
+
 GRAB = Command("streamer.micromanager.config:MicroManagerConfig", flags={
     "--frames": "grab.frames", "--out": "grab.out", **_SOURCE_FLAGS}, defaults=_SOURCE_DEFAULTS)
 
@@ -50,7 +58,7 @@ def grab(
     try:
         with user_errors(), open_source(cfg.source, base_dir) as source:  # MicroManagerUnavailable: RuntimeError
             console.print(f"grabbing {cfg.grab.frames} frames of {source.shape[1]}x{source.shape[0]} "
-                          f"{source.dtype.name} from {source.camera!r} at {source.exposure_ms:g} ms"
+                          f"{source.dtype.name} from {_camera_words(source)} at {source.exposure_ms:g} ms"
                           + (" (following Micro-Manager's live stream)" if source.following else ""),
                           highlight=False)
             with Progress(TextColumn("grab"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -100,7 +108,12 @@ def grab(
         with user_errors():
             json_path.parent.mkdir(parents=True, exist_ok=True)
             json_path.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-    console.print(f"train on it: n2n train --data {report.path} --out runs/NAME", highlight=False)
+    train_cmd = f"n2n train --config configs/train_fast.yaml --data {report.path} --out runs/NAME"
+    if report.warnings:
+        console.print(f"fix what the warnings above say and grab again before training ({train_cmd}): a model "
+                      "learns the motion, gaps or saturation too", highlight=False, soft_wrap=True)
+    else:
+        console.print(f"train on it (the real-time preset): {train_cmd}", highlight=False, soft_wrap=True)
 
 
 BRIDGE = Command("streamer.micromanager.config:MicroManagerConfig", flags={
@@ -162,12 +175,12 @@ def bridge(
     total = cfg.bridge.frames
 
     def started(info: dict[str, Any] | None, endpoints: dict[str, str], source: Any) -> None:
+        console.print(f"bridging {total or 'until Ctrl-C'} frames of {source.shape[1]}x{source.shape[0]} from "
+                      f"{_camera_words(source)}", highlight=False)
         if info is not None:
             console.print(f"serving {info['model']} with {info['engine']} ({info['precision']}) in "
                           f"{cfg.serve.mode} mode; subscribers take {endpoints['output']}, `n2n view` shows "
                           f"{endpoints['view']}", highlight=False)
-        console.print(f"bridging {total or 'until Ctrl-C'} frames of {source.shape[1]}x{source.shape[0]} from "
-                      f"{source.camera!r}", highlight=False)
 
     try:
         with user_errors(zmq.ZMQError):
@@ -186,7 +199,10 @@ def bridge(
                  ("refused / unaccounted", f"{report.frames_failed} / {report.frames_unaccounted}"),
                  ("rate", f"{report.fps_in:.1f} frames/s in, {report.fps_out:.1f} out"),
                  ("latency", f"p50 {report.latency_ms_p50} ms, p99 {report.latency_ms_p99} ms (capture → denoised)"),
-                 ("engine", report.engine), ("saved", report.out or "not saved")):
+                 ("engine", report.engine),
+                 ("saved", f"{report.out}: {report.planes_written} frames raw + denoised ({report.frames_denoised} "
+                           "denoised, the others raw in both channels, each plane's n2n-denoised says which)"
+                  if report.out else "not saved")):
         table.add_row(k, str(v))
     out.print(table)
     if json_path is not None:

@@ -11,14 +11,14 @@ import typer
 from rich.table import Table
 
 from n2n.command import Command, ConfigOpt, DryRunOpt, console, out
-from n2n.errors import user_errors
+from n2n.errors import UserError, one_line, user_errors
 
 __all__ = ["DENOISE", "denoise"]
 
 DENOISE = Command("streamer.offline.config:DenoiseConfig", flags={
     "--engine": "engine", "--precision": "precision", "--retime": "retime", "--device": "device",
     "--threads": "threads", "--dtype": "dtype", "--channel": "channel", "--workers": "workers",
-    "--scheduler": "scheduler", "--overwrite": "overwrite"},
+    "--scheduler": "scheduler", "--overwrite": "overwrite", "--trust-code": "trust_code"},
     defaults={"--threads": "the cores shared among the workers", "--channel": "every plane",
               "--scheduler": "a LocalCluster when --workers > 1", "--json": "not written"})
 
@@ -46,6 +46,8 @@ def denoise(
     = None,
     scheduler: Annotated[str | None, typer.Option(help="An existing Dask scheduler, tcp://HOST:PORT.")] = None,
     overwrite: Annotated[bool | None, typer.Option("--overwrite", help="Replace an existing output.")] = None,
+    trust_code: Annotated[bool | None, typer.Option("--trust-code", help="Run a TorchScript file this install did "
+                                                    "not write (a downloaded model's): it is a program.")] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the summary here.")] = None,
     config: ConfigOpt = None,
     dry_run: DryRunOpt = False,
@@ -55,7 +57,7 @@ def denoise(
     cfg = DENOISE.load(config, dry_run, {
         "--engine": engine, "--precision": precision, "--retime": retime, "--device": device, "--threads": threads,
         "--dtype": dtype, "--channel": channel, "--workers": workers, "--scheduler": scheduler,
-        "--overwrite": overwrite})
+        "--overwrite": overwrite, "--trust-code": trust_code})
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -67,7 +69,7 @@ def denoise(
     )
     from rich.text import Text
 
-    from streamer.offline import DenoiseInterrupted
+    from streamer.offline import DenoiseInterrupted, IncompleteInput
     from streamer.offline import denoise as run
 
     class Rate(ProgressColumn):
@@ -91,7 +93,10 @@ def denoise(
                     bars[stage] = progress[0].add_task(stage, total=total, completed=done)
                 progress[0].update(bars[stage], completed=done)
 
-            summary = run(input_path, model, output, cfg, report)
+            try:
+                summary, incomplete = run(input_path, model, output, cfg, report), None
+            except IncompleteInput as exc:  # a damaged input: the output is written, the missing planes listed
+                summary, incomplete = exc.summary, exc
     except DenoiseInterrupted as exc:
         console.print(f"[yellow]interrupted: {exc}[/yellow]", highlight=False)
         raise typer.Exit(code=130) from None
@@ -99,6 +104,8 @@ def denoise(
         with user_errors(prefix=f"--json {json_path}: "):
             json_path.parent.mkdir(parents=True, exist_ok=True)
             json_path.write_text(json.dumps(summary, indent=2) + "\n")
+    if incomplete is not None:
+        raise UserError(one_line(str(incomplete)))
     table = Table(title=f"n2n denoise: {input_path.name} → {output.name}", show_header=False)
     rate = f", {summary['planes_per_s']} planes/s" if summary["planes_per_s"] else ""
     table.add_row("planes", f"{summary['planes']} ({summary['planes_denoised']} denoised this run, "

@@ -21,6 +21,7 @@ SERVE = Command("streamer.server:ServeConfig", flags={
     "--engine": "engine", "--mode": "mode", "--precision": "precision", "--retime": "retime", "--device": "device",
     "--threads": "num_threads", "--output-dtype": "output_dtype", "--curve-keys": "curve_keys",
     "--insecure": "insecure", "--models-root": "models_root", "--finetune": "finetune.enabled",
+    "--trust-code": "trust_code",
     **{flag: f"endpoints.{name}" for name, flag in ADDRESS_FLAGS.items()}},
     defaults={"--threads": "the engine's (all cores)", "--ready-file": "not written", "--curve-keys": "none: "
               "loopback only", "--models-root": "the served model's parent folder"},
@@ -64,6 +65,9 @@ def serve(
     finetune: Annotated[bool | None, typer.Option("--finetune", help="Keep training the model on the stream "
                                                   "(a worker process) and swap in what validates better.")]
     = None,
+    trust_code: Annotated[bool | None, typer.Option("--trust-code", help="Run a TorchScript file this install did "
+                                                    "not write (a downloaded model's, also on swap): it is a "
+                                                    "program.")] = None,
     config: ConfigOpt = None,
     dry_run: DryRunOpt = False,
 ) -> None:
@@ -73,7 +77,7 @@ def serve(
         "--threads": threads, "--output-dtype": output_dtype, "--input-address": input_address,
         "--output-address": output_address, "--request-address": request_address, "--stats-address": stats_address,
         "--control-address": control_address, "--view-address": view_address, "--curve-keys": curve_keys,
-        "--insecure": insecure, "--models-root": models_root, "--finetune": finetune})
+        "--insecure": insecure, "--models-root": models_root, "--finetune": finetune, "--trust-code": trust_code})
     import signal
 
     import zmq
@@ -113,24 +117,43 @@ def serve(
 
 
 DASH = Command("streamer.dashboard:DashConfig", flags={"--stats-address": "stats"},
-               deprecated={"--stats": "--stats-address"})
+               deprecated={"--stats": "--stats-address"},
+               defaults={"--connect": "none: the stats address", "--curve-keys": "none: loopback only"})
 
 
 @DASH
 def dash(
     stats_address: Annotated[str | None, typer.Option("--stats-address", help="The server's stats address "
                                                       "(its --stats-address).")] = None,
+    connect: Annotated[Path | None, typer.Option("--connect", help="A running server's ready file "
+                                                 "(n2n serve --ready-file): its stats address.")] = None,
+    curve_keys: Annotated[Path | None, typer.Option("--curve-keys", help="The folder made by `n2n keys` (a "
+                                                    "server with --curve-keys).")] = None,
     config: ConfigOpt = None,
     dry_run: DryRunOpt = False,
 ) -> None:
     """Live terminal dashboard for a running `n2n serve` (Ctrl-C quits)."""
+    if connect is not None and stats_address is not None:
+        raise UserError("--connect and --stats-address both name the server's stats address: expected one")
+    if connect is not None:
+        from n2n.bridging import read_ready_file
+
+        with user_errors(ValueError, prefix="--connect: "):
+            stats_address = read_ready_file(connect)["stats"]
     cfg = DASH.load(config, dry_run, {"--stats-address": stats_address})
     import zmq
 
     from n2n.command import out
     from streamer.dashboard import run_dashboard
 
-    where = "--stats-address" if stats_address else f"{config}: stats" if config else "stats"
+    keys: Any = None
+    if curve_keys is not None:
+        from streamer.security import ClientKeys
+
+        with user_errors(OSError, ValueError, prefix=f"--curve-keys {curve_keys}: "):
+            keys = ClientKeys.load(curve_keys)
+    where = ("--connect" if connect else "--stats-address" if stats_address else f"{config}: stats" if config
+             else "stats")
     sock: zmq.Socket = zmq.Context.instance().socket(zmq.SUB)
     try:  # a bad address is the user's to fix: say so before the dashboard starts
         sock.connect(cfg.stats)
@@ -139,7 +162,7 @@ def dash(
                         f"({exc.strerror})") from None
     finally:
         sock.close(linger=0)
-    raise typer.Exit(code=run_dashboard(cfg.stats, console=out))
+    raise typer.Exit(code=run_dashboard(cfg.stats, console=out, keys=keys))
 
 
 KEYS = Command()

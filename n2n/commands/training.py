@@ -13,7 +13,8 @@ from rich.table import Table
 from n2n.command import Command, ConfigOpt, DryRunOpt, console, out, parse_settings
 from n2n.errors import UserError, user_errors
 
-__all__ = ["EVALUATE", "EXPORT", "SIMULATE", "TRAIN", "evaluate", "export", "simulate", "train"]
+__all__ = ["AVERAGE", "EVALUATE", "EXPORT", "SIMULATE", "TRAIN", "average", "evaluate", "export", "simulate",
+           "train"]
 
 SIMULATE = Command("trainer.config:SimulateConfig", flags={
     "--frames": "frames", "--size": ("camera.height", "camera.width"), "--exposure-ms": "camera.exposure_ms",
@@ -83,7 +84,10 @@ def train(
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override any config key: --set model.depth=3 "
                                                    "--set 'model.filters=[4,16,32,64]' (YAML values; repeatable).")]
     = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the run folder's checkpoint.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the run folder's checkpoint (with "
+                                         "--epochs N: train a finished run longer, to N epochs in all).")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run already in --out (its model and "
+                                            "checkpoint are deleted first).")] = False,
     config: ConfigOpt = None,
     dry_run: DryRunOpt = False,
 ) -> None:
@@ -91,20 +95,35 @@ def train(
     cfg = TRAIN.load(config, dry_run, {
         "--target": target, "--epochs": epochs, "--steps-per-epoch": steps_per_epoch, "--max-minutes": max_minutes,
         "--device": device, "--seed": seed, "--data": "files" if data else None}, parse_settings(set_))
-    from trainer.run import run_training
+    if resume and overwrite:
+        raise UserError("--resume continues the run in --out and --overwrite replaces it: expected one, got both")
+    if not resume:
+        _refuse_or_clear(out_dir, overwrite)
+    from trainer.run import TrainingInterrupted, run_training
+
+    def again(*extra: str) -> str:
+        cmd = ["n2n", "train", "--resume", "--config", str(out_dir / "config.yaml"), "--out", str(out_dir), *extra]
+        for flag, paths in (("--data", data), ("--reference", reference)):
+            if paths:
+                cmd += [flag, *map(str, paths)]
+        return shlex.join(cmd)
 
     try:
         with user_errors():
             card = run_training(cfg, out_dir, data or [], reference or [], resume=resume, console=console)
+    except TrainingInterrupted as exc:
+        t = exc.card.training
+        console.print(f"[yellow]interrupted after {t['epochs']} of {cfg.optim.epochs} epochs: the best so far "
+                      f"(epoch {t['best_epoch']}) is exported, a usable run marked partial ({out_dir}: n2n serve "
+                      f"--model {out_dir} serves it); to finish it: {again()}[/yellow]", highlight=False,
+                      soft_wrap=True)
+        raise typer.Exit(code=130) from None
     except KeyboardInterrupt:
         if (out_dir / "checkpoint.pt").is_file():
-            again = ["n2n", "train", "--resume", "--config", str(out_dir / "config.yaml"), "--out", str(out_dir)]
-            for flag, paths in (("--data", data), ("--reference", reference)):
-                if paths:
-                    again += [flag, *map(str, paths)]
-            console.print(f"[yellow]interrupted; to continue: {shlex.join(again)}[/yellow]", highlight=False)
+            console.print(f"[yellow]interrupted; to continue: {again()}[/yellow]", highlight=False, soft_wrap=True)
         else:
-            console.print("[yellow]interrupted before the first epoch finished: nothing to resume[/yellow]")
+            console.print("[yellow]interrupted before the first epoch finished: nothing to resume, nothing "
+                          "left[/yellow]")
         raise typer.Exit(code=130) from None
     t = card.training
     table = Table(title=f"trained {out_dir}", show_header=False)
@@ -120,12 +139,16 @@ def train(
     from trainer.gain import gain_summary
 
     gain, gain_warning = gain_summary(card.metrics)
-    for k, v in card.metrics.items():
-        if not k.startswith("estimated_"):  # the estimated gain: said in words below
-            table.add_row(k, f"{v:.4g}")
+    m = card.metrics
+    if "val_psnr" in m and "val_psnr_raw" in m:  # in dB against the reference, as a microscopist reads it
+        table.add_row("against the reference", f"denoised {m['val_psnr']:.2f} dB PSNR, raw {m['val_psnr_raw']:.2f} dB "
+                      f"({m['val_psnr'] - m['val_psnr_raw']:+.2f} dB)"
+                      + (f", SSIM {m['val_ssim']:.3f}" if "val_ssim" in m else "") + ", on the held-out rows")
     if gain is not None:
         table.add_row("estimated gain over raw", gain)
     table.add_row("files", ", ".join(sorted(p.name for p in out_dir.iterdir() if p.is_file())))
+    table.add_row("losses", f"validation {m.get('val_loss', float('nan')):.4g} (the Noise2Noise loss that picked the "
+                  "best epoch; all figures in model.json)")
     out.print(table)
     if gain_warning is not None:
         console.print(f"[bold yellow]warning: {gain_warning}[/bold yellow]", highlight=False, soft_wrap=True)
@@ -142,12 +165,46 @@ def next_steps(run: Path, provenance: dict, data: list[Path], reference: list[Pa
     if data and reference:
         lines.append("next: score it against the reference: " + shlex.join(
             ["n2n", "evaluate", *model, "--data", str(data[0]), "--reference", str(reference[0])]))
+    elif data:
+        lines.append("next: check it on frames it did not train on (no reference needed): " + shlex.join(
+            ["n2n", "evaluate", *model]) + " --data OTHER_FRAMES.tif  (add --reference CLEAN.tif where one exists)")
     else:
         lines.append("next: score it where a clean reference exists: " + shlex.join(
             ["n2n", "evaluate", *model]) + " --data NOISY.tif --reference CLEAN.tif")
     lines.append("then denoise live: " + shlex.join(["n2n", "serve", *model]) + "   or from Micro-Manager: "
                  + shlex.join(["n2n", "bridge", *model]))
     return lines
+
+
+RUN_FILES = ("model.json", "checkpoint.pt", "model.pt")
+"""A run folder's own files: one holding any of them is a run, finished (``model.json``) or not."""
+
+
+def _refuse_or_clear(out_dir: Path, overwrite: bool) -> None:
+    """``n2n train --out`` never replaces a run silently: refused (one line, the ways on) unless ``--overwrite``,
+    which deletes the old run's model files and checkpoint first (so nothing of it is mistaken for the new one)."""
+    found = [n for n in RUN_FILES if (out_dir / n).is_file()]
+    if not found:
+        return
+    finished = "model.json" in found
+    if not overwrite:
+        what = "a finished run" if finished else "an unfinished run (a checkpoint, no model)"
+        raise UserError(f"--out {out_dir}: holds {what}; expected a new folder: `--resume` continues it"
+                        + (" (with --epochs N: to N epochs in all)" if finished else "")
+                        + ", `--overwrite` replaces it, or give another --out")
+    from streamer.core.card import ModelCard
+
+    names = set(RUN_FILES) | {"precision_choice.json", "config.yaml"}
+    if finished:
+        with user_errors(prefix=f"--out {out_dir}: "):
+            try:
+                card = ModelCard.load(out_dir)
+                for art in card.artifacts.values():
+                    names |= {art.path, *([art.weights] if art.weights else [])}
+            except Exception:  # a damaged card: its default names still go
+                names |= {"model.onnx", "model.ts", "model_int8.xml", "model_int8.bin"}
+    for name in names:
+        (out_dir / name).unlink(missing_ok=True)
 
 
 EXPORT = Command("trainer.config:ExportConfig", flags={
@@ -215,8 +272,9 @@ def export(
 
 EVALUATE = Command("trainer.config:EvaluateConfig", flags={
     "--max-frames": "max_frames", "--engine": "engine", "--precision": "precision", "--device": "device",
-    "--retime": "retime"},
-    defaults={"--max-frames": "all", "--json": "not written", "--figure": "not drawn"})
+    "--retime": "retime", "--trust-code": "trust_code"},
+    defaults={"--max-frames": "all", "--json": "not written", "--figure": "not drawn",
+              "--reference": "none: the Noise2Noise estimate from consecutive frames"})
 
 
 def scored_line(report: dict[str, Any]) -> str:
@@ -232,7 +290,9 @@ def evaluate(
     model: Annotated[Path, typer.Option("--model", help="Run folder made by `n2n train`, or a BioImage Model Zoo "
                                         "package (.zip).")],
     data: Annotated[Path, typer.Option("--data", help="Noisy stack to denoise (T, H, W).")],
-    reference: Annotated[Path, typer.Option("--reference", help="Clean reference, (H, W) or (T, H, W).")],
+    reference: Annotated[Path | None, typer.Option("--reference", help="Clean reference, (H, W) or (T, H, W); "
+                                                   "without one: the Noise2Noise estimate of the gain over raw from "
+                                                   "consecutive frames.")] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
     figure: Annotated[Path | None, typer.Option("--figure", help="PNG: raw | Gaussian | denoised | reference.")]
     = None,
@@ -245,13 +305,15 @@ def evaluate(
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
     retime: Annotated[bool | None, typer.Option("--retime", help="Precision auto: time the precisions again "
                                                 "instead of taking the choice recorded for this machine.")] = None,
+    trust_code: Annotated[bool | None, typer.Option("--trust-code", help="Run a TorchScript file this install did "
+                                                    "not write (a downloaded model's): it is a program.")] = None,
     config: ConfigOpt = None,
     dry_run: DryRunOpt = False,
 ) -> None:
     """Score a model against a reference, beside Gaussian and frame-averaging baselines, denoised as n2n serve
     denoises it (the engine and precision it picks here, unless --engine/--precision say otherwise)."""
     cfg = EVALUATE.load(config, dry_run, {"--max-frames": max_frames, "--engine": engine, "--precision": precision,
-                                          "--device": device, "--retime": retime})
+                                          "--device": device, "--retime": retime, "--trust-code": trust_code})
     from rich.progress import Progress
 
     from streamer.sources import read_stack
@@ -262,11 +324,20 @@ def evaluate(
         if not model.exists():
             raise FileNotFoundError(f"{model}: no such model folder or zoo package (make one with `n2n train`)")
         raw = read_stack(data, allow_2d=False)
-        ref = read_stack(reference)
+        ref = read_stack(reference) if reference is not None else None
+    if ref is None or reference is None:
+        _evaluate_without_reference(model, data, raw, cfg, json_path, figure)
+        return
     t, h, w = raw.shape
     if ref.shape != (h, w) and ref.shape != (t, h, w):
         raise UserError(f"--reference {reference}: expected frames of {h}x{w}, one or {t} of them (the shape of "
                         f"--data {data}), got shape {ref.shape}")
+    from trainer.evaluate import reference_warning
+
+    scale = reference_warning(raw, ref)
+    if scale is not None:
+        console.print(f"[bold yellow]warning:[/bold yellow] --reference {reference}: {scale}", highlight=False,
+                      soft_wrap=True)
     with user_errors(), Progress(console=console, transient=True) as progress:
         task = progress.add_task("denoising", total=len(raw))
         report, den = run_eval(model, raw, ref, cfg, lambda done, _: progress.update(task, completed=done))
@@ -291,3 +362,95 @@ def evaluate(
 
             gaussian = ndimage.gaussian_filter(raw[0].astype("float32"), report["gaussian_sigma"])
             save_figure(figure, raw[0], den[0], ref[0] if ref.ndim == 3 else ref, report, gaussian=gaussian)
+    for what, path in (("figure", figure), ("report", json_path)):
+        if path is not None:
+            console.print(f"{what}: {path}", highlight=False)
+
+
+def _evaluate_without_reference(model: Path, data: Path, raw: Any, cfg: Any, json_path: Path | None,
+                                figure: Path | None) -> None:
+    """``n2n evaluate`` without ``--reference``: the Noise2Noise estimate of the gain over raw, beside the best
+    Gaussian filter's, from consecutive frames; the figure shows raw | Gaussian | denoised."""
+    from trainer.evaluate import evaluate_without_reference, save_figure
+
+    with user_errors():
+        report, first = evaluate_without_reference(model, raw, cfg)
+    report = {"model": str(model), "data": str(data), **report}
+    table = Table(title=f"{data.name}: estimated gain over raw, no reference ({report['pairs']} pairs of "
+                        f"consecutive frames)")
+    for col in ("method", "gain over raw (dB)"):
+        table.add_column(col)
+    table.add_row("raw", "0.00")
+    table.add_row("n2n-live model", f"{report['estimated_gain_db']:+.2f}")
+    table.add_row(f"Gaussian σ={report['gaussian_sigma']:g}", f"{report['estimated_gain_db_gaussian']:+.2f}")
+    out.print(table)
+    out.print(f"scored: {report['engine']} ({report['precision']}), as served; the estimate assumes a still field "
+              "and noise independent between frames (good to a few tenths of a dB); a clean reference (--reference: "
+              "the average of a still burst) gives PSNR and SSIM", highlight=False, markup=False)
+    if report["estimated_gain_db"] <= report["estimated_gain_db_gaussian"]:
+        from trainer.gain import NOT_BETTER_THAN_GAUSSIAN
+
+        console.print(f"[bold yellow]warning: {NOT_BETTER_THAN_GAUSSIAN}[/bold yellow]", highlight=False,
+                      soft_wrap=True)
+    with user_errors():
+        if json_path:
+            json_path.parent.mkdir(parents=True, exist_ok=True)
+            json_path.write_text(json.dumps(report, indent=2) + "\n")
+        if figure:
+            figure.parent.mkdir(parents=True, exist_ok=True)
+            from scipy import ndimage
+
+            gaussian = ndimage.gaussian_filter(raw[0].astype("float32"), report["gaussian_sigma"])
+            save_figure(figure, raw[0], first, None, report, gaussian=gaussian)
+    for what, path in (("figure", figure), ("report", json_path)):
+        if path is not None:
+            console.print(f"{what}: {path}", highlight=False)
+
+
+AVERAGE = Command(defaults={"--first": "0", "--frames": "all from --first"})
+
+
+@AVERAGE
+def average(
+    data: Annotated[Path, typer.Option("--data", help="A burst of a still field (T, H, W), TIFF/OME-TIFF.")],
+    out_path: Annotated[Path, typer.Option("--out", help="The reference to write (float32 OME-TIFF).")],
+    first: Annotated[int, typer.Option("--first", min=0, help="First frame to average.")] = 0,
+    frames: Annotated[int | None, typer.Option("--frames", min=2, help="Frames to average.")] = None,
+) -> None:
+    """Make a clean reference from a still burst: the average of its frames (for n2n evaluate --reference)."""
+    import numpy as np
+    import tifffile
+
+    from streamer.sources import read_stack
+
+    with user_errors():
+        raw = read_stack(data, min_frames=2, allow_2d=False)
+    stop = raw.shape[0] if frames is None else first + frames
+    if stop > raw.shape[0] or stop - first < 2:
+        raise UserError(f"--first {first} --frames {frames}: expected at least 2 frames within the "
+                        f"{raw.shape[0]} of --data {data}, got {max(0, min(stop, raw.shape[0]) - first)}")
+    used = raw[first:stop]
+    mean = used.mean(axis=0, dtype=np.float64).astype(np.float32)
+    # motion breaks a reference: the first and last quarter's averages, lightly smoothed (structure over noise), must
+    # differ only as much as the noise of q frames explains
+    from scipy.ndimage import gaussian_filter
+
+    q = max(1, len(used) // 4)
+    early = gaussian_filter(used[:q].mean(axis=0, dtype=np.float64), 2)
+    late = gaussian_filter(used[-q:].mean(axis=0, dtype=np.float64), 2)
+    pair = gaussian_filter(used[0].astype(np.float64), 2) - gaussian_filter(used[1].astype(np.float64), 2)
+    noise = float(np.std(pair) / np.sqrt(2))
+    drift = float(np.sqrt(np.mean((early - late) ** 2)))
+    expected = noise * np.sqrt(2 / q)  # two averages of q frames: what the noise alone leaves between them
+    meta = {"n2n-average-of": len(used), "n2n-frames": f"{first}:{stop}", "n2n-source": str(data)}
+    with user_errors():
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        tifffile.imwrite(out_path, mean, ome=True, metadata={"axes": "YX", **meta})
+    console.print(f"averaged frames {first}..{stop - 1} ({len(used)}) of {data} into {out_path} (float32): its noise "
+                  f"is about 1/{np.sqrt(len(used)):.1f} of one frame's; score with n2n evaluate --reference "
+                  f"{out_path}", highlight=False, soft_wrap=True)
+    if noise > 0 and drift > 2.5 * expected:
+        console.print(f"[bold yellow]warning:[/bold yellow] the field changed during the burst (the first and last "
+                      f"quarters differ by {drift:.3g}, {drift / expected:.1f}x what the noise explains): an average "
+                      "of a moving sample is blurred, and scores against it are too low", highlight=False,
+                      soft_wrap=True)

@@ -11,10 +11,19 @@ from n2n.command import Command, console
 from n2n.errors import UserError, user_errors
 from streamer.endpoints import Endpoints
 
-__all__ = ["INSTALL_HINT", "VIEW", "require_viewer", "view"]
+__all__ = ["INSTALL_HINT", "QT_XCB_LIBRARIES", "VIEW", "missing_qt_libraries", "require_viewer", "view"]
 
-INSTALL_HINT = ("n2n view needs napari and Qt: pip install 'n2n-live[viewer]' (in a checkout: "
-                "pip install -e '.[viewer]')")
+INSTALL_HINT = ("n2n view needs napari and Qt: in your n2n-live checkout, with its environment active, "
+                "pip install -e '.[viewer]'")
+
+QT_XCB_LIBRARIES = {
+    "xcb-cursor": "libxcb-cursor0", "xcb-icccm": "libxcb-icccm4", "xcb-image": "libxcb-image0",
+    "xcb-keysyms": "libxcb-keysyms1", "xcb-randr": "libxcb-randr0", "xcb-render-util": "libxcb-render-util0",
+    "xcb-shape": "libxcb-shape0", "xcb-xfixes": "libxcb-xfixes0", "xcb-xinerama": "libxcb-xinerama0",
+    "xkbcommon-x11": "libxkbcommon-x11-0", "EGL": "libegl1", "GL": "libgl1", "fontconfig": "libfontconfig1",
+    "dbus-1": "libdbus-1-3"}
+"""The system libraries Qt 6's xcb platform loads on Linux (by their ``ld`` name), with the Debian/Ubuntu package of
+each: without one, Qt aborts the process inside its plugin loader instead of raising."""
 
 _DEFAULT = Endpoints()
 VIEW = Command(defaults={"--connect": "none: the default addresses", "--snapshot": "none: a window until closed",
@@ -35,6 +44,27 @@ def require_viewer() -> None:
     if not have_display():
         raise UserError("n2n view needs a display: run it on the desktop, or under a virtual one "
                         "(xvfb-run -a n2n view ...; Debian/Ubuntu: apt install xvfb)")
+    missing = missing_qt_libraries()
+    if missing:
+        raise UserError(f"n2n view: Qt's X11 platform needs system libraries that are missing here; Debian/Ubuntu: "
+                        f"sudo apt install {' '.join(missing)}")
+
+
+def missing_qt_libraries(libraries: dict[str, str] | None = None) -> list[str]:
+    """The Debian packages of the Qt xcb libraries (:data:`QT_XCB_LIBRARIES`) the dynamic loader cannot find; none
+    off Linux, or where Qt will not use xcb (``QT_QPA_PLATFORM`` another platform, or Wayland without X)."""
+    import ctypes.util
+    import os
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return []
+    platform = os.environ.get("QT_QPA_PLATFORM", "")
+    if platform and not platform.startswith("xcb"):
+        return []
+    if not platform and os.environ.get("WAYLAND_DISPLAY") and not os.environ.get("DISPLAY"):
+        return []
+    return [deb for lib, deb in (libraries or QT_XCB_LIBRARIES).items() if ctypes.util.find_library(lib) is None]
 
 
 def _endpoints(connect: Path | None, view_address: str | None, stats_address: str | None) -> dict[str, str]:

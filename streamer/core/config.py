@@ -34,13 +34,15 @@ class ConfigError(ValueError):
     @classmethod
     def from_validation(cls, exc: ValidationError, model: type[BaseModel], path: Path | None,
                         origins: dict[str, str]) -> ConfigError:
-        """The first of pydantic's errors in our words (``and N more`` when there are others)."""
+        """Pydantic's errors in our words, on one line: the first, then the others (``and N more: ...``, up to
+        five of them listed, so that one run shows every typo to fix)."""
         messages = list(dict.fromkeys(
             cls._describe(tuple(str(p) for p in e["loc"]), e["type"], e["msg"], dict(e.get("ctx") or {}),
                           e.get("input"), model, path, origins)
             for e in exc.errors(include_url=False)))
         more = len(messages) - 1
-        return cls(messages[0] + (f" (and {more} more error{'s' if more > 1 else ''})" if more else ""))
+        listed = "; ".join(messages[1:6]) + ("; ..." if more > 5 else "")
+        return cls(messages[0] + (f" (and {more} more error{'s' if more > 1 else ''}: {listed})" if more else ""))
 
     @classmethod
     def _describe(cls, loc: tuple[str, ...], kind: str, msg: str, ctx: dict, value: object,

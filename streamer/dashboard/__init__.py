@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 from rich.console import Console, RenderableType
 from rich.live import Live
@@ -51,15 +52,15 @@ class DashConfig(Versioned):
 
 
 def run_dashboard(address: str, *, console: Console | None = None, refresh_per_second: float = 4,
-                  duration_s: float | None = None, stop: threading.Event | None = None) -> int:
+                  duration_s: float | None = None, stop: threading.Event | None = None, keys: Any = None) -> int:
     """Show the dashboard for the server publishing stats at ``address`` until Ctrl-C,
     ``duration_s`` seconds, or ``stop`` is set. Returns the exit code: 0, or 2 when
-    ``address`` is not a valid ZeroMQ address."""
+    ``address`` is not a valid ZeroMQ address. ``keys``: the client's CURVE keys, for a server with keys."""
     console = console or Console()
     period = 1.0 / max(refresh_per_second, 0.1)
     history = History()
     try:
-        sub = StatsSubscriber(address)
+        sub = StatsSubscriber(address, keys=keys)
     except ValueError as exc:
         console.print(f"[red]cannot connect to {address!r}: {exc}[/red]")
         return 2

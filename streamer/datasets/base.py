@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-__all__ = ["AXIS_ORDER", "DatasetError", "DatasetInfo", "Reader"]
+__all__ = ["AXIS_ORDER", "DatasetError", "DatasetInfo", "PlanesUnreadable", "Reader", "read_available"]
 
 #: Axes a dataset may have, in the order OME-Zarr and OME-TIFF (TCZYX) use; Y, X always last.
 AXIS_ORDER = "TCZYX"
@@ -18,6 +18,46 @@ AXIS_ORDER = "TCZYX"
 class DatasetError(ValueError):
     """A dataset is missing, unreadable, or not what the command can work with; the message says what
     was expected and what came."""
+
+
+class PlanesUnreadable(DatasetError):
+    """Planes of a recording that cannot be read (a file cut short, a damaged chunk): ``planes`` maps each one's
+    flat index to why, in a few words shared by planes that fail alike."""
+
+    def __init__(self, path: Path | str, planes: dict[int, str]) -> None:
+        self.planes = dict(planes)
+        first = min(self.planes)
+        super().__init__(f"{path}: cannot read {len(self.planes)} plane(s), the first {first} "
+                         f"({self.planes[first]})")
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, PlanesUnreadable) and len(exc.planes) == 1:
+        return next(iter(exc.planes.values()))
+    text = " ".join(str(exc).split()) or "no message"
+    return f"{type(exc).__name__}: {text}"[:300]
+
+
+def read_available(reader: Reader, start: int, stop: int) -> tuple[np.ndarray, dict[int, str]]:
+    """Planes ``start:stop`` as :meth:`Reader.read` gives them, and those that could not be read: {plane: why}
+    (their rows in the array are zeros). A reader that knows its damage says so itself (``read_available``);
+    otherwise a range that fails is read again a plane at a time."""
+    own = getattr(reader, "read_available", None)
+    if own is not None:
+        return own(start, stop)  # type: ignore[no-any-return]
+    try:
+        return reader.read(start, stop), {}
+    except Exception:
+        pass
+    stop = min(stop, reader.info.planes)
+    out = np.zeros((max(0, stop - start), *reader.info.plane_shape), reader.info.dtype)
+    bad: dict[int, str] = {}
+    for p in range(start, stop):
+        try:
+            out[p - start] = reader.read(p, p + 1)[0]
+        except Exception as exc:
+            bad[p] = _reason(exc)
+    return out, bad
 
 
 @dataclass
@@ -77,3 +117,6 @@ class Reader(Protocol):
 
     def close(self) -> None:
         """Release the files."""
+
+    # optional: ``damage`` (list[str]): what is wrong with the recording as a whole (a file cut short), found
+    # when it was opened; ``read_available(start, stop)``: see :func:`read_available`

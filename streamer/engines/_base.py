@@ -334,6 +334,12 @@ class Engine(ABC):
                 "precision_note": self.precision_note, "threads": self.num_threads,
                 "shapes": [list(s) for s in self._compiled]}
 
+    def release(self, shape: tuple[int, ...]) -> None:
+        """Give back the working memory of the model compiled for ``shape`` (its activations) until its next run,
+        which allocates it again: called after a large frame's tiles, so that one large frame does not keep its
+        memory. The compiled model stays. Default: nothing to give back."""
+        return None
+
     def forget(self, height: int, width: int) -> int:
         """Release what was compiled for images of ``height`` × ``width`` (every batch size); the precision
         stays decided. Returns how many compiled shapes went."""

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ._base import Engine, EngineUnavailable
+from ._base import Engine, EngineUnavailable, log
 
 __all__ = ["OpenVINOEngine", "import_openvino"]
 
@@ -190,6 +190,18 @@ class OpenVINOEngine(Engine):
         hint = "f32" if precision == "int8" else _OV_PRECISION[precision]
         config = self._config(hint)
         return self._core.compile_model(ppp.build(), "CPU", config).create_infer_request()
+
+    def release(self, shape: tuple[int, ...]) -> None:
+        """See :meth:`Engine.release`: OpenVINO's ``CompiledModel.release_memory`` (2024.3 and later) frees the
+        intermediate buffers, allocated again at the next inference."""
+        request = self._compiled.get(tuple(int(v) for v in shape))
+        compiled = getattr(request, "get_compiled_model", None)
+        if compiled is None:
+            return
+        try:
+            compiled().release_memory()
+        except (AttributeError, RuntimeError) as exc:  # an older OpenVINO: the memory stays until forget()
+            log.debug("openvino release_memory unavailable: %s", exc)
 
     def forget(self, height: int, width: int) -> int:
         for key in [k for k in self._framed if tuple(k[0][-2:]) == (height, width)]:

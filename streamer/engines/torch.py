@@ -1,15 +1,36 @@
-"""PyTorch: a TorchScript export on the CPU or a CUDA GPU (fp16 on the GPU, checked)."""
+"""PyTorch: a TorchScript export on the CPU or a CUDA GPU (fp16 on the GPU, checked).
+
+A TorchScript file is a program, not data: it is loaded only if this install wrote it (its sha256 is in
+:mod:`streamer.core.trust`'s list) or with ``trust_code`` (``--trust-code``). The file is read once, its digest
+checked, and those very bytes loaded (no second read that could find another file)."""
 
 from __future__ import annotations
 
+import hashlib
+import io
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..core import trust
 from ._base import Engine, EngineUnavailable
 
-__all__ = ["TorchEngine"]
+__all__ = ["CodeNotTrusted", "TorchEngine", "check_trusted"]
+
+MAX_TORCHSCRIPT_BYTES = 4 * 2**30
+"""A TorchScript file larger than this is not read into memory (no U-Net comes near)."""
+
+
+class CodeNotTrusted(EngineUnavailable):
+    """A TorchScript file this install did not write, without ``trust_code``: refused before it is loaded (``auto``
+    then takes the next engine; ``--engine torch`` says so in one line)."""
+
+
+def check_trusted(digest: str | None, what: str, trust_code: bool) -> None:
+    """Refuse the TorchScript file of this sha256 unless this install wrote it or ``trust_code``."""
+    if not trust_code and not trust.is_trusted(digest):
+        raise CodeNotTrusted(trust.refusal(what))
 
 
 class TorchEngine(Engine):
@@ -17,11 +38,24 @@ class TorchEngine(Engine):
 
     name = "torch"
 
-    def __init__(self, torchscript_path: str | Path, **kwargs: Any) -> None:
+    def __init__(self, torchscript_path: str | Path, trust_code: bool = False, **kwargs: Any) -> None:
+        path = Path(torchscript_path)
+        try:
+            size = path.stat().st_size
+        except OSError as exc:
+            raise FileNotFoundError(f"{path}: cannot read the TorchScript file ({exc.strerror})") from None
+        if size > MAX_TORCHSCRIPT_BYTES:
+            raise EngineUnavailable(f"{path}: {size / 2**30:.1f} GiB: larger than any TorchScript U-Net "
+                                    f"({MAX_TORCHSCRIPT_BYTES // 2**30} GiB at most)")
+        if not trust_code:  # refused before a byte of it is loaded as a module
+            check_trusted(_digest_of_file(path), str(path), trust_code)
         try:
             import torch
         except ImportError as exc:
             raise EngineUnavailable(f"torch is not installed ({exc})") from None
+        data = path.read_bytes()
+        if not trust_code:  # the bytes loaded are the bytes checked
+            check_trusted(hashlib.sha256(data).hexdigest(), str(path), trust_code)
         super().__init__(**kwargs)
         if self.device == "auto":
             self.device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -30,7 +64,8 @@ class TorchEngine(Engine):
         self._torch = torch
         if self.num_threads and self.device == "cpu":
             torch.set_num_threads(self.num_threads)
-        self._module = torch.jit.load(str(torchscript_path), map_location=self.device).eval()
+        self._module = torch.jit.load(io.BytesIO(data), map_location=self.device).eval()
+        del data
         if self.device == "cuda":
             self._module = self._module.to(memory_format=torch.channels_last)
 
@@ -65,3 +100,11 @@ class TorchEngine(Engine):
                 with torch.autocast(device_type=self.device, dtype=compiled):
                     y = self._module(x)
             return y.float().contiguous().cpu().numpy()
+
+
+def _digest_of_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()

@@ -1,13 +1,15 @@
 """``n2n bridge``: Micro-Manager live frames → the denoising server → OME-TIFF and viewers.
 
-One thread takes frames from Micro-Manager and pushes them to the server's input; the calling
-thread receives the denoised frames from the server's output (where any other viewer may
-subscribe too) and writes raw and denoised side by side (channels ``raw``, ``denoised``) into
-one OME-TIFF. Counts: frames seen (taken from Micro-Manager), denoised (came back denoised), kept raw (came back,
-but the server sent the raw frame: the denoised one failed its checks), dropped (by the server in live mode, or
-overwritten in Micro-Manager's buffer before they were read). Each plane's metadata in the OME-TIFF says
-``n2n-denoised`` (false for a frame the server kept raw: its ``denoised`` channel holds the raw pixels) and, when
-the server flagged it, ``n2n-flags`` (see :mod:`streamer.protocol`).
+One thread takes frames from Micro-Manager and pushes them to the server's input; the calling thread receives the
+denoised frames from the server's output (where any other viewer may subscribe too) and writes raw and denoised side
+by side (channels ``raw``, ``denoised``) into one OME-TIFF. The raw record is complete whatever the mode: a frame
+the server dropped (live mode), refused, or had not sent back when the bridge stopped is written too, its raw pixels
+in both channels, ``n2n-denoised: false`` and ``n2n-raw-only`` saying why. Counts: frames seen (taken from Micro-
+Manager), denoised (came back denoised), kept raw (came back, but the server sent the raw frame: the denoised one
+failed its checks), dropped (by the server in live mode, or overwritten in Micro-Manager's buffer before they were
+read). Each plane's metadata in the OME-TIFF says ``n2n-denoised`` (false for a frame the server kept raw: its
+``denoised`` channel holds the raw pixels) and, when the server flagged it, ``n2n-flags`` (see
+:mod:`streamer.protocol`).
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ class BridgeReport:
     frames_failed: int = 0
     frames_unaccounted: int = 0
     missed_in_micromanager: int = 0
+    planes_written: int = 0
+    """Planes in the OME-TIFF: every camera frame the bridge read, denoised or not (``n2n-denoised`` says which)."""
     seconds: float = 0.0
     fps_in: float = 0.0
     fps_out: float = 0.0
@@ -73,7 +77,8 @@ class _Producer(threading.Thread):
     """Micro-Manager → server input, until ``frames`` were sent or stopped."""
 
     def __init__(self, source: MicroManagerSource, endpoints: dict[str, str], frames: int | None,
-                 pending: deque[tuple[int, np.ndarray]] | None, lock: threading.Lock, timeout_s: float) -> None:
+                 pending: deque[tuple[int, np.ndarray, dict[str, Any]]] | None, lock: threading.Lock,
+                 timeout_s: float) -> None:
         super().__init__(name="n2n-bridge-producer", daemon=True)
         self.source, self.endpoints, self.frames = source, endpoints, frames
         self.pending, self.lock = pending, lock
@@ -97,14 +102,13 @@ class _Producer(threading.Thread):
                         break
                     keys = ("ImageNumber", "ElapsedTime-ms", "Exposure-ms", "SimulatorFrame")
                     meta: dict[str, Any] = {k: frame.metadata[k] for k in keys if k in frame.metadata}
+                    if getattr(self.source, "simulated", False):
+                        meta["n2n-simulated"] = True  # synthetic cells: said in every plane of the record
                     if self.pending is not None:  # before sending: the denoised frame may come back at once
                         with self.lock:
-                            self.pending.append((self.sent, frame.pixels))
+                            self.pending.append((self.sent, frame.pixels, meta))
                     if not self._send(client, frame.pixels, frame.timestamp_ns, meta):
-                        if self.pending is not None:
-                            with self.lock:
-                                self.pending.pop()  # never sent
-                        break
+                        break  # stopped first: the frame stays pending, and the raw record keeps it (not_sent)
                     self.sent += 1
                 self.finished_at = time.perf_counter()
                 self.done.set()
@@ -128,6 +132,17 @@ class _Producer(threading.Thread):
                     return False
 
 
+def _write_raw_only(writer: OmeTiffWriter, item: tuple[int, np.ndarray, dict[str, Any]],
+                    refused: dict[int, str], sent: int | None = None) -> None:
+    """A camera frame the server did not send back denoised (dropped in live mode, refused, still out when the
+    bridge stopped, or read but not sent before a stop): its raw pixels in both channels, ``n2n-denoised: false``
+    and why (``n2n-raw-only``: ``not_returned``, ``refused:KIND`` or ``not_sent``)."""
+    seq, raw, meta = item
+    why = (f"refused:{refused.pop(seq)}" if seq in refused else
+           "not_sent" if sent is not None and seq >= sent else "not_returned")
+    writer.write([raw, raw], {**meta, "seq": seq, "n2n-denoised": False, "n2n-raw-only": why})
+
+
 def run_bridge(source: MicroManagerSource, endpoints: dict[str, str], frames: int | None = None,
                out: str | Path | None = None, timeout_s: float = 10.0, stop: threading.Event | None = None,
                progress: Callable[[BridgeReport], None] | None = None) -> BridgeReport:
@@ -140,13 +155,14 @@ def run_bridge(source: MicroManagerSource, endpoints: dict[str, str], frames: in
     most ``timeout_s`` to come back."""
     stop = stop or threading.Event()
     report = BridgeReport(out=str(out) if out else None)
-    pending: deque[tuple[int, np.ndarray]] | None = deque() if out else None
+    pending: deque[tuple[int, np.ndarray, dict[str, Any]]] | None = deque() if out else None
     lock = threading.Lock()
     latencies: list[float] = []
     t0 = time.perf_counter()
     producer: _Producer | None = None
     last_received = 0.0
     base_drops = 0
+    refused: dict[int, str] = {}  # seq → the server's error kind, for the raw record
     with StreamClient(endpoints, timeout=timeout_s, errors=True) as client, contextlib.ExitStack() as files:
         client.wait_subscribed()
         status = client.status()
@@ -185,6 +201,8 @@ def run_bridge(source: MicroManagerSource, endpoints: dict[str, str], frames: in
                     continue
                 except ServerError as exc:  # the server refused a frame we sent
                     report.frames_failed += 1
+                    if isinstance(exc.header.get("seq"), int):
+                        refused[exc.header["seq"]] = str(exc.header.get("kind") or "refused")
                     log.warning("the server refused frame %s: %s", exc.header.get("seq"), exc)
                     continue
                 idle_since = None
@@ -203,10 +221,13 @@ def run_bridge(source: MicroManagerSource, endpoints: dict[str, str], frames: in
                 if writer is not None and pending is not None:
                     raw = None
                     with lock:
+                        missed = []
                         while pending and pending[0][0] < seq:  # dropped by a live server, or refused
-                            pending.popleft()
+                            missed.append(pending.popleft())
                         if pending and pending[0][0] == seq:
                             raw = pending.popleft()[1]
+                    for item in missed:  # the raw record keeps every camera frame, marked not denoised
+                        _write_raw_only(writer, item, refused)
                     if raw is not None:
                         plane_meta = {**result.header.get("meta", {}), "seq": seq, "n2n-denoised": not raw_back}
                         if flags:
@@ -221,10 +242,17 @@ def run_bridge(source: MicroManagerSource, endpoints: dict[str, str], frames: in
             producer.stop.set()
             producer.release.set()
             producer.join(timeout=timeout_s + 5)
+            if writer is not None and pending is not None:  # sent, never came back (dropped at the end, or
+                with lock:                                  # still in the server when we stopped): kept raw
+                    rest = list(pending)
+                    pending.clear()
+                for item in rest:
+                    _write_raw_only(writer, item, refused, producer.sent)
             try:
                 report.frames_dropped = client.status(timeout=2)["drops"] - base_drops
             except TimeoutError:
                 pass
+        report.planes_written = len(writer) if writer is not None else 0
     if producer.error is not None and not isinstance(producer.error, EndOfStream):
         raise producer.error
     report.frames_seen = producer.sent

@@ -54,7 +54,9 @@ def record(source: MicroManagerSource, frames: int, out: str | Path,
 
     An interruption (Ctrl-C, a camera that stops) still leaves a valid file with the frames
     recorded so far; the exception is re-raised after the file is closed."""
-    writer = OmeTiffWriter(out, source.shape, source.dtype, name="n2n grab")
+    simulated = bool(getattr(source, "simulated", False))
+    writer = OmeTiffWriter(out, source.shape, source.dtype, name="n2n grab (simulated camera)" if simulated
+                           else "n2n grab")
     numbers: list[int] = []
     t0 = time.perf_counter()
     try:
@@ -63,7 +65,7 @@ def record(source: MicroManagerSource, frames: int, out: str | Path,
                 frame = source.read()
             except EndOfStream:
                 break
-            writer.write(frame.pixels, frame.metadata)
+            writer.write(frame.pixels, {**frame.metadata, "n2n-simulated": True} if simulated else frame.metadata)
             numbers.append(frame.index)
             if progress is not None:
                 progress(i + 1, frames)

@@ -15,7 +15,12 @@ answer in time or refuses the frame, or the image is not one the server takes (R
 wire protocol's), the raw image is returned with ``n2n-denoised: false`` and the reason in its metadata,
 and ``hook.errors`` counts it. After a server that did not answer, the hook stops waiting on every frame:
 frames are kept raw at once (``hook.skipped``) until a retry, after 1 s, then 2, 4, … up to 30 s between
-tries, and the first answer ends it. ``keep_raw="raw.ome.tif"`` also saves every raw image.
+tries, and the first answer ends it. The metadata stays small however long the server is down: ``n2n-error`` is
+the reason (the first failure's, at most :data:`MAX_REASON` characters) and ``n2n-errors`` the count so far.
+``keep_raw="raw.ome.tif"`` also saves every raw image, exactly or not at all: an image whose pixels the file
+cannot hold as they are (another dtype than the file's first image, values that would wrap or round, NaN into
+integers) is not saved, ``hook.raw_refused`` counts it and its metadata says ``n2n-raw-saved: false`` and
+``n2n-raw-error`` (why); a saved one says ``n2n-raw-saved: true``.
 
 The server's checks travel with its reply (the header's ``flags``, see :mod:`streamer.protocol`): an image the
 server sent back RAW because the denoised output failed a check gets ``n2n-denoised: false`` and ``n2n-flag``
@@ -45,6 +50,38 @@ __all__ = ["DenoiseHook", "denoise_hook"]
 log = logging.getLogger("n2n.micromanager")
 
 _MAX_BACKOFF_S = 30.0
+MAX_REASON = 300
+"""Characters of a reason kept in ``n2n-error`` / ``n2n-raw-error`` (a server's message could be longer)."""
+
+
+def _short(reason: str) -> str:
+    reason = " ".join(str(reason).split())
+    return reason if len(reason) <= MAX_REASON else reason[: MAX_REASON - 1] + "…"
+
+
+def lossless_problem(image: np.ndarray, dtype: np.dtype) -> str | None:
+    """Why ``image`` cannot be stored as ``dtype`` exactly (None: it can): NaN or infinity into integers,
+    values outside the type's range, fractions into integers, precision a narrower float loses."""
+    dtype = np.dtype(dtype)
+    if image.dtype == dtype:
+        return None
+    if image.dtype.kind not in "biuf" or dtype.kind not in "biuf":
+        return f"expected {dtype} pixels (the file's), got {image.dtype}, which it cannot hold"
+    if image.dtype.kind == "f" and dtype.kind in "biu":
+        bad = int(np.count_nonzero(~np.isfinite(image)))
+        if bad:
+            return f"{bad} NaN/infinite pixel(s) cannot be stored as {dtype}"
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        low, high = (image.min(), image.max()) if image.size else (0, 0)
+        if low < info.min or high > info.max:
+            return (f"{image.dtype} values {low}..{high} do not fit {dtype} ({info.min}..{info.max}): they would "
+                    "wrap or clip")
+    with np.errstate(all="ignore"):
+        back = image.astype(dtype).astype(image.dtype)
+    if not np.array_equal(back, image, equal_nan=image.dtype.kind == "f"):
+        return f"{image.dtype} values would change stored as {dtype} (fractions or precision lost)"
+    return None
 
 
 class DenoiseHook:
@@ -60,11 +97,14 @@ class DenoiseHook:
         self.frames = 0
         self.denoised = 0
         self.errors = 0
-        self.raw_errors = 0  # raw frames that could not be saved (keep_raw)
+        self.raw_errors = 0  # raw frames that could not be saved (keep_raw): a write failed, or refused below
+        self.raw_refused = 0  # raw frames not saved because the file could not hold them exactly (keep_raw)
+        self.raw_saved = 0
         self.skipped = 0  # kept raw without asking: the server was down and the next try not due yet
         self.served_raw = 0  # the server sent the raw image back: the denoised one failed its checks
         self.float_path = 0  # denoised by the float32 model (out of the reduced precision's checked range)
         self.last_error: str | None = None
+        self._down: str | None = None  # why the server is taken as down (the failure that started the backoff)
         self._backoff_s = 0.0
         self._retry_at = 0.0
         self._client: StreamClient | None = None
@@ -91,33 +131,25 @@ class DenoiseHook:
     def _kept_raw(self, image: Any, meta: dict[str, Any], reason: str, skipped: bool = False) -> tuple[Any, dict]:
         self.errors += 1
         self.skipped += skipped
+        reason = _short(reason)
         self.last_error = reason
         if not skipped and (self.errors <= 10 or self.errors % 100 == 0):
             log.warning("frame %d not denoised (kept raw): %s", self.frames, reason)
-        meta.update({"n2n-denoised": False, "n2n-error": reason})
+        meta.update({"n2n-denoised": False, "n2n-error": reason, "n2n-errors": self.errors})
         return image, meta
 
     def _denoise(self, image: np.ndarray, meta: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
         squeezed = image.reshape([n for n in image.shape if n != 1] or [1]) if image.ndim > 2 else image
         if self.keep_raw is not None:  # every frame, whatever comes of it
-            try:
-                if self._raw is None:
-                    self._raw = OmeTiffWriter(self.keep_raw, squeezed.shape, image.dtype, name="raw")
-                self._raw.write(squeezed, _plain(meta))
-            except (OSError, ValueError) as exc:  # disk full, a new ROI size: never abort the acquisition
-                self.raw_errors += 1
-                if self.raw_errors <= 10:
-                    log.warning("raw frame %d not saved to %s: %s", self.frames, self.keep_raw, exc)
-                meta["n2n-raw-saved"] = False
+            self._save_raw(squeezed, meta)
         if squeezed.ndim != 2:
             return self._kept_raw(image, meta, f"expected a single-channel 2-D image, got shape {image.shape} "
                                                "(RGB or several channels are not denoised)")
         if image.dtype.name not in DTYPES:
             return self._kept_raw(image, meta, f"expected pixels of one of {', '.join(DTYPES)}, got {image.dtype}")
         now = time.monotonic()
-        if now < self._retry_at:
-            return self._kept_raw(image, meta, f"server unavailable ({self.last_error}); next try in "
-                                               f"{self._retry_at - now:.1f} s", skipped=True)
+        if now < self._retry_at:  # the reason stays the one failure's: never the last reason wrapped again
+            return self._kept_raw(image, meta, f"server unavailable: {self._down}", skipped=True)
         small: dict[str, Any] = {k: meta[k] for k in ("ImageNumber", "Axes", "Camera") if k in meta}
         t0 = time.perf_counter()
         try:
@@ -130,8 +162,10 @@ class DenoiseHook:
                 self._client = None
             self._backoff_s = min(_MAX_BACKOFF_S, max(1.0, 2 * self._backoff_s))
             self._retry_at = time.monotonic() + self._backoff_s
+            self._down = _short(str(exc))
             return self._kept_raw(image, meta, str(exc))
         self._backoff_s = 0.0
+        self._down = None
         out = to_dtype(out, image.dtype)  # a server set to float32 output: back to the camera's type
         meta["n2n-latency-ms"] = round((time.perf_counter() - t0) * 1000, 3)
         if flags:
@@ -148,6 +182,34 @@ class DenoiseHook:
             self.denoised += 1
             meta["n2n-denoised"] = True
         return out.reshape(image.shape), meta
+
+    def _save_raw(self, image: np.ndarray, meta: dict[str, Any]) -> None:
+        """Save the raw image (keep_raw) exactly, or not at all and say why; never abort the acquisition."""
+        try:
+            if self._raw is None:
+                if image.dtype.kind not in "biuf" or image.ndim != 2:
+                    raise ValueError(f"expected a 2-D image of integer or float pixels, got {image.dtype} "
+                                     f"of shape {image.shape}")
+                self._raw = OmeTiffWriter(self.keep_raw, image.shape, image.dtype, name="raw")  # type: ignore[arg-type]
+            problem = lossless_problem(image, self._raw.dtype)
+            if problem is not None:
+                self.raw_refused += 1
+                raise ValueError(f"not saved exactly in {self.keep_raw}: {problem}")
+            self._raw.write(image.astype(self._raw.dtype, copy=False), _plain(meta))
+        except (OSError, ValueError) as exc:  # disk full, a new ROI size, pixels it cannot hold
+            self.raw_errors += 1
+            if self.raw_errors <= 10 or self.raw_errors % 1000 == 0:
+                log.warning("raw frame %d not saved to %s: %s", self.frames, self.keep_raw, exc)
+            meta.update({"n2n-raw-saved": False, "n2n-raw-error": _short(str(exc))})
+            return
+        self.raw_saved += 1
+        meta["n2n-raw-saved"] = True
+
+    def counts(self) -> dict[str, int]:
+        """What became of the frames so far (for a summary after the acquisition)."""
+        return {"frames": self.frames, "denoised": self.denoised, "errors": self.errors, "skipped": self.skipped,
+                "served_raw": self.served_raw, "float_path": self.float_path, "raw_saved": self.raw_saved,
+                "raw_errors": self.raw_errors, "raw_refused": self.raw_refused}
 
     def close(self) -> None:
         """Close the socket and finish the raw file (call after the acquisition)."""

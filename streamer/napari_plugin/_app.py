@@ -82,7 +82,8 @@ def run_view(endpoints: dict[str, str], keys: Any = None, side_by_side: bool = T
 
 
 def _snapshot(viewer: Any, widget: DenoiseWidget, path: Path, app: Any) -> None:
-    """The window as drawn now, and the pixels of both layers with their frame's seq (``PATH.npz``)."""
+    """The window as drawn now, and the pixels of both layers with their frame's seq, the canvas as drawn and its
+    overlay's text (``PATH.npz``)."""
     widget.freeze()
     for _ in range(5):  # let the canvas draw the last frame
         app.processEvents()
@@ -90,8 +91,10 @@ def _snapshot(viewer: Any, widget: DenoiseWidget, path: Path, app: Any) -> None:
     viewer.screenshot(str(path), canvas_only=False, flash=False)
     assert widget.last is not None
     seq = -1 if widget.last.seq is None else widget.last.seq
+    canvas = np.asarray(viewer.screenshot(canvas_only=True, flash=False))
     np.savez(path.with_suffix(".npz"), seq=seq, raw=np.asarray(viewer.layers[RAW].data),
-             denoised=np.asarray(viewer.layers[DENOISED].data))
+             denoised=np.asarray(viewer.layers[DENOISED].data), canvas=canvas,
+             overlay=np.asarray(viewer.text_overlay.text))
 
 
 def have_display() -> bool:

@@ -306,7 +306,19 @@ class DenoiseWidget(QWidget):
         assert self.feed is not None
         latency = frame.latency_ms()
         lat = f" · {latency:.0f} ms from capture" if latency is not None else ""
-        return f"seq {frame.seq} · {self.feed.rate.rate():.1f} frames/s{lat}"
+        return f"{self._sides()} · seq {frame.seq} · {self.feed.rate.rate():.1f} frames/s{lat}"
+
+    def _sides(self) -> str:
+        """Which image is which, as the canvas shows them: side by side, the raw one's side; overlaid, the top one."""
+        layers = self.viewer.layers
+        if not self.viewer.grid.enabled:
+            return "denoised (on top; untick to see raw)" if layers[DENOISED].visible else "raw"
+        visible = list(layers)
+        try:  # napari >= 0.6 takes the layers, older ones their number
+            raw_col = self.viewer.grid.position(visible.index(layers[RAW]), visible)[1]
+        except TypeError:
+            raw_col = self.viewer.grid.position(visible.index(layers[RAW]), len(visible))[1]
+        return "raw (left) | denoised (right)" if raw_col == 0 else "denoised (left) | raw (right)"
 
     def _status_text(self) -> str:
         assert self.feed is not None

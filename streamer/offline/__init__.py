@@ -15,8 +15,8 @@ bits. The output is the store itself (``.zarr``), or for OME-TIFF a temporary ``
 beside it, written into the TIFF (under a temporary name, then renamed) once every plane is done.
 """
 
-from .run import DenoiseInterrupted, denoise
+from .run import DenoiseInterrupted, IncompleteInput, denoise
 from .store import PROGRESS_NAME
 from .task import Job, run_task
 
-__all__ = ["PROGRESS_NAME", "DenoiseInterrupted", "Job", "denoise", "run_task"]
+__all__ = ["PROGRESS_NAME", "DenoiseInterrupted", "IncompleteInput", "Job", "denoise", "run_task"]

@@ -39,3 +39,7 @@ class DenoiseConfig(Versioned):
     by a chunk, never the dataset."""
     overwrite: bool = False
     """Replace an existing output (never the input)."""
+    trust_code: bool = False
+    """Run a TorchScript file this install did not write (a downloaded package's or run folder's): a TorchScript file
+    is a program that can read and write your files. Off: such a model runs from its ONNX weights (auto) or is
+    refused (engine torch)."""

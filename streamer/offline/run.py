@@ -25,6 +25,8 @@ from .store import (
     FLAGS_NAME,
     MAX_TASK_PLANES,
     PROGRESS_NAME,
+    UNREADABLE_FLAG,
+    UNREADABLE_NAME,
     check_writable,
     done_ranges,
     exclusive,
@@ -32,6 +34,7 @@ from .store import (
     flagged_planes,
     prepare_output,
     read_flags,
+    read_unreadable,
     remove_path,
     sha256,
     split_tasks,
@@ -40,13 +43,56 @@ from .store import (
 )
 from .task import Job, TaskResult, keep, make_denoiser, peak_mib, release, run_task, warm_up
 
-__all__ = ["DenoiseInterrupted", "denoise"]
+__all__ = ["DenoiseInterrupted", "IncompleteInput", "denoise"]
 
 log = logging.getLogger("n2n.streamer")
 
 
 class DenoiseInterrupted(KeyboardInterrupt):
     """Ctrl-C: what was finished is kept; the message says how to continue."""
+
+
+class IncompleteInput(DatasetError):
+    """The input is damaged (cut short, a plane that cannot be read): every plane that could be read was denoised
+    and the output written, marking the missing ones; the message (one line) names the input and the planes.
+    ``summary`` is the run's summary, as :func:`denoise` returns it."""
+
+    def __init__(self, message: str, summary: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+
+def _ranges(planes: list[int]) -> str:
+    """1, 3-7, 9 (at most 6 ranges, then …)."""
+    runs: list[list[int]] = []
+    for p in planes:
+        if runs and runs[-1][1] == p - 1:
+            runs[-1][1] = p
+        else:
+            runs.append([p, p])
+    text = ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs[:6])
+    return text + (", …" if len(runs) > 6 else "")
+
+
+def _incomplete(source: Path, output: Path, planes: int, missing: dict[int, str], damage: list[str]) -> str:
+    """One line: which planes of ``source`` could not be read, why, and what the output holds."""
+    by_reason: dict[str, list[int]] = {}
+    for plane in sorted(missing):
+        by_reason.setdefault(missing[plane], []).append(plane)
+    parts = [f"plane{'s' if len(v) > 1 else ''} {_ranges(v)}: {why}" for why, v in list(by_reason.items())[:3]]
+    if len(by_reason) > 3:
+        parts.append(f"{len(by_reason) - 3} other reason(s)")
+    said = "; ".join(parts)
+    if missing:
+        head = (f"{source}: {len(missing)} of {planes} planes could not be read ({said})"
+                + (f"; the file: {'; '.join(damage)}" if damage else ""))
+        rest = planes - len(missing)
+        tail = (f"the other {rest} {'was' if rest == 1 else 'were'} denoised into {output}, which lists the missing "
+                "ones (they hold no pixels of the input)")
+    else:
+        head = f"{source}: {'; '.join(damage)}"
+        tail = f"the {planes} plane(s) it holds were denoised into {output}"
+    return f"{head}; {tail}"
 
 
 # --- executors: tasks run here, or on Dask ----------------------------------------------------------------
@@ -207,10 +253,11 @@ def _denoise(source: Path, model: Path, card: Any, output: Path, out_kind: str, 
             raise DenoiseInterrupted("stopped before any plane was denoised; nothing to keep") from None
     finally:
         reader.close()
+    damage = list(getattr(reader, "damage", []) or [])
     job = Job(input=settings["input"], kind=reader.kind, model=settings["model"], store=str(store.resolve()),
               engine=record["engine"], precision=record["precision"], device=cfg.device, threads=threads,
               output_dtype=cfg.dtype, channel=channel, id=record.get("id", ""),
-              model_sha256=settings["model_card_sha256"])
+              model_sha256=settings["model_card_sha256"], trust_code=cfg.trust_code)
     todo = todo_planes(info.planes, done_ranges(store))
     skipped = info.planes - len(todo)
     plane_mib = math.prod(info.plane_shape) * info.dtype.itemsize / 2**20
@@ -220,9 +267,15 @@ def _denoise(source: Path, model: Path, card: Any, output: Path, out_kind: str, 
     ready = [t0]
     log_file = (store / PROGRESS_NAME).open("a")
     flags_file = (store / FLAGS_NAME).open("a")
+    unreadable_file = (store / UNREADABLE_NAME).open("a")
 
     def commit(result: TaskResult) -> None:
-        start, stop, denoised, seconds, flagged = result
+        start, stop, denoised, seconds, flagged, unreadable = result
+        if unreadable:  # why, before the flags and the progress line
+            unreadable_file.write("".join(f"{plane}\t{' '.join(why.split())}\n" for plane, why in unreadable))
+            unreadable_file.flush()
+            os.fsync(unreadable_file.fileno())
+            flagged = [*flagged, *((plane, (UNREADABLE_FLAG,)) for plane, _ in unreadable)]
         if flagged:  # before the task's progress line: a finished task's flags are never lost
             flags_file.write("".join(f"{plane} {','.join(flags)}\n" for plane, flags in flagged))
             flags_file.flush()
@@ -254,6 +307,7 @@ def _denoise(source: Path, model: Path, card: Any, output: Path, out_kind: str, 
     finally:
         log_file.close()
         flags_file.close()
+        unreadable_file.close()
     seconds = time.perf_counter() - t0
     running = time.perf_counter() - ready[0]
     flags = read_flags(store)  # this run's and, resumed, the earlier runs' planes
@@ -263,22 +317,29 @@ def _denoise(source: Path, model: Path, card: Any, output: Path, out_kind: str, 
         log.warning("%d of %d planes were written RAW, not denoised: the denoised plane failed the output check "
                     "(planes %s%s)", len(kept_raw), len(wanted), ", ".join(map(str, kept_raw[:10])),
                     ", ..." if len(kept_raw) > 10 else "")
+    missing = read_unreadable(store)
+    record_missing = ({"planes": {str(p): why for p, why in sorted(missing.items())}, "input_damage": damage}
+                      if missing or damage else None)
     try:
-        finish(output, store, out_kind, info, out_dtype, progress, by_flag)
+        finish(output, store, out_kind, info, out_dtype, progress, by_flag, record_missing)
     except KeyboardInterrupt:
         raise DenoiseInterrupted(f"stopped while writing {output}; every plane is done in {store}: {resume}") \
             from None
     run = len(todo)
-    return {"input": str(source), "output": str(output), "format": out_kind, "planes": info.planes,
-            "planes_run": run, "planes_resumed": skipped, "planes_denoised": int(counts["denoised"]),
-            "channel": channel, "dtype": out_dtype.name, "engine": job.engine, "precision": job.precision,
-            "workers": len(peaks), "scheduler": cfg.scheduler or ("this process" if local else "LocalCluster"),
-            "seconds": round(seconds, 3), "startup_s": round(seconds - running, 3),
-            "planes_per_s": round(run / running, 2) if run and running > 0 else None,
-            "planes_to_denoise": len(wanted), "task_seconds": round(counts["busy_s"], 3),
-            "planes_kept_raw": len(kept_raw), "planes_float_path": len(by_flag.get(FLAG_FLOAT_PATH, [])),
-            "flagged_planes": by_flag,
-            "peak_mib_workers": peaks, "peak_mib_command": peak_mib()}
+    summary = {"input": str(source), "output": str(output), "format": out_kind, "planes": info.planes,
+               "planes_run": run, "planes_resumed": skipped, "planes_denoised": int(counts["denoised"]),
+               "channel": channel, "dtype": out_dtype.name, "engine": job.engine, "precision": job.precision,
+               "workers": len(peaks), "scheduler": cfg.scheduler or ("this process" if local else "LocalCluster"),
+               "seconds": round(seconds, 3), "startup_s": round(seconds - running, 3),
+               "planes_per_s": round(run / running, 2) if run and running > 0 else None,
+               "planes_to_denoise": len(wanted), "task_seconds": round(counts["busy_s"], 3),
+               "planes_kept_raw": len(kept_raw), "planes_float_path": len(by_flag.get(FLAG_FLOAT_PATH, [])),
+               "flagged_planes": by_flag, "planes_unreadable": len(missing),
+               "unreadable_planes": {str(p): why for p, why in sorted(missing.items())}, "input_damage": damage,
+               "peak_mib_workers": peaks, "peak_mib_command": peak_mib()}
+    if missing or damage:
+        raise IncompleteInput(_incomplete(source, output, info.planes, missing, damage), summary)
+    return summary
 
 
 def _start(store: Path, replaced: list[Path], info: DatasetInfo, out_dtype: np.dtype, settings: dict[str, Any],
@@ -290,7 +351,7 @@ def _start(store: Path, replaced: list[Path], info: DatasetInfo, out_dtype: np.d
     engine, precision = cfg.engine, cfg.precision
     if wanted:
         denoiser = make_denoiser(str(Path(settings["model"])), cfg.engine, cfg.precision, cfg.device, threads,
-                                  cfg.dtype, retime=cfg.retime)
+                                  cfg.dtype, retime=cfg.retime, trust_code=cfg.trust_code)
         denoiser(reader.read(wanted[0], wanted[0] + 1)[0])
         engine, precision = denoiser.engine.name, denoiser.engine.precision
         log.info("denoising with %s at %s (recorded: a resumed run and every worker use it)", engine, precision)

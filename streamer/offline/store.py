@@ -19,15 +19,23 @@ import numpy as np
 
 from ..datasets import DatasetError, DatasetInfo
 
-__all__ = ["FLAGS_NAME", "MAX_TASK_PLANES", "PROGRESS_NAME", "check_writable", "done_ranges", "exclusive", "finish",
-           "flagged_planes", "prepare_output", "read_flags", "remove_path", "sha256", "split_tasks", "store_job",
-           "todo_planes", "writing"]
+__all__ = ["FLAGS_NAME", "MAX_TASK_PLANES", "MISSING_NAMESPACE", "PROGRESS_NAME", "UNREADABLE_FLAG", "UNREADABLE_NAME",
+           "check_writable", "done_ranges", "exclusive", "finish", "flagged_planes", "prepare_output", "read_flags",
+           "read_unreadable", "remove_path", "sha256", "split_tasks", "store_job", "todo_planes", "writing"]
 
 PROGRESS_NAME = "n2n-progress.log"
 """In the store: one line ``START STOP`` per finished task (plane ranges, flat indices)."""
 FLAGS_NAME = "n2n-flags.log"
 """In the store: one line ``PLANE FLAG[,FLAG...]`` per plane the Denoiser's checks flagged, written before its
 task's progress line (a plane denoised again after a resume: its last line counts)."""
+UNREADABLE_NAME = "n2n-unreadable.log"
+"""In the store: one line ``PLANE<TAB>WHY`` per input plane that could not be read (also flagged
+:data:`UNREADABLE_FLAG` in the flags log), written before its task's progress line."""
+UNREADABLE_FLAG = "unreadable"
+MISSING_NAMESPACE = "n2n-live:missing-planes"
+"""The output's record of the input planes that could not be read (OME-TIFF: a CommentAnnotation's JSON;
+OME-Zarr: ``n2n-live.missing_planes``): ``{"planes": {PLANE: WHY}, "input_damage": [...]}``; those planes hold
+no pixels of the input (zeros in an OME-TIFF, unwritten chunks, read as 0, in an OME-Zarr)."""
 MAX_TASK_PLANES = 16
 
 
@@ -49,7 +57,8 @@ def store_job(store: Path) -> dict[str, Any] | None:
     return job if isinstance(job, dict) else None
 
 
-def set_complete(store: Path, flagged: dict[str, list[int]] | None = None) -> None:
+def set_complete(store: Path, flagged: dict[str, list[int]] | None = None,
+                 missing: dict[str, Any] | None = None) -> None:
     """Mark the store's job complete; ``flagged``: the planes the Denoiser's checks flagged, by flag (recorded as
     ``n2n-live.flagged_planes``: a ``raw:…`` plane holds the input's pixels, not denoised ones)."""
     import zarr
@@ -59,7 +68,24 @@ def set_complete(store: Path, flagged: dict[str, list[int]] | None = None) -> No
     ours["job"] = {**ours.get("job", {}), "complete": True,
                    "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     ours["flagged_planes"] = flagged or {}
+    if missing:
+        ours["missing_planes"] = missing
     group.attrs["n2n-live"] = ours
+
+
+def read_unreadable(store: Path, done: list[tuple[int, int]] | None = None) -> dict[int, str]:
+    """The input planes the store's finished tasks could not read: {plane: why} (see :data:`UNREADABLE_NAME`)."""
+    path = store / UNREADABLE_NAME
+    if not path.is_file():
+        return {}
+    ranges = done_ranges(store) if done is None else done
+    finished = {p for a, b in ranges for p in range(a, b)}
+    out: dict[int, str] = {}
+    for line in path.read_text().splitlines():
+        plane, _, why = line.partition("\t")
+        if plane.isdigit() and int(plane) in finished and why:
+            out[int(plane)] = why
+    return out
 
 
 def read_flags(store: Path, done: list[tuple[int, int]] | None = None) -> dict[int, tuple[str, ...]]:
@@ -220,13 +246,14 @@ def check_writable(folder: Path) -> None:
 
 
 def finish(output: Path, store: Path, out_kind: str, info: DatasetInfo, out_dtype: np.dtype,
-            progress: Callable[[int, int, str], None] | None, flagged: dict[str, list[int]] | None = None) -> None:
-    """Every plane is in the store: mark it complete (OME-Zarr, recording the ``flagged`` planes), or write the
-    OME-TIFF and drop the store."""
+            progress: Callable[[int, int, str], None] | None, flagged: dict[str, list[int]] | None = None,
+            missing: dict[str, Any] | None = None) -> None:
+    """Every plane is in the store: mark it complete (OME-Zarr, recording the ``flagged`` planes and the
+    ``missing`` ones, see :data:`MISSING_NAMESPACE`), or write the OME-TIFF and drop the store."""
     if out_kind == "zarr":
-        set_complete(store, flagged)
-        (store / PROGRESS_NAME).unlink(missing_ok=True)
-        (store / FLAGS_NAME).unlink(missing_ok=True)
+        set_complete(store, flagged, missing)
+        for name in (PROGRESS_NAME, FLAGS_NAME, UNREADABLE_NAME):
+            (store / name).unlink(missing_ok=True)
         return
     from ..datasets.ometiff import write_ome_tiff
     from ..datasets.omezarr import OmeZarrReader
@@ -243,5 +270,6 @@ def finish(output: Path, store: Path, out_kind: str, info: DatasetInfo, out_dtyp
                 progress(min(start + step, info.planes), info.planes, "writing OME-TIFF")
 
     with writing(output.parent):
-        write_ome_tiff(output, out_info, planes(), out_dtype)  # replaces an older file only once complete
+        notes = [{"Namespace": MISSING_NAMESPACE, "Value": json.dumps(missing)}] if missing else None
+        write_ome_tiff(output, out_info, planes(), out_dtype, notes)  # replaces an older file only once complete
     remove_path(store)

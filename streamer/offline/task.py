@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..datasets import open_dataset
-from ..datasets.base import Reader
+from ..datasets.base import Reader, read_available
 from .store import store_job
 
 __all__ = ["Job", "TaskResult", "keep", "make_denoiser", "peak_mib", "release", "run_task", "warm_up"]
@@ -38,6 +38,8 @@ class Job:
     """The store's job id (a new one when a store is replaced): what a worker opened for another job is not
     reused."""
     model_sha256: str
+    trust_code: bool = False
+    """Run a TorchScript file this install did not write (--trust-code)."""
 
 
 _CACHE: dict[tuple[Any, ...], Any] = {}
@@ -76,17 +78,17 @@ def keep(key: tuple[Any, ...], value: Any) -> None:
 
 
 def make_denoiser(model: str, engine: str, precision: str, device: str, threads: int | None,
-                   output_dtype: str, retime: bool = False) -> Any:
+                   output_dtype: str, retime: bool = False, trust_code: bool = False) -> Any:
     from ..denoiser import Denoiser
 
     return Denoiser.from_model_dir(model, engine, precision, device, threads, output_dtype=output_dtype,
-                                   retime=retime)
+                                   retime=retime, trust_code=trust_code)
 
 
 def _denoiser(job: Job) -> Any:
     key = ("denoiser", job.model, job.engine, job.precision, job.device, job.threads, job.output_dtype,
            job.model_sha256)
-    return _cached(key, lambda: make_denoiser(*key[1:-1]))
+    return _cached(key, lambda: make_denoiser(*key[1:-1], trust_code=job.trust_code))
 
 
 def _open(job: Job) -> tuple[Reader, Any]:
@@ -107,8 +109,12 @@ def warm_up(job: Job, plane: int | None) -> None:
     every Dask worker as it joins, so that planes/s measures work, not start-up)."""
     reader, _ = _open(job)
     if plane is not None:
+        planes, bad = read_available(reader, plane, plane + 1)
         with _ENGINE_LOCK:
-            _denoiser(job)(reader.read(plane, plane + 1)[0])
+            if bad:  # an unreadable plane (said by the task that meets it): the engine compiles on zeros
+                _denoiser(job)(np.zeros_like(planes[0]))
+            else:
+                _denoiser(job)(planes[0])
 
 
 def _job_id(store: str) -> str | None:
@@ -116,11 +122,13 @@ def _job_id(store: str) -> str | None:
     return None if record is None else record.get("id")
 
 
-def _previous_planes(reader: Reader, planes: np.ndarray, start: int, plane: int, k: int) -> list[np.ndarray]:
+def _previous_planes(reader: Reader, planes: np.ndarray, start: int, plane: int, k: int,
+                     bad: dict[int, str] | None = None) -> list[np.ndarray]:
     """A K-frame model's history of a plane, by the server's rule (streamer/core/history.py): the planes before it
     along T at the same C and Z (oldest first, at most K−1; fewer at the start of the time series, none without
     a T axis: Z neighbours are not the same signal), and none when the plane moved against the oldest of them.
-    Planes outside this task's range are read (a task needs nothing from another)."""
+    Planes outside this task's range are read (a task needs nothing from another). A plane that cannot be read
+    (``bad``, or failing here) ends the history: only the planes after it count, as after a gap in a stream."""
     from ..core.history import causal_previous
 
     info = reader.info
@@ -128,39 +136,53 @@ def _previous_planes(reader: Reader, planes: np.ndarray, start: int, plane: int,
         return []
     stride = info.planes // info.shape[0]  # T is the first axis: one step along it skips the other axes' planes
     t = plane // stride
-    previous = []
+    previous: list[np.ndarray] = []
     for j in range(min(k - 1, t), 0, -1):
         idx = plane - j * stride
-        previous.append(planes[idx - start] if idx >= start else reader.read(idx, idx + 1)[0])
+        if idx >= start:
+            if bad and idx in bad:
+                previous = []
+                continue
+            previous.append(planes[idx - start])
+            continue
+        got, missing = read_available(reader, idx, idx + 1)
+        if missing:
+            previous = []
+        else:
+            previous.append(got[0])
     return causal_previous(planes[plane - start], previous)
 
 
-TaskResult = tuple[int, int, int, float, list[tuple[int, tuple[str, ...]]]]
-"""(start, stop, planes denoised, seconds, the planes the Denoiser's checks flagged: (plane, its flags))."""
+TaskResult = tuple[int, int, int, float, list[tuple[int, tuple[str, ...]]], list[tuple[int, str]]]
+"""(start, stop, planes denoised, seconds, the planes the Denoiser's checks flagged: (plane, its flags), the planes
+that could not be read from the input: (plane, why))."""
 
 
 def run_task(job: Job, start: int, stop: int) -> TaskResult:
     """Denoise planes ``start:stop`` of the job's input into its store. Returns (start, stop, planes
-    denoised, seconds, flagged planes): a plane flagged ``raw:…`` was written RAW (its denoised output failed the
-    Denoiser's checks), one flagged ``float_path`` was denoised by the float32 model (see
-    :mod:`streamer.denoiser`). A K-frame model sees each plane's previous planes along T
-    (:func:`_previous_planes`)."""
+    denoised, seconds, flagged planes, unreadable planes): a plane flagged ``raw:…`` was written RAW (its denoised
+    output failed the Denoiser's checks), one flagged ``float_path`` was denoised by the float32 model (see
+    :mod:`streamer.denoiser`). A plane the input cannot give (a file cut short, a damaged page or chunk) is not
+    written (nothing is invented in its place) and is returned with why. A K-frame model sees each plane's
+    previous planes along T (:func:`_previous_planes`)."""
     from ..core.dtypes import to_dtype
 
     t0 = time.perf_counter()
     reader, writer = _open(job)
     info = reader.info
-    planes = reader.read(start, stop)
+    planes, bad = read_available(reader, start, stop)
     out_dtype = np.dtype(np.float32) if job.output_dtype == "float32" else info.dtype
     out = np.empty((len(planes), *info.plane_shape), out_dtype)
     denoised = 0
     flagged: list[tuple[int, tuple[str, ...]]] = []
     for i, plane in enumerate(planes):
+        if start + i in bad:
+            continue
         if job.channel is None or info.index(start + i)["C"] == job.channel:
             with _ENGINE_LOCK:
                 denoiser = _denoiser(job)
                 out[i] = denoiser(plane, previous=_previous_planes(reader, planes, start, start + i,
-                                                                   denoiser.input_frames))
+                                                                   denoiser.input_frames, bad))
                 last = getattr(denoiser, "last_flags", None)
                 flags = tuple(last[0]) if isinstance(last, list | tuple) and len(last) == 1 else ()
             if flags:
@@ -175,8 +197,19 @@ def run_task(job: Job, start: int, stop: int) -> TaskResult:
     if _job_id(job.store) != job.id:  # the store was replaced since (a rerun with --overwrite): keep out of it
         raise RuntimeError(f"{job.store} now belongs to another run; planes {start}:{stop} of this one were "
                            "not written")
-    writer.write(start, out)
-    return start, stop, denoised, time.perf_counter() - t0, flagged
+    if not bad:
+        writer.write(start, out)
+    else:  # the runs of planes that were read; the others stay unwritten (the fill value, listed as missing)
+        good = [p for p in range(start, start + len(out)) if p not in bad]
+        runs: list[list[int]] = []
+        for p in good:
+            if runs and runs[-1][-1] == p - 1:
+                runs[-1].append(p)
+            else:
+                runs.append([p])
+        for run in runs:
+            writer.write(run[0], out[run[0] - start : run[-1] + 1 - start])
+    return start, stop, denoised, time.perf_counter() - t0, flagged, sorted(bad.items())
 
 
 def peak_mib() -> float:

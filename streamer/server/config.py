@@ -94,8 +94,12 @@ class ServeConfig(Versioned):
     control_commands: list[ControlCommand] = Field(default_factory=lambda: list(CONTROL_COMMANDS))
     """Commands the control socket accepts (``[status]``: nobody can swap the model or stop the server)."""
     models_root: str | None = None
-    """``swap`` takes only model folders inside this folder (relative names are taken inside it); None: the
-    folder holding the served model's folder (its siblings, e.g. runs/)."""
+    """``swap`` takes only model folders (or zoo packages) inside this folder (relative names are taken inside it);
+    None: the folder holding the served model's folder or package, as given at start (its siblings, e.g. runs/)."""
+    trust_code: bool = False
+    """Run a TorchScript file this install did not write (a downloaded package's or run folder's), here and on swap:
+    a TorchScript file is a program that can read and write your files. Off: such a model is served from its ONNX
+    weights (auto) or refused (engine torch)."""
     slow_subscriber_timeout_s: float | None = Field(None, gt=0)
     """Lossless mode: a denoised frame waits for a subscriber with no room (requests, stats and control are
     served meanwhile, so a stalled viewer never stops the server; the producers wait: that is lossless). A
@@ -109,10 +113,16 @@ class ServeConfig(Versioned):
     batch_max_pixels: int = Field(128 * 128, ge=1)
     """Only frames this small are batched: larger ones keep the cores busy on their own."""
     input_buffer_bytes: int = Field(1 * 2**30, ge=1024)
-    """Live mode: the input ZeroMQ may queue, in bytes at the expected frame size (the model's shape hint,
-    16-bit), between 16 and 1000 frames: room for the newest frame of a fast camera."""
+    """Live mode: bytes of frames the input holds at most, whatever their size (a thread reads them as they arrive
+    while the engine runs; past it the oldest are dropped and counted as ``input`` drops: newer frames came)."""
     max_message_bytes: int = Field(256 * 2**20, ge=1024)
-    """Largest frame message accepted; larger ones get an error (oversized beyond twice this: disconnected)."""
+    """Largest frame message accepted (its parts in all, 64 KiB for the header aside); larger ones get an error
+    (oversized; a part larger than this plus 64 KiB disconnects its sender: ZeroMQ's limit per part)."""
+    tile_batch_pixels: int = Field(2048 * 2048, ge=1)
+    """A large frame's tiles run at most this many pixels per engine call (and at most max_batch tiles): the
+    engine's working memory grows with the pixels of one call (about 0.8 KiB per pixel measured for the default
+    network with OpenVINO: a 2048² tile about 3 GB at its peak), so it is bounded by this, not by the frame's area;
+    after a large frame the engine gives that memory back."""
     stats_interval_s: float = Field(0.5, gt=0)
     """Seconds between statistics messages."""
     latency_window: int = Field(1000, ge=10)

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
+import threading
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from contextlib import suppress
+from typing import Any, NamedTuple
 
 import numpy as np
 import zmq
@@ -20,12 +23,14 @@ from ..protocol import Message, ProtocolError, decode_frame
 from .config import ServeConfig
 from .stats import ServerStats
 
-__all__ = ["Intake", "Streams"]
+__all__ = ["HEADER_BYTES", "Intake", "LiveInput", "Received", "Streams"]
 
 log = logging.getLogger("n2n.streamer")
 
 DRAIN_LIMIT = 1_000
 """Messages read in one turn at most (a flood cannot starve requests and control)."""
+HEADER_BYTES = 65536
+"""Room for a message's other parts (JSON header, a request's envelope) beside ``max_message_bytes`` of pixels."""
 INPUT_MAX_PARTS = 2  # header, pixels
 REQUEST_MAX_PARTS = 8  # a ROUTER's routing frames, the empty delimiter, header, pixels
 
@@ -33,6 +38,14 @@ Envelope = list[Any]
 """A request's routing frames up to and including the empty delimiter (None for pushed frames)."""
 Reject = Callable[[ProtocolError, "Envelope | None"], None]
 Complain = Callable[[str, str], None]
+
+
+class Received(NamedTuple):
+    """A message as read: its parts kept (see :meth:`Intake.recv_bounded`), how many it had, its bytes in all."""
+
+    parts: list[Any]
+    n_parts: int
+    size: int
 
 
 class Streams:
@@ -80,6 +93,94 @@ class Streams:
         self._histories.reset_all(reason, frames)
 
 
+class LiveInput:
+    """Live mode's input, read by a thread of its own while the loop denoises: ZeroMQ's queue stays a message or
+    two deep (``RCVHWM``), and what arrived waits here, bounded in bytes (``input_buffer_bytes``) whatever the
+    frames' size: past it the oldest messages are let go (counted as ``input`` drops by the loop: newer ones
+    came, as the loop would have dropped them). The loop polls :meth:`fileno` and calls :meth:`take`."""
+
+    def __init__(self, sock: zmq.Socket, budget_bytes: int, max_bytes: int) -> None:
+        self._sock = sock  # this thread's alone once started
+        self.budget_bytes = budget_bytes
+        self._max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._waiting: deque[Received] = deque()
+        self._bytes = 0
+        self._evicted = 0
+        self._signalled = False
+        self.peak_bytes = 0
+        """The most bytes that waited here at once."""
+        self._wake, self._signal = socket.socketpair()
+        self._wake.setblocking(False)
+        self._signal.setblocking(False)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="n2n-input", daemon=True)
+
+    def fileno(self) -> int:
+        """Readable when messages wait (for the loop's poller)."""
+        return self._wake.fileno()
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._bytes
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._sock, zmq.POLLIN)
+        try:
+            while not self._stop.is_set():
+                if not poller.poll(50):
+                    continue
+                for _ in range(DRAIN_LIMIT):
+                    try:
+                        got = Intake.recv_bounded(self._sock, INPUT_MAX_PARTS, self._max_bytes)
+                    except zmq.Again:
+                        break
+                    self._put(got)
+        except zmq.ZMQError as exc:  # the context ended under us: the server is closing
+            if not self._stop.is_set():
+                log.warning("the input thread stopped: %s", exc)
+
+    def _put(self, got: Received) -> None:
+        held = got.size if got.size <= self._max_bytes else 0  # an oversized message keeps no pixels
+        with self._lock:
+            while self._waiting and self._bytes + held > self.budget_bytes:
+                old = self._waiting.popleft()
+                self._bytes -= old.size if old.size <= self._max_bytes else 0
+                self._evicted += 1
+            self._waiting.append(got)
+            self._bytes += held
+            self.peak_bytes = max(self.peak_bytes, self._bytes)
+            signal = not self._signalled
+            self._signalled = True
+        if signal:
+            with suppress(OSError):
+                self._signal.send(b"x")
+
+    def take(self) -> tuple[list[Received], int]:
+        """What waits (oldest first), and how many messages were let go since the last call."""
+        with suppress(OSError):
+            while self._wake.recv(4096):
+                pass
+        with self._lock:
+            got, evicted = list(self._waiting), self._evicted
+            self._waiting.clear()
+            self._bytes = self._evicted = 0
+            self._signalled = False
+        return got, evicted
+
+    def close(self) -> None:
+        """Stop the thread (before its socket closes)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5.0)
+        self._wake.close()
+        self._signal.close()
+
+
 class Intake:
     """The input and request sockets' reading side, and the queue of frames waiting to be denoised."""
 
@@ -96,6 +197,11 @@ class Intake:
                            fixed_shape=denoiser.fixed_shape)
         expected = denoiser.card.input_dtype
         dtype = msg.pixels.dtype.name
+        if expected and dtype != expected and msg.pixels.dtype.kind in "ui" and np.dtype(expected).kind in "ui":
+            # another bit depth is another scale: the model would serve it worse than raw (as n2n denoise refuses)
+            raise ProtocolError("dtype", f"expected {expected} frames (the bit depth the model was trained on), got "
+                                         f"{dtype}: send the camera's frames as they are, or serve a model trained "
+                                         "on this bit depth", msg.seq)
         if expected and dtype != expected and dtype not in self._warned_dtypes:
             self._warned_dtypes.add(dtype)
             log.warning("frames arrive as %s but the model was trained on %s: check the camera's bit depth",
@@ -103,51 +209,75 @@ class Intake:
         return msg
 
     @staticmethod
-    def recv_bounded(sock: zmq.Socket, max_parts: int) -> tuple[list[Any], int]:
-        """One whole message, part by part: its first ``max_parts`` parts and how many it had (the rest read and
-        let go one at a time, so that a message of many parts never sits in memory here at once)."""
-        parts: list[Any] = [sock.recv(zmq.NOBLOCK, copy=False)]
-        count = 1
+    def recv_bounded(sock: zmq.Socket, max_parts: int, max_bytes: int | None = None) -> Received:
+        """One whole message, part by part: its first ``max_parts`` parts, how many it had and their bytes in all
+        (the rest read and let go one at a time, so that a message of many parts never sits in memory here at
+        once; past ``max_bytes`` in all no part is kept). ZeroMQ itself hands a message over only once all of it
+        has arrived: what it holds before is bounded by the socket's options (see docs/security.md)."""
+        first = sock.recv(zmq.NOBLOCK, copy=False)
+        parts: list[Any] = [first]
+        count, size = 1, len(first.buffer)
         while sock.getsockopt(zmq.RCVMORE):
             part = sock.recv(copy=False)
             count += 1
-            if count <= max_parts:
+            size += len(part.buffer)
+            if count <= max_parts and (max_bytes is None or size <= max_bytes):
                 parts.append(part)  # beyond: counted, let go
-        return parts, count
+        return Received(parts, count, size)
 
-    def drain(self, sock: zmq.Socket, denoiser: Denoiser, streams: Streams) -> None:
-        """Every pushed frame waiting (at most :data:`DRAIN_LIMIT`): lossless, until the queue is full; live, the
-        newest replaces the one waiting (dropped, counted)."""
+    def drain(self, sock: zmq.Socket, denoiser: Denoiser, streams: Streams, pump: LiveInput | None = None) -> None:
+        """Every pushed frame waiting (at most :data:`DRAIN_LIMIT` from the socket): lossless, until the queue is
+        full; live, from ``pump`` (what its thread read meanwhile, within its byte budget), the newest replacing
+        the one waiting (dropped, counted)."""
         lossless = self.config.mode == "lossless"
+        if pump is not None:
+            received, evicted = pump.take()
+            if evicted:  # read, and let go by the pump to stay within input_buffer_bytes: newer ones came
+                self._stats.on_received(evicted)
+                self._stats.on_dropped(evicted)
+            for got in received:
+                self._accept(got, denoiser, streams, lossless)
+            self._stats.queue_depth = len(self.queue)
+            return
         for _ in range(DRAIN_LIMIT):
             if lossless and len(self.queue) >= self.config.queue_size:
                 break  # backpressure: leave the rest in ZeroMQ's queues
             try:
-                parts, count = self.recv_bounded(sock, INPUT_MAX_PARTS)
+                got = self.recv_bounded(sock, INPUT_MAX_PARTS, self.config.max_message_bytes + HEADER_BYTES)
             except zmq.Again:
                 break
-            self._stats.on_received()
-            if count > INPUT_MAX_PARTS:
-                self._reject(ProtocolError("bad_parts", f"expected 2 message parts (JSON header, pixels), got "
-                                                        f"{count}"), None)
-                continue
-            try:
-                msg = self.decode(parts, denoiser)
-            except ProtocolError as exc:
-                self._reject(exc, None)
-                continue
-            if not lossless and self.queue:
-                streams.skipped(self.queue[0])
-                self.queue.clear()  # latest frame wins
-                self._stats.on_dropped()
-            self.queue.append(msg)
+            self._accept(got, denoiser, streams, lossless)
         self._stats.queue_depth = len(self.queue)
+
+    def _accept(self, got: Received, denoiser: Denoiser, streams: Streams, lossless: bool) -> None:
+        """One pushed message: refused (counted, with a notice), or queued (live: the newest wins)."""
+        self._stats.on_received()
+        limit = self.config.max_message_bytes + HEADER_BYTES
+        if got.size > limit:
+            self._reject(ProtocolError("oversized", f"expected a message of at most {limit} bytes in all, got "
+                                                    f"{got.size} bytes in {got.n_parts} parts"), None)
+            return
+        if got.n_parts > INPUT_MAX_PARTS:
+            self._reject(ProtocolError("bad_parts", f"expected 2 message parts (JSON header, pixels), got "
+                                                    f"{got.n_parts}"), None)
+            return
+        try:
+            msg = self.decode(got.parts, denoiser)
+        except ProtocolError as exc:
+            self._reject(exc, None)
+            return
+        if not lossless and self.queue:
+            streams.skipped(self.queue[0])
+            self.queue.clear()  # latest frame wins
+            self._stats.on_dropped()
+        self.queue.append(msg)
 
     def request(self, sock: zmq.Socket, denoiser: Denoiser) -> tuple[Message, Envelope] | bool:
         """The next request: its frame and envelope; True when one was read and answered already (malformed),
         False when none waits."""
         try:
-            parts, count = self.recv_bounded(sock, REQUEST_MAX_PARTS)
+            parts, count, size = self.recv_bounded(sock, REQUEST_MAX_PARTS,
+                                                   self.config.max_message_bytes + HEADER_BYTES)
         except zmq.Again:
             return False
         # envelope: routing id(s) up to and including the empty delimiter frame
@@ -158,6 +288,10 @@ class Intake:
             return True
         envelope, body = parts[: split + 1], parts[split + 1 :]
         self._stats.on_received()
+        if size > self.config.max_message_bytes + HEADER_BYTES:
+            self._reject(ProtocolError("oversized", f"expected a message of at most {self.config.max_message_bytes} "
+                                                    f"bytes in all, got {size} bytes in {count} parts"), envelope)
+            return True
         if count > REQUEST_MAX_PARTS:  # answered (a REQ caller would otherwise wait for its timeout)
             self._reject(ProtocolError("bad_parts", f"expected 2 message parts (JSON header, pixels) after the "
                                                     f"envelope, got {count - split - 1}"), envelope)

@@ -31,7 +31,7 @@ from ..protocol import TOPIC_STATS, Message, ProtocolError
 from .config import ServeConfig
 from .control import Control
 from .finetune import FinetuneLink
-from .intake import Intake, Streams
+from .intake import HEADER_BYTES, Intake, LiveInput, Streams
 from .outlet import Outlet
 from .peers import Peers
 from .sockets import Sockets
@@ -55,6 +55,8 @@ class Server:
                  finetune_worker: Sequence[str] | None = None) -> None:
         self.config = config or ServeConfig()
         self.denoiser = denoiser or load_denoiser(model_dir, self.config)
+        self._models_root = Path(self.config.models_root or Path(model_dir).resolve().parent).resolve()
+        """Fixed at start: a swapped-in model (a package unpacked into the cache) does not move it."""
         self.stats = ServerStats(self.config.latency_window)
         self.finetune: FinetuneLink | None = None
         self._finetune_worker = finetune_worker
@@ -71,6 +73,9 @@ class Server:
         self.control: Control | None = None
         self.swaps = Swaps(self, self._poller)
         self._handlers: dict[zmq.Socket, Callable[[], None]] = {}
+        self.live_input: LiveInput | None = None
+        """Live mode: the thread that reads the input as frames arrive, into a queue bounded in bytes."""
+        self._input_key: Any = None  # what the poller reports for the input: its socket, or the live input's fd
 
     @property
     def endpoints(self) -> dict[str, str]:
@@ -99,13 +104,22 @@ class Server:
             self._handlers[s.monitor] = self.peers.on_connection
         for mon in s.auth_monitors:
             self._handlers[mon] = functools.partial(self.peers.on_handshake_failed, mon)
+        if s.view_monitor is not None:
+            self._handlers[s.view_monitor] = self.peers.on_view_connection
         self._handlers[s["output"]] = self.peers.on_output
         self._handlers[s["view"]] = self.peers.on_view
         if self.finetune is not None:
             self._handlers[self.finetune.status_socket] = self._on_finetune
         self._handlers[s["request"]] = self._on_requests
-        for sock in [*self._handlers, s["input"]]:
+        if cfg.mode == "live":
+            self.live_input = LiveInput(s["input"], cfg.input_buffer_bytes, cfg.max_message_bytes + HEADER_BYTES)
+            self._input_key = self.live_input.fileno()
+        else:
+            self._input_key = s["input"]
+        for sock in [*self._handlers, self._input_key]:
             self._poller.register(sock, zmq.POLLIN)
+        if self.live_input is not None:
+            self.live_input.start()
         shape = warmup_shape or self.denoiser.card.shape_hint
         if shape is not None:
             t0 = time.perf_counter()
@@ -127,6 +141,8 @@ class Server:
         if self._closed:
             return
         self._closed = True
+        if self.live_input is not None:
+            self.live_input.close()  # its thread ends before its socket closes
         self.sockets.close()
         if self.finetune is not None:
             self.finetune.close()
@@ -152,7 +168,7 @@ class Server:
         while not self._stop.is_set():
             wait_ms = 0 if queue else max(0, min(100, int((self._next_stats - time.monotonic()) * 1000)))
             events = self._turn(wait_ms)
-            if self.sockets["input"] in events:
+            if self._input_key in events:
                 self._drain_input()
             if queue and not self._stop.is_set():
                 batch = self.intake.take()
@@ -179,7 +195,7 @@ class Server:
         """A turn of the lossless wait (a frame in hand, its subscriber with no room): the loop's handlers, but not
         the input (it has frames waiting: the poll would never wait) nor a finished swap (a new model takes over
         between two frames, not in the middle of one's delivery or of a batch)."""
-        held = [self.sockets["input"], *([self.swaps.current.done] if self.swaps.current is not None else [])]
+        held = [self._input_key, *([self.swaps.current.done] if self.swaps.current is not None else [])]
         for sock in held:
             self._poller.unregister(sock)
         try:
@@ -189,7 +205,7 @@ class Server:
                 self._poller.register(sock, zmq.POLLIN)
 
     def _drain_input(self) -> None:
-        self.intake.drain(self.sockets["input"], self.denoiser, self.streams)
+        self.intake.drain(self.sockets["input"], self.denoiser, self.streams, self.live_input)
 
     def _on_requests(self) -> None:
         for _ in range(REQUESTS_PER_TURN):
@@ -270,8 +286,9 @@ class Server:
 
     @property
     def models_root(self) -> Path:
-        """Where ``swap`` takes model folders from (``models_root``, else the served model's folder's parent)."""
-        return Path(self.config.models_root or self.denoiser.card.run_dir.resolve().parent).resolve()
+        """Where ``swap`` takes model folders from (``models_root``, else the parent of the model folder or package
+        served at start: fixed, so a swap to a package, unpacked in the cache, does not move it)."""
+        return self._models_root
 
     def begin_swap(self, model_dir: Path, engine: str | None, reply: bool = True) -> None:
         self.swaps.begin(model_dir, engine, reply)
@@ -290,7 +307,16 @@ class Server:
         return self.stats.snapshot(**extra, mode=self.config.mode, subscribers=self.peers.subscribers,
                                    viewers=self.peers.viewers, engine=info["engine"], precision=info["precision"],
                                    precision_note=info["precision_note"], device=info["device"],
-                                   model=info["model"], shapes=info["shapes"], endpoints=self.endpoints)
+                                   model=info["model"], shapes=info["shapes"], endpoints=self.endpoints,
+                                   **self._input_bytes())
+
+    def _input_bytes(self) -> dict[str, int]:
+        """Live mode: the input's byte budget, what waits in it now and the most that waited at once."""
+        pump = self.live_input
+        if pump is None:
+            return {}
+        return {"input_budget_bytes": pump.budget_bytes, "input_queued_bytes": pump.queued_bytes,
+                "input_peak_bytes": pump.peak_bytes}
 
     def _publish_stats(self) -> None:
         self._next_stats = time.monotonic() + self.config.stats_interval_s

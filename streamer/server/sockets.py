@@ -3,12 +3,14 @@ that count peers and refused handshakes, and the memory bound the configuration 
 
 from __future__ import annotations
 
+import errno
 import logging
 
 import zmq
 
 from ..security import CurveServer, is_loopback
 from .config import ServeConfig
+from .intake import HEADER_BYTES
 
 __all__ = ["HANDSHAKE_FAILED", "KINDS", "Sockets"]
 
@@ -21,6 +23,9 @@ HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_F
                     | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
 VIEW_HWM = 2
 """Messages queued for one viewer at most: a viewer that falls behind skips to the newest."""
+LIVE_INPUT_HWM = 2
+"""Live mode: messages ZeroMQ queues at the input per producer (a thread keeps it drained: what arrived waits in
+the server's own queue, bounded in bytes by ``input_buffer_bytes``)."""
 VIEW_SOCKET_BUFFER = 256 * 1024
 """Bytes: the kernel's send buffer of the view socket (frames must not queue there instead)."""
 
@@ -38,6 +43,8 @@ class Sockets:
         self.curve: CurveServer | None = None
         self.monitor: zmq.Socket | None = None
         """The output's connections (and, with CURVE, its refused handshakes); None on inproc."""
+        self.view_monitor: zmq.Socket | None = None
+        """The view's connections (and, with CURVE, its refused handshakes); None on inproc."""
         self.auth_monitors: list[zmq.Socket] = []
         """The other sockets' refused handshakes (CURVE)."""
 
@@ -74,11 +81,14 @@ class Sockets:
         self.socks[name] = sock
         if self.curve is not None:
             self.curve.apply(sock)
-            if name != "output":  # (the output's one monitor watches its handshakes too)
+            if name not in ("output", "view") or getattr(cfg.endpoints, name).startswith("inproc://"):
+                # (the output's and the view's one monitor watches their handshakes too)
                 # a peer without the keys (or with keys not let in) fails its handshake: count it
                 self.auth_monitors.append(sock.get_monitor_socket(HANDSHAKE_FAILED))
         if name in ("input", "request"):
-            sock.setsockopt(zmq.MAXMSGSIZE, 2 * cfg.max_message_bytes + 65536)
+            # per part (ZeroMQ has no limit on a whole message): a frame just over the limit is refused with a
+            # reply (oversized, checked on the whole message as it is read), one larger cuts its sender off
+            sock.setsockopt(zmq.MAXMSGSIZE, self.max_part_bytes())
         if name == "input":
             sock.setsockopt(zmq.RCVHWM, self.input_hwm())
         if name == "output":
@@ -97,49 +107,57 @@ class Sockets:
             sock.setsockopt(zmq.SNDHWM, VIEW_HWM)
             sock.setsockopt(zmq.SNDBUF, VIEW_SOCKET_BUFFER)
             sock.setsockopt(zmq.XPUB_VERBOSER, 1)
+            if not cfg.endpoints.view.startswith("inproc://"):  # viewers by peer, as the output's subscribers
+                self.view_monitor = sock.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
+                                                            | HANDSHAKE_FAILED)
         address = getattr(cfg.endpoints, name)
         try:
             sock.bind(address)
         except zmq.ZMQError as exc:
-            raise OSError(f"cannot bind {name} socket to {address}: {exc}") from None
+            hint = ("; another server (or program) holds it: use that server (`n2n bridge --connect READY_FILE`, "
+                    "`n2n dash --connect READY_FILE`, from its `n2n serve --ready-file`), stop it, or give this one "
+                    "other addresses (--input-address ... --view-address, or --config)"
+                    if exc.errno == errno.EADDRINUSE else "")
+            raise OSError(f"cannot bind {name} socket to {address}: {exc}{hint}") from None
         self.endpoints[name] = sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
-    def input_hwm(self) -> int:
-        """Messages ZeroMQ may queue at the input: lossless, the queue's size (backpressure); live, as many as
-        fit ``input_buffer_bytes`` at the expected frame size, 16 to 1000 (room to reach the newest frame)."""
-        cfg = self.config
-        if cfg.mode == "lossless":
-            return cfg.queue_size
-        # live mode must reach the newest frame each turn, so it needs room for the frames a fast camera queues:
-        # as many as the byte budget holds at the expected frame size (the model's shape hint, 16-bit), 16 to 1000
-        hint = self.shape_hint or (2048, 2048)
-        return int(max(16, min(1000, cfg.input_buffer_bytes // (hint[0] * hint[1] * 2))))
+    def max_part_bytes(self) -> int:
+        """ZeroMQ's limit on one part of a message at the input and request sockets (``MAXMSGSIZE``)."""
+        return self.config.max_message_bytes + HEADER_BYTES
 
-    def memory_bound_mb(self) -> dict[str, float]:
-        """What the configuration lets the server's input hold (MiB): the messages queued by ZeroMQ and by the
-        server, at the expected frame size (the budget) and, at worst, each at the largest message allowed
-        (ZeroMQ's kernel buffers aside)."""
+    def input_hwm(self) -> int:
+        """Messages ZeroMQ may queue at the input, per producer: lossless, the queue's size (backpressure); live,
+        :data:`LIVE_INPUT_HWM` (a thread drains it into a queue bounded in bytes)."""
         cfg = self.config
-        queued = self.input_hwm() + (cfg.queue_size if cfg.mode == "lossless" else 1)
-        hint = self.shape_hint or (2048, 2048)
-        return {"input_mb": round(queued * hint[0] * hint[1] * 2 / 2**20, 1),
-                "input_worst_mb": round(queued * cfg.max_message_bytes / 2**20, 1)}
+        return cfg.queue_size if cfg.mode == "lossless" else LIVE_INPUT_HWM
+
+    def memory_bound_mb(self, producers: int = 1, parts: int = 2) -> dict[str, float]:
+        """What the configuration lets the server's input hold (MiB) with ``producers`` connected, each sending
+        messages of ``parts`` parts: the server's own queue (live: ``input_buffer_bytes``; lossless: ``queue_size``
+        frames) and ZeroMQ's, whose ``RCVHWM`` counts whole messages of parts each up to ``MAXMSGSIZE`` (plus one
+        message being assembled per producer), ZeroMQ's kernel buffers aside."""
+        cfg = self.config
+        own = cfg.input_buffer_bytes if cfg.mode == "live" else cfg.queue_size * cfg.max_message_bytes
+        zeromq = producers * (self.input_hwm() + 1) * parts * self.max_part_bytes()
+        return {"input_mb": round(own / 2**20, 1), "zeromq_mb": round(zeromq / 2**20, 1),
+                "input_worst_mb": round((own + zeromq) / 2**20, 1)}
 
     def log_bounds(self) -> None:
         cfg, bound = self.config, self.memory_bound_mb()
-        log.info("input held: %.0f MiB at the expected frame size, %.0f MiB at worst (%d queued messages of up to "
-                 "%.0f MiB); engine: %d tiles or frames per call; %d frame shapes compiled", bound["input_mb"],
-                 bound["input_worst_mb"], self.input_hwm(), cfg.max_message_bytes / 2**20, cfg.max_batch,
-                 cfg.max_shapes)
+        log.info("input held: %.0f MiB in the server's queue, %.0f MiB in ZeroMQ's per producer sending 2-part "
+                 "messages (%d messages of parts up to %.0f MiB); engine: %d tiles or frames per call, at most %d "
+                 "pixels; %d frame shapes compiled", bound["input_mb"], bound["zeromq_mb"], self.input_hwm() + 1,
+                 self.max_part_bytes() / 2**20, cfg.max_batch, cfg.tile_batch_pixels, cfg.max_shapes)
 
     def close(self) -> None:
         """Every socket and monitor closed at once (linger 0); CURVE's authenticator stopped."""
-        if self.monitor is not None or self.auth_monitors:
+        monitors = [m for m in (self.monitor, self.view_monitor) if m is not None] + self.auth_monitors
+        if monitors:
             for sock in self.socks.values():
                 sock.disable_monitor()
-        for mon in [*([self.monitor] if self.monitor is not None else []), *self.auth_monitors]:
+        for mon in monitors:
             mon.close(linger=0)
-        self.monitor = None
+        self.monitor = self.view_monitor = None
         self.auth_monitors.clear()
         for sock in self.socks.values():
             sock.close(linger=0)

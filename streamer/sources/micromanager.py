@@ -79,6 +79,14 @@ def normalize_tagged_image(pix: Any, tags: dict[str, Any] | None,
     return arr, meta
 
 
+def _is_simulated(core: Any, camera: str) -> bool:
+    """The camera is n2n-live's own simulated one (the Python device in ``streamer.micromanager.camera``)."""
+    try:
+        return str(core.get_device_library(camera)) == "streamer.micromanager.camera"
+    except Exception:  # a GUI core or a library without the call: not ours
+        return False
+
+
 class MicroManagerSource(BaseSource):
     """Consecutive frames from a Micro-Manager core's sequence acquisition.
 
@@ -98,6 +106,9 @@ class MicroManagerSource(BaseSource):
         if not self.camera:
             raise ValueError("the Micro-Manager core has no camera selected (Core-Camera is empty)")
         self.following = bool(core.is_sequence_running())
+        self.simulated = _is_simulated(core, self.camera)
+        """n2n-live's simulated camera (synthetic cells, the embedded default), not a microscope: said on every
+        command's first line and in every file's metadata (``n2n-simulated``)."""
         if exposure_ms is not None:
             if self.following:
                 log.warning("Micro-Manager is already streaming: exposure_ms=%s is not applied; "
