@@ -301,3 +301,7 @@ def test_average_makes_a_reference_and_warns_when_the_field_moved(tmp_path: Path
 
     short = n2n("average", "--data", still, "--out", tmp_path / "x.tif", "--first", len(raw) - 1, "--frames", 2)
     _assert_user_error(short, "expected at least 2 frames")
+    assert json.loads((tmp_path / "ref.json").read_text())["n2n-average"]["frames"] == "1..4"
+    _assert_user_error(n2n("average", "--data", still, "--out", out), "exists", "--overwrite")
+    _assert_user_error(n2n("average", "--data", still, "--out", still, "--overwrite"), "is --data itself")
+    assert tifffile.imread(still).shape == raw.shape  # the burst kept

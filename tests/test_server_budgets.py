@@ -89,3 +89,30 @@ def test_the_budget_benchmark_reports_self_consistent_figures(run: Path, tmp_pat
     big = got["big_frame"]
     assert big["peak_mb"] >= big["after_mb"] > 0 and big["warm_s"] >= 0
     assert got["counts"]["viewers_back_to_0"] and got["counts"]["frame_to_nobody_counted_no_subscriber"]
+
+
+def test_the_live_input_keeps_nothing_of_a_message_over_the_limit() -> None:
+    """Messages whose first part is just under the limit and whose second tips them over: the input thread keeps
+    none of their parts (they would be refused for their size alone), so they cannot pile up unbudgeted; each is
+    still handed over (to be refused and counted) with its size and part count."""
+    from streamer.server.intake import LiveInput
+
+    ctx = zmq.Context()
+    pull, push = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH)
+    pull.bind("inproc://live-input-test")
+    push.connect("inproc://live-input-test")
+    limit = 64 * 1024
+    pump = LiveInput(pull, budget_bytes=limit, max_bytes=limit)
+    pump.start()
+    try:
+        for _ in range(20):
+            push.send_multipart([bytes(limit - 10), bytes(100)])
+        got: list = []
+        wait_for(lambda: bool(got.extend(pump.take()[0])) or len(got) == 20, "20 messages read")
+    finally:
+        pump.close()
+        push.close(linger=0)
+        pull.close(linger=0)
+        ctx.term()
+    assert all(g.parts == [] and g.n_parts == 2 and g.size == limit + 90 for g in got)
+    assert pump.peak_bytes == 0

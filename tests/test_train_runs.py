@@ -46,6 +46,11 @@ def test_a_finished_run_is_refused_without_overwrite_and_replaced_with_it(tmp_pa
     assert "finished run" in errors[0] and "--overwrite" in errors[0] and "--resume" in errors[0]
     assert (out / "model.json").read_bytes() == card_before
 
+    bad = tmp_path / "bad.tif"
+    bad.write_bytes(b"not a tiff")
+    failed = _n2n("train", "--config", tiny_yaml, "--out", out, "--overwrite", "--data", bad)
+    assert failed.returncode == 2 and (out / "model.json").read_bytes() == card_before  # a failed start keeps it
+
     replaced = _n2n("train", "--config", tiny_yaml, "--out", out, "--epochs", "1", "--overwrite")
     assert replaced.returncode == 0, replaced.stderr[-2000:]
     assert ModelCard.load(out).training["epochs"] == 1

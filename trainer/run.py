@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -135,8 +135,11 @@ def run_training(
     references: Sequence[Path] = (),
     resume: bool = False,
     console: Console | None = None,
+    before_training: Callable[[], None] | None = None,
 ) -> ModelCard:
     """Train into ``run_dir`` and leave ``model.pt``, ``model.onnx``, ``model.ts`` and ``model.json`` there.
+    ``before_training``: called once the data is read, before anything of the new run is written but its frames
+    (``n2n train --overwrite`` clears the old run there, so a failed start keeps it).
 
     Ctrl-C after the first epoch exports the best epoch so far and raises :class:`TrainingInterrupted`; a run that
     fails or is interrupted before its first epoch leaves no folder it made itself."""
@@ -144,7 +147,7 @@ def run_training(
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
         with _room(run_dir):
-            return _run_training(config, run_dir, data, references, resume, console)
+            return _run_training(config, run_dir, data, references, resume, console, before_training)
     except TrainingInterrupted:
         raise
     except BaseException:
@@ -156,8 +159,11 @@ def run_training(
 
 
 def _run_training(config: TrainConfig, run_dir: Path, data: Sequence[Path], references: Sequence[Path],
-                  resume: bool, console: Console | None) -> ModelCard:
+                  resume: bool, console: Console | None,
+                  before_training: Callable[[], None] | None = None) -> ModelCard:
     stacks, refs, provenance = gather_data(config, data, references, run_dir)
+    if before_training is not None:
+        before_training()
     save_config(config, run_dir / "config.yaml")
     result = train(config, stacks, run_dir, references=refs, resume=resume, console=console)
     net, norm = load_weights(run_dir)

@@ -98,7 +98,7 @@ def train(
     if resume and overwrite:
         raise UserError("--resume continues the run in --out and --overwrite replaces it: expected one, got both")
     if not resume:
-        _refuse_or_clear(out_dir, overwrite)
+        _refuse_existing(out_dir, overwrite)
     from trainer.run import TrainingInterrupted, run_training
 
     def again(*extra: str) -> str:
@@ -110,7 +110,8 @@ def train(
 
     try:
         with user_errors():
-            card = run_training(cfg, out_dir, data or [], reference or [], resume=resume, console=console)
+            card = run_training(cfg, out_dir, data or [], reference or [], resume=resume, console=console,
+                                before_training=(lambda: _clear_old_run(out_dir)) if overwrite else None)
     except TrainingInterrupted as exc:
         t = exc.card.training
         console.print(f"[yellow]interrupted after {t['epochs']} of {cfg.optim.epochs} epochs: the best so far "
@@ -178,32 +179,27 @@ def next_steps(run: Path, provenance: dict, data: list[Path], reference: list[Pa
 
 RUN_FILES = ("model.json", "checkpoint.pt", "model.pt")
 """A run folder's own files: one holding any of them is a run, finished (``model.json``) or not."""
+OLD_RUN_FILES = (*RUN_FILES, "model.onnx", "model.ts", "model_int8.xml", "model_int8.bin", "precision_choice.json")
+"""What ``--overwrite`` deletes of the old run, by these names only (never a name an old card lists: a copied card
+could name the user's data), once the new run's data has been read."""
 
 
-def _refuse_or_clear(out_dir: Path, overwrite: bool) -> None:
-    """``n2n train --out`` never replaces a run silently: refused (one line, the ways on) unless ``--overwrite``,
-    which deletes the old run's model files and checkpoint first (so nothing of it is mistaken for the new one)."""
+def _refuse_existing(out_dir: Path, overwrite: bool) -> None:
+    """``n2n train --out`` never replaces a run silently: refused (one line, the ways on) unless ``--overwrite``."""
     found = [n for n in RUN_FILES if (out_dir / n).is_file()]
-    if not found:
+    if not found or overwrite:
         return
     finished = "model.json" in found
-    if not overwrite:
-        what = "a finished run" if finished else "an unfinished run (a checkpoint, no model)"
-        raise UserError(f"--out {out_dir}: holds {what}; expected a new folder: `--resume` continues it"
-                        + (" (with --epochs N: to N epochs in all)" if finished else "")
-                        + ", `--overwrite` replaces it, or give another --out")
-    from streamer.core.card import ModelCard
+    what = "a finished run" if finished else "an unfinished run (a checkpoint, no model)"
+    raise UserError(f"--out {out_dir}: holds {what}; expected a new folder: `--resume` continues it"
+                    + (" (with --epochs N: to N epochs in all)" if finished else "")
+                    + ", `--overwrite` replaces it, or give another --out")
 
-    names = set(RUN_FILES) | {"precision_choice.json", "config.yaml"}
-    if finished:
-        with user_errors(prefix=f"--out {out_dir}: "):
-            try:
-                card = ModelCard.load(out_dir)
-                for art in card.artifacts.values():
-                    names |= {art.path, *([art.weights] if art.weights else [])}
-            except Exception:  # a damaged card: its default names still go
-                names |= {"model.onnx", "model.ts", "model_int8.xml", "model_int8.bin"}
-    for name in names:
+
+def _clear_old_run(out_dir: Path) -> None:
+    """``--overwrite``: the old run's model files and checkpoint go (the new run's data is read by then, so a
+    failed start keeps the old run); its config.yaml is rewritten by the new one."""
+    for name in OLD_RUN_FILES:
         (out_dir / name).unlink(missing_ok=True)
 
 
@@ -416,12 +412,18 @@ def average(
     out_path: Annotated[Path, typer.Option("--out", help="The reference to write (float32 OME-TIFF).")],
     first: Annotated[int, typer.Option("--first", min=0, help="First frame to average.")] = 0,
     frames: Annotated[int | None, typer.Option("--frames", min=2, help="Frames to average.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out if it exists.")] = False,
 ) -> None:
     """Make a clean reference from a still burst: the average of its frames (for n2n evaluate --reference)."""
     import numpy as np
     import tifffile
 
     from streamer.sources import read_stack
+
+    if out_path.exists() and out_path.resolve() == data.resolve():
+        raise UserError(f"--out {out_path}: is --data itself; expected another file (the burst is kept)")
+    if out_path.exists() and not overwrite:
+        raise UserError(f"--out {out_path}: exists; expected a new file, or --overwrite to replace it")
 
     with user_errors():
         raw = read_stack(data, min_frames=2, allow_2d=False)
@@ -442,13 +444,17 @@ def average(
     noise = float(np.std(pair) / np.sqrt(2))
     drift = float(np.sqrt(np.mean((early - late) ** 2)))
     expected = noise * np.sqrt(2 / q)  # two averages of q frames: what the noise alone leaves between them
-    meta = {"n2n-average-of": len(used), "n2n-frames": f"{first}:{stop}", "n2n-source": str(data)}
+    meta = {"average_of": len(used), "first": first, "frames": f"{first}..{stop - 1}", "source": str(data.resolve()),
+            "noise_per_frame": round(noise, 6), "drift": round(drift, 6),
+            "drift_explained_by_noise": round(expected, 6)}
+    sidecar = out_path.with_name(out_path.name.split(".")[0] + ".json")
     with user_errors():
         out_path.parent.mkdir(parents=True, exist_ok=True)
-        tifffile.imwrite(out_path, mean, ome=True, metadata={"axes": "YX", **meta})
-    console.print(f"averaged frames {first}..{stop - 1} ({len(used)}) of {data} into {out_path} (float32): its noise "
-                  f"is about 1/{np.sqrt(len(used)):.1f} of one frame's; score with n2n evaluate --reference "
-                  f"{out_path}", highlight=False, soft_wrap=True)
+        tifffile.imwrite(out_path, mean, ome=True, metadata={"axes": "YX"})
+        sidecar.write_text(json.dumps({"n2n-average": meta}, indent=2) + "\n")
+    console.print(f"averaged frames {first}..{stop - 1} ({len(used)}) of {data} into {out_path} (float32; which "
+                  f"frames: {sidecar.name}): its noise is about 1/{np.sqrt(len(used)):.1f} of one frame's; score "
+                  f"with n2n evaluate --reference {out_path}", highlight=False, soft_wrap=True)
     if noise > 0 and drift > 2.5 * expected:
         console.print(f"[bold yellow]warning:[/bold yellow] the field changed during the burst (the first and last "
                       f"quarters differ by {drift:.3g}, {drift / expected:.1f}x what the noise explains): an average "

@@ -145,7 +145,9 @@ class LiveInput:
                 log.warning("the input thread stopped: %s", exc)
 
     def _put(self, got: Received) -> None:
-        held = got.size if got.size <= self._max_bytes else 0  # an oversized message keeps no pixels
+        if got.size > self._max_bytes:  # refused by the loop for its size alone: keep none of its parts
+            got = Received([], got.n_parts, got.size)
+        held = got.size if got.size <= self._max_bytes else 0
         with self._lock:
             while self._waiting and self._bytes + held > self.budget_bytes:
                 old = self._waiting.popleft()

@@ -219,6 +219,15 @@ class Server:
         """After the loop: a swap's caller answered (its model closed), the frames accepted in lossless mode
         denoised, the last stats published."""
         self.swaps.abandon()
+        if self.live_input is not None:  # what its thread read and the loop did not take: counted, not lost
+            self.live_input.close()
+            waiting, evicted = self.live_input.take()
+            if waiting or evicted:
+                self.stats.on_received(len(waiting) + evicted)
+                if evicted:
+                    self.stats.on_dropped(evicted)
+                if waiting:
+                    self.stats.on_dropped(len(waiting), "stopping")
         queue = self.intake.queue
         if self.config.mode == "lossless" and queue:
             log.info("finishing %d frames already accepted before stopping", len(queue))
