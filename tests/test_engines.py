@@ -242,3 +242,18 @@ def test_openvino_frame_path_matches_the_python_path(card: ModelCard, dtype: str
     else:
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-3)
     assert framed.engine._compiled[(1, 1, 64, 80)] is None  # the float-batch model was let go
+
+
+def test_the_precision_note_is_logged_once_per_outcome(card: ModelCard, caplog: pytest.LogCaptureFixture) -> None:
+    """Three frame shapes compiled to the same precision: the engine says its precision note once (the demo said it
+    three times), and every shape still has its note."""
+    import logging
+
+    engine = create_engine("onnxruntime", card, precision="fp16", num_threads=1)
+    with caplog.at_level(logging.DEBUG, logger="n2n.streamer"):
+        for side in (32, 48, 64):
+            engine.prepare((1, 1, side, side))
+            assert engine.precision_note
+    said = [r for r in caplog.records if r.levelno >= logging.INFO and r.getMessage().startswith("onnxruntime:")]
+    assert len(said) == 1
+    engine.close()

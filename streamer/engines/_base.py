@@ -257,9 +257,14 @@ class Engine(ABC):
         if precision == "fp32" and want != "fp32":
             notes.append("using fp32")
         self.precision_note = "; ".join(notes)
-        if self.precision_note:
+        if self.precision_note and precision != getattr(self, "_note_logged", None):
+            # said once per engine and outcome: a frame shape compiled later to the same precision says its
+            # note (its own timings) only in debug
+            self._note_logged = precision
             (log.warning if precision == "fp32" and want not in ("auto", "fp32") else log.info)(
                 "%s: %s", self.name, self.precision_note)
+        elif self.precision_note:
+            log.debug("%s (%s): %s", self.name, shape, self.precision_note)
         self._compiled[shape] = chosen
         self.precision = self._decided = precision
         self._current = shape
