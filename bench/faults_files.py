@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-__all__ = ["limited_command", "run_file_faults"]
+__all__ = ["damaged_recordings", "limited_command", "run_file_faults"]
 
 _LIMITED = """
 import resource, signal, sys
@@ -101,25 +101,33 @@ def _denoise_case(model: Path, workdir: Path, name: str, source: Path) -> dict[s
 
 
 def _denoise_cases(model: Path, workdir: Path) -> dict[str, Any]:
-    import tifffile
 
     from streamer.core.card import ModelCard
 
     dtype = ModelCard.load(model).input_dtype or "uint16"
-    frames = _frames(20, str(dtype))
-    full = workdir / "full.ome.tif"
-    tifffile.imwrite(full, frames, ome=True, metadata={"axes": "TYX"})
-    cut = workdir / "truncated.ome.tif"
+    made = damaged_recordings(_frames(20, str(dtype)), workdir)
+    return {"truncated_ome_tiff": _denoise_case(model, workdir, "truncated_ome", made["cut"]),
+            "ome_xml_20_pages_1": _denoise_case(model, workdir, "chain_of_one", made["chain"]),
+            "truncated_compressed_tiff": _denoise_case(model, workdir, "truncated_zlib", made["cut_zlib"])}
+
+
+def damaged_recordings(stack: np.ndarray, folder: Path) -> dict[str, Path]:
+    """The audit's damaged recordings of ``stack`` in ``folder``: ``full`` (the OME-TIFF whole), ``cut`` (its first
+    half: the OME-XML, written last, lost with the tail), ``chain`` (its OME-XML listing every plane, its chain of
+    pages holding one) and ``cut_zlib`` (a zlib-compressed TIFF cut in half)."""
+    import tifffile
+
+    full = folder / "full.ome.tif"
+    tifffile.imwrite(full, stack, ome=True, metadata={"axes": "TYX"})
+    cut = folder / "truncated.ome.tif"
     cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
-    chain = workdir / "chain_of_one.ome.tif"
+    chain = folder / "chain_of_one.ome.tif"
     _cut_chain(full, chain)
-    zipped = workdir / "full_zlib.tif"
-    tifffile.imwrite(zipped, frames, compression="zlib")
-    cut_zip = workdir / "truncated_zlib.tif"
+    zipped = folder / "full_zlib.tif"
+    tifffile.imwrite(zipped, stack, compression="zlib")
+    cut_zip = folder / "truncated_zlib.tif"
     cut_zip.write_bytes(zipped.read_bytes()[: zipped.stat().st_size // 2])
-    return {"truncated_ome_tiff": _denoise_case(model, workdir, "truncated_ome", cut),
-            "ome_xml_20_pages_1": _denoise_case(model, workdir, "chain_of_one", chain),
-            "truncated_compressed_tiff": _denoise_case(model, workdir, "truncated_zlib", cut_zip)}
+    return {"full": full, "cut": cut, "chain": chain, "cut_zlib": cut_zip}
 
 
 # --- n2n train: refused pixel types, a full disk ------------------------------------------------------------

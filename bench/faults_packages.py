@@ -33,6 +33,8 @@ import numpy as np
 import torch
 import yaml
 
+from bench.processes import peak_mb
+
 __all__ = ["run_package_faults"]
 
 MARKER = b"\0" * 16
@@ -149,18 +151,6 @@ def _n2n() -> list[str]:
     return [sys.executable, "-m", "n2n"]
 
 
-def _hwm_mb(pid: int) -> float:
-    """The process's peak resident memory so far (VmHWM, MB), 0 once it is gone."""
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return 0.0
-    for line in text.splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def _run(args: list[str], env: dict[str, str], timeout: float) -> tuple[int, str, float, float]:
     """Exit status, output, seconds and peak RSS (MB) of one process: its VmHWM read every 10 ms while it runs
     (wait4's ru_maxrss would not do: on Linux a child starts with its parent's peak, this benchmark's own)."""
@@ -173,7 +163,7 @@ def _run(args: list[str], env: dict[str, str], timeout: float) -> tuple[int, str
         deadline = time.monotonic() + timeout
         peak = 0.0
         while True:
-            peak = max(peak, _hwm_mb(p.pid))
+            peak = max(peak, peak_mb(p.pid) or 0.0)
             pid, status, _ = os.wait4(p.pid, os.WNOHANG)
             if pid:
                 break

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -41,22 +42,20 @@ def test_bench_command_refuses_a_missing_model(tmp_path: Path) -> None:
     assert proc.stderr.splitlines() == [f"error: {tmp_path / 'nope'}: no such model folder (make one with `n2n train`)"]
 
 
-def test_dash_connects_through_a_ready_file(tmp_path: Path) -> None:
-    """`n2n dash --connect READY_FILE` watches the stats address the server wrote there (its subscription reaches
-    the socket standing in for the server's stats); a ready file without one is a one-line error."""
+def _dash_until_ctrl_c(args: Callable[[str], list[str]]) -> tuple[int, str, str, str]:
+    """`n2n dash` with ``args(address)`` against an XPUB socket at ``address``, standing where the server's stats
+    would be: once its subscription shows the dashboard is listening, Ctrl-C. Exit status, stdout, stderr and the
+    address."""
     import zmq
 
     ctx = zmq.Context()
     xpub = ctx.socket(zmq.XPUB)
-    port = xpub.bind_to_random_port("tcp://127.0.0.1")
-    ready = tmp_path / "serve.json"
-    ready.write_text(json.dumps({"endpoints": {"input": "tcp://127.0.0.1:1", "output": "tcp://127.0.0.1:2",
-                                               "control": "tcp://127.0.0.1:3", "stats": f"tcp://127.0.0.1:{port}"}}))
-    proc = subprocess.Popen([sys.executable, "-m", "n2n", "dash", "--connect", str(ready)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=ENV)
+    address = f"tcp://127.0.0.1:{xpub.bind_to_random_port('tcp://127.0.0.1')}"
+    proc = subprocess.Popen([sys.executable, "-m", "n2n", "dash", *args(address)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
     try:
         assert xpub.poll(60_000), "the dashboard never subscribed"
-        assert xpub.recv()[:1] == b"\x01"
+        assert xpub.recv()[:1] == b"\x01"  # subscribed: it is up and waiting for statistics
         proc.send_signal(signal.SIGINT)
         stdout, stderr = proc.communicate(timeout=15)
     finally:
@@ -65,8 +64,22 @@ def test_dash_connects_through_a_ready_file(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-    assert proc.returncode == 0, stderr
-    assert f"waiting for server at tcp://127.0.0.1:{port}" in " ".join(stdout.split())
+    return proc.returncode, stdout, stderr, address
+
+
+def test_dash_connects_through_a_ready_file(tmp_path: Path) -> None:
+    """`n2n dash --connect READY_FILE` watches the stats address the server wrote there (its subscription reaches
+    the socket standing in for the server's stats); a ready file without one is a one-line error."""
+    ready = tmp_path / "serve.json"
+
+    def connect(address: str) -> list[str]:  # the ready file names the stand-in's address, known once it is bound
+        ready.write_text(json.dumps({"endpoints": {"input": "tcp://127.0.0.1:1", "output": "tcp://127.0.0.1:2",
+                                                   "control": "tcp://127.0.0.1:3", "stats": address}}))
+        return ["--connect", str(ready)]
+
+    code, stdout, stderr, address = _dash_until_ctrl_c(connect)
+    assert code == 0, stderr
+    assert f"waiting for server at {address}" in " ".join(stdout.split())
 
     bad = tmp_path / "bad.json"
     bad.write_text("{}")
@@ -79,25 +92,7 @@ def test_dash_connects_through_a_ready_file(tmp_path: Path) -> None:
 def test_dash_command_waits_then_quits_on_ctrl_c() -> None:
     """`n2n dash` with no server says it is waiting, and Ctrl-C ends it with status 0. (An XPUB socket stands
     where the server's stats would be: its subscription tells the test that the dashboard is listening.)"""
-    import zmq
-
-    ctx = zmq.Context()
-    xpub = ctx.socket(zmq.XPUB)
-    port = xpub.bind_to_random_port("tcp://127.0.0.1")
-    address = f"tcp://127.0.0.1:{port}"
-    proc = subprocess.Popen([sys.executable, "-m", "n2n", "dash", "--stats-address", address], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=ENV)
-    try:
-        assert xpub.poll(60_000), "the dashboard never subscribed"
-        assert xpub.recv()[:1] == b"\x01"  # subscribed: it is up and waiting for statistics
-        proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=15)
-    finally:
-        xpub.close(linger=0)
-        ctx.term()
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0, stderr
+    code, stdout, stderr, address = _dash_until_ctrl_c(lambda address: ["--stats-address", address])
+    assert code == 0, stderr
     assert f"waiting for server at {address}" in " ".join(stdout.split())
     assert "Traceback" not in stderr

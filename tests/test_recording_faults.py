@@ -15,7 +15,7 @@ import zarr
 from test_cli_errors import n2n
 from test_denoise import frames
 
-from bench.faults_files import _cut_chain, run_file_faults
+from bench.faults_files import damaged_recordings, run_file_faults
 from streamer.datasets import open_dataset
 from streamer.datasets.base import PlanesUnreadable, read_available
 from streamer.offline.store import MISSING_NAMESPACE
@@ -23,18 +23,7 @@ from streamer.offline.store import MISSING_NAMESPACE
 
 @pytest.fixture
 def recordings(tmp_path: Path) -> dict[str, Path]:
-    stack = frames(20)
-    full = tmp_path / "full.ome.tif"
-    tifffile.imwrite(full, stack, ome=True, metadata={"axes": "TYX"})
-    chain = tmp_path / "chain.ome.tif"
-    _cut_chain(full, chain)
-    zipped = tmp_path / "zlib.tif"
-    tifffile.imwrite(zipped, stack, compression="zlib")
-    cut_zip = tmp_path / "cut_zlib.tif"
-    cut_zip.write_bytes(zipped.read_bytes()[: zipped.stat().st_size // 2])
-    cut = tmp_path / "cut.ome.tif"
-    cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
-    return {"full": full, "chain": chain, "cut_zlib": cut_zip, "cut": cut}
+    return damaged_recordings(frames(20), tmp_path)
 
 
 def error_lines(output: str) -> list[str]:

@@ -314,7 +314,6 @@ def evaluate(
 
     from streamer.sources import read_stack
     from trainer.evaluate import evaluate as run_eval
-    from trainer.evaluate import save_figure
 
     with user_errors():
         if not model.exists():
@@ -348,6 +347,15 @@ def evaluate(
             table.add_row(label, f"{report[f'psnr_{key}']:.2f}", f"{report[f'ssim_{key}']:.4f}")
     out.print(table)
     out.print(scored_line(report), highlight=False, markup=False)
+    _write_evaluation(report, json_path, figure, raw[0], den[0], ref[0] if ref.ndim == 3 else ref)
+
+
+def _write_evaluation(report: dict[str, Any], json_path: Path | None, figure: Path | None, raw: Any, denoised: Any,
+                      reference: Any) -> None:
+    """``n2n evaluate``'s --json and --figure (raw | Gaussian | denoised [| reference] of the first frame), then
+    where each went."""
+    from trainer.evaluate import save_figure
+
     with user_errors():
         if json_path:
             json_path.parent.mkdir(parents=True, exist_ok=True)
@@ -356,8 +364,8 @@ def evaluate(
             figure.parent.mkdir(parents=True, exist_ok=True)
             from scipy import ndimage
 
-            gaussian = ndimage.gaussian_filter(raw[0].astype("float32"), report["gaussian_sigma"])
-            save_figure(figure, raw[0], den[0], ref[0] if ref.ndim == 3 else ref, report, gaussian=gaussian)
+            gaussian = ndimage.gaussian_filter(raw.astype("float32"), report["gaussian_sigma"])
+            save_figure(figure, raw, denoised, reference, report, gaussian=gaussian)
     for what, path in (("figure", figure), ("report", json_path)):
         if path is not None:
             console.print(f"{what}: {path}", highlight=False)
@@ -367,7 +375,7 @@ def _evaluate_without_reference(model: Path, data: Path, raw: Any, cfg: Any, jso
                                 figure: Path | None) -> None:
     """``n2n evaluate`` without ``--reference``: the Noise2Noise estimate of the gain over raw, beside the best
     Gaussian filter's, from consecutive frames; the figure shows raw | Gaussian | denoised."""
-    from trainer.evaluate import evaluate_without_reference, save_figure
+    from trainer.evaluate import evaluate_without_reference
 
     with user_errors():
         report, first = evaluate_without_reference(model, raw, cfg)
@@ -388,19 +396,7 @@ def _evaluate_without_reference(model: Path, data: Path, raw: Any, cfg: Any, jso
 
         console.print(f"[bold yellow]warning: {NOT_BETTER_THAN_GAUSSIAN}[/bold yellow]", highlight=False,
                       soft_wrap=True)
-    with user_errors():
-        if json_path:
-            json_path.parent.mkdir(parents=True, exist_ok=True)
-            json_path.write_text(json.dumps(report, indent=2) + "\n")
-        if figure:
-            figure.parent.mkdir(parents=True, exist_ok=True)
-            from scipy import ndimage
-
-            gaussian = ndimage.gaussian_filter(raw[0].astype("float32"), report["gaussian_sigma"])
-            save_figure(figure, raw[0], first, None, report, gaussian=gaussian)
-    for what, path in (("figure", figure), ("report", json_path)):
-        if path is not None:
-            console.print(f"{what}: {path}", highlight=False)
+    _write_evaluation(report, json_path, figure, raw[0], first, None)
 
 
 AVERAGE = Command(defaults={"--first": "0", "--frames": "all from --first"})

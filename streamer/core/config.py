@@ -12,9 +12,22 @@ from typing import Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-__all__ = ["CONFIG_VERSION", "NULL", "ConfigError", "Strict", "Versioned", "load_config", "save_config"]
+__all__ = ["CONFIG_VERSION", "NULL", "ConfigError", "Strict", "Versioned", "load_config", "save_config", "user_folder"]
 
 CONFIG_VERSION = 1
+
+
+def user_folder(override: str, xdg: str, default: str) -> Path:
+    """A per-user folder of n2n-live: ``$override``, else ``$xdg/n2n-live``, else ``~/default/n2n-live`` (the cache:
+    ``N2N_CACHE_DIR``, ``XDG_CACHE_HOME``, ``.cache``; the configuration: ``N2N_CONFIG_DIR``, ``XDG_CONFIG_HOME``,
+    ``.config``)."""
+    import os
+
+    env = os.environ.get(override)
+    if env:
+        return Path(env)
+    base = os.environ.get(xdg)
+    return (Path(base) if base else Path.home() / default) / "n2n-live"
 
 
 class _Null:

@@ -15,6 +15,8 @@ import os
 import re
 from pathlib import Path
 
+from .config import user_folder
+
 __all__ = ["TRUST_FILE", "config_dir", "is_trusted", "register", "refusal", "trusted_digests"]
 
 TRUST_FILE = "trusted_torchscript.txt"
@@ -24,11 +26,7 @@ _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 
 def config_dir() -> Path:
     """``$N2N_CONFIG_DIR``, else ``$XDG_CONFIG_HOME/n2n-live``, else ``~/.config/n2n-live``."""
-    env = os.environ.get("N2N_CONFIG_DIR")
-    if env:
-        return Path(env)
-    xdg = os.environ.get("XDG_CONFIG_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".config") / "n2n-live"
+    return user_folder("N2N_CONFIG_DIR", "XDG_CONFIG_HOME", ".config")
 
 
 def trusted_digests() -> set[str]:

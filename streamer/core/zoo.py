@@ -72,6 +72,7 @@ from .card import (
     file_digest,
     unet_reach,
 )
+from .config import user_folder
 
 __all__ = ["CACHE_MAX_BYTES", "CONFIG_KEY", "MAX_BYTES", "MAX_RATIO", "MAX_RDF_BYTES", "TEST_INPUT_ID",
            "TEST_OUTPUT_ID", "ZooError", "cache_dir", "is_package", "open_package", "package_of", "parse_rdf",
@@ -136,25 +137,8 @@ def is_package(path: str | Path) -> bool:
 
 
 def cache_dir() -> Path:
-    env = os.environ.get("N2N_CACHE_DIR")
-    if env:
-        return Path(env)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "n2n-live"
-
-
-def _source(path: Path) -> tuple[Path, str]:
-    """The file bioimageio.spec opens, and a digest of the package's content (the zip, or the rdf and its folder)."""
-    if path.is_dir():
-        path = next(path / n for n in RDF_NAMES if (path / n).exists())
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such zoo package")
-    if path.suffix == ".zip":
-        return path, file_digest(path)
-    h = hashlib.sha256()
-    for f in sorted(p for p in path.parent.rglob("*") if p.is_file()):
-        h.update(str(f.relative_to(path.parent)).encode() + b"\0" + file_digest(f).encode())
-    return path, h.hexdigest()
+    """``$N2N_CACHE_DIR``, else ``$XDG_CACHE_HOME/n2n-live``, else ``~/.cache/n2n-live``."""
+    return user_folder("N2N_CACHE_DIR", "XDG_CACHE_HOME", ".cache")
 
 
 def _affine(ops: list[Any], where: str, allowed: tuple[str, ...]) -> tuple[float, float]:
