@@ -40,6 +40,35 @@ class BridgeRun:
     """Ended early by Ctrl-C, SIGTERM or the caller's stop."""
 
 
+DASH_WAIT_S = 2.0
+"""The most the bridge waits for the dashboard to have the server's stats before the frames flow and after (a
+server publishes every ``stats_interval_s``, 0.5 s by default)."""
+
+
+class _Seen:
+    """The stats messages the dashboard has had, to wait on."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._changed = threading.Condition()
+
+    def add(self, _message: Any) -> None:
+        with self._changed:
+            self.count += 1
+            self._changed.notify_all()
+
+    def wait(self, count: int, timeout_s: float, stop: threading.Event) -> bool:
+        """Until ``count`` messages were had (True), ``timeout_s`` passed or ``stop`` is set."""
+        deadline = time.monotonic() + timeout_s
+        with self._changed:
+            while self.count < count and not stop.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._changed.wait(min(left, 0.05))
+            return self.count >= count
+
+
 @contextlib.contextmanager
 def _graceful_signals(stop: threading.Event) -> Iterator[None]:
     """While inside: the first Ctrl-C or SIGTERM sets ``stop``; a second Ctrl-C raises KeyboardInterrupt."""
@@ -73,7 +102,9 @@ def bridge_live(source_config: MicroManagerSourceConfig, *, model: str | Path | 
     """Bridge ``frames`` frames (None: until stopped or ``seconds`` have passed) from the camera through a
     server on ``model`` started here with ``serve`` (or the running one at ``endpoints``), saving raw and
     denoised frames to ``out``. ``started(server_info, endpoints, source)`` is called once frames are about
-    to flow; ``view`` shows a progress bar or the live dashboard meanwhile."""
+    to flow; ``view`` shows a progress bar or the live dashboard meanwhile (naming the camera; it sees the server's
+    stats before the first frame and after the last, so its figures end as the run's: up to ``DASH_WAIT_S`` longer
+    before the frames and as much after)."""
     from streamer.micromanager import open_source
     from streamer.micromanager.bridge import run_bridge
     from streamer.server import running_server
@@ -94,6 +125,17 @@ def bridge_live(source_config: MicroManagerSourceConfig, *, model: str | Path | 
                                                                  finetune_worker=worker_command()))
             endpoints = server.endpoints
         info = server.denoiser.info() if server is not None else None
+        dash, seen = None, _Seen()
+        if view == "dashboard":
+            from streamer.dashboard import run_dashboard, source_label
+
+            dash = threading.Thread(target=run_dashboard, args=(endpoints["stats"],),
+                                    kwargs={"console": console, "stop": done, "camera": source_label(source),
+                                            "on_stats": seen.add}, name="n2n-dash", daemon=True)
+            stack.callback(dash.join, 5)
+            stack.callback(done.set)  # (first: an error before the bridge still ends the dashboard)
+            dash.start()
+            seen.wait(1, DASH_WAIT_S, stop)  # it sees the server idle before the frames: its rates leave that out
         if started is not None:
             started(info, endpoints, source)
         deadline = None if seconds is None else time.monotonic() + seconds
@@ -105,24 +147,21 @@ def bridge_live(source_config: MicroManagerSourceConfig, *, model: str | Path | 
                     return
 
         threads = [threading.Thread(target=watch, name="n2n-bridge-watch", daemon=True)]
-        if view == "dashboard":
-            from streamer.dashboard import run_dashboard
-
-            threads.append(threading.Thread(target=run_dashboard, args=(endpoints["stats"],),
-                                            kwargs={"console": console, "stop": done}, name="n2n-dash",
-                                            daemon=True))
         bar = stack.enter_context(_progress(console, frames)) if view == "progress" else None
         for thread in threads:
             thread.start()
         try:
             with _graceful_signals(stop):
                 report = run_bridge(source, endpoints, frames, out, timeout_s, end, bar)
+                interrupted = stop.is_set()  # (a Ctrl-C in the wait below comes after every frame was bridged)
+                if dash is not None:  # its last figures: the counts after the last frame, then the idle that
+                    seen.wait(seen.count + 2, DASH_WAIT_S, stop)  # ends the stream's rate (not a stop: planned)
         finally:
             done.set()
-            for thread in threads:
+            for thread in [*threads, *([dash] if dash is not None else [])]:
                 thread.join(timeout=5)
         status = server.status() if server is not None else None
-    report.interrupted = stop.is_set()  # a planned end (frames sent, time up) is not an interruption
+    report.interrupted = interrupted  # a planned end (frames sent, time up) is not an interruption
     return BridgeRun(report=report, server=info, status=status, stopped=stop.is_set())
 
 

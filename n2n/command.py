@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -65,6 +66,15 @@ def parse_settings(items: Sequence[str] | None) -> dict[str, Any]:
     return settings
 
 
+def help_text(doc: str | None) -> str | None:
+    """A command's docstring as ``--help`` shows it: each paragraph one line for the terminal to wrap (a docstring's
+    own line breaks, made for the source's width, would break ``--help``'s lines mid-sentence)."""
+    if not doc:
+        return doc
+    paragraphs = inspect.cleandoc(doc).split("\n\n")
+    return "\n\n".join(" ".join(line.strip() for line in p.splitlines()) for p in paragraphs)
+
+
 class Command:
     """One subcommand: its function, its config model (``"module:Class"``, imported only when needed), the
     flags that set the model's keys, the default text of options outside the model, and renamed flags
@@ -85,7 +95,7 @@ class Command:
     def register(self, app: typer.Typer) -> None:
         assert self.func is not None, "decorate the command's function first"
         cls = type(f"{self.func.__name__.title()}Command", (N2NCommand,), {"spec": self})
-        app.command(cls=cls)(self.func)
+        app.command(cls=cls, help=help_text(self.func.__doc__))(self.func)
 
     def model(self) -> type[BaseModel]:
         assert self.config is not None

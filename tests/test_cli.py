@@ -104,7 +104,7 @@ def test_train_dry_run(tmp_path: Path, tiny_yaml: Path) -> None:
     out = tmp_path / "run"
 
     result = n2n("train", "--config", tiny_yaml, "--out", out, "--epochs", 7, "--seed", 42,
-                 "--target", "supervised", "--max-minutes", 0.5, "--data", tmp_path / "x.tif", "--dry-run")
+                 "--target", "supervised", "--minutes", 0.5, "--data", tmp_path / "x.tif", "--dry-run")
 
     assert_ok(result)
     cfg = yaml.safe_load(result.stdout)

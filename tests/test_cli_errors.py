@@ -54,6 +54,7 @@ def bad_files(tmp_path: Path) -> dict[str, Path]:
     (["train", "--out", "r", "--set", "optim.lr=1"],
      "--set optim.lr: expected one of the keys batch_size, epochs, steps_per_epoch, learning_rate, "
      "min_learning_rate, warmup_steps, early_stopping_patience, max_minutes, precision, device, seed, num_threads, "
+     "adapt_threads, "
      "got 'lr'"),
     (["train", "--out", "r", "--set", "model.depth"], "--set: expected KEY=VALUE (e.g. --set model.depth=3), "
                                                       "got 'model.depth'"),

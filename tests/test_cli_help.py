@@ -121,3 +121,27 @@ def test_bridge_takes_the_engine_options_serve_has() -> None:
     assert warnings == []
     assert (cfg["serve"]["precision"], cfg["serve"]["device"], cfg["serve"]["num_threads"]) == ("bf16", "cpu", 2)
     assert cfg["bridge"]["frames"] is None and cfg["bridge"]["out"] is None and cfg["source"]["config_file"] is None
+
+
+
+def test_the_command_list_breaks_lines_where_the_terminal_ends_not_mid_sentence() -> None:
+    """At 80 columns `n2n --help` lists each command's description wrapped by the terminal: every line but a
+    description's last reaches near the panel's edge (a docstring's own line breaks, made for the source's width,
+    cut sentences in two there; issue 33)."""
+    result = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    start = next(i for i, line in enumerate(lines) if "Commands" in line and line.startswith("╭")) + 1
+    descriptions: dict[str, list[str]] = {}
+    name = ""
+    for line in lines[start:]:
+        if line.startswith("╰"):
+            break
+        body = line.strip("│ ").rstrip()
+        first = line[2:].split(" ", 1)[0] if line[2:3] != " " else ""
+        if first:
+            name, body = first, body[len(first):].strip()
+        descriptions.setdefault(name, []).append(body.strip())
+    assert set(COMMANDS) <= set(descriptions), descriptions.keys()
+    short = {n: d for n, d in descriptions.items() if any(len(line) < 50 for line in d[:-1])}
+    assert not short, f"n2n --help breaks a description early: {short}"

@@ -23,7 +23,8 @@ def test_demo_quick(tmp_path: Path) -> None:
 
     report = json.loads((out / "report.json").read_text())
     q, st, grab = report["quality"], report["stream"], report["grab"]
-    assert q["psnr_denoised_db"] > q["psnr_raw_db"] + 3, q
+    # never worse than raw; clearly better once a few epochs fitted in the time budget (a busy machine fits fewer)
+    assert q["psnr_denoised_db"] > q["psnr_raw_db"] + (3 if report["train"]["epochs"] >= 4 else 0), q
     assert q["psnr_raw_db"] < q["psnr_gaussian_db"] and q["gaussian_sigma"] > 0, q  # the classic baseline
     assert grab["consecutive"] and grab["missed"] == 0 and grab["frames"] == report["settings"]["grab_frames"]
     n = report["settings"]["bridge_frames"]
@@ -43,6 +44,15 @@ def test_demo_quick(tmp_path: Path) -> None:
     assert (f"raw {q['psnr_raw_db']:.2f} dB → Gaussian σ={q['gaussian_sigma']:g} {q['psnr_gaussian_db']:.2f} dB → "
             f"denoised {q['psnr_denoised_db']:.2f} dB") in " ".join(proc.stdout.split())
     assert "report.json" in report["files"]
+    # training by time: the epochs that fitted in the budget, said in the summary (and a score below the Gaussian
+    # filter's is said, not left to the reader)
+    tr = report["train"]
+    assert 1 <= tr["epochs"] <= tr["epochs_planned"] == report["settings"]["epochs"], tr
+    assert tr["budget_seconds"] == report["settings"]["train_seconds"] > 0
+    assert f"{tr['epochs']} of {tr['epochs_planned']} epochs in" in " ".join(proc.stdout.replace("│", " ").split())
+    assert "a step here" in proc.stderr  # the estimate up front
+    below = "scored below the Gaussian filter" in " ".join(proc.stderr.split())
+    assert below == (q["psnr_denoised_db"] < q["psnr_gaussian_db"]), q
     assert "1/5" in proc.stderr and "5/5" in proc.stderr  # every stage announced
     # where the live figures were measured, and how busy other processes kept the CPU meanwhile
     machine, busy = report["machine"], report["machine"]["live_stage"]

@@ -242,3 +242,10 @@ def test_a_reference_on_another_scale_is_warned_about(data) -> None:
     assert reference_warning(raw, truth) is None
     warning = reference_warning((raw // 256).astype(np.uint8) + 1, truth)
     assert warning is not None and "another scale" in warning
+    # a stretched copy whose mean agrees by chance (the newcomer's 8-bit reference of 16-bit frames): its contrast
+    mean = float(np.mean(raw))
+    stretched = (truth - truth.mean()) * 3 + mean
+    warning = reference_warning(raw, stretched)
+    assert warning is not None and "contrast is" in warning and "another scale" in warning
+    warning = reference_warning(raw, np.clip(truth, 0, 255).astype(np.uint8))  # an 8-bit copy of 16-bit frames
+    assert warning is not None and "uint8" in warning and "uint16" in warning

@@ -104,3 +104,5 @@ def test_ctrl_c_at_epoch_2_leaves_a_run_that_serves(tmp_path: Path, tiny_config_
     result = den(frame)
     assert result.shape == frame.shape and result.dtype == frame.dtype and not np.array_equal(result, frame)
     den.engine.close()
+    again = _n2n("train", "--config", path, "--out", out)
+    assert again.returncode == 2 and "holds a partial run" in again.stderr and "--resume" in again.stderr

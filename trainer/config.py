@@ -173,7 +173,9 @@ class OptimConfig(Strict):
     early_stopping_patience: int = Field(10, ge=1)
     """Stop after this many epochs without a better validation loss."""
     max_minutes: float | None = Field(None, gt=0)
-    """Stop (cleanly, with a checkpoint) after this much wall time; None: no limit."""
+    """Wall-clock budget of a training session (``n2n train --minutes``; a resumed run's counts from its resume):
+    after each epoch the epochs that still fit become the learning rate's horizon, and no epoch starts that would
+    end past it (the first always runs); None: no limit."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """Training arithmetic. 'auto': bf16 autocast where the CPU/GPU supports it, else fp32."""
     device: Device = "auto"
@@ -181,7 +183,11 @@ class OptimConfig(Strict):
     seed: int = 0
     """Seeds weights, patch sampling and augmentation."""
     num_threads: int | None = Field(None, ge=1)
-    """CPU threads for PyTorch; None: all cores."""
+    """CPU threads for PyTorch; None: all cores (or the fastest count, with adapt_threads)."""
+    adapt_threads: bool = False
+    """With num_threads None: time the first steps at all cores, half and one, and train at the fastest (on a busy
+    machine fewer threads are often twice as fast); the choice is logged. Off by default: a seeded run then gives the
+    same weights on every run; on in the presets and the demo."""
 
     @model_validator(mode="after")
     def _lr_order(self) -> OptimConfig:

@@ -103,19 +103,46 @@ def evaluate_without_reference(model: TrainedModel | str | Path, raw: np.ndarray
     return report, np.asarray(first)
 
 
+SCALE_TOLERANCE = 1.2
+"""A reference whose mean or contrast differs from the data's average frame by more than this factor is on another
+scale (the average of frames like these agrees to a few percent)."""
+
+
 def reference_warning(raw: np.ndarray, reference: np.ndarray) -> str | None:
     """A reference on another scale than the data (another bit depth, a normalised or rescaled average): its
-    scores would be meaningless (8 dB for a uint16 reference of uint8 data). None when their means agree within
-    a factor of 1.5."""
+    scores would be meaningless (8 dB for a uint16 reference of uint8 data). None when both are of one integer bit
+    depth (or either is float) and their means and contrasts agree within :data:`SCALE_TOLERANCE`."""
     m_raw, m_ref = float(np.mean(raw, dtype=np.float64)), float(np.mean(reference, dtype=np.float64))
     if m_raw <= 0 or m_ref <= 0:
         return None
     ratio = m_ref / m_raw
-    if 1 / 1.5 <= ratio <= 1.5:
+    advice = "a reference on another scale (bit depth, normalisation) scores wrong; it should be the average of frames "
+    if raw.dtype.kind in "ui" and reference.dtype.kind in "ui" and raw.dtype.itemsize != reference.dtype.itemsize:
+        return (f"the reference is {reference.dtype} and the data {raw.dtype}: {advice}like these (n2n average makes "
+                "one, float32)")
+    if not 1 / SCALE_TOLERANCE <= ratio <= SCALE_TOLERANCE:
+        return (f"the reference's mean ({m_ref:.4g}, {reference.dtype}) is {ratio:.3g}x the data's ({m_raw:.4g}, "
+                f"{raw.dtype}): {advice}like these")
+    slope = _contrast_ratio(raw, reference)  # the means can agree by chance (a stretched 8-bit copy): the contrast
+    if slope is not None and not 1 / SCALE_TOLERANCE <= slope <= SCALE_TOLERANCE:
+        return (f"the reference's contrast is {slope:.3g}x the data's (its pixels against the data's average, "
+                f"{reference.dtype} against {raw.dtype}): {advice}like these")
+    return None
+
+
+def _contrast_ratio(raw: np.ndarray, reference: np.ndarray) -> float | None:
+    """How much the reference stretches the data's contrast (1 for a reference on the data's scale): the inverse of
+    the slope of the data's average frame against the reference (the data's noise is in the regressed variable, so
+    it does not bias the slope), over at most ~250 k pixels; None for a flat reference."""
+    step = max(1, int(np.sqrt(raw.shape[-2] * raw.shape[-1] / 250_000)))
+    mean = np.mean(raw[:, ::step, ::step], axis=0, dtype=np.float64).ravel()
+    ref = reference[..., ::step, ::step].astype(np.float64)
+    ref = (ref.mean(axis=0) if ref.ndim == 3 else ref).ravel()
+    var = float(np.var(ref))
+    cov = float(np.mean((mean - mean.mean()) * (ref - ref.mean())))
+    if var <= 0 or cov <= 0 or not np.isfinite(var):
         return None
-    return (f"the reference's mean ({m_ref:.4g}, {reference.dtype}) is {ratio:.3g}x the data's ({m_raw:.4g}, "
-            f"{raw.dtype}): a reference on another scale (bit depth, normalisation) scores wrong; it should be the "
-            "average of frames like these")
+    return var / cov
 
 
 def evaluate(

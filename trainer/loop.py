@@ -3,10 +3,11 @@ checkpoints and resume, a rich progress bar."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from streamer.core.card import Normalization, estimate_noise_model
 from .config import TrainConfig
 from .inference import pick_device, predict, save_torch, save_weights
 from .metrics import psnr, ssim
+from .pace import Pace, ThreadProbe, format_seconds
 from .pairs import ExposureAugment, PairSampler, held_out_pairs, split_rows
 from .unet import UNet
 
@@ -90,7 +92,7 @@ def check_stacks(
                 )
 
 
-_RESUMABLE = {"epochs", "max_minutes", "early_stopping_patience", "device", "num_threads"}
+_RESUMABLE = {"epochs", "max_minutes", "early_stopping_patience", "device", "num_threads", "adapt_threads"}
 
 
 def _incompatible_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
@@ -180,6 +182,16 @@ def exposure_augment(config: TrainConfig, stacks: Sequence[np.ndarray], norm: No
     return ExposureAugment(low, high, gain, offset, read, share=dc.exposure_augment_share)
 
 
+@contextlib.contextmanager
+def _restore_threads(n: int) -> Iterator[None]:
+    """The process's PyTorch thread count as it was, whatever the thread probe chose (a demo serves in-process)."""
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != n:
+            torch.set_num_threads(n)
+
+
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Whole or not at all (the previous checkpoint stays intact); a full disk is a one-line OSError."""
     save_torch(state, path)
@@ -204,6 +216,7 @@ def train(
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     oc, dc = config.optim, config.data
+    threads_before = torch.get_num_threads()  # given back at the end (the probe's choice, or num_threads)
     if oc.num_threads:
         torch.set_num_threads(oc.num_threads)
     device = pick_device(oc.device)
@@ -220,7 +233,7 @@ def train(
         if changed:
             raise ValueError(f"{ckpt_path}: was made with a different configuration ({', '.join(changed)} "
                              "changed); resume allows changing only optim.epochs, max_minutes, "
-                             "early_stopping_patience, device and num_threads")
+                             "early_stopping_patience, device, num_threads and adapt_threads")
     norm = Normalization.from_dict(ckpt["normalization"]) if ckpt else fit_normalization(config, stacks)
 
     net = UNet(**config.model.build_kwargs())
@@ -241,7 +254,8 @@ def train(
         net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     opt = torch.optim.Adam(net.parameters(), lr=oc.learning_rate)
     total = oc.epochs * oc.steps_per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, total, oc))
+    pace = Pace(oc.epochs, oc.steps_per_epoch, oc.max_minutes)  # the schedule's horizon: the epochs that fit
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, pace.total_steps(), oc))
     start_epoch, best, best_epoch, history, elapsed_before = 0, math.inf, -1, [], 0.0
     best_state = None
     if ckpt:
@@ -254,16 +268,21 @@ def train(
         history, elapsed_before = ckpt["history"], ckpt["seconds"]
         best_state = ckpt["best_model"]
         log.info("resuming %s at epoch %d", run_dir, start_epoch)
+        pace.resume(start_epoch, ckpt.get("epoch_seconds"))
+    probe = ThreadProbe.for_machine() if (oc.adapt_threads and device.type == "cpu" and not oc.num_threads
+                                          and start_epoch < oc.epochs and torch.get_num_threads() > 1) else None
 
     console = console or Console(stderr=True)
-    t0 = time.perf_counter()
+    pace.restart()
+    t0 = pace.t0
+    session_step, said_estimate = 0, False
     stopped, epoch, bad_epochs = "completed all epochs", start_epoch, 0
     interrupted = False
     if history:
         bad_epochs = len(history) - 1 - best_epoch
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=False) as progress:
+    with Progress(*columns, console=console, transient=False) as progress, _restore_threads(threads_before):
         task = progress.add_task(f"train {config.mode}", total=total,
                                  completed=start_epoch * oc.steps_per_epoch, status="")
         try:
@@ -271,6 +290,9 @@ def train(
                 net.train()
                 run_loss = 0.0
                 for step in range(oc.steps_per_epoch):
+                    t_step = time.perf_counter()
+                    if probe is not None:
+                        probe.before(session_step)
                     xb, yb = sampler.sample(oc.batch_size)
                     x = torch.from_numpy(xb).to(device)
                     y = torch.from_numpy(yb).to(device)
@@ -284,6 +306,16 @@ def train(
                     opt.step()
                     sched.step()
                     run_loss += float(loss.detach())
+                    if probe is not None:
+                        probe.after(session_step, time.perf_counter() - t_step)
+                    session_step += 1
+                    step_s = None if said_estimate else probe.step_seconds() if probe is not None else (
+                        (time.perf_counter() - t0) / 10 if session_step == 10 else None)
+                    if step_s is not None:  # said once, after the first steps: the whole run (and its limit) here
+                        console.print(pace.estimate(step_s, probe.chosen if probe is not None else
+                                                    torch.get_num_threads() if device.type == "cpu" else None),
+                                      highlight=False, soft_wrap=True)
+                        said_estimate = True
                     if step % 10 == 9:
                         progress.update(task, advance=10, status=f"loss {run_loss / (step + 1):.4f}")
                 progress.update(task, completed=(epoch + 1) * oc.steps_per_epoch)
@@ -301,18 +333,22 @@ def train(
                 progress.update(task, status=status)
                 log.info("epoch %d %s", epoch + 1, status)
                 elapsed = elapsed_before + time.perf_counter() - t0
+                out_of_time = pace.epoch_done(epoch)  # (replans the schedule to the epochs that fit)
+                if pace.budget_s is not None:
+                    progress.update(task, total=pace.total_steps())
                 _save_checkpoint(ckpt_path, {
                     "config": config.model_dump(mode="json"), "epoch": epoch + 1,
                     "model": net.state_dict(), "optimizer": opt.state_dict(),
                     "scheduler": sched.state_dict(), "sampler_rng": sampler.rng.bit_generator.state,
                     "torch_rng": torch.get_rng_state(), "normalization": norm.to_dict(),
                     "best_val_loss": best, "best_epoch": best_epoch, "best_model": best_state,
-                    "history": history, "seconds": elapsed})
+                    "history": history, "seconds": elapsed, "epoch_seconds": pace.epoch_seconds()})
                 if bad_epochs >= oc.early_stopping_patience:
                     stopped = f"early stopping: no better validation loss for {bad_epochs} epochs"
                     break
-                if oc.max_minutes is not None and elapsed > oc.max_minutes * 60:
-                    stopped = f"time limit of {oc.max_minutes} min reached"
+                if out_of_time:
+                    stopped = (f"time limit of {format_seconds(pace.budget_s or 0)}: {epoch + 1} of {oc.epochs} "
+                               "epochs fitted, the learning rate annealed to end there")
                     break
         except KeyboardInterrupt:
             # what can be resumed is the caller's to say (n2n train prints the command; the demo has none)

@@ -18,7 +18,8 @@ __all__ = ["DENOISE", "denoise"]
 DENOISE = Command("streamer.offline.config:DenoiseConfig", flags={
     "--engine": "engine", "--precision": "precision", "--retime": "retime", "--device": "device",
     "--threads": "threads", "--dtype": "dtype", "--channel": "channel", "--workers": "workers",
-    "--scheduler": "scheduler", "--overwrite": "overwrite", "--trust-code": "trust_code"},
+    "--scheduler": "scheduler", "--overwrite": "overwrite", "--trust-code": "trust_code",
+    "--denoise-again": "denoise_again", "--skip-denoised": "skip_denoised"},
     defaults={"--threads": "the cores shared among the workers", "--channel": "every plane",
               "--scheduler": "a LocalCluster when --workers > 1", "--json": "not written"})
 
@@ -46,6 +47,11 @@ def denoise(
     = None,
     scheduler: Annotated[str | None, typer.Option(help="An existing Dask scheduler, tcp://HOST:PORT.")] = None,
     overwrite: Annotated[bool | None, typer.Option("--overwrite", help="Replace an existing output.")] = None,
+    denoise_again: Annotated[bool | None, typer.Option("--denoise-again", help="Denoise planes the input marks as "
+                                                       "denoised already (n2n-denoised: true) anyway; without it "
+                                                       "such an input is refused.")] = None,
+    skip_denoised: Annotated[bool | None, typer.Option("--skip-denoised", help="Denoise only the planes not marked "
+                                                       "denoised already; copy the marked ones as they are.")] = None,
     trust_code: Annotated[bool | None, typer.Option("--trust-code", help="Run a TorchScript file this install did "
                                                     "not write (a downloaded model's): it is a program.")] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the summary here.")] = None,
@@ -53,11 +59,13 @@ def denoise(
     dry_run: DryRunOpt = False,
 ) -> None:
     """Denoise a recorded dataset with a trained model; rerun the same command after an interruption to
-    continue where it stopped."""
+    continue where it stopped. Planes already denoised by n2n (an n2n denoise output, the denoised channel of an
+    n2n bridge recording, a pycromanager-hook recording) are refused unless --denoise-again or --skip-denoised."""
     cfg = DENOISE.load(config, dry_run, {
         "--engine": engine, "--precision": precision, "--retime": retime, "--device": device, "--threads": threads,
         "--dtype": dtype, "--channel": channel, "--workers": workers, "--scheduler": scheduler,
-        "--overwrite": overwrite, "--trust-code": trust_code})
+        "--overwrite": overwrite, "--trust-code": trust_code, "--denoise-again": denoise_again,
+        "--skip-denoised": skip_denoised})
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -110,6 +118,9 @@ def denoise(
     rate = f", {summary['planes_per_s']} planes/s" if summary["planes_per_s"] else ""
     table.add_row("planes", f"{summary['planes']} ({summary['planes_denoised']} denoised this run, "
                             f"{summary['planes_resumed']} done before{rate})")
+    if summary["planes_marked_denoised"]:
+        what = ("copied as they are" if summary["planes_copied_marked"] else "denoised again (--denoise-again)")
+        table.add_row("marked", f"{summary['planes_marked_denoised']} denoised already in the input: {what}")
     table.add_row("engine", f"{summary['engine']} at {summary['precision']}, {summary['workers']} worker(s) "
                             f"({summary['scheduler']})")
     table.add_row("output", f"{output} ({summary['format']}, {summary['dtype']})")

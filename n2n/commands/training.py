@@ -58,11 +58,11 @@ def simulate(
 
 TRAIN = Command("trainer.config:TrainConfig", flags={
     "--target": "mode", "--epochs": "optim.epochs", "--steps-per-epoch": "optim.steps_per_epoch",
-    "--max-minutes": "optim.max_minutes", "--device": "optim.device", "--seed": "optim.seed",
+    "--minutes": "optim.max_minutes", "--device": "optim.device", "--seed": "optim.seed",
     "--data": "data.source"},
     defaults={"--data": "none: data.source 'simulated' in the config takes the simulated camera",
-              "--reference": "none", "--max-minutes": "no limit", "--set": "none"},
-    deprecated={"--mode": "--target"})
+              "--reference": "none", "--minutes": "no limit", "--set": "none"},
+    deprecated={"--mode": "--target", "--max-minutes": "--minutes"})
 
 
 @TRAIN
@@ -78,7 +78,10 @@ def train(
     = None,
     epochs: Annotated[int | None, typer.Option(help="Training epochs (optim.epochs).")] = None,
     steps_per_epoch: Annotated[int | None, typer.Option(help="Optimiser steps per epoch.")] = None,
-    max_minutes: Annotated[float | None, typer.Option(help="Stop after this many minutes.")] = None,
+    minutes: Annotated[float | None, typer.Option(help="Train for at most this many minutes (this session's): "
+                                                  "the epochs that fit are planned and the learning rate annealed to "
+                                                  "end there; it never starts an epoch that would end later.")]
+    = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seeds weights, patches and augmentation.")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override any config key: --set model.depth=3 "
@@ -93,7 +96,7 @@ def train(
 ) -> None:
     """Fit a Noise2Noise (or supervised) U-Net and export it to ONNX."""
     cfg = TRAIN.load(config, dry_run, {
-        "--target": target, "--epochs": epochs, "--steps-per-epoch": steps_per_epoch, "--max-minutes": max_minutes,
+        "--target": target, "--epochs": epochs, "--steps-per-epoch": steps_per_epoch, "--minutes": minutes,
         "--device": device, "--seed": seed, "--data": "files" if data else None}, parse_settings(set_))
     if resume and overwrite:
         raise UserError("--resume continues the run in --out and --overwrite replaces it: expected one, got both")
@@ -191,9 +194,19 @@ def _refuse_existing(out_dir: Path, overwrite: bool) -> None:
         return
     finished = "model.json" in found
     what = "a finished run" if finished else "an unfinished run (a checkpoint, no model)"
+    if finished and _partial(out_dir / "model.json"):
+        what, finished = "a partial run (interrupted; its best epoch so far exported)", False
     raise UserError(f"--out {out_dir}: holds {what}; expected a new folder: `--resume` continues it"
                     + (" (with --epochs N: to N epochs in all)" if finished else "")
                     + ", `--overwrite` replaces it, or give another --out")
+
+
+def _partial(card: Path) -> bool:
+    """Whether a run folder's card says the run was interrupted (``training.partial``); False if unreadable."""
+    try:
+        return bool(json.loads(card.read_text()).get("training", {}).get("partial"))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _clear_old_run(out_dir: Path) -> None:

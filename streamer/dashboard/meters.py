@@ -9,38 +9,54 @@ __all__ = ["CpuMeter", "GpuMeter"]
 
 
 class CpuMeter:
-    """Whole-machine CPU busy percentage from the deltas of ``/proc/stat`` between calls."""
+    """Whole-machine CPU busy percentage from the deltas of ``/proc/stat``: the first call already measures, since
+    the meter was made (its baseline); each later one since the call before. Where there is no figure,
+    :attr:`why_not` says why in words."""
 
     def __init__(self, path: str = "/proc/stat") -> None:
         self.path = path
-        self._last: tuple[int, int] | None = None
+        self.why_not: str | None = None
+        """Why the last :meth:`percent` gave None (None after a figure)."""
+        self._last = self._read()
 
     def _read(self) -> tuple[int, int] | None:
-        """(total, idle) jiffies, None when unreadable."""
+        """(total, idle) jiffies, None when unreadable (:attr:`why_not` says why)."""
         try:
             with open(self.path) as f:
                 fields = f.readline().split()
-        except OSError:
+        except FileNotFoundError:
+            self.why_not = f"unknown here (no {self.path}: not Linux?)"
             return None
-        if len(fields) < 5 or fields[0] != "cpu":
+        except OSError as exc:
+            self.why_not = f"unknown ({self.path} unreadable: {exc.strerror or type(exc).__name__})"
             return None
         try:
+            if len(fields) < 5 or fields[0] != "cpu":
+                raise ValueError(fields[:1])
             # user nice system idle iowait irq softirq steal (guest time is already in user)
             values = [int(v) for v in fields[1:9]]
         except ValueError:
+            self.why_not = f"unknown ({self.path} has no 'cpu' line of numbers first)"
             return None
         idle = values[3] + (values[4] if len(values) > 4 else 0)
         return sum(values), idle
 
     def percent(self) -> float | None:
-        """Busy % since the previous call; None on the first call or where /proc/stat is missing."""
+        """Busy % since the previous call (the first: since the meter was made); None where it cannot be
+        measured (:attr:`why_not`)."""
         now = self._read()
         last, self._last = self._last, now
-        if now is None or last is None:
+        if now is None:
+            return None
+        if last is None:
+            self.why_not = "measuring (the next reading is the first figure)"
             return None
         total, idle = now[0] - last[0], now[1] - last[1]
         if total <= 0:
+            self._last = last  # under a clock tick (10 ms of all cores): measure from the same baseline
+            self.why_not = "measuring (under a clock tick so far)"
             return None
+        self.why_not = None
         return max(0.0, min(100.0, 100.0 * (total - idle) / total))
 
 
@@ -91,5 +107,3 @@ class GpuMeter:
                 pass
             self._nvml = None
 
-
-# --- rendering ----------------------------------------------------------------------------------------------

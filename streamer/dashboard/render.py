@@ -15,8 +15,10 @@ from rich.table import Table
 from rich.text import Text
 
 from ..server.stats import ServerStats
+from .layout import SPACER, Fitted, Flow, field
+from .rates import WINDOW_S, FrameRate, RateReading
 
-__all__ = ["SPARK_CHARS", "STALE_AFTER_S", "History", "render", "sparkline"]
+__all__ = ["SPARK_CHARS", "STALE_AFTER_S", "History", "render", "source_label", "sparkline"]
 
 SPARK_CHARS = "▁▂▃▄▅▆▇█"
 #: Stats older than this are shown with a "no stats for N s" warning (the server publishes
@@ -100,17 +102,27 @@ def sparkline(values: Sequence[float | None], width: int) -> str:
 
 
 class History:
-    """The last ``window_s`` seconds of (time, latency p50 in ms, output frame rate)."""
+    """The last ``window_s`` seconds of (time, latency p50 in ms, output frame rate), and the frame rates the
+    dashboard shows: the frames delivered over the time they were delivered (:class:`FrameRate`, from the
+    messages' counters and ``uptime_s``; the server's own ``fps_in``/``fps_out`` average over idle time too)."""
 
     FIELDS = ("latency_p50", "fps_out")
 
     def __init__(self, window_s: float = 60.0) -> None:
         self.window_s = window_s
         self._samples: deque[tuple[float, float | None, float | None]] = deque()
+        self.rate_in = FrameRate()
+        """Frames received per second (``frames_in``)."""
+        self.rate_out = FrameRate()
+        """Frames served per second (``frames_out``)."""
 
     def add(self, stats: Mapping[str, Any], now: float) -> None:
         """Record one stats message received at ``now`` (monotonic seconds)."""
-        self._samples.append((now, _number(_get(stats, "latency_ms", "p50")), _number(stats.get("fps_out"))))
+        uptime = _number(stats.get("uptime_s"))  # when the server counted: no transport delay in the rates
+        at = now if uptime is None else uptime
+        self.rate_in.add(at, _number(stats.get("frames_in")))
+        self.rate_out.add(at, _number(stats.get("frames_out")))
+        self._samples.append((now, _number(_get(stats, "latency_ms", "p50")), self.rate_out.current()))
         while self._samples and self._samples[0][0] < now - self.window_s:
             self._samples.popleft()
 
@@ -127,6 +139,7 @@ class History:
 
     @property
     def fps_out(self) -> list[float | None]:
+        """Frames served per second as the dashboard measured them (0 while none flowed)."""
         return [s[2] for s in self._samples]
 
     def series(self, name: str, width: int, now: float | None = None) -> list[float | None]:
@@ -156,39 +169,55 @@ class History:
         return (min(values), max(values)) if values else None
 
 
-# --- machine load ----------------------------------------------------------------------------------------
+# --- the panel -------------------------------------------------------------------------------------------
+def source_label(source: Any) -> str | None:
+    """The camera a bridge reads, as the dashboard's header names it: n2n-live's simulated camera (a source with
+    ``simulated`` set, e.g. :class:`~streamer.sources.MicroManagerSource`) is always said to be one; None for a
+    source without a ``camera`` name."""
+    camera = getattr(source, "camera", None)
+    name = f" {camera!r}" if camera else ""
+    if getattr(source, "simulated", False):
+        return f"SIMULATED camera{name}: synthetic cells, not a microscope"
+    return f"camera{name}" if name else None
+
+
 def _waiting(address: str, seconds: float | None) -> Panel:
-    line = Text(f"waiting for server at {address}", style="bold yellow", no_wrap=True, overflow="ellipsis")
+    line = Text(f"waiting for server at {address}", style="bold yellow", overflow="fold")
     if seconds is not None:
         line.append(f" … {seconds:.0f} s", style="yellow")
     body = Group(
         line,
         Text(""),
-        Text("start one with `n2n serve --model RUN_DIR`", style="dim",
-             no_wrap=True, overflow="ellipsis"),
+        Text("start one with `n2n serve --model RUN_DIR`", style="dim", overflow="fold"),
         Text("Ctrl-C quits", style="dim"),
     )
     return Panel(body, title=f"n2n dash · {address}", title_align="left", box=box.ROUNDED, padding=(0, 1),
                  border_style="yellow")
 
 
-def _pairs(*items: tuple[str, str], gap: str = "   ") -> Text:
-    text = Text(no_wrap=True, overflow="ellipsis")
-    for i, (label, value) in enumerate(items):
-        if i:
-            text.append(gap)
-        text.append(f"{label} ", style="dim")
-        text.append(value, style="bold")
-    return text
+def _pairs(*items: tuple[str, str], gap: str = "   ") -> Flow:
+    return Flow((field(label, value) for label, value in items), gap=gap)
 
 
-def _spark_row(history: History, name: str, unit: str) -> Text:
-    text = Text(no_wrap=True, overflow="ellipsis")
-    text.append(sparkline(history.series(name, SPARK_WIDTH), SPARK_WIDTH), style="cyan")
+def _rate(reading: RateReading | None) -> str:
+    """``29.9 fps``; ``≥60.0 fps`` for a stream under two stats intervals; ``idle (was 100.0 fps)`` once it
+    stopped; ``idle`` when nothing flowed in the window; ``–`` before the second stats message."""
+    if reading is None:
+        return DASH
+    if reading.single:
+        return "1 frame so far"
+    if reading.fps <= 0:
+        return "idle"
+    fps = f"{'≥' if reading.lower_bound else ''}{reading.fps:.1f} fps"
+    return fps if reading.idle_s is None else f"idle (was {fps})"
+
+
+def _spark_row(history: History, name: str, unit: str) -> Flow:
+    fields = [Text(sparkline(history.series(name, SPARK_WIDTH), SPARK_WIDTH), style="cyan")]
     span = history.range(name)
     if span is not None:
-        text.append(f"  {_fmt(span[0])}–{_fmt(span[1], unit)}", style="dim")
-    return text
+        fields.append(Text(f"{_fmt(span[0])}–{_fmt(span[1], unit)}", style="dim"))
+    return Flow(fields, gap="  ")
 
 
 def _stage_table(stages: Any) -> Table:
@@ -201,18 +230,29 @@ def _stage_table(stages: Any) -> Table:
     return table
 
 
-def _errors(stats: Mapping[str, Any]) -> Text:
+def _errors(stats: Mapping[str, Any]) -> Flow:
     total = _number(stats.get("errors"))
     kinds = stats.get("errors_by_kind")
     kinds = {str(k): n for k, v in kinds.items() if (n := _number(v))} if isinstance(kinds, Mapping) else {}
-    text = Text(no_wrap=True, overflow="ellipsis")
-    text.append(_count(total), style="bold red" if total else "bold")
+    fields = [Text(_count(total), style="bold red" if total else "bold")]
     ranked = sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0]))
     if ranked:
         shown = ", ".join(f"{k} {int(n)}" for k, n in ranked[:3])
         more = f", +{len(ranked) - 3} more kinds" if len(ranked) > 3 else ""
-        text.append(f"   ({shown}{more})", style="red")
-    return text
+        fields.append(Text(f"({shown}{more})", style="red"))
+    return Flow(fields)
+
+
+def _drops(stats: Mapping[str, Any]) -> Flow:
+    drops = _number(stats.get("drops"))
+    fraction = _number(stats.get("drop_fraction"))
+    text = Text(f"{_count(drops)} ({_fmt(None if fraction is None else fraction * 100, '%')})",
+                style="bold yellow" if drops else "bold")
+    reasons = stats.get("drops_by_reason")
+    if isinstance(reasons, Mapping) and reasons:  # where frames were lost: input, slow_subscriber, no_subscriber...
+        text.append(": " + ", ".join(f"{k} {_count(v)}" for k, v in sorted(reasons.items())))
+    return Flow([text, *(field(label, _count(stats.get(key))) for label, key in
+                         (("queue depth", "queue_depth"), ("subscribers", "subscribers"), ("viewers", "viewers")))])
 
 
 FLAG_LABELS = {"float_path": "float path", "raw:output_range": "raw (output check)"}
@@ -225,85 +265,84 @@ def _flag_label(flag: str) -> str:
     return f"raw ({flag[4:].replace('_', ' ')})" if flag.startswith("raw:") else flag.replace("_", " ")
 
 
-def _checks(stats: Mapping[str, Any]) -> Text:
+def _checks(stats: Mapping[str, Any]) -> Flow:
     """Frames served with a flag from the Denoiser's checks, e.g. ``float path 3 · raw (output check) 1``: the
     float32 fallback of a reduced-precision model, and frames served RAW because the denoised output failed a
     check (``served_flags``; ``–`` from a server that does not count them)."""
-    text = Text(no_wrap=True, overflow="ellipsis")
     flags = stats.get("served_flags")
     if not isinstance(flags, Mapping):
-        text.append(DASH)
-        return text
+        return Flow([DASH])
     counts = {str(k): int(n) for k, v in flags.items() if (n := _number(v))}
     counts.setdefault("float_path", 0)
     if not any(k.startswith("raw:") for k in counts):
         counts["raw"] = 0
     ranked = sorted(counts.items(), key=lambda kv: (kv[0].startswith("raw"), -kv[1], kv[0]))
-    for i, (flag, n) in enumerate(ranked):
-        if i:
-            text.append(" · ", style="dim")
-        style = "bold" if not n else "bold red" if flag.startswith("raw") else "bold yellow"
-        text.append(f"{_flag_label(flag)} ", style="dim")
-        text.append(str(n), style=style)
-    return text
+    return Flow((field(_flag_label(flag), str(n),
+                       "bold" if not n else "bold red" if flag.startswith("raw") else "bold yellow")
+                 for flag, n in ranked), gap=" · ")
+
+
+def _load(cpu_percent: float | None, cpu_note: str | None, gpu: str | None) -> Flow:
+    """``CPU 23 %`` (and the GPUs); without a figure, why not in words."""
+    cpu = _number(cpu_percent)
+    fields = [field("CPU", f"{cpu:.0f} %") if cpu is not None
+              else field("CPU", cpu_note or "not measured yet", style="yellow")]
+    if gpu:
+        fields.append(Text(gpu, style="bold"))
+    return Flow(fields)
 
 
 def render(stats: Mapping[str, Any] | None, history: History, address: str, *,
-           seconds_since_last: float | None = None, cpu_percent: float | None = None, gpu: str | None = None,
-           bad_messages: int = 0) -> RenderableType:
-    """The dashboard for one stats message (None: nothing received yet), fitting 80 × 24.
+           seconds_since_last: float | None = None, cpu_percent: float | None = None, cpu_note: str | None = None,
+           gpu: str | None = None, bad_messages: int = 0, camera: str | None = None) -> RenderableType:
+    """The dashboard for one stats message (None: nothing received yet). It fits 80 × 24: no figure is cut at any
+    width (a row that does not fit wraps between its fields); when rows run short the blank lines go first, then
+    the end of the precision note (the server's log has it whole).
 
+    ``history``: the messages so far (the frame rates and the sparklines come from it).
     ``seconds_since_last``: age of ``stats`` (or time waited when None); older than
     :data:`STALE_AFTER_S` adds a "no stats for N s" warning. ``cpu_percent`` and ``gpu``:
-    this machine's load (see :class:`CpuMeter`, :class:`GpuMeter`); ``bad_messages``:
-    undecodable messages ignored so far.
+    this machine's load (see :class:`CpuMeter`, :class:`GpuMeter`), ``cpu_note``: why there is no CPU figure;
+    ``bad_messages``: undecodable messages ignored so far; ``camera``: the bridge's source
+    (:func:`source_label`), when the dashboard knows it.
     """
     if stats is None:
         return _waiting(address, seconds_since_last)
     stale = seconds_since_last is not None and seconds_since_last > STALE_AFTER_S
 
-    header = Text(no_wrap=True, overflow="ellipsis")
-    header.append(str(stats.get("model", DASH)), style="bold")
-    header.append("  ·  ")
-    header.append(f"{stats.get('engine', DASH)} {stats.get('precision', DASH)} on {stats.get('device', DASH)}",
-                  style="bold cyan")
-    header.append(f"  ·  {stats.get('mode', DASH)} mode  ·  up {_uptime(stats.get('uptime_s'))}")
-
+    header = Flow([Text(str(stats.get("model", DASH)), style="bold"),
+                   Text(f"{stats.get('engine', DASH)} {stats.get('precision', DASH)} on {stats.get('device', DASH)}",
+                        style="bold cyan"),
+                   Text(f"{stats.get('mode', DASH)} mode"), Text(f"up {_uptime(stats.get('uptime_s'))}")],
+                  gap="  ·  ")
     lines: list[RenderableType] = [header]
-    note = stats.get("precision_note")
+    if camera:
+        simulated = camera.startswith("SIMULATED")
+        lines.append(Text(camera, style="bold reverse yellow" if simulated else "bold", overflow="fold"))
+    note = Text(str(stats.get("precision_note") or ""), style="dim", overflow="fold")
     if note:
-        lines.append(Text(str(note), style="dim", no_wrap=True, overflow="ellipsis"))
+        lines.append(note)
     if stale:
         lines.append(Text(f"no stats for {seconds_since_last:.0f} s: is the server still running? "
-                          "(showing the last figures)", style="bold reverse red", no_wrap=True,
-                          overflow="ellipsis"))
+                          "(showing the last figures)", style="bold reverse red", overflow="fold"))
 
     grid = Table.grid(padding=(0, 1))
     grid.add_column(width=_LABEL_WIDTH, no_wrap=True, style="dim")
-    grid.add_column(no_wrap=True, overflow="ellipsis")
-    grid.add_row("frame rate", _pairs(("in", _fmt(stats.get("fps_in"), "fps")),
-                                      ("out", _fmt(stats.get("fps_out"), "fps"))))
+    grid.add_column()
+    rate_in, rate_out = history.rate_in.reading(), history.rate_out.reading()
+    if rate_in is None and rate_out is None:
+        grid.add_row("frame rate", Text("measuring (from the second stats message on)", style="dim"))
+    else:
+        grid.add_row("frame rate", Flow([field("in", _rate(rate_in)), field("out", _rate(rate_out)),
+                                         Text(f"(last {WINDOW_S:g} s, idle time left out)", style="dim")]))
     for label, key in (("latency", "latency_ms"), ("in server", "server_ms")):
         grid.add_row(label, _pairs(*((q, _fmt(_get(stats, key, q), "ms")) for q in ("p50", "p95", "p99"))))
     grid.add_row("p50, 1 min", _spark_row(history, "latency_p50", "ms"))
     grid.add_row("fps, 1 min", _spark_row(history, "fps_out", "fps"))
     grid.add_row("stages ms", _stage_table(stats.get("stages_ms")))
-    grid.add_row("", "")
     grid.add_row("frames", _pairs(("in", _count(stats.get("frames_in"))), ("out", _count(stats.get("frames_out"))),
                                   ("requests", _count(stats.get("requests"))), ("swaps", _count(stats.get("swaps")))))
-    drops = _number(stats.get("drops"))
-    fraction = _number(stats.get("drop_fraction"))
-    drop_text = Text(no_wrap=True, overflow="ellipsis")
-    drop_text.append(f"{_count(drops)} ({_fmt(None if fraction is None else fraction * 100, '%')})",
-                     style="bold yellow" if drops else "bold")
-    reasons = stats.get("drops_by_reason")
-    if isinstance(reasons, dict) and reasons:  # where frames were lost: input, slow_subscriber, no_subscriber...
-        drop_text.append(" " + ", ".join(f"{k} {_count(v)}" for k, v in sorted(reasons.items())))
-    drop_text.append("   ")
-    drop_text.append_text(_pairs(("queue depth", _count(stats.get("queue_depth"))),
-                                 ("subscribers", _count(stats.get("subscribers"))),
-                                 ("viewers", _count(stats.get("viewers")))))
-    grid.add_row("drops", drop_text)
+    grid.add_row("drops", _drops(stats))
     grid.add_row("errors", _errors(stats))
     grid.add_row("checks", _checks(stats))
     ft = stats.get("finetune")
@@ -313,20 +352,13 @@ def render(stats: Mapping[str, Any] | None, history: History, address: str, *,
                                          ("val serving", _fmt(ft.get("val_serving"), "", 4)),
                                          ("candidate", _fmt(ft.get("val_candidate"), "", 4)),
                                          ("swaps", _count(ft.get("swaps")))))
-    load = [("CPU", _fmt(cpu_percent, "%", 0))]
-    load_text = _pairs(*load)
-    if gpu:
-        load_text.append("   ")
-        load_text.append(gpu, style="bold")
-    grid.add_row("load", load_text)
-    lines += [Text(""), grid]
+    grid.add_row("load", _load(cpu_percent, cpu_note, gpu))
+    lines += [SPACER, grid]
 
-    footer = Text(no_wrap=True, overflow="ellipsis", style="dim")
-    if seconds_since_last is not None:
-        footer.append(f"updated {seconds_since_last:.1f} s ago   ")
+    footer = [f"updated {seconds_since_last:.1f} s ago"] if seconds_since_last is not None else []
     if bad_messages:
-        footer.append(f"{bad_messages} bad messages ignored   ", style="yellow")
+        footer.append(f"{bad_messages} bad messages ignored")
     footer.append("Ctrl-C quits")
-    lines += [Text(""), footer]
-    return Panel(Group(*lines), title=f"n2n dash · {address}", title_align="left", box=box.ROUNDED,
+    lines += [SPACER, Flow(Text(f, style="yellow" if "bad" in f else "dim") for f in footer)]
+    return Panel(Fitted(lines, elastic=note), title=f"n2n dash · {address}", title_align="left", box=box.ROUNDED,
                  padding=(0, 1), border_style="red" if stale else "cyan")

@@ -78,6 +78,12 @@ class OmeTiffReader:
         self._lock = threading.Lock()  # one file handle: a seek and its read must not interleave with another's
         self.damage: list[str] = []
         """What is wrong with the file as a whole (cut short, metadata lost), found when it was opened."""
+        self.notes: dict[str, str] = {}
+        """The OME-XML's CommentAnnotations: their text by namespace (n2n's records, e.g. ``n2n denoise``'s)."""
+        self.frame_metadata = False
+        """The per-plane metadata was recorded once per time point (``n2n bridge`` / ``n2n grab``), every channel
+        of a time point given the same: in a bridge recording, ``n2n-denoised`` there speaks of the ``denoised``
+        channel only (its ``raw`` channel holds the camera's frames)."""
         notes: list[str] = []
         with _captured(notes):
             try:
@@ -257,6 +263,7 @@ class OmeTiffReader:
             info.channel_names = [str(n) for n in names]
         notes = _items(tree.get("OME", {}).get("StructuredAnnotations", {}).get("CommentAnnotation"))
         by_space = {n.get("Namespace"): n.get("Value") for n in notes if isinstance(n, dict)}
+        self.notes = {str(k): str(v) for k, v in by_space.items() if k and v is not None}
         if PLANE_METADATA_NAMESPACE in by_space:
             meta = json.loads(str(by_space[PLANE_METADATA_NAMESPACE]))
             if isinstance(meta, list) and len(meta) == info.planes:
@@ -277,6 +284,7 @@ class OmeTiffReader:
             if isinstance(per_t, list) and len(per_t) == info.shape[0]:
                 for p in range(info.planes):
                     plane_meta[p] = {**per_t[info.index(p)["T"]], **plane_meta[p]}
+                self.frame_metadata = True
         if any(plane_meta):
             info.plane_metadata = plane_meta
 

@@ -13,10 +13,15 @@ The engine and precision are decided once, at the start (``auto`` times the prec
 and recorded in the store: a resumed run and every worker use the same, so their pixels are the same
 bits. The output is the store itself (``.zarr``), or for OME-TIFF a temporary ``OUTPUT.partial.zarr``
 beside it, written into the TIFF (under a temporary name, then renamed) once every plane is done.
+
+Planes the input marks as denoised already (an ``n2n denoise`` output, the ``denoised`` channel of an ``n2n bridge``
+recording, a recording made through the pycromanager hook) are never denoised again without being asked: see
+:mod:`.marks`. The output records which of its planes hold denoised pixels, so that it is known as such in turn.
 """
 
+from .marks import AlreadyDenoised
 from .run import DenoiseInterrupted, IncompleteInput, denoise
 from .store import PROGRESS_NAME
 from .task import Job, run_task
 
-__all__ = ["PROGRESS_NAME", "DenoiseInterrupted", "IncompleteInput", "Job", "denoise", "run_task"]
+__all__ = ["PROGRESS_NAME", "AlreadyDenoised", "DenoiseInterrupted", "IncompleteInput", "Job", "denoise", "run_task"]

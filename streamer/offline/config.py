@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ..core.choices import Device, EngineChoice, OutputDtype, PrecisionChoice
 from ..core.config import Versioned
@@ -39,7 +39,21 @@ class DenoiseConfig(Versioned):
     by a chunk, never the dataset."""
     overwrite: bool = False
     """Replace an existing output (never the input)."""
+    denoise_again: bool = False
+    """Denoise the planes the input marks as denoised already (n2n-denoised: true, or an n2n denoise output's record)
+    anyway, with a warning. Off: such an input is refused, in one line that names the raw record where its
+    metadata says it."""
+    skip_denoised: bool = False
+    """Denoise only the planes the input does not mark as denoised already; copy the marked ones as they are (a
+    recording made through the pycromanager hook whose server was away for a while)."""
     trust_code: bool = False
     """Run a TorchScript file this install did not write (a downloaded package's or run folder's): a TorchScript file
     is a program that can read and write your files. Off: such a model runs from its ONNX weights (auto) or is
     refused (engine torch)."""
+
+    @model_validator(mode="after")
+    def _one_answer(self) -> DenoiseConfig:
+        if self.denoise_again and self.skip_denoised:
+            raise ValueError("expected at most one of denoise_again (denoise the marked planes again) and "
+                             "skip_denoised (copy them as they are), got both")
+        return self

@@ -21,6 +21,7 @@ from ..datasets import DatasetError, DatasetInfo, open_dataset, output_kind
 from ..datasets.base import Reader
 from ..denoiser import FLAG_FLOAT_PATH, is_raw
 from .config import DenoiseConfig
+from .marks import AlreadyDenoised, read_marks, refusal, to_ranges
 from .store import (
     FLAGS_NAME,
     MAX_TASK_PLANES,
@@ -43,7 +44,7 @@ from .store import (
 )
 from .task import Job, TaskResult, keep, make_denoiser, peak_mib, release, run_task, warm_up
 
-__all__ = ["DenoiseInterrupted", "IncompleteInput", "denoise"]
+__all__ = ["AlreadyDenoised", "DenoiseInterrupted", "IncompleteInput", "denoise"]
 
 log = logging.getLogger("n2n.streamer")
 
@@ -64,13 +65,8 @@ class IncompleteInput(DatasetError):
 
 def _ranges(planes: list[int]) -> str:
     """1, 3-7, 9 (at most 6 ranges, then …)."""
-    runs: list[list[int]] = []
-    for p in planes:
-        if runs and runs[-1][1] == p - 1:
-            runs[-1][1] = p
-        else:
-            runs.append([p, p])
-    text = ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs[:6])
+    runs = to_ranges(planes)
+    text = ", ".join(str(a) if b == a + 1 else f"{a}-{b - 1}" for a, b in runs[:6])
     return text + (", …" if len(runs) > 6 else "")
 
 
@@ -231,14 +227,28 @@ def _denoise(source: Path, model: Path, card: Any, output: Path, out_kind: str, 
         info = reader.info
         _check_model(card, info, str(source), model)
         channel = _channel_index(info, cfg.channel, str(source))
+        wanted = [p for p in range(info.planes) if channel is None or info.index(p)["C"] == channel]
+        marks = read_marks(reader)  # the input's: never what a partial output of this run holds
+        marked = [p for p in wanted if p in marks.planes]
+        if marked and not (cfg.denoise_again or cfg.skip_denoised):
+            raise AlreadyDenoised(refusal(source, marks, len(marked), len(wanted)))
+        skipped_marked = marked if cfg.skip_denoised else []
+        if skipped_marked:
+            wanted = [p for p in wanted if p not in marks.planes]
         settings: dict[str, Any] = {  # what a resumed run must share with the run it continues
             "input": str(source.resolve()), "input_kind": reader.kind, "input_shape": list(info.shape),
             "input_dtype": info.dtype.name, "model": str(model.resolve()),
             "model_card_sha256": sha256(card.run_dir / CARD_NAME), "channel": channel, "output_dtype": cfg.dtype,
-            "requested_engine": cfg.engine, "requested_precision": cfg.precision, "device": cfg.device}
+            "requested_engine": cfg.engine, "requested_precision": cfg.precision, "device": cfg.device,
+            "skip_denoised": cfg.skip_denoised}
         record, replaced = prepare_output(output, store, settings, cfg.overwrite, source)
+        if marked and cfg.denoise_again:
+            log.warning("%s: denoising again %d plane(s) marked denoised already (%s), as --denoise-again asks: "
+                        "they come out smoother than one pass makes them", source, len(marked), marks.how)
+        elif skipped_marked:
+            log.info("%s: %d plane(s) marked denoised already (%s) are copied as they are (--skip-denoised); "
+                     "%d are denoised", source, len(skipped_marked), marks.how, len(wanted))
         out_dtype = np.dtype(np.float32) if cfg.dtype == "float32" else info.dtype
-        wanted = [p for p in range(info.planes) if channel is None or info.index(p)["C"] == channel]
         local = cfg.scheduler is None and cfg.workers == 1
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         threads = cfg.threads or (None if local or cfg.scheduler else max(1, cores // cfg.workers))
@@ -257,7 +267,8 @@ def _denoise(source: Path, model: Path, card: Any, output: Path, out_kind: str, 
     job = Job(input=settings["input"], kind=reader.kind, model=settings["model"], store=str(store.resolve()),
               engine=record["engine"], precision=record["precision"], device=cfg.device, threads=threads,
               output_dtype=cfg.dtype, channel=channel, id=record.get("id", ""),
-              model_sha256=settings["model_card_sha256"], trust_code=cfg.trust_code)
+              model_sha256=settings["model_card_sha256"], trust_code=cfg.trust_code,
+              copy=tuple((a, b) for a, b in to_ranges(skipped_marked)))
     todo = todo_planes(info.planes, done_ranges(store))
     skipped = info.planes - len(todo)
     plane_mib = math.prod(info.plane_shape) * info.dtype.itemsize / 2**20
@@ -320,8 +331,14 @@ def _denoise(source: Path, model: Path, card: Any, output: Path, out_kind: str, 
     missing = read_unreadable(store)
     record_missing = ({"planes": {str(p): why for p, why in sorted(missing.items())}, "input_damage": damage}
                       if missing or damage else None)
+    # the output's planes that hold denoised pixels: this run's (but those written raw) and the input's copied
+    # or denoised again (a marked plane written raw is the input's denoised one); never an unreadable one
+    holds = (set(wanted) - set(kept_raw)) | marks.planes
+    holds -= set(missing)
+    record_denoised = {"planes": to_ranges(holds), "input": settings["input"], "channel": channel,
+                       "model": settings["model"]}
     try:
-        finish(output, store, out_kind, info, out_dtype, progress, by_flag, record_missing)
+        finish(output, store, out_kind, info, out_dtype, progress, by_flag, record_missing, record_denoised)
     except KeyboardInterrupt:
         raise DenoiseInterrupted(f"stopped while writing {output}; every plane is done in {store}: {resume}") \
             from None
@@ -336,7 +353,8 @@ def _denoise(source: Path, model: Path, card: Any, output: Path, out_kind: str, 
                "planes_kept_raw": len(kept_raw), "planes_float_path": len(by_flag.get(FLAG_FLOAT_PATH, [])),
                "flagged_planes": by_flag, "planes_unreadable": len(missing),
                "unreadable_planes": {str(p): why for p, why in sorted(missing.items())}, "input_damage": damage,
-               "peak_mib_workers": peaks, "peak_mib_command": peak_mib()}
+               "planes_marked_denoised": len(marked), "planes_denoised_again": 0 if skipped_marked else len(marked),
+               "planes_copied_marked": len(skipped_marked), "peak_mib_workers": peaks, "peak_mib_command": peak_mib()}
     if missing or damage:
         raise IncompleteInput(_incomplete(source, output, info.planes, missing, damage), summary)
     return summary

@@ -19,9 +19,10 @@ import numpy as np
 
 from ..datasets import DatasetError, DatasetInfo
 
-__all__ = ["FLAGS_NAME", "MAX_TASK_PLANES", "MISSING_NAMESPACE", "PROGRESS_NAME", "UNREADABLE_FLAG", "UNREADABLE_NAME",
-           "check_writable", "done_ranges", "exclusive", "finish", "flagged_planes", "prepare_output", "read_flags",
-           "read_unreadable", "remove_path", "sha256", "split_tasks", "store_job", "todo_planes", "writing"]
+__all__ = ["DENOISED_NAMESPACE", "FLAGS_NAME", "LATER_SETTINGS", "MAX_TASK_PLANES", "MISSING_NAMESPACE",
+           "PROGRESS_NAME", "UNREADABLE_FLAG", "UNREADABLE_NAME", "check_writable", "done_ranges", "exclusive",
+           "finish", "flagged_planes", "prepare_output", "read_flags", "read_unreadable", "remove_path", "sha256",
+           "split_tasks", "store_job", "store_record", "todo_planes", "writing"]
 
 PROGRESS_NAME = "n2n-progress.log"
 """In the store: one line ``START STOP`` per finished task (plane ranges, flat indices)."""
@@ -36,31 +37,47 @@ MISSING_NAMESPACE = "n2n-live:missing-planes"
 """The output's record of the input planes that could not be read (OME-TIFF: a CommentAnnotation's JSON;
 OME-Zarr: ``n2n-live.missing_planes``): ``{"planes": {PLANE: WHY}, "input_damage": [...]}``; those planes hold
 no pixels of the input (zeros in an OME-TIFF, unwritten chunks, read as 0, in an OME-Zarr)."""
+DENOISED_NAMESPACE = "n2n-live:denoised-planes"
+"""The output's record of its planes that hold denoised pixels (OME-TIFF: a CommentAnnotation's JSON; OME-Zarr:
+``n2n-live.denoised_planes``): ``{"planes": [[START, STOP], ...], "input": PATH, "channel": C}``, the planes this run
+denoised and those of the input it copied that were denoised already. ``n2n denoise`` reads it back: such a plane
+is not denoised again unless asked (``--denoise-again``)."""
 MAX_TASK_PLANES = 16
+LATER_SETTINGS: dict[str, Any] = {"skip_denoised": False}
+"""Settings a job record made by an earlier release lacks, as that release ran them (a resume compares them)."""
 
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def store_job(store: Path) -> dict[str, Any] | None:
-    """The job record of an n2n store (None: no store there, or not one of ours)."""
+def store_record(store: Path) -> dict[str, Any] | None:
+    """What n2n recorded in a store's attributes (``n2n-live``: the job, flagged, missing and denoised planes);
+    None: no Zarr v3 group there, or nothing of ours."""
     meta = store / "zarr.json"
     if not meta.is_file():
         return None
     try:
         attrs = json.loads(meta.read_text()).get("attributes", {})
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, OSError):
         return None
     ours = attrs.get("n2n-live") if isinstance(attrs, dict) else None
-    job = ours.get("job") if isinstance(ours, dict) else None
+    return ours if isinstance(ours, dict) else None
+
+
+def store_job(store: Path) -> dict[str, Any] | None:
+    """The job record of an n2n store (None: no store there, or not one of ours)."""
+    ours = store_record(store)
+    job = ours.get("job") if ours is not None else None
     return job if isinstance(job, dict) else None
 
 
 def set_complete(store: Path, flagged: dict[str, list[int]] | None = None,
-                 missing: dict[str, Any] | None = None) -> None:
+                 missing: dict[str, Any] | None = None, denoised: dict[str, Any] | None = None) -> None:
     """Mark the store's job complete; ``flagged``: the planes the Denoiser's checks flagged, by flag (recorded as
-    ``n2n-live.flagged_planes``: a ``raw:…`` plane holds the input's pixels, not denoised ones)."""
+    ``n2n-live.flagged_planes``: a ``raw:…`` plane holds the input's pixels, not denoised ones); ``denoised``: the
+    record of the planes that hold denoised pixels (``n2n-live.denoised_planes``, see
+    :data:`DENOISED_NAMESPACE`)."""
     import zarr
 
     group = zarr.open_group(store, mode="r+")
@@ -70,6 +87,8 @@ def set_complete(store: Path, flagged: dict[str, list[int]] | None = None,
     ours["flagged_planes"] = flagged or {}
     if missing:
         ours["missing_planes"] = missing
+    if denoised is not None:
+        ours["denoised_planes"] = denoised
     group.attrs["n2n-live"] = ours
 
 
@@ -189,7 +208,7 @@ def prepare_output(output: Path, store: Path, settings: dict[str, Any], overwrit
         raise DatasetError(f"{store}: already exists ({what}); pass --overwrite to replace it")
     if unfinished:
         assert record is not None
-        changed = [k for k, v in settings.items() if record.get(k) != v]
+        changed = [k for k, v in settings.items() if record.get(k, LATER_SETTINGS.get(k)) != v]
         if changed:
             was = ", ".join(f"{k} {record.get(k)!r} (now {settings[k]!r})" for k in changed)
             raise DatasetError(f"{store}: holds an unfinished denoise with other settings: {was}; rerun it as it "
@@ -247,11 +266,13 @@ def check_writable(folder: Path) -> None:
 
 def finish(output: Path, store: Path, out_kind: str, info: DatasetInfo, out_dtype: np.dtype,
             progress: Callable[[int, int, str], None] | None, flagged: dict[str, list[int]] | None = None,
-            missing: dict[str, Any] | None = None) -> None:
-    """Every plane is in the store: mark it complete (OME-Zarr, recording the ``flagged`` planes and the
-    ``missing`` ones, see :data:`MISSING_NAMESPACE`), or write the OME-TIFF and drop the store."""
+            missing: dict[str, Any] | None = None, denoised: dict[str, Any] | None = None) -> None:
+    """Every plane is in the store: mark it complete (OME-Zarr, recording the ``flagged`` planes, the ``missing``
+    ones, see :data:`MISSING_NAMESPACE`, and the ``denoised`` ones, see
+    :data:`DENOISED_NAMESPACE`), or write the OME-TIFF (the same records as
+    CommentAnnotations) and drop the store."""
     if out_kind == "zarr":
-        set_complete(store, flagged, missing)
+        set_complete(store, flagged, missing, denoised)
         for name in (PROGRESS_NAME, FLAGS_NAME, UNREADABLE_NAME):
             (store / name).unlink(missing_ok=True)
         return
@@ -270,6 +291,9 @@ def finish(output: Path, store: Path, out_kind: str, info: DatasetInfo, out_dtyp
                 progress(min(start + step, info.planes), info.planes, "writing OME-TIFF")
 
     with writing(output.parent):
-        notes = [{"Namespace": MISSING_NAMESPACE, "Value": json.dumps(missing)}] if missing else None
-        write_ome_tiff(output, out_info, planes(), out_dtype, notes)  # replaces an older file only once complete
+        notes = [{"Namespace": MISSING_NAMESPACE, "Value": json.dumps(missing)}] if missing else []
+        if denoised is not None:
+            notes.append({"Namespace": DENOISED_NAMESPACE, "Value": json.dumps(denoised)})
+        # replaces an older file only once complete
+        write_ome_tiff(output, out_info, planes(), out_dtype, notes or None)
     remove_path(store)

@@ -40,6 +40,9 @@ class Job:
     model_sha256: str
     trust_code: bool = False
     """Run a TorchScript file this install did not write (--trust-code)."""
+    copy: tuple[tuple[int, int], ...] = ()
+    """Planes (``[START, STOP)`` ranges) of the denoised channel copied as they are: the input marks them denoised
+    already (``--skip-denoised``)."""
 
 
 _CACHE: dict[tuple[Any, ...], Any] = {}
@@ -164,7 +167,8 @@ def run_task(job: Job, start: int, stop: int) -> TaskResult:
     output failed the Denoiser's checks), one flagged ``float_path`` was denoised by the float32 model (see
     :mod:`streamer.denoiser`). A plane the input cannot give (a file cut short, a damaged page or chunk) is not
     written (nothing is invented in its place) and is returned with why. A K-frame model sees each plane's
-    previous planes along T (:func:`_previous_planes`)."""
+    previous planes along T (:func:`_previous_planes`). A plane of ``job.copy`` is copied as it is, as are the
+    other channels' with ``job.channel``."""
     from ..core.dtypes import to_dtype
 
     t0 = time.perf_counter()
@@ -175,10 +179,11 @@ def run_task(job: Job, start: int, stop: int) -> TaskResult:
     out = np.empty((len(planes), *info.plane_shape), out_dtype)
     denoised = 0
     flagged: list[tuple[int, tuple[str, ...]]] = []
+    copied = {p for a, b in job.copy for p in range(max(a, start), min(b, stop))}
     for i, plane in enumerate(planes):
         if start + i in bad:
             continue
-        if job.channel is None or info.index(start + i)["C"] == job.channel:
+        if (job.channel is None or info.index(start + i)["C"] == job.channel) and start + i not in copied:
             with _ENGINE_LOCK:
                 denoiser = _denoiser(job)
                 out[i] = denoiser(plane, previous=_previous_planes(reader, planes, start, start + i,
