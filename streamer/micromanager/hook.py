@@ -27,10 +27,15 @@ server sent back RAW because the denoised output failed a check gets ``n2n-denoi
 (the reason, e.g. ``raw:output_range``; ``hook.served_raw`` counts them), and one denoised by the float32 model
 because it left the range the reduced precision was checked on gets ``n2n-precision-fallback: true``
 (``hook.float_path`` counts them). Every flag is also listed in ``n2n-flags``.
+
+For a K-frame model each image is denoised with the images before it *from the same place*: the hook sends its
+``Axes`` without time (channel, z, position, …) as the frame's stream (:func:`stream_key`), so a 2-channel or
+z-stack acquisition keeps one history per channel and plane, never mixed.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -110,12 +115,23 @@ class DenoiseHook:
         self._client: StreamClient | None = None
         self._raw: OmeTiffWriter | None = None
         self._lock = threading.Lock()
+        self._seqs: dict[str, int] = {}  # frames sent per stream (stream_key)
 
-    def _request(self, image: np.ndarray, meta: dict[str, Any]) -> tuple[np.ndarray, list[str]]:
+    def _next_seq(self, where: dict[str, Any] | None) -> int:
+        """The frame's number in its stream (the server resets a history at a gap in it)."""
+        key = json.dumps(where, sort_keys=True, default=str)
+        if len(self._seqs) >= MAX_STREAMS and key not in self._seqs:
+            self._seqs.clear()  # (a session of more places than this: their histories start again)
+        seq = self._seqs.get(key, 0)
+        self._seqs[key] = seq + 1
+        return seq
+
+    def _request(self, image: np.ndarray, meta: dict[str, Any], seq: int | None = None) -> tuple[np.ndarray,
+                                                                                                list[str]]:
         """The server's pixels for ``image`` and the flags its checks gave them."""
         if self._client is None:
             self._client = StreamClient(self.endpoints, timeout=self.timeout_s)
-        result = self._client.request(image, meta=meta, timeout=self.timeout_s)
+        result = self._client.request(image, meta=meta, seq=seq, timeout=self.timeout_s)
         flags = result.header.get("flags")
         return result.pixels, [str(f) for f in flags] if isinstance(flags, list) else []
 
@@ -147,13 +163,17 @@ class DenoiseHook:
                                                "(RGB or several channels are not denoised)")
         if image.dtype.name not in DTYPES:
             return self._kept_raw(image, meta, f"expected pixels of one of {', '.join(DTYPES)}, got {image.dtype}")
+        where = stream_key(meta.get("Axes"))
+        seq = self._next_seq(where)  # counted whether or not the server sees it: a frame it missed is a gap
         now = time.monotonic()
         if now < self._retry_at:  # the reason stays the one failure's: never the last reason wrapped again
             return self._kept_raw(image, meta, f"server unavailable: {self._down}", skipped=True)
         small: dict[str, Any] = {k: meta[k] for k in ("ImageNumber", "Axes", "Camera") if k in meta}
+        if where is not None:  # a K-frame model's history per channel, position and z-plane, never mixed
+            small["stream"] = where
         t0 = time.perf_counter()
         try:
-            out, flags = self._request(squeezed, _plain(small))
+            out, flags = self._request(squeezed, _plain(small), seq)
         except ServerError as exc:  # the server answered: it is up, this frame was refused
             return self._kept_raw(image, meta, str(exc))
         except (TimeoutError, OSError) as exc:  # no answer: back off before waiting on the server again
@@ -241,6 +261,24 @@ def _plain(meta: dict[str, Any]) -> dict[str, Any]:
         else:
             out[str(k)] = str(v)
     return out
+
+
+MAX_STREAMS = 100_000
+"""Streams (places) whose frame count the hook keeps."""
+TIME_AXES = ("time", "t")
+"""pycromanager's axes along which one stream goes on (every other axis names a stream of its own)."""
+
+
+def stream_key(axes: Any) -> dict[str, Any] | None:
+    """Where an image comes from, for its history: pycromanager's ``Axes`` without time (``{"channel": "GFP",
+    "z": 3, "position": 0}``). pycromanager calls the hook in event order (t0 c0, t0 c1, t1 c0 …), so one history
+    for all would make a K-frame model denoise a GFP frame from DAPI frames and z-neighbours. None without axes
+    (one stream, as before); keys sorted, at most 8 axes, values plain."""
+    if not isinstance(axes, dict):
+        return None
+    where = {str(k): v if isinstance(v, (int, float, str, bool)) or v is None else str(v)
+             for k, v in sorted(axes.items(), key=lambda kv: str(kv[0])) if str(k).lower() not in TIME_AXES}
+    return dict(list(where.items())[:8]) or None
 
 
 def denoise_hook(endpoints: dict[str, str] | str | None = None, timeout_s: float = 5.0,
