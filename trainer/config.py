@@ -141,6 +141,9 @@ class DataConfig(Strict):
 
     exposure_augment_share: float = Field(0.5, gt=0, le=1)
     """The share of training pairs remade at another exposure (the rest stay at the recorded one)."""
+    channel: str | None = Field(None, exclude_if=lambda v: v is None)
+    """The channel to train on in multi-channel files (``n2n train --channel``: an index or an OME channel name);
+    None: single-channel files only (several channels are refused: they are not consecutive frames)."""
     accept_dtype: bool = Field(False, exclude_if=lambda v: v is False)
     """Train on stacks of a pixel type other than a camera's (uint8, uint16) or float32: float64, signed integers
     (int8, int16, int32), uint32, float16. Refused by default: such a stack is usually a processed copy (a

@@ -118,14 +118,25 @@ def gather_data(
     min_frames = 2 if config.mode == "n2n" else 1
     stacks = []
     for path in data:  # each refused as soon as it is read
-        stacks.append(read_stack(path, min_frames=min_frames, allow_2d=False))
+        stacks.append(read_stack(path, min_frames=min_frames, allow_2d=False, channel=config.data.channel,
+                                 ome_z_as_time=False))
         check_dtype(Path(path), stacks[-1], config.data.accept_dtype)
-    refs = [read_stack(p) for p in references] if references else None
+    refs = [_read_reference(p, config.data.channel) for p in references] if references else None
     prov = {"source": "files", "data": [_describe_file(p, s) for p, s in zip(data, stacks)],
             "references": [_describe_file(p, r) for p, r in zip(references, refs)] if refs else [],
             "references_used_for": ("targets" if config.mode == "supervised"
                                     else "validation metrics only" if refs else None)}
     return stacks, refs, prov
+
+
+def _read_reference(path: Path, channel: str | None) -> np.ndarray:
+    """A reference, of the training channel where it has several (one channel: as it is)."""
+    try:
+        return read_stack(path, channel=channel)
+    except ValueError as exc:
+        if channel is None or "expected a file with a channel axis" not in str(exc):
+            raise
+        return read_stack(path)
 
 
 def run_training(

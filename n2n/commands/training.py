@@ -59,9 +59,10 @@ def simulate(
 TRAIN = Command("trainer.config:TrainConfig", flags={
     "--target": "mode", "--epochs": "optim.epochs", "--steps-per-epoch": "optim.steps_per_epoch",
     "--minutes": "optim.max_minutes", "--device": "optim.device", "--seed": "optim.seed",
-    "--data": "data.source"},
+    "--data": "data.source", "--channel": "data.channel"},
     defaults={"--data": "none: data.source 'simulated' in the config takes the simulated camera",
-              "--reference": "none", "--minutes": "no limit", "--set": "none"},
+              "--reference": "none", "--minutes": "no limit", "--set": "none",
+              "--channel": "none: single-channel files"},
     deprecated={"--mode": "--target", "--max-minutes": "--minutes"})
 
 
@@ -83,6 +84,8 @@ def train(
                                                   "end there; it never starts an epoch that would end later.")]
     = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
+    channel: Annotated[str | None, typer.Option(help="Train on this channel of multi-channel files (an index or "
+                                                "the OME channel name): one model per channel.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seeds weights, patches and augmentation.")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override any config key: --set model.depth=3 "
                                                    "--set 'model.filters=[4,16,32,64]' (YAML values; repeatable).")]
@@ -97,7 +100,8 @@ def train(
     """Fit a Noise2Noise (or supervised) U-Net and export it to ONNX."""
     cfg = TRAIN.load(config, dry_run, {
         "--target": target, "--epochs": epochs, "--steps-per-epoch": steps_per_epoch, "--minutes": minutes,
-        "--device": device, "--seed": seed, "--data": "files" if data else None}, parse_settings(set_))
+        "--device": device, "--seed": seed, "--data": "files" if data else None, "--channel": channel},
+        parse_settings(set_))
     if resume and overwrite:
         raise UserError("--resume continues the run in --out and --overwrite replaces it: expected one, got both")
     if not resume:

@@ -38,12 +38,12 @@ def _open(path: Path):  # type: ignore[no-untyped-def]
 _TIME_AXES = "TQI"
 
 
-def _frame_axes(path: Path, shape: tuple[int, ...], axes: str) -> tuple[int, ...]:
+def _frame_axes(path: Path, shape: tuple[int, ...], axes: str, z_as_time: bool = True) -> tuple[int, ...]:
     """Shape without singleton axes, checked to be (Y, X) or (frames, Y, X).
 
     Channels or RGB samples are refused (training would pair channel 0 with channel 1 as if
     they were consecutive frames); a Z axis is read as frames with a warning, since plain
-    ImageJ stacks label every stack Z.
+    ImageJ stacks label every stack Z, unless ``z_as_time`` is False (an OME-TIFF that says Z means it).
     """
     if 0 in shape:
         raise StackError(f"{path}: is empty (shape {tuple(shape)})")
@@ -52,6 +52,11 @@ def _frame_axes(path: Path, shape: tuple[int, ...], axes: str) -> tuple[int, ...
     if kept_axes.endswith("YX") and len(kept_axes) == 2:
         return kept_shape
     if len(kept_axes) == 3 and kept_axes.endswith("YX") and kept_axes[0] in _TIME_AXES + "Z":
+        if kept_axes[0] == "Z" and not z_as_time:
+            raise StackError(f"{path}: expected a time series (T, Y, X), got a z-stack of {kept_shape[0]} planes "
+                             f"(axes {axes!r}): neighbouring planes are not repeated frames of one plane, so "
+                             "Noise2Noise would learn to blur between them; record one plane over time (a burst at "
+                             "each z works too, one file per plane)")
         if kept_axes[0] == "Z":
             log.warning("%s: axis Z read as consecutive frames (time)", path)
         return kept_shape
@@ -61,10 +66,42 @@ def _frame_axes(path: Path, shape: tuple[int, ...], axes: str) -> tuple[int, ...
     )
 
 
-def read_stack(path: str | Path, *, min_frames: int = 1, allow_2d: bool = True) -> np.ndarray:
+def _channel(path: Path, tif: Any, axes: str, shape: tuple[int, ...], channel: str | int) -> int:
+    """The index along C of ``channel`` (an index, or a name from the OME metadata)."""
+    if "C" not in axes:
+        raise StackError(f"{path}: --channel {channel}: expected a file with a channel axis, got axes {axes!r}")
+    count = shape[axes.index("C")]
+    names = _ome_channel_names(tif)
+    text = str(channel)
+    if text in names:
+        return names.index(text)
+    if text.lstrip("-").isdigit() and 0 <= int(text) < count:
+        return int(text)
+    listed = ", ".join(repr(n) for n in names) if names else "unnamed"
+    raise StackError(f"{path}: --channel {text}: expected a channel index 0..{count - 1} or a name ({listed})")
+
+
+def _ome_channel_names(tif: Any) -> list[str]:
+    """The OME channel names of the first image, in order (empty where there are none)."""
+    if not tif.is_ome:
+        return []
+    try:
+        import xml.etree.ElementTree as ET
+
+        root = ET.fromstring(tif.ome_metadata)
+        image = next(el for el in root.iter() if el.tag.endswith("}Image"))
+        return [el.get("Name") or "" for el in image.iter() if el.tag.endswith("}Channel")]
+    except (ET.ParseError, StopIteration, TypeError):
+        return []
+
+
+def read_stack(path: str | Path, *, min_frames: int = 1, allow_2d: bool = True, channel: str | int | None = None,
+               ome_z_as_time: bool = True) -> np.ndarray:
     """Read a single-channel image or time series from a TIFF / OME-TIFF file.
 
-    Returns (T, H, W) for a stack or (H, W) for a single image (when ``allow_2d``).
+    Returns (T, H, W) for a stack or (H, W) for a single image (when ``allow_2d``). ``channel`` (an index or an
+    OME channel name) takes that channel of a multi-channel file. ``ome_z_as_time=False`` refuses an OME-TIFF
+    z-stack (its planes are not a time series; a plain or ImageJ stack labelled Z is still read as frames).
     Raises :class:`StackError` naming what was expected and what the file holds.
     """
     path = Path(path)
@@ -72,9 +109,17 @@ def read_stack(path: str | Path, *, min_frames: int = 1, allow_2d: bool = True) 
         if not tif.series:
             raise StackError(f"{path}: holds no image data")
         series = tif.series[0]
-        shape = _frame_axes(path, tuple(series.shape), series.axes)
+        axes, full = series.axes, tuple(series.shape)
+        pick = None if channel is None else _channel(path, tif, axes, full, channel)
+        if pick is not None:
+            full = full[:axes.index("C")] + full[axes.index("C") + 1:]
+            axes = axes.replace("C", "")
+        shape = _frame_axes(path, full, axes, z_as_time=ome_z_as_time or not tif.is_ome)
         try:
-            data = series.asarray().reshape(shape)
+            data = series.asarray()
+            if pick is not None:
+                data = np.take(data, pick, axis=series.axes.index("C"))
+            data = data.reshape(shape)
         except Exception as exc:
             raise StackError(f"{path}: could not decode pixel data ({exc})") from None
     if data.size == 0:
