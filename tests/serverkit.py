@@ -3,7 +3,9 @@ checks."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -13,6 +15,7 @@ from conftest import TINY_CAMERA
 from streamer.client import Result, StreamClient
 from streamer.core.messages import StatsMessage
 from streamer.endpoints import ENDPOINT_NAMES, Endpoints
+from streamer.protocol import TOPIC_STATS
 from streamer.server import ServeConfig
 from streamer.sources import SimulatedCameraConfig, simulate_stack
 
@@ -53,4 +56,30 @@ def assert_rebindable(endpoints: Mapping[str, str]) -> None:
             finally:
                 sock.close(linger=0)
     finally:
+        ctx.term()
+
+
+@contextlib.contextmanager
+def stats_publisher(*messages: Sequence[bytes]) -> Iterator[str]:
+    """A real PUB socket on 127.0.0.1 sending each of ``messages`` (the parts after the stats topic) every 20 ms
+    until the block ends; yields its address (a server's stats, as ``n2n dash`` sees them)."""
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    done = threading.Event()
+
+    def publish() -> None:
+        while not done.wait(0.02):  # until the block ends
+            for parts in messages:
+                pub.send_multipart([TOPIC_STATS, *parts])
+
+    publisher = threading.Thread(target=publish)
+    publisher.start()
+    try:
+        yield f"tcp://127.0.0.1:{port}"
+    finally:
+        done.set()
+        publisher.join()
+        pub.close(linger=0)
         ctx.term()

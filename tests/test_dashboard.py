@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-import zmq
 from rich.console import Console
+from serverkit import stats_publisher
 from waiting import GENEROUS_S, Finishing, wait_for
 
 from streamer.client import ServerError, StreamClient
@@ -31,7 +31,6 @@ from streamer.dashboard import (
     sparkline,
 )
 from streamer.endpoints import Endpoints
-from streamer.protocol import TOPIC_STATS
 from streamer.server import ServeConfig, running_server
 from streamer.sources import SimulatedCameraConfig, simulate_stack
 
@@ -237,39 +236,20 @@ def test_run_dashboard_waits_when_nothing_listens() -> None:
 
 
 def test_run_dashboard_ignores_bad_messages_and_stops_on_request() -> None:
-    ctx = zmq.Context()
-    pub = ctx.socket(zmq.PUB)
-    pub.setsockopt(zmq.LINGER, 0)
-    port = pub.bind_to_random_port("tcp://127.0.0.1")
-    done, stop = threading.Event(), threading.Event()
-
-    def publish() -> None:
-        good = json.dumps(sample_stats(frames_in=777, engine="onnxruntime")).encode()
-        while not done.wait(0.02):  # until the test is done
-            pub.send_multipart([TOPIC_STATS, b"{not json"])
-            pub.send_multipart([TOPIC_STATS, b"[1, 2]"])
-            pub.send_multipart([TOPIC_STATS, good, b"extra part"])
-            pub.send_multipart([TOPIC_STATS, good])
-
-    publisher = threading.Thread(target=publish)
-    publisher.start()
+    good = json.dumps(sample_stats(frames_in=777, engine="onnxruntime")).encode()
+    stop = threading.Event()
     console = recording_console()
 
     def shown_both() -> bool:
         text = console.export_text(clear=False)
         return "bad messages ignored" in text and re.search(r"frames\s+in 777\b", text) is not None
 
-    try:  # no duration: only the stop ends it
-        dash = Finishing("the dashboard, asked to stop,", run_dashboard, f"tcp://127.0.0.1:{port}", console=console,
-                         stop=stop)
+    with stats_publisher([b"{not json"], [b"[1, 2]"], [good, b"extra part"], [good]) as address:
+        # no duration: only the stop ends it
+        dash = Finishing("the dashboard, asked to stop,", run_dashboard, address, console=console, stop=stop)
         wait_for(shown_both, "the dashboard to show the good message and count the bad ones", timeout=GENEROUS_S)
         stop.set()
         code = dash.result()
-    finally:
-        done.set()
-        publisher.join()
-        pub.close(linger=0)
-        ctx.term()
     assert code == 0
     text = console.export_text()
     assert "onnxruntime fp32 on cpu" in text and re.search(r"frames\s+in 777\b", text), text

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import zmq
 from rich.console import Console
+from serverkit import stats_publisher
 from waiting import GENEROUS_S, Finishing, wait_for
 
 from n2n.bridging import bridge_live
@@ -25,7 +25,6 @@ from streamer.micromanager import SIM_CFG
 from streamer.micromanager.camera import SimulatedMMCamera
 from streamer.micromanager.config import MicroManagerSourceConfig
 from streamer.micromanager.core import SnakeCaseCore, close_core, load_core
-from streamer.protocol import TOPIC_STATS
 from streamer.server import ServeConfig
 from streamer.sources import MicroManagerSource
 
@@ -235,31 +234,14 @@ def test_cpu_figure_from_the_first_reading_or_the_reason_in_words(tmp_path: Path
 @pytest.mark.skipif(not Path("/proc/stat").exists(), reason="needs /proc/stat (Linux)")
 def test_a_dashboard_stopped_at_its_first_stats_shows_a_cpu_figure() -> None:
     """A run shorter than the load's reading period (the demo's lossless stage) still ends with a CPU figure."""
-    ctx = zmq.Context()
-    pub = ctx.socket(zmq.PUB)
-    pub.setsockopt(zmq.LINGER, 0)
-    port = pub.bind_to_random_port("tcp://127.0.0.1")
-    done, stop = threading.Event(), threading.Event()
-
-    def publish() -> None:
-        message = json.dumps(demo_stats(0, frames_in=777)).encode()
-        while not done.wait(0.02):
-            pub.send_multipart([TOPIC_STATS, message])
-
-    publisher = threading.Thread(target=publish)
-    publisher.start()
+    stop = threading.Event()
     console = Console(record=True, width=80, height=24, force_terminal=True, color_system=None, file=io.StringIO())
-    try:
-        dash = Finishing("the dashboard", run_dashboard, f"tcp://127.0.0.1:{port}", console=console, stop=stop)
+    with stats_publisher([json.dumps(demo_stats(0, frames_in=777)).encode()]) as address:
+        dash = Finishing("the dashboard", run_dashboard, address, console=console, stop=stop)
         wait_for(lambda: re.search(r"frames\s+in 777\b", console.export_text(clear=False)) is not None,
                  "the dashboard to show the stats", timeout=GENEROUS_S)
         stop.set()
         assert dash.result() == 0
-    finally:
-        done.set()
-        publisher.join()
-        pub.close(linger=0)
-        ctx.term()
     last = console.export_text().split("n2n dash ·")[-1]  # the final frame
     assert re.search(r"load\s+CPU \d+ %", last), last
 
