@@ -12,7 +12,7 @@ import contextlib
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +22,7 @@ from rich.console import Console
 from n2n.command import log
 from streamer.client import read_ready_file
 from streamer.core.messages import StatsMessage
+from streamer.core.modelset import ModelSet
 from streamer.micromanager.config import MicroManagerSourceConfig
 from streamer.server import ServeConfig
 
@@ -92,7 +93,7 @@ def _graceful_signals(stop: threading.Event) -> Iterator[None]:
         signal.signal(signal.SIGTERM, before[1])
 
 
-def bridge_live(source_config: MicroManagerSourceConfig, *, model: str | Path | None = None,
+def bridge_live(source_config: MicroManagerSourceConfig, *, model: str | Path | Sequence[str] | None = None,
                 serve: ServeConfig | None = None, endpoints: dict[str, str] | None = None,
                 frames: int | None = None, seconds: float | None = None, out: str | Path | None = None,
                 base_dir: Path | None = None, timeout_s: float = 10.0,
@@ -121,10 +122,11 @@ def bridge_live(source_config: MicroManagerSourceConfig, *, model: str | Path | 
         if endpoints is None:
             if model is None:
                 raise ValueError("expected a model to serve or the endpoints of a running server, got neither")
-            server = stack.enter_context(running_server(model, serve, warmup_shape=source.shape,
+            server = stack.enter_context(running_server(ModelSet.parse(model), serve, warmup_shape=source.shape,
                                                                  finetune_worker=worker_command()))
             endpoints = server.endpoints
-        info = server.denoiser.info() if server is not None else None
+        info = ({**server.denoiser.info(), "model_set": server.model_set.describe()} if server is not None
+                else None)
         dash, seen = None, _Seen()
         if view == "dashboard":
             from streamer.dashboard import run_dashboard, source_label

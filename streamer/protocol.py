@@ -16,15 +16,24 @@ parts, with ``"type": "frame"`` and per-stage timestamps (ns since the epoch) in
     "stages": {"received": ..., "preprocessed": ..., "inferred": ..., "sent": ...}
 
 and, only when the Denoiser's checks flagged the frame, ``"flags": ["float_path"]`` (denoised by the float32
-model: the frame left the range the reduced precision was checked on) or ``"flags": ["raw:output_range"]`` (the
-pixels are the RAW frame: the denoised output failed its check); any ``raw:`` flag means not denoised. An
-optional field of version 1: readers that do not know it ignore it.
+model: the frame left the range the reduced precision was checked on), ``"flags": ["raw:output_range"]`` (the
+pixels are the RAW frame: the denoised output failed its check) or ``"flags": ["raw:no_model"]`` (the pixels are
+the RAW frame, in its own dtype: the server's model set has no model for the frame's channel; its header then says
+``"engine": "none", "model": ""``); any ``raw:`` flag means not denoised. An optional field of version 1: readers
+that do not know it ignore it.
 
 ``meta.stream`` (any JSON value) names the stream a frame belongs to, for a model that sees the frames before
 the current one (``input_frames`` K > 1 in its card): the server keeps each stream's last K−1 frames (frames
 without it make one default stream; requests are kept per caller and stream), and a gap in ``seq``, a change of
 shape or dtype, or a model swap starts the stream afresh (see streamer/core/history.py). Send consecutive ``seq``
-numbers per stream.
+numbers per stream. The pycromanager hook sends the image's place without time
+(:func:`streamer.core.streams.stream_key`: ``{"channel": "GFP", "z": 3}``).
+
+``meta.channel`` (text: the channel's name, e.g. the Micro-Manager ``Channel`` configuration ``"GFP"``) routes
+the frame to its channel's model on a server of a model set (``n2n serve --model DAPI=runs/dapi --model
+GFP=runs/gfp``, see streamer/core/modelset.py); without it, ``meta.stream.channel`` does. A frame that names no
+channel gets the set's default model; a channel the set gives no model (and no default) comes back raw, flagged
+``raw:no_model``. A frame's history is also kept per channel: two channels never share one.
 
 Errors are a one-part message (or two, with an empty second part on the reply path)::
 

@@ -15,7 +15,9 @@ from pathlib import Path
 
 from pymmcore_plus.experimental.unicore import StageDevice
 
-CHANNELS = ["FITC", "DAPI"]  # acquired in this order
+CHANNELS = ["FITC", "TRITC"]  # acquired in this order; presets of their own (the exposure only): the simulated
+# microscope's DAPI/GFP presets would turn its filter wheel, and a first view of a new place renders for 40-120 ms,
+# which would stretch the first time point
 Z_STEP_UM = 1.5
 PIXEL_SIZE_UM = 0.65
 WIDTH, HEIGHT = 40, 24
@@ -54,14 +56,18 @@ def main(out: Path, n_time: int) -> dict:
         core.setProperty("Camera", "Width", WIDTH)
         core.setProperty("Camera", "Height", HEIGHT)
         core.setExposure(1.0)
-        core.loadPyDevice("Z", ZStage())
-        core.initializeDevice("Z")
-        core.setFocusDevice("Z")
+        if "Z" not in core.getLoadedDevices():  # the simulated microscope has its own Z stage (focus)
+            core.loadPyDevice("Z", ZStage())
+            core.initializeDevice("Z")
+            core.setFocusDevice("Z")
         for i, name in enumerate(CHANNELS):
             core.defineConfig("Channel", name, "Camera", "Exposure", str(1.0 + i))
-        core.definePixelSizeConfig("px")
-        core.setPixelSizeUm("px", PIXEL_SIZE_UM)
-        core.setPixelSizeConfig("px")
+        presets = list(core.getAvailablePixelSizeConfigs())  # the simulated camera's own (0.2 µm), set at load
+        if not presets:
+            core.definePixelSizeConfig("px")
+            presets = ["px"]
+        core.setPixelSizeUm(presets[0], PIXEL_SIZE_UM)
+        core.setPixelSizeConfig(presets[0])
         use_as_pycromanager_core(core)
         events = multi_d_acquisition_events(num_time_points=n_time, time_interval_s=0.02, z_start=0,
                                             z_end=Z_STEP_UM, z_step=Z_STEP_UM, channel_group="Channel",

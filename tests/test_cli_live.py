@@ -112,3 +112,21 @@ def test_ready_file_errors_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=rf"{bad}: expected 'endpoints' with input, output and control, got no "
                                          "control, output"):
         read_ready_file(bad)
+
+
+def test_the_bridge_serves_a_model_set_by_the_cores_channel(trained_run: dict[str, Path], tmp_path: Path) -> None:
+    """A session whose channel group is at GFP: a set with a GFP model denoises every frame; a set naming only DAPI
+    passes every frame raw, marked raw:no_model and counted (nothing dropped, nothing mis-served)."""
+    cfg = tmp_path / "gfp.cfg"
+    cfg.write_text(SIM_CFG.replace("Width,512", f"Width,{SIZE}").replace("Height,512", f"Height,{SIZE}")
+                   + "#py Property,Emission,Label,GFP\n")
+    source = MicroManagerSourceConfig(config_file=str(cfg))
+    served = bridge_live(source, model=[f"GFP={trained_run['run']}"], serve=_serve_config("lossless"), frames=4,
+                         view="none")
+    assert served.report.frames_seen == served.report.frames_denoised == 4
+    assert served.status is not None and not served.status.get("no_model")
+    passed = bridge_live(source, model=[f"DAPI={trained_run['run']}"], serve=_serve_config("lossless"), frames=4,
+                         view="none")
+    assert passed.report.frames_seen == 4 and passed.report.frames_denoised == 0
+    assert passed.report.frames_kept_raw == 4
+    assert passed.status is not None and passed.status["no_model"] == {"GFP": 4}

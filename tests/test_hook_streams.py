@@ -11,8 +11,8 @@ import pytest
 from conftest import tiny_train_dict
 from serverkit import camera_frames, config
 
+from streamer.core.streams import stream_key
 from streamer.micromanager import denoise_hook
-from streamer.micromanager.hook import stream_key
 from streamer.server import load_denoiser, running_server
 from trainer.config import TrainConfig
 

@@ -18,7 +18,7 @@ from .inference import TrainedModel
 from .metrics import data_range_of, psnr, ssim
 
 __all__ = ["best_gaussian", "check_reference", "denoiser_for", "evaluate", "evaluate_without_reference",
-           "reference_warning", "save_figure"]
+           "reference_warning", "save_figure", "score_raw"]
 
 log = logging.getLogger("n2n.trainer")
 
@@ -219,6 +219,26 @@ def evaluate(
     report["per_frame"] = {"psnr_raw": s_raw["psnr"], "psnr_denoised": s_den["psnr"], "psnr_gaussian": s_gauss["psnr"],
                            "ssim_raw": s_raw["ssim"], "ssim_denoised": s_den["ssim"]}
     return report, den
+
+
+def score_raw(raw: np.ndarray, reference: np.ndarray | None, config: EvaluateConfig | None = None) -> dict[str, Any]:
+    """A channel that a model set gives no model (``n2n evaluate`` on a multi-channel stack): the raw frames' scores
+    as :func:`evaluate` reports them (``psnr_raw``, ``ssim_raw``; the frames only without a reference), and nothing
+    denoised: such a channel is served raw, never by another channel's model."""
+    config = config or EvaluateConfig()
+    if reference is not None:
+        check_reference(raw, reference)
+    if config.max_frames is not None:
+        raw = raw[: config.max_frames]
+        reference = reference[: config.max_frames] if reference is not None and reference.ndim == 3 else reference
+    report: dict[str, Any] = {"frames": len(raw), "shape": list(raw.shape[1:]), "denoised": False}
+    if reference is None:
+        return report
+    rng = config.data_range or data_range_of(reference)
+    s_raw = _scores(raw.astype(np.float32), reference, rng)
+    return {**report, "data_range": rng, "psnr_raw": float(np.mean(s_raw["psnr"])),
+            "ssim_raw": float(np.mean(s_raw["ssim"])), "per_frame": {"psnr_raw": s_raw["psnr"],
+                                                                     "ssim_raw": s_raw["ssim"]}}
 
 
 def _zoom_box(reference: np.ndarray, frac: float = 0.25) -> tuple[slice, slice]:

@@ -1,4 +1,5 @@
-"""Micro-Manager: ``n2n grab`` (frames for training) and ``n2n bridge`` (its live stream, denoised)."""
+"""Micro-Manager: ``n2n grab`` (frames for training), ``n2n bridge`` (its live stream, denoised) and ``n2n
+acquire`` (a multi-dimensional acquisition, denoised as it is written)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from rich.table import Table
 from n2n.command import Command, ConfigOpt, DryRunOpt, console, out
 from n2n.errors import UserError, user_errors
 
-__all__ = ["BRIDGE", "GRAB", "bridge", "grab"]
+__all__ = ["ACQUIRE", "BRIDGE", "GRAB", "acquire", "bridge", "grab"]
 
 MMConfigFileOpt = Annotated[str | None, typer.Option(
     "--mm-config", help="Micro-Manager .cfg for an in-process core ('sim': the simulated camera).")]
@@ -127,8 +128,10 @@ BRIDGE = Command("streamer.micromanager.config:MicroManagerConfig", flags={
 
 @BRIDGE
 def bridge(
-    model: Annotated[Path | None, typer.Option("--model", help="Model folder (or zoo package .zip) to serve "
-                                               "(starts a server here).")] = None,
+    model: Annotated[list[str] | None, typer.Option(
+        "--model", metavar="[CHANNEL=]MODEL",
+        help="Model folder (or zoo package .zip) to serve (starts a server here); a model per channel: repeat as "
+             "CHANNEL=FOLDER (the core's channel group names each frame's channel), or a models.yaml.")] = None,
     connect: Annotated[Path | None, typer.Option(
         "--connect", help="Use a running `n2n serve` instead: its --ready-file.")] = None,
     frames: Annotated[int | None, typer.Option(help="Frames to bridge; 0 runs until Ctrl-C.")] = None,
@@ -178,7 +181,8 @@ def bridge(
         console.print(f"bridging {total or 'until Ctrl-C'} frames of {source.shape[1]}x{source.shape[0]} from "
                       f"{_camera_words(source)}", highlight=False)
         if info is not None:
-            console.print(f"serving {info['model']} with {info['engine']} ({info['precision']}) in "
+            console.print(f"serving {info.get('model_set') or info['model']} with {info['engine']} "
+                          f"({info['precision']}) in "
                           f"{cfg.serve.mode} mode; subscribers take {endpoints['output']}, `n2n view` shows "
                           f"{endpoints['view']}", highlight=False)
 
@@ -209,3 +213,106 @@ def bridge(
         with user_errors():
             json_path.parent.mkdir(parents=True, exist_ok=True)
             json_path.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+
+
+ACQUIRE = Command("streamer.micromanager.config:MicroManagerConfig", flags={
+    "--mda": "acquire.mda", "--model": "acquire.models", "--connect": "acquire.connect", "--out": "acquire.out",
+    "--format": "acquire.format", "--overwrite": "acquire.overwrite", "--engine": "serve.engine",
+    "--precision": "serve.precision", "--device": "serve.device",
+    "--threads": "serve.num_threads", "--exposure-ms": "source.exposure_ms", "--mm-config": "source.config_file"},
+    defaults={**_SOURCE_DEFAULTS, "--threads": "the engine's (all cores)",
+              "--json": "not written (OUT/acquire.json always is)", "--mm-config": "sim (the simulated microscope)"})
+
+
+@ACQUIRE
+def acquire(
+    mda: Annotated[Path | None, typer.Option("--mda", help="The acquisition: a useq-schema MDASequence file (YAML "
+                                             "or JSON: channels, stage positions, z plan, time plan).")] = None,
+    model: Annotated[list[str] | None, typer.Option(
+        "--model", metavar="[CHANNEL=]MODEL",
+        help="The model set to serve (starts a server here): FOLDER (every channel), CHANNEL=FOLDER (repeat per "
+             "channel; a channel without a model is written raw, marked) or models.yaml.")]
+    = None,
+    connect: Annotated[Path | None, typer.Option(
+        "--connect", help="Use a running `n2n serve` instead: its --ready-file.")] = None,
+    out_path: Annotated[Path | None, typer.Option("--out", help="Folder written: raw and denoised acquisitions, "
+                                                  "acquire.json.")] = None,
+    fmt: Annotated[str | None, typer.Option("--format", help="ome-zarr or ome-tiff.")] = None,
+    overwrite: Annotated[bool | None, typer.Option("--overwrite", help="Write over an acquisition already in "
+                                                   "--out.")] = None,
+    engine: Annotated[str | None, typer.Option(help="auto, openvino, onnxruntime or torch.")] = None,
+    precision: Annotated[str | None, typer.Option(help="auto, fp32, bf16, fp16 or int8.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for the engine.")] = None,
+    exposure_ms: Annotated[float | None, typer.Option("--exposure-ms", help="Set the camera exposure first (a "
+                                                      "channel's own exposure in the sequence wins).")] = None,
+    mm_config: MMConfigFileOpt = None,
+    dashboard: Annotated[bool, typer.Option("--dashboard", help="Show the live dashboard instead of a progress "
+                                            "bar.")] = False,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the report here too.")] = None,
+    config: ConfigOpt = None,
+    dry_run: DryRunOpt = False,
+) -> None:
+    """Run a multi-dimensional acquisition (pymmcore-plus MDA: channels, positions, z, time) with every frame
+    denoised before it is written: raw and denoised both kept (OME-Zarr or OME-TIFF, the acquisition's axes and
+    channel names), each channel by its own model and each place by its own history."""
+    cfg = ACQUIRE.load(config, dry_run, {
+        "--mda": mda, "--model": model, "--connect": connect, "--out": out_path, "--format": fmt,
+        "--overwrite": overwrite, "--engine": engine, "--precision": precision, "--device": device,
+        "--threads": threads, "--exposure-ms": exposure_ms, "--mm-config": mm_config})
+    acq = cfg.acquire
+    if acq.mda is None:
+        raise UserError("expected the acquisition to run (--mda SEQUENCE.yaml, a useq-schema MDASequence), got none")
+    if not acq.models and acq.connect is None:
+        raise UserError("expected a model set to serve (--model runs/NAME, or --model DAPI=runs/dapi --model "
+                        "GFP=runs/gfp) or a running server (--connect READY_FILE), got neither")
+    import zmq
+
+    from n2n.acquiring import acquire_mda
+    from n2n.bridging import read_ready_file
+    from streamer.micromanager import resolve_config_file
+    from streamer.micromanager.mda import read_sequence
+    from streamer.sources.micromanager import is_simulated
+
+    base_dir = config.resolve().parent if config else None
+    with user_errors():
+        sequence = read_sequence(resolve_config_file(acq.mda, base_dir) or acq.mda)
+
+    def started(info: dict[str, Any] | None, endpoints: dict[str, str], core: Any) -> None:
+        sizes = " × ".join(f"{n} {k}" for k, n in sequence.sizes.items() if n > 1) or "1 frame"
+        sim = "the SIMULATED microscope (synthetic cells, not a microscope; --mm-config FILE.cfg for yours)" \
+            if is_simulated(core, core.getCameraDevice()) else f"camera {core.getCameraDevice()!r}"
+        console.print(f"acquiring {sizes} of {core.getImageWidth()}x{core.getImageHeight()} from {sim} into "
+                      f"{acq.out}", highlight=False)
+        if info is not None:
+            routing = info.get("model_set") or info["model"]
+            console.print(f"serving {routing} with {info['engine']} ({info['precision']}); `n2n view` shows "
+                          f"{endpoints['view']}", highlight=False)
+
+    try:
+        with user_errors(zmq.ZMQError):
+            endpoints = read_ready_file(acq.connect) if acq.connect else None
+            run = acquire_mda(cfg.source, acq, sequence, serve=cfg.serve, endpoints=endpoints, base_dir=base_dir,
+                              view="dashboard" if dashboard else "progress", console=console, started=started)
+    except KeyboardInterrupt:
+        console.print(f"[yellow]aborted: Micro-Manager released, server stopped; what was written is in "
+                      f"{acq.out}[/yellow]", highlight=False)
+        raise typer.Exit(code=130) from None
+    report = run.report
+    reasons = ", ".join(f"{n} {k}" for k, n in report.reasons.items())
+    table = Table(title="acquire" + (" (stopped early)" if report.stopped else ""), show_header=False)
+    for k, v in (("frames", f"{report.frames} of {report.frames_planned} planned ({report.seconds:.1f} s)"),
+                 ("denoised", f"{report.denoised_frames}"
+                  + (f"; {report.passed_raw} written raw, marked ({reasons})" if report.passed_raw else "")),
+                 ("streams", f"{len(report.streams)} (position, channel, z), each with its own history"),
+                 ("raw record", f"{report.raw}: {report.raw_recorded} frames"
+                  + (f", {report.raw_record_errors} NOT recorded (see the log)" if report.raw_record_errors
+                     else "")),
+                 ("denoised record", report.denoised)):
+        table.add_row(k, str(v))
+    out.print(table)
+    document = {"report": report.to_dict(), "server": run.server, "sequence": sequence.model_dump(mode="json")}
+    with user_errors():
+        for path in [Path(acq.out) / "acquire.json", *([json_path] if json_path is not None else [])]:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(document, indent=2, default=str) + "\n")

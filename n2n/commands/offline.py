@@ -29,8 +29,12 @@ def denoise(
     input_path: Annotated[Path, typer.Argument(
         metavar="INPUT", help="Recorded dataset: OME-TIFF/TIFF file, OME-Zarr folder (.zarr) or Micro-Manager "
                               "NDTiff dataset folder.", show_default=False)],
-    model: Annotated[Path, typer.Option("--model", help="Model folder made by `n2n train`, or a BioImage Model "
-                                        "Zoo package (.zip).")],
+    model: Annotated[list[str], typer.Option(
+        "--model", metavar="[CHANNEL=]MODEL", help="Model folder made by `n2n train`, or a BioImage Model "
+                                             "Zoo package (.zip), for every channel. A model per channel: repeat "
+                                             "as --model NAME=FOLDER (a channel's name in the file, else its index), "
+                                             "or give a models.yaml; a channel without a model is written as it "
+                                             "is (raw).")],
     output: Annotated[Path, typer.Option("--out", help="Output: .ome.tif/.tif (OME-TIFF) or .zarr/.ome.zarr "
                                                         "(OME-Zarr); same axes and metadata as the input.")],
     engine: Annotated[str | None, typer.Option(help="auto, openvino, onnxruntime or torch.")] = None,
@@ -58,9 +62,10 @@ def denoise(
     config: ConfigOpt = None,
     dry_run: DryRunOpt = False,
 ) -> None:
-    """Denoise a recorded dataset with a trained model; rerun the same command after an interruption to
-    continue where it stopped. Planes already denoised by n2n (an n2n denoise output, the denoised channel of an
-    n2n bridge recording, a pycromanager-hook recording) are refused unless --denoise-again or --skip-denoised."""
+    """Denoise a recorded dataset with a trained model, or each channel with its own (--model DAPI=runs/dapi
+    --model GFP=runs/gfp); rerun the same command after an interruption to continue where it stopped. Planes
+    already denoised by n2n (an n2n denoise output, the denoised channel of an n2n bridge recording, a
+    pycromanager-hook recording) are refused unless --denoise-again or --skip-denoised."""
     cfg = DENOISE.load(config, dry_run, {
         "--engine": engine, "--precision": precision, "--retime": retime, "--device": device, "--threads": threads,
         "--dtype": dtype, "--channel": channel, "--workers": workers, "--scheduler": scheduler,
@@ -121,7 +126,11 @@ def denoise(
     if summary["planes_marked_denoised"]:
         what = ("copied as they are" if summary["planes_copied_marked"] else "denoised again (--denoise-again)")
         table.add_row("marked", f"{summary['planes_marked_denoised']} denoised already in the input: {what}")
-    table.add_row("engine", f"{summary['engine']} at {summary['precision']}, {summary['workers']} worker(s) "
-                            f"({summary['scheduler']})")
+    models, engines = summary.get("models") or {}, summary.get("engines") or {}
+    if len(models) > 1 or summary.get("channels_no_model"):
+        table.add_row("models", ", ".join(f"{c} → {m if m else 'raw (no model)'}" for c, m in models.items()))
+    how = (", ".join(f"{e['engine']} at {e['precision']} ({m})" for m, e in engines.items())
+           if len(engines) > 1 else f"{summary['engine']} at {summary['precision']}")
+    table.add_row("engine", f"{how}, {summary['workers']} worker(s) ({summary['scheduler']})")
     table.add_row("output", f"{output} ({summary['format']}, {summary['dtype']})")
     out.print(table)

@@ -30,8 +30,13 @@ SERVE = Command("streamer.server:ServeConfig", flags={
 
 @SERVE
 def serve(
-    model: Annotated[Path, typer.Option("--model", help="Model folder made by `n2n train` (model.json + exports), "
-                                        "or a BioImage Model Zoo package (.zip).")],
+    model: Annotated[list[str], typer.Option(
+        "--model", metavar="[CHANNEL=]MODEL", help="Model folder made by `n2n train` (model.json + exports), or a "
+        "BioImage Model Zoo package (.zip): it serves every frame. A model per channel: repeat CHANNEL=MODEL "
+        "(--model DAPI=runs/dapi --model GFP=runs/gfp; a frame's channel is its meta.channel, the Micro-Manager "
+        "Channel config); a MODEL without a channel beside them serves any other channel, else such frames go back "
+        "raw, flagged raw:no_model. Or a models.yaml file (channels: {DAPI: runs/dapi, ...}, default: MODEL or "
+        "null).")],
     engine: Annotated[str | None, typer.Option(help="auto, openvino, onnxruntime or torch.")] = None,
     mode: Annotated[str | None, typer.Option(help="live (latest frame wins) or lossless (every frame).")] = None,
     precision: Annotated[str | None, typer.Option(
@@ -71,7 +76,8 @@ def serve(
     config: ConfigOpt = None,
     dry_run: DryRunOpt = False,
 ) -> None:
-    """Denoise frames streamed over ZeroMQ until Ctrl-C, SIGTERM or a shutdown command."""
+    """Denoise frames streamed over ZeroMQ until Ctrl-C, SIGTERM or a shutdown command, with one model, or with a
+    model per channel (a model set: --model DAPI=runs/dapi --model GFP=runs/gfp, or --model models.yaml)."""
     cfg = SERVE.load(config, dry_run, {
         "--engine": engine, "--mode": mode, "--precision": precision, "--retime": retime, "--device": device,
         "--threads": threads, "--output-dtype": output_dtype, "--input-address": input_address,
@@ -82,11 +88,14 @@ def serve(
 
     import zmq
 
+    from streamer.core.modelset import ModelSet
     from streamer.server import Server
     from trainer.live import worker_command
 
+    with user_errors():
+        models = ModelSet.parse(model)
     with user_errors(zmq.ZMQError):
-        server = Server(model, cfg, finetune_worker=worker_command())
+        server = Server(models, cfg, finetune_worker=worker_command())
         endpoints = server.start()
 
     def _on_signal(signum: int, _frame: Any) -> None:
@@ -95,9 +104,17 @@ def serve(
 
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
-    info = server.denoiser.info()
-    console.print(f"serving [bold]{info['model']}[/bold] with {info['engine']} ({info['device']}, "
-                  f"{info['precision']}) in {cfg.mode} mode", highlight=False)
+    info = {**server.denoiser.info(), "models": server.routes.info(), "model_set": models.describe()}
+    if server.routes.only is not None:
+        console.print(f"serving [bold]{info['model']}[/bold] with {info['engine']} ({info['device']}, "
+                      f"{info['precision']}) in {cfg.mode} mode", highlight=False)
+    else:
+        console.print(f"serving a model set in {cfg.mode} mode: {models.describe()}", highlight=False, markup=False)
+        for lane in server.routes.lanes:
+            den = lane.denoiser
+            console.print(f"  {', '.join('any other' if c == '*' else c for c in lane.channels)}: "
+                          f"{den.card.name} with {den.engine.name} ({info['device']}, {den.engine.precision})",
+                          highlight=False, markup=False)
     for name, addr in endpoints.items():
         console.print(f"  {name:8s} {addr}", highlight=False)
     try:

@@ -287,7 +287,8 @@ EVALUATE = Command("trainer.config:EvaluateConfig", flags={
     "--max-frames": "max_frames", "--engine": "engine", "--precision": "precision", "--device": "device",
     "--retime": "retime", "--trust-code": "trust_code"},
     defaults={"--max-frames": "all", "--json": "not written", "--figure": "not drawn",
-              "--reference": "none: the Noise2Noise estimate from consecutive frames"})
+              "--reference": "none: the Noise2Noise estimate from consecutive frames",
+              "--channel": "every channel, each with its model"})
 
 
 def scored_line(report: dict[str, Any]) -> str:
@@ -300,9 +301,13 @@ def scored_line(report: dict[str, Any]) -> str:
 
 @EVALUATE
 def evaluate(
-    model: Annotated[Path, typer.Option("--model", help="Run folder made by `n2n train`, or a BioImage Model Zoo "
-                                        "package (.zip).")],
-    data: Annotated[Path, typer.Option("--data", help="Noisy stack to denoise (T, H, W).")],
+    model: Annotated[list[str], typer.Option(
+        "--model", metavar="[CHANNEL=]MODEL", help="Run folder made by `n2n train`, or a BioImage Model "
+                                             "Zoo package (.zip). A model per channel of a multi-channel stack: "
+                                             "repeat as --model NAME=FOLDER (a channel's OME name, else its index) "
+                                             "or give a models.yaml; a channel without one is scored raw.")],
+    data: Annotated[Path, typer.Option("--data", help="Noisy stack to denoise (T, H, W), or (T, C, H, W): each "
+                                       "channel scored with its model.")],
     reference: Annotated[Path | None, typer.Option("--reference", help="Clean reference, (H, W) or (T, H, W); "
                                                    "without one: the Noise2Noise estimate of the gain over raw from "
                                                    "consecutive frames.")] = None,
@@ -320,25 +325,41 @@ def evaluate(
                                                 "instead of taking the choice recorded for this machine.")] = None,
     trust_code: Annotated[bool | None, typer.Option("--trust-code", help="Run a TorchScript file this install did "
                                                     "not write (a downloaded model's): it is a program.")] = None,
+    channel: Annotated[str | None, typer.Option(help="Score this channel of a multi-channel stack only (index or "
+                                                "OME name; a reference with channels gives the same one).")] = None,
     config: ConfigOpt = None,
     dry_run: DryRunOpt = False,
 ) -> None:
     """Score a model against a reference, beside Gaussian and frame-averaging baselines, denoised as n2n serve
-    denoises it (the engine and precision it picks here, unless --engine/--precision say otherwise)."""
+    denoises it (the engine and precision it picks here, unless --engine/--precision say otherwise). A
+    multi-channel stack is scored per channel, each with its own model (--model DAPI=runs/dapi --model
+    GFP=runs/gfp)."""
     cfg = EVALUATE.load(config, dry_run, {"--max-frames": max_frames, "--engine": engine, "--precision": precision,
                                           "--device": device, "--retime": retime, "--trust-code": trust_code})
     from rich.progress import Progress
 
+    from streamer.core.modelset import ModelSet
     from streamer.sources import read_stack
+    from streamer.sources.tiff import stack_channels
     from trainer.evaluate import evaluate as run_eval
 
     with user_errors():
-        if not model.exists():
-            raise FileNotFoundError(f"{model}: no such model folder or zoo package (make one with `n2n train`)")
-        raw = read_stack(data, allow_2d=False)
-        ref = read_stack(reference) if reference is not None else None
+        models = ModelSet.parse(model)
+        for path in models.models:
+            if not Path(path).exists():
+                raise FileNotFoundError(f"{path}: no such model folder or zoo package (make one with `n2n train`)")
+        labels = stack_channels(data)
+    if labels and channel is None:
+        _evaluate_channels(models, labels, data, reference, cfg, json_path, figure)
+        return
+    with user_errors():
+        raw = read_stack(data, allow_2d=False, channel=channel)
+        with_channels = reference is not None and channel is not None and bool(stack_channels(reference))
+        ref = read_stack(reference, channel=channel if with_channels else None) if reference is not None else None
+    label = None if channel is None else labels[_index(channel, labels)] if labels else str(channel)
+    model_path = _model_of(models, labels, label, data)
     if ref is None or reference is None:
-        _evaluate_without_reference(model, data, raw, cfg, json_path, figure)
+        _evaluate_without_reference(model_path, data, raw, cfg, json_path, figure, label)
         return
     t, h, w = raw.shape
     if ref.shape != (h, w) and ref.shape != (t, h, w):
@@ -352,9 +373,11 @@ def evaluate(
                       soft_wrap=True)
     with user_errors(), Progress(console=console, transient=True) as progress:
         task = progress.add_task("denoising", total=len(raw))
-        report, den = run_eval(model, raw, ref, cfg, lambda done, _: progress.update(task, completed=done))
-    report = {"model": str(model), "data": str(data), "reference": str(reference), **report}
-    table = Table(title=f"{data.name} vs {reference.name} ({report['frames']} frames)")
+        report, den = run_eval(model_path, raw, ref, cfg, lambda done, _: progress.update(task, completed=done))
+    report = {"model": str(model_path), "data": str(data), "reference": str(reference),
+              **({} if label is None else {"channel": label}), **report}
+    table = Table(title=f"{data.name}{'' if label is None else f' (channel {label})'} vs {reference.name} "
+                        f"({report['frames']} frames)")
     for col in ("method", "PSNR (dB)", "SSIM"):
         table.add_column(col)
     rows = [("raw", "raw"), ("n2n-live model", "denoised"), (f"Gaussian σ={report['gaussian_sigma']}", "gaussian"),
@@ -367,10 +390,137 @@ def evaluate(
     _write_evaluation(report, json_path, figure, raw[0], den[0], ref[0] if ref.ndim == 3 else ref)
 
 
+def _index(channel: str, labels: list[str]) -> int:
+    """The index of ``channel`` (a name or an index) among a stack's channels (read by then: it is one of them)."""
+    from streamer.core.streams import channel_index
+
+    return channel_index(channel, labels, len(labels))
+
+
+def _model_of(models: Any, labels: list[str], label: str | None, data: Path) -> Path:
+    """The model that scores one stack (``label``: the channel taken, None: a single-channel stack): a single
+    model, or the set's for that channel (by name or index)."""
+    if models.single:
+        return Path(models.default)
+    from streamer.datasets.channels import route_channels
+
+    with user_errors():
+        routes, _ = route_channels(models, labels or [label or "0"], str(data))
+    chosen = routes[labels.index(label) if labels and label is not None else 0]
+    if chosen is None:
+        what = f"channel {label!r}" if label is not None else "its one channel ('0')"
+        raise UserError(f"--model: expected a model for {what} of --data {data}, got a model set without one "
+                        f"({models.describe()})")
+    return Path(chosen)
+
+
+def _evaluate_channels(models: Any, labels: list[str], data: Path, reference: Path | None, cfg: Any,
+                       json_path: Path | None, figure: Path | None) -> None:
+    """``n2n evaluate`` on a multi-channel stack: each channel scored with its own model of the set (a single model
+    serves them all, said once), one without a model scored raw (its raw PSNR/SSIM, said once); a table row and a
+    ``--json`` entry (``channels``) per channel. A reference must hold the same channels. The figure shows the first
+    channel that has a model."""
+    from rich.progress import Progress, TaskID
+
+    from n2n.command import warn
+    from streamer.datasets.channels import route_channels
+    from streamer.sources import read_stack
+    from streamer.sources.tiff import stack_channels
+    from trainer.evaluate import evaluate as run_eval
+    from trainer.evaluate import evaluate_without_reference, reference_warning, score_raw
+
+    listed = ", ".join(repr(n) for n in labels)
+    with user_errors():
+        routes, unused = route_channels(models, labels, str(data))
+        ref_labels = stack_channels(reference) if reference is not None else []
+    if not any(routes):
+        raise UserError(f"--model: expected a model for at least one channel of --data {data} ({listed}), got a "
+                        f"model set with none of them ({models.describe()})")
+    if reference is not None and len(ref_labels) != len(labels):
+        raise UserError(f"--reference {reference}: expected the {len(labels)} channels of --data {data} (a "
+                        f"reference per channel), got {len(ref_labels) or 'one'}")
+    for key in unused:
+        warn(f"the model set names channel {key!r}, which --data {data} does not hold (its channels: {listed}): "
+             f"{models.channels[key]} is not used")
+    if models.single:
+        console.print(f"{models.default} serves each of the {len(labels)} channels of {data.name} ({listed}), one "
+                      "model for all; give each channel its own with --model NAME=FOLDER", highlight=False,
+                      soft_wrap=True)
+    for c in (c for c, m in enumerate(routes) if m is None):
+        warn(f"channel {labels[c]} of {data} has no model in the set ({models.describe()}): scored raw, not denoised")
+    channels: dict[str, dict[str, Any]] = {}
+    shown: tuple[Any, Any, Any, dict[str, Any]] | None = None  # the figure's: raw, denoised, reference, scores
+    with Progress(console=console, transient=True) as progress:
+        for c, label in enumerate(labels):
+            with user_errors():
+                raw = read_stack(data, allow_2d=False, channel=c)
+                ref = read_stack(reference, channel=c) if reference is not None else None
+            if ref is not None:
+                t, h, w = raw.shape
+                if ref.shape != (h, w) and ref.shape != (t, h, w):
+                    raise UserError(f"--reference {reference}: expected frames of {h}x{w} in channel {label}, one or "
+                                    f"{t} of them (the shape of --data {data}), got shape {ref.shape}")
+                scale = reference_warning(raw, ref)
+                if scale is not None:
+                    warn(f"--reference {reference}, channel {label}: {scale}")
+            model = routes[c]
+            with user_errors():
+                if model is None:
+                    report = score_raw(raw, ref, cfg)
+                elif ref is None:
+                    report, first = evaluate_without_reference(model, raw, cfg)
+                else:
+                    task = progress.add_task(f"denoising {label}", total=len(raw))
+
+                    def advance(done: int, _: int, task: TaskID = task) -> None:
+                        progress.update(task, completed=done)
+
+                    report, den = run_eval(model, raw, ref, cfg, advance)
+                    first = den[0]
+            if model is not None and shown is None:
+                shown = (raw[0], first, None if ref is None else ref[0] if ref.ndim == 3 else ref, report)
+            channels[label] = {"model": None if model is None else str(Path(model)), **report}
+    full = {"models": {label: r["model"] for label, r in channels.items()}, "data": str(data),
+            "reference": None if reference is None else str(reference), "channels": channels}
+    _channels_table(channels, data, reference)
+    assert shown is not None  # at least one channel has a model
+    _write_evaluation(full, json_path, figure, shown[0], shown[1], shown[2], scores=shown[3])
+
+
+def _channels_table(channels: dict[str, dict[str, Any]], data: Path, reference: Path | None) -> None:
+    """The per-channel table of :func:`_evaluate_channels` and the line under it (how they were scored)."""
+    scored = next(r for r in channels.values() if r["model"] is not None)
+    if reference is not None:
+        table = Table(title=f"{data.name} vs {reference.name}, per channel ({scored['frames']} frames)")
+        for col in ("channel", "model", "PSNR raw", "PSNR denoised", "gain (dB)", "SSIM raw", "SSIM denoised"):
+            table.add_column(col)
+        for label, r in channels.items():
+            if r["model"] is None:
+                table.add_row(label, "raw (no model)", f"{r['psnr_raw']:.2f}", "–", "–", f"{r['ssim_raw']:.4f}", "–")
+            else:
+                table.add_row(label, r["model"], f"{r['psnr_raw']:.2f}", f"{r['psnr_denoised']:.2f}",
+                              f"{r['gain_db_over_raw']:+.2f}", f"{r['ssim_raw']:.4f}", f"{r['ssim_denoised']:.4f}")
+        out.print(table)
+        out.print(scored_line(scored), highlight=False, markup=False)
+        return
+    table = Table(title=f"{data.name}: estimated gain over raw per channel, no reference")
+    for col in ("channel", "model", "pairs", "model gain (dB)", "Gaussian gain (dB)"):
+        table.add_column(col)
+    for label, r in channels.items():
+        if r["model"] is None:
+            table.add_row(label, "raw (no model)", "–", "–", "–")
+        else:
+            table.add_row(label, r["model"], str(r["pairs"]), f"{r['estimated_gain_db']:+.2f}",
+                          f"{r['estimated_gain_db_gaussian']:+.2f}")
+    out.print(table)
+    out.print(f"scored: {scored['engine']} ({scored['precision']}), as served; the estimate assumes a still field and "
+              "noise independent between frames", highlight=False, markup=False)
+
+
 def _write_evaluation(report: dict[str, Any], json_path: Path | None, figure: Path | None, raw: Any, denoised: Any,
-                      reference: Any) -> None:
-    """``n2n evaluate``'s --json and --figure (raw | Gaussian | denoised [| reference] of the first frame), then
-    where each went."""
+                      reference: Any, scores: dict[str, Any] | None = None) -> None:
+    """``n2n evaluate``'s --json and --figure (raw | Gaussian | denoised [| reference] of the first frame, titled
+    with ``scores``, by default the report's), then where each went."""
     from trainer.evaluate import save_figure
 
     with user_errors():
@@ -381,22 +531,24 @@ def _write_evaluation(report: dict[str, Any], json_path: Path | None, figure: Pa
             figure.parent.mkdir(parents=True, exist_ok=True)
             from scipy import ndimage
 
-            gaussian = ndimage.gaussian_filter(raw.astype("float32"), report["gaussian_sigma"])
-            save_figure(figure, raw, denoised, reference, report, gaussian=gaussian)
+            scores = report if scores is None else scores
+            gaussian = ndimage.gaussian_filter(raw.astype("float32"), scores["gaussian_sigma"])
+            save_figure(figure, raw, denoised, reference, scores, gaussian=gaussian)
     for what, path in (("figure", figure), ("report", json_path)):
         if path is not None:
             console.print(f"{what}: {path}", highlight=False)
 
 
 def _evaluate_without_reference(model: Path, data: Path, raw: Any, cfg: Any, json_path: Path | None,
-                                figure: Path | None) -> None:
+                                figure: Path | None, label: str | None = None) -> None:
     """``n2n evaluate`` without ``--reference``: the Noise2Noise estimate of the gain over raw, beside the best
-    Gaussian filter's, from consecutive frames; the figure shows raw | Gaussian | denoised."""
+    Gaussian filter's, from consecutive frames; the figure shows raw | Gaussian | denoised. ``label``: the channel
+    scored (``--channel``)."""
     from trainer.evaluate import evaluate_without_reference
 
     with user_errors():
         report, first = evaluate_without_reference(model, raw, cfg)
-    report = {"model": str(model), "data": str(data), **report}
+    report = {"model": str(model), "data": str(data), **({} if label is None else {"channel": label}), **report}
     table = Table(title=f"{data.name}: estimated gain over raw, no reference ({report['pairs']} pairs of "
                         f"consecutive frames)")
     for col in ("method", "gain over raw (dB)"):

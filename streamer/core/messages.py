@@ -106,6 +106,13 @@ class StatsMessage(TypedDict):
     endpoints: dict[str, str]
     finetune: NotRequired[dict[str, Any]]
     """With fine-tuning on: the worker's state, pairs, steps, losses, swaps."""
+    models: NotRequired[dict[str, Any]]
+    """A model set (:mod:`streamer.core.modelset`): each channel's model, engine, precision and K (``"*"``: the
+    default); the fields above describe its first model."""
+    model_set: NotRequired[str]
+    """The set's routing in one line (``DAPI → runs/dapi, GFP → runs/gfp, any other channel → raw (no model)``)."""
+    no_model: NotRequired[dict[str, int]]
+    """Frames passed through raw because their channel has no model in the set, by channel."""
 
 
 def decode_pixels(buffer: Any, shape: list[int] | tuple[int, ...], dtype: str) -> np.ndarray:

@@ -8,11 +8,11 @@ It subscribes to the server's stats socket (PUB, topic ``stats``, see
 :class:`streamer.core.messages.StatsMessage`)
 and redraws a compact panel a few times a second: frame rates in and out, latency p50/p95/p99
 with a sparkline of the last minute, per-stage medians, drops, errors by kind, frames the checks flagged
-(float path: the float32 fallback; raw: served not denoised), queue depth,
-the engine, precision, device, model and mode, the camera when a bridge runs it (the simulated one said to be
-simulated), and this machine's CPU load (and GPU load when ``pynvml`` is installed). It fits an 80 × 24
-terminal without cutting a figure (rows wrap between their fields), uses plain unicode text (no mouse, no
-images, no alternate screen), so it works over ssh; Ctrl-C quits cleanly.
+(float path: the float32 fallback; raw: served not denoised; a model set's frames of a channel it has no model
+for, by channel), queue depth, the engine, precision, device, model (a model set's by channel) and mode, the
+camera when a bridge runs it (the simulated one said to be simulated), and this machine's CPU load (and GPU load
+when ``pynvml`` is installed). It fits an 80 × 24 terminal without cutting a figure (rows wrap between their
+fields), uses plain unicode text (no mouse, no images, no alternate screen), so it works over ssh; Ctrl-C quits cleanly.
 
 The frame rates are the frames the server delivered over the time it delivered them, from the counters of its
 last :data:`WINDOW_S` seconds of stats, idle time before and after the stream left out (:mod:`.rates`); the

@@ -255,7 +255,7 @@ def _drops(stats: Mapping[str, Any]) -> Flow:
                          (("queue depth", "queue_depth"), ("subscribers", "subscribers"), ("viewers", "viewers")))])
 
 
-FLAG_LABELS = {"float_path": "float path", "raw:output_range": "raw (output check)"}
+FLAG_LABELS = {"float_path": "float path", "raw:output_range": "raw (output check)", "raw:no_model": "raw (no model)"}
 """How the checks row names the Denoiser's flags (others: ``raw:x`` as ``raw (x)``, the rest as sent)."""
 
 
@@ -277,9 +277,29 @@ def _checks(stats: Mapping[str, Any]) -> Flow:
     if not any(k.startswith("raw:") for k in counts):
         counts["raw"] = 0
     ranked = sorted(counts.items(), key=lambda kv: (kv[0].startswith("raw"), -kv[1], kv[0]))
-    return Flow((field(_flag_label(flag), str(n),
-                       "bold" if not n else "bold red" if flag.startswith("raw") else "bold yellow")
-                 for flag, n in ranked), gap=" · ")
+    fields: list[Text | str] = [field(_flag_label(flag), str(n),
+                                      "bold" if not n else "bold red" if flag.startswith("raw") else "bold yellow")
+                                for flag, n in ranked]
+    no_model = stats.get("no_model")  # a model set: frames of channels it has no model for, by channel
+    if isinstance(no_model, Mapping) and no_model:
+        by_channel = sorted(((str(k), int(n)) for k, v in no_model.items() if (n := _number(v))),
+                            key=lambda kv: (-kv[1], kv[0]))
+        if by_channel:
+            shown = ", ".join(f"{k[:20]} {n}" for k, n in by_channel[:3])
+            more = f", +{len(by_channel) - 3} more" if len(by_channel) > 3 else ""
+            fields.append(Text(f"(no model: {shown}{more})", style="red"))
+    return Flow(fields, gap=" · ")
+
+
+def _model(stats: Mapping[str, Any]) -> str:
+    """The model served, or a model set's models by channel (``DAPI dapi, GFP gfp, other –``)."""
+    models = stats.get("models")
+    if not isinstance(models, Mapping) or not models or list(models) == ["*"]:  # one model for every channel
+        return str(stats.get("model", DASH))
+    named = [f"{'other' if c == '*' else str(c)[:20]} {str(m.get('model', DASH))[:24]}"
+             for c, m in list(models.items())[:4] if isinstance(m, Mapping)]
+    more = f", +{len(models) - 4} more" if len(models) > 4 else ""
+    return ", ".join(named) + more + ("" if "*" in models else ", other raw")
 
 
 def _load(cpu_percent: float | None, cpu_note: str | None, gpu: str | None) -> Flow:
@@ -310,7 +330,7 @@ def render(stats: Mapping[str, Any] | None, history: History, address: str, *,
         return _waiting(address, seconds_since_last)
     stale = seconds_since_last is not None and seconds_since_last > STALE_AFTER_S
 
-    header = Flow([Text(str(stats.get("model", DASH)), style="bold"),
+    header = Flow([Text(_model(stats), style="bold"),
                    Text(f"{stats.get('engine', DASH)} {stats.get('precision', DASH)} on {stats.get('device', DASH)}",
                         style="bold cyan"),
                    Text(f"{stats.get('mode', DASH)} mode"), Text(f"up {_uptime(stats.get('uptime_s'))}")],

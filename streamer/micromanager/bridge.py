@@ -10,6 +10,11 @@ failed its checks), dropped (by the server in live mode, or overwritten in Micro
 read). Each plane's metadata in the OME-TIFF says ``n2n-denoised`` (false for a frame the server kept raw: its
 ``denoised`` channel holds the raw pixels) and, when the server flagged it, ``n2n-flags`` (see
 :mod:`streamer.protocol`).
+
+A core with a ``Channel`` configuration group sends each frame's channel (the group's current configuration, read
+as the frame is sent) as ``meta.channel``: a server of a model set (``n2n serve --model DAPI=runs/dapi --model
+GFP=runs/gfp``) denoises it with that channel's model, and a channel it has no model for comes back raw (kept raw,
+flagged ``raw:no_model``). A core without the group sends none (the set's default model serves).
 """
 
 from __future__ import annotations
@@ -32,9 +37,60 @@ from ..denoiser import FLAG_FLOAT_PATH, is_raw
 from ..sources import EndOfStream, OmeTiffWriter
 from ..sources.micromanager import MicroManagerSource
 
-__all__ = ["BridgeReport", "run_bridge"]
+__all__ = ["CHANNEL_GROUP", "BridgeReport", "channel_group", "current_channel", "run_bridge"]
 
 log = logging.getLogger("n2n.micromanager")
+
+CHANNEL_GROUP = "Channel"
+"""Micro-Manager's configuration group whose current configuration names the channel being imaged, where the core
+names no channel group of its own (``getChannelGroup``)."""
+
+
+def channel_group(core: Any) -> str:
+    """The core's channel group (``Core-ChannelGroup``), else :data:`CHANNEL_GROUP`."""
+    get = getattr(core, "get_channel_group", None) or getattr(core, "getChannelGroup", None)
+    try:
+        name = get() if get is not None else None
+    except Exception:  # a core that cannot say
+        name = None
+    return str(name) if name else CHANNEL_GROUP
+
+
+def current_channel(core: Any, group: str | None = None) -> str | None:
+    """The core's current configuration of its channel ``group`` (``"GFP"``; None: :func:`channel_group`); None for
+    a core without the group, with no current configuration (the state matches none), or one that cannot say.
+    Raises nothing."""
+    get = getattr(core, "get_current_config", None) or getattr(core, "getCurrentConfig", None)
+    if get is None:
+        return None
+    try:
+        name = get(group or channel_group(core))
+    except Exception:  # a core (the Java bridge's) that refuses an undefined group
+        return None
+    if name is None:
+        return None
+    return str(name)[:128] or None
+
+
+class _Channels:
+    """The channel of each frame as it is sent (:func:`current_channel`), for a core with a channel group; for a
+    core without one (or whose core cannot say whether it has one), nothing is asked per frame. The channel is the
+    one set when the frame is sent: frames still in Micro-Manager's buffer at a channel switch are named after the
+    new one (a live view switching channels; an MDA's frames carry their own, see :mod:`.mda`)."""
+
+    def __init__(self, core: Any) -> None:
+        self._core = core
+        self.group = channel_group(core)
+        defined = getattr(core, "is_group_defined", None) or getattr(core, "isGroupDefined", None)
+        try:
+            self.enabled = bool(defined(self.group)) if defined is not None else False
+        except Exception:
+            self.enabled = False
+        if self.enabled:
+            log.info("frames are sent with their channel (the core's %r configuration)", self.group)
+
+    def now(self) -> str | None:
+        return current_channel(self._core, self.group) if self.enabled else None
 
 
 @dataclass
@@ -94,6 +150,7 @@ class _Producer(threading.Thread):
     def run(self) -> None:
         try:
             with StreamClient(self.endpoints, timeout=self.timeout_s, send_hwm=SEND_HWM) as client:
+                channels = _Channels(getattr(self.source, "core", None))
                 self.started_at = time.perf_counter()
                 while not self.stop.is_set() and (self.frames is None or self.sent < self.frames):
                     try:
@@ -104,6 +161,9 @@ class _Producer(threading.Thread):
                     meta: dict[str, Any] = {k: frame.metadata[k] for k in keys if k in frame.metadata}
                     if getattr(self.source, "simulated", False):
                         meta["n2n-simulated"] = True  # synthetic cells: said in every plane of the record
+                    channel = channels.now()
+                    if channel is not None:  # routes it to its channel's model (and keeps its history apart)
+                        meta["channel"] = channel
                     if self.pending is not None:  # before sending: the denoised frame may come back at once
                         with self.lock:
                             self.pending.append((self.sent, frame.pixels, meta))

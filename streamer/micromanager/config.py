@@ -1,14 +1,16 @@
-"""``n2n grab`` and ``n2n bridge``'s configuration (``configs/micromanager.yaml``): where frames come from, what the
-grab records and what the bridge serves."""
+"""``n2n grab``, ``n2n bridge`` and ``n2n acquire``'s configuration (``configs/micromanager.yaml``): where frames
+come from, what the grab records, what the bridge serves and what an acquisition writes."""
 
 from __future__ import annotations
+
+from typing import Literal
 
 from pydantic import Field
 
 from ..core.config import Strict, Versioned
 from ..server.config import ServeConfig
 
-__all__ = ["BridgeConfig", "GrabConfig", "MicroManagerConfig", "MicroManagerSourceConfig"]
+__all__ = ["AcquireConfig", "BridgeConfig", "GrabConfig", "MicroManagerConfig", "MicroManagerSourceConfig"]
 
 
 class MicroManagerSourceConfig(Strict):
@@ -43,8 +45,9 @@ class GrabConfig(Strict):
 class BridgeConfig(Strict):
     """``n2n bridge``: Micro-Manager live frames → the denoising server → OME-TIFF and viewers."""
 
-    model: str | None = None
-    """Model folder to serve (a server is started in this process); null with connect set."""
+    model: str | list[str] | None = None
+    """Model folder (or zoo package) to serve (a server is started in this process), or a model set: a list of
+    CHANNEL=FOLDER (the core's channel group names each frame's channel) or a models.yaml; null with connect set."""
     connect: str | None = None
     """A running ``n2n serve``'s ready file (JSON with its endpoints) to use instead of starting one."""
     frames: int | None = Field(200, ge=1)
@@ -53,11 +56,34 @@ class BridgeConfig(Strict):
     """OME-TIFF of raw and denoised frames side by side (channels 'raw', 'denoised'); null: none."""
 
 
+class AcquireConfig(Strict):
+    """``n2n acquire``: a pymmcore-plus multi-dimensional acquisition (MDA), every frame denoised before it is
+    written, raw and denoised both kept."""
+
+    mda: str | None = None
+    """The acquisition: a useq-schema MDASequence file (YAML or JSON: channels, stage positions, z plan, time
+    plan). A relative path is looked up beside the YAML file first, then in the working directory."""
+    models: list[str] | None = None
+    """The model set to serve (a server is started in this process): a model folder or zoo package for every
+    channel, CHANNEL=FOLDER per channel, or a models.yaml; null with connect set."""
+    connect: str | None = None
+    """A running ``n2n serve``'s ready file (JSON with its endpoints) to use instead of starting one."""
+    out: str = "runs/acquire"
+    """Folder written: raw.ome.zarr (every frame as acquired), denoised.ome.zarr, acquire.json (the counts)."""
+    format: Literal["ome-zarr", "ome-tiff"] = "ome-zarr"
+    """The files' format (pymmcore-plus's ome-writers): ome-zarr or ome-tiff."""
+    overwrite: bool = False
+    """Write over an existing acquisition in ``out`` (else refused: nothing acquired is ever overwritten)."""
+    timeout_s: float = Field(10.0, gt=0)
+    """Longest wait for one frame's denoised answer; then it is written raw (marked) and the run goes on."""
+
+
 class MicroManagerConfig(Versioned):
-    """``n2n grab`` and ``n2n bridge``."""
+    """``n2n grab``, ``n2n bridge`` and ``n2n acquire``."""
 
     source: MicroManagerSourceConfig = MicroManagerSourceConfig()
     grab: GrabConfig = GrabConfig()
     bridge: BridgeConfig = BridgeConfig()
+    acquire: AcquireConfig = AcquireConfig()
     serve: ServeConfig = ServeConfig()
     """The server the bridge starts (mode, engine, precision, addresses)."""

@@ -27,7 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pymmcore_plus.experimental.unicore import UniMMCore
+from pymmcore_plus.experimental.unicore import Device, UniMMCore
+
+from .microscope import MicroscopePart, microscope_of
 
 __all__ = ["DEFAULT_BRIDGE_PORT", "JAVA_BRIDGE_HINT", "SIM_CFG", "MicroManagerUnavailable", "SnakeCaseCore",
            "TaggedImage", "close_core", "connect_gui", "load_core", "open_core", "release_pycromanager_core",
@@ -78,6 +80,16 @@ class SnakeCaseCore(UniMMCore):
                                  "Micro-Manager call of that name either)")
         return getattr(self, camel)
 
+    def loadPyDevice(self, label: str, device: Device) -> None:
+        """``UniMMCore.loadPyDevice``, then a part of the simulated microscope (camera, filter wheel, stages)
+        joins this core's :class:`~streamer.micromanager.microscope.SimulatedMicroscope`, where the camera finds
+        the others (Micro-Manager gives a device no handle on them)."""
+        super().loadPyDevice(label, device)
+        if isinstance(device, MicroscopePart):
+            microscope_of(self).join(device)
+
+    load_py_device = loadPyDevice
+
     def pop_next_tagged_image(self) -> _Tagged:
         img, md = self.popNextImageAndMD()
         return _Tagged(dict(md), img)
@@ -104,14 +116,27 @@ _SNAKE_TO_CAMEL: dict[str, str] = {
 
 #: The built-in simulated session, identical to ``configs/micromanager/sim.cfg`` (a test checks).
 SIM_CFG = """\
-# The embedded default Micro-Manager session: the simulated camera (streamer/sources/simulated.py
-# physics) as a Python camera device, run by pymmcore-plus's UniMMCore. No hardware, no Java.
+# The embedded default Micro-Manager session: a simulated microscope as Python devices run by
+# pymmcore-plus's UniMMCore (no hardware, no Java): the simulated camera (streamer/sources/simulated.py
+# physics), an emission filter wheel (Open, DAPI, GFP, Cy5), an XY stage and a Z stage (focus).
 # Lines starting '#py ' are Python devices (ordinary Micro-Manager ignores them as comments).
 #py pyDevice,Camera,streamer.micromanager.camera,SimulatedMMCamera
+#py pyDevice,Emission,streamer.micromanager.microscope,EmissionFilterWheel
+#py pyDevice,XY,streamer.micromanager.microscope,SimulatedXYStage
+#py pyDevice,Z,streamer.micromanager.microscope,SimulatedZStage
 #py Property,Camera,Width,512
 #py Property,Camera,Height,512
 #py Property,Camera,Exposure,10.0
 #py Property,Core,Camera,Camera
+#py Property,Core,XYStage,XY
+#py Property,Core,Focus,Z
+# The Channel group: one preset per fluorophore (the wheel starts Open: the camera's original sample).
+#py ConfigGroup,Channel,DAPI,Emission,Label,DAPI
+#py ConfigGroup,Channel,GFP,Emission,Label,GFP
+#py ConfigGroup,Channel,Cy5,Emission,Label,Cy5
+#py Property,Core,ChannelGroup,Channel
+# No shutter: the sample is always lit (pymmcore-plus's MDA would otherwise try to close a shutter).
+#py Property,Core,AutoShutter,0
 """
 
 
@@ -135,7 +160,23 @@ def load_core(config_file: str | Path = "sim") -> SnakeCaseCore:
     if not core.getCameraDevice():
         close_core(core)
         raise MicroManagerUnavailable(f"{path} sets no camera (add 'Property,Core,Camera,<label>')")
+    _declare_pixel_size(core)
     return core
+
+
+def _declare_pixel_size(core: SnakeCaseCore) -> None:
+    """The simulated camera's pixel size (its ``PixelSizeUm``) as the core's, where the configuration declares none:
+    an MDA's writers scale the image axes by it (a ``.cfg`` cannot key a pixel-size preset on a Python device's
+    property, so it is declared here; a configuration's own preset wins)."""
+    camera = core.getCameraDevice()
+    try:
+        if core.getPixelSizeUm() > 0 or not core.hasProperty(camera, "PixelSizeUm"):
+            return
+        core.definePixelSizeConfig("n2n-sim")
+        core.setPixelSizeUm("n2n-sim", float(core.getProperty(camera, "PixelSizeUm")))
+        core.setPixelSizeConfig("n2n-sim")
+    except Exception as exc:  # a core that cannot: the writers then say pixels, not µm
+        log.debug("pixel size not declared: %s", exc)
 
 
 def _micromanager_path(config_file: Path) -> str:

@@ -29,13 +29,15 @@ because it left the range the reduced precision was checked on gets ``n2n-precis
 (``hook.float_path`` counts them). Every flag is also listed in ``n2n-flags``.
 
 For a K-frame model each image is denoised with the images before it *from the same place*: the hook sends its
-``Axes`` without time (channel, z, position, …) as the frame's stream (:func:`stream_key`), so a 2-channel or
-z-stack acquisition keeps one history per channel and plane, never mixed.
+``Axes`` without time (channel, z, position, …) as the frame's stream (:func:`streamer.core.streams.stream_key`),
+so a 2-channel or z-stack acquisition keeps one history per channel and plane, never mixed. The ``Axes``' channel
+also goes as ``meta.channel``: a server of a model set (``n2n serve --model DAPI=runs/dapi --model GFP=runs/gfp``)
+denoises each image with its channel's model, and sends an image of a channel it has no model for back raw
+(``n2n-denoised: false``, ``n2n-flag: raw:no_model``).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -46,11 +48,12 @@ import numpy as np
 
 from ..client import ServerError, StreamClient
 from ..core.dtypes import to_dtype
+from ..core.streams import key_text, stream_key
 from ..denoiser import FLAG_FLOAT_PATH, is_raw
 from ..protocol import DTYPES
 from ..sources import OmeTiffWriter
 
-__all__ = ["DenoiseHook", "denoise_hook"]
+__all__ = ["DenoiseHook", "denoise_hook", "stream_key"]
 
 log = logging.getLogger("n2n.micromanager")
 
@@ -119,7 +122,7 @@ class DenoiseHook:
 
     def _next_seq(self, where: dict[str, Any] | None) -> int:
         """The frame's number in its stream (the server resets a history at a gap in it)."""
-        key = json.dumps(where, sort_keys=True, default=str)
+        key = key_text(where)
         if len(self._seqs) >= MAX_STREAMS and key not in self._seqs:
             self._seqs.clear()  # (a session of more places than this: their histories start again)
         seq = self._seqs.get(key, 0)
@@ -171,6 +174,8 @@ class DenoiseHook:
         small: dict[str, Any] = {k: meta[k] for k in ("ImageNumber", "Axes", "Camera") if k in meta}
         if where is not None:  # a K-frame model's history per channel, position and z-plane, never mixed
             small["stream"] = where
+            if where.get("channel") is not None:  # routes the image to its channel's model (a model set)
+                small["channel"] = str(where["channel"])
         t0 = time.perf_counter()
         try:
             out, flags = self._request(squeezed, _plain(small), seq)
@@ -265,20 +270,6 @@ def _plain(meta: dict[str, Any]) -> dict[str, Any]:
 
 MAX_STREAMS = 100_000
 """Streams (places) whose frame count the hook keeps."""
-TIME_AXES = ("time", "t")
-"""pycromanager's axes along which one stream goes on (every other axis names a stream of its own)."""
-
-
-def stream_key(axes: Any) -> dict[str, Any] | None:
-    """Where an image comes from, for its history: pycromanager's ``Axes`` without time (``{"channel": "GFP",
-    "z": 3, "position": 0}``). pycromanager calls the hook in event order (t0 c0, t0 c1, t1 c0 …), so one history
-    for all would make a K-frame model denoise a GFP frame from DAPI frames and z-neighbours. None without axes
-    (one stream, as before); keys sorted, at most 8 axes, values plain."""
-    if not isinstance(axes, dict):
-        return None
-    where = {str(k): v if isinstance(v, (int, float, str, bool)) or v is None else str(v)
-             for k, v in sorted(axes.items(), key=lambda kv: str(kv[0])) if str(k).lower() not in TIME_AXES}
-    return dict(list(where.items())[:8]) or None
 
 
 def denoise_hook(endpoints: dict[str, str] | str | None = None, timeout_s: float = 5.0,

@@ -91,12 +91,16 @@ def _from_record(record: Any, planes: int, where: str) -> Marks | None:
 
 def _from_job(store: Path, ours: dict[str, Any], planes: int, channel_of: Any) -> Marks | None:
     """An OME-Zarr written by an earlier ``n2n denoise`` (or one it is still writing): the planes of the channel
-    its job denoised, but those its checks kept raw."""
+    its job denoised, but those its checks kept raw and those of a channel its model set had no model for."""
     job = ours.get("job")
     if not isinstance(job, dict):
         return None
     channel = job.get("channel")
-    marked = {p for p in range(planes) if channel is None or channel_of(p) == channel}
+    per_channel = job.get("models")  # a model per channel: [{"channel": NAME, "model": PATH or null}, ...]
+    raw = ({c for c, m in enumerate(per_channel) if isinstance(m, dict) and m.get("model") is None}
+           if isinstance(per_channel, list) else set())
+    marked = {p for p in range(planes) if (channel is None or channel_of(p) == channel)
+              and (channel_of(p) or 0) not in raw}
     flagged = ours.get("flagged_planes")
     if isinstance(flagged, dict):
         for flag, kept in flagged.items():

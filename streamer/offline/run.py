@@ -1,5 +1,6 @@
-"""``n2n denoise``: the job. Checks the input against the model, decides the engine and precision once,
-prepares or resumes the work store, runs the tasks here or on Dask, and finishes the output."""
+"""``n2n denoise``: the job. Checks the input against the model (or each channel's model of a model set), decides
+the engine and precision once per model, prepares or resumes the work store, runs the tasks here or on Dask, and
+finishes the output."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import math
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,11 @@ from typing import Any
 import numpy as np
 
 from ..core.card import CARD_NAME
+from ..core.modelset import NO_MODEL_FLAG, ModelSet
+from ..core.streams import channel_index
 from ..datasets import DatasetError, DatasetInfo, open_dataset, output_kind
 from ..datasets.base import Reader
+from ..datasets.channels import channel_labels, route_channels
 from ..denoiser import FLAG_FLOAT_PATH, is_raw
 from .config import DenoiseConfig
 from .marks import AlreadyDenoised, read_marks, refusal, to_ranges
@@ -42,7 +46,7 @@ from .store import (
     todo_planes,
     writing,
 )
-from .task import Job, TaskResult, keep, make_denoiser, peak_mib, release, run_task, warm_up
+from .task import Job, JobModel, TaskResult, denoiser_key, keep, make_denoiser, peak_mib, release, run_task, warm_up
 
 __all__ = ["AlreadyDenoised", "DenoiseInterrupted", "IncompleteInput", "denoise"]
 
@@ -122,7 +126,7 @@ def _local_cluster(workers: int) -> Any:
 
 
 def _run_dask(job: Job, todo: list[int], size: int, commit: Commit, workers: int, scheduler: str | None,
-              started: Callable[[], None], first: int | None) -> list[float]:
+              started: Callable[[], None], firsts: tuple[int, ...]) -> list[float]:
     """Run the tasks on a LocalCluster of ``workers`` (or the cluster at ``scheduler``), at most two per
     worker in flight; returns each worker's peak memory (MiB)."""
     from distributed import Client, as_completed
@@ -141,7 +145,7 @@ def _run_dask(job: Job, todo: list[int], size: int, commit: Commit, workers: int
             raise DatasetError(f"--scheduler {scheduler}: the cluster has no workers")
         tasks = split_tasks(todo, size, len(addresses))
         # warmed where the tasks run (each worker's task thread)
-        client.gather([client.submit(warm_up, job, first, workers=[a], pure=False, allow_other_workers=False)
+        client.gather([client.submit(warm_up, job, firsts, workers=[a], pure=False, allow_other_workers=False)
                        for a in addresses])
         started()
         pending = iter(tasks)
@@ -176,17 +180,18 @@ def _channel_index(info: DatasetInfo, channel: str | int | None, where: str) -> 
     channel = str(channel)
     if "C" not in info.axes:
         raise DatasetError(f"--channel {channel}: {where} has no channel axis (axes {info.axes})")
-    count = info.shape[info.axes.index("C")]
-    names = info.channel_names or []
-    if channel in names:
-        return names.index(channel)
-    if channel.lstrip("-").isdigit():
-        index = int(channel)
-        if 0 <= index < count:
-            return index
-    listed = ", ".join(repr(n) for n in names) if names else "unnamed"
-    raise DatasetError(f"--channel {channel}: expected a channel index 0..{count - 1} or a name ({listed}), "
-                       f"got {channel!r}")
+    try:
+        return channel_index(channel, info.channel_names or [], info.shape[info.axes.index("C")])
+    except ValueError as exc:
+        raise DatasetError(f"{where}: {exc}") from None
+
+
+def _plane_channels(info: DatasetInfo) -> np.ndarray:
+    """Each plane's channel (its index along C; 0 for every plane of a dataset without a C axis), by flat index."""
+    if "C" not in info.axes:
+        return np.zeros(info.planes, np.intp)
+    lead = info.shape[:-2]
+    return np.unravel_index(np.arange(info.planes), lead)[info.axes.index("C")]
 
 
 def _check_model(card: Any, info: DatasetInfo, where: str, model: Path) -> None:
@@ -200,34 +205,93 @@ def _check_model(card: Any, info: DatasetInfo, where: str, model: Path) -> None:
                            f"pixels for this model, got {info.plane_shape[0]}x{info.plane_shape[1]}")
 
 
-def denoise(input_path: str | Path, model: str | Path, output: str | Path, cfg: DenoiseConfig | None = None,
-            progress: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
+def denoise(input_path: str | Path, model: str | Path | ModelSet | Sequence[str | Path], output: str | Path,
+            cfg: DenoiseConfig | None = None, progress: Callable[[int, int, str], None] | None = None
+            ) -> dict[str, Any]:
     """Denoise every plane of a recorded dataset (or one channel's, copying the others) into ``output``
-    (OME-TIFF or OME-Zarr by its extension); rerun after an interruption to continue. ``progress(done,
-    total, stage)`` is called as planes finish. Returns a summary (planes, rate, engine, where it went)."""
+    (OME-TIFF or OME-Zarr by its extension); rerun after an interruption to continue. ``model``: a model folder
+    (or zoo package) for every channel, or a model set (:class:`~streamer.core.modelset.ModelSet`, or what
+    ``ModelSet.parse`` reads: ``["DAPI=runs/dapi", "GFP=runs/gfp"]``, a ``models.yaml``): each channel's planes go
+    through its own model, and a channel without one is written as it is (raw, never another channel's model).
+    ``progress(done, total, stage)`` is called as planes finish. Returns a summary (planes, rate, engine, which
+    model served which channel, where it went)."""
     cfg = cfg or DenoiseConfig()
-    source, model, output = Path(input_path), Path(model), Path(output)
+    models = model if isinstance(model, ModelSet) else ModelSet.parse(model)
+    source, output = Path(input_path), Path(output)
     out_kind = output_kind(output)
     from ..core.card import ModelCard
 
-    card = ModelCard.load(model)  # a missing or damaged model is the first thing to say
+    cards = {m: ModelCard.load(m) for m in models.models}  # a missing or damaged model is the first thing to say
     check_writable(output.parent)
     with exclusive(output):
         try:
-            return _denoise(source, model, card, output, out_kind, cfg, progress)
+            return _denoise(source, models, cards, output, out_kind, cfg, progress)
         finally:
             release()
 
 
-def _denoise(source: Path, model: Path, card: Any, output: Path, out_kind: str, cfg: DenoiseConfig,
-             progress: Callable[[int, int, str], None] | None) -> dict[str, Any]:
+def _plan(source: Path, info: DatasetInfo, models: ModelSet, cards: dict[str, Any],
+          channel: int | None) -> tuple[list[str], list[str | None], list[str]]:
+    """Which model denoises which channel (per channel: the model, None: written raw), each model checked against
+    the data; and the channels the set names that the dataset does not hold."""
+    labels = channel_labels(info)
+    routes, unused = route_channels(models, labels, str(source))
+    if channel is not None:
+        if routes[channel] is None:
+            raise DatasetError(f"--channel {labels[channel]}: {source}'s channel {labels[channel]!r} has no model in "
+                               f"the set ({models.describe()}); expected --model {labels[channel]}=FOLDER")
+        routes = [m if c == channel else None for c, m in enumerate(routes)]  # the others are copied
+    served: dict[str, list[str]] = {}
+    for c, m in enumerate(routes):
+        if m is not None:
+            served.setdefault(m, []).append(labels[c])
+    if not served:
+        listed = ", ".join(repr(n) for n in labels)
+        raise DatasetError(f"{source}: expected a model for at least one of its channels ({listed}), got a model "
+                           f"set with none of them ({models.describe()})")
+    for m, names in served.items():
+        where = str(source) if models.single else f"{source} (channel {', '.join(names)})"
+        _check_model(cards[m], info, where, Path(m))
+    return labels, routes, unused
+
+
+def _say_plan(source: Path, info: DatasetInfo, models: ModelSet, labels: list[str], routes: list[str | None],
+              unused: list[str], channel: int | None) -> None:
+    """Say, once the run goes ahead (a refused run says one line only), which model serves which channels, each
+    channel without a model (written raw), and each channel of the set the dataset does not hold."""
+    for key in unused:
+        log.warning("%s: the model set names channel %r, which it does not hold (its channels: %s): %s is not used",
+                    source, key, ", ".join(repr(n) for n in labels), models.channels[key])
+    if models.single and len(labels) > 1 and channel is None:
+        log.info("%s: %s serves each of its %d channels (%s), one model for all; give each channel its own with "
+                 "--model NAME=FOLDER", source, models.default, len(labels), ", ".join(labels))
+    elif not models.single:
+        log.info("%s: %s", source, ", ".join(f"channel {labels[c]} → {m}" for c, m in enumerate(routes)
+                                             if m is not None))
+        if channel is None:
+            count = info.planes // len(labels)
+            for c in (c for c, m in enumerate(routes) if m is None):
+                log.warning("%s: channel %s has no model in the set (%s): its %d plane(s) are written as they are, "
+                            "raw, not denoised (flag %s)", source, labels[c], models.describe(), count,
+                            NO_MODEL_FLAG)
+
+
+def _denoise(source: Path, models: ModelSet, cards: dict[str, Any], output: Path, out_kind: str,
+             cfg: DenoiseConfig, progress: Callable[[int, int, str], None] | None) -> dict[str, Any]:
     store = output if out_kind == "zarr" else output.with_name(output.name + ".partial.zarr")
     reader = open_dataset(source)
     try:
         info = reader.info
-        _check_model(card, info, str(source), model)
         channel = _channel_index(info, cfg.channel, str(source))
-        wanted = [p for p in range(info.planes) if channel is None or info.index(p)["C"] == channel]
+        labels, routes, unused = _plan(source, info, models, cards, channel)
+
+        used = list(dict.fromkeys(m for m in routes if m is not None))  # each model once, in channel order
+        resolved = {m: str(Path(m).resolve()) for m in used}
+        shas = {m: sha256(cards[m].run_dir / CARD_NAME) for m in used}
+        by_plane = _plane_channels(info)
+        slot = np.array([-1 if m is None else used.index(m) for m in routes])[by_plane]  # per plane: its model
+        wanted = [int(p) for p in np.flatnonzero(slot >= 0)]
+        no_model = [int(p) for p in np.flatnonzero(slot < 0)] if channel is None else []
         marks = read_marks(reader)  # the input's: never what a partial output of this run holds
         marked = [p for p in wanted if p in marks.planes]
         if marked and not (cfg.denoise_again or cfg.skip_denoised):
@@ -235,13 +299,23 @@ def _denoise(source: Path, model: Path, card: Any, output: Path, out_kind: str, 
         skipped_marked = marked if cfg.skip_denoised else []
         if skipped_marked:
             wanted = [p for p in wanted if p not in marks.planes]
+        firsts: dict[str, int] = {}  # each model's first plane to denoise: where its engine is decided
+        for p in wanted:
+            firsts.setdefault(used[slot[p]], p)
+            if len(firsts) == len(used):
+                break
         settings: dict[str, Any] = {  # what a resumed run must share with the run it continues
             "input": str(source.resolve()), "input_kind": reader.kind, "input_shape": list(info.shape),
-            "input_dtype": info.dtype.name, "model": str(model.resolve()),
-            "model_card_sha256": sha256(card.run_dir / CARD_NAME), "channel": channel, "output_dtype": cfg.dtype,
-            "requested_engine": cfg.engine, "requested_precision": cfg.precision, "device": cfg.device,
-            "skip_denoised": cfg.skip_denoised}
+            "input_dtype": info.dtype.name, "model": resolved[used[0]] if models.single else None,
+            "model_card_sha256": shas[used[0]] if models.single else None, "channel": channel,
+            "output_dtype": cfg.dtype, "requested_engine": cfg.engine, "requested_precision": cfg.precision,
+            "device": cfg.device, "skip_denoised": cfg.skip_denoised,
+            # a model per channel: which one (None: written raw); a single model serves every channel
+            "models": None if models.single else [
+                {"channel": labels[c], "model": resolved[m] if m else None, "sha256": shas[m] if m else None}
+                for c, m in enumerate(routes)]}
         record, replaced = prepare_output(output, store, settings, cfg.overwrite, source)
+        _say_plan(source, info, models, labels, routes, unused, channel)
         if marked and cfg.denoise_again:
             log.warning("%s: denoising again %d plane(s) marked denoised already (%s), as --denoise-again asks: "
                         "they come out smoother than one pass makes them", source, len(marked), marks.how)
@@ -254,8 +328,8 @@ def _denoise(source: Path, model: Path, card: Any, output: Path, out_kind: str, 
         threads = cfg.threads or (None if local or cfg.scheduler else max(1, cores // cfg.workers))
         try:
             if record is None:
-                record = _start(store, replaced, info, out_dtype, settings, cfg, reader, wanted,
-                                threads if local else None)
+                record = _start(store, replaced, info, out_dtype, settings, cfg, reader,
+                                [(resolved[m], shas[m], firsts.get(m)) for m in used], threads if local else None)
             else:
                 log.info("resuming %s: %d of %d planes were done", store,
                          sum(b - a for a, b in done_ranges(store)), info.planes)
@@ -264,11 +338,13 @@ def _denoise(source: Path, model: Path, card: Any, output: Path, out_kind: str, 
     finally:
         reader.close()
     damage = list(getattr(reader, "damage", []) or [])
-    job = Job(input=settings["input"], kind=reader.kind, model=settings["model"], store=str(store.resolve()),
-              engine=record["engine"], precision=record["precision"], device=cfg.device, threads=threads,
-              output_dtype=cfg.dtype, channel=channel, id=record.get("id", ""),
-              model_sha256=settings["model_card_sha256"], trust_code=cfg.trust_code,
-              copy=tuple((a, b) for a, b in to_ranges(skipped_marked)))
+    # the first model's engine and precision are the record's own; the others' (a model per channel) in "engines"
+    engines = {**(record.get("engines") or {}), resolved[used[0]]: (record["engine"], record["precision"])}
+    job_models = tuple(JobModel(resolved[m], shas[m], *engines[resolved[m]]) for m in used)
+    job = Job(input=settings["input"], kind=reader.kind, models=job_models,
+              routes=tuple(None if m is None else used.index(m) for m in routes), store=str(store.resolve()),
+              device=cfg.device, threads=threads, output_dtype=cfg.dtype, channel=channel, id=record.get("id", ""),
+              trust_code=cfg.trust_code, copy=tuple((a, b) for a, b in to_ranges(skipped_marked)))
     todo = todo_planes(info.planes, done_ranges(store))
     skipped = info.planes - len(todo)
     plane_mib = math.prod(info.plane_shape) * info.dtype.itemsize / 2**20
@@ -311,7 +387,7 @@ def _denoise(source: Path, model: Path, card: Any, output: Path, out_kind: str, 
             peaks = _run_here(job, split_tasks(todo, size), commit, started)
         else:
             peaks = _run_dask(job, todo, size, commit, cfg.workers, cfg.scheduler, started,
-                              wanted[0] if wanted else None)
+                              tuple(firsts.values()))
     except KeyboardInterrupt:
         raise DenoiseInterrupted(f"stopped after {int(counts['planes'])} of {info.planes} planes; {store} keeps "
                                  f"them: {resume}") from None
@@ -335,8 +411,15 @@ def _denoise(source: Path, model: Path, card: Any, output: Path, out_kind: str, 
     # or denoised again (a marked plane written raw is the input's denoised one); never an unreadable one
     holds = (set(wanted) - set(kept_raw)) | marks.planes
     holds -= set(missing)
-    record_denoised = {"planes": to_ranges(holds), "input": settings["input"], "channel": channel,
-                       "model": settings["model"]}
+    record_denoised: dict[str, Any] = {"planes": to_ranges(holds), "input": settings["input"], "channel": channel,
+                                       "model": settings["model"]}
+    per_channel = {labels[c]: m for c, m in enumerate(routes)} if channel is None else {labels[channel]: used[0]}
+    if not models.single:
+        record_denoised["models"] = {c: resolved[m] if m else None for c, m in per_channel.items()}
+    raw_planes = set(no_model) - marks.planes - set(missing)  # written as they are: not denoised, said why
+    if raw_planes:
+        record_denoised["no_model"] = {"flag": NO_MODEL_FLAG, "planes": to_ranges(raw_planes),
+                                       "channels": [c for c, m in per_channel.items() if m is None]}
     try:
         finish(output, store, out_kind, info, out_dtype, progress, by_flag, record_missing, record_denoised)
     except KeyboardInterrupt:
@@ -345,7 +428,10 @@ def _denoise(source: Path, model: Path, card: Any, output: Path, out_kind: str, 
     run = len(todo)
     summary = {"input": str(source), "output": str(output), "format": out_kind, "planes": info.planes,
                "planes_run": run, "planes_resumed": skipped, "planes_denoised": int(counts["denoised"]),
-               "channel": channel, "dtype": out_dtype.name, "engine": job.engine, "precision": job.precision,
+               "channel": channel, "dtype": out_dtype.name, "engine": job.models[0].engine,
+               "precision": job.models[0].precision, "models": per_channel,
+               "engines": {m: {"engine": j.engine, "precision": j.precision} for m, j in zip(used, job.models)},
+               "planes_no_model": len(no_model), "channels_no_model": [c for c, m in per_channel.items() if m is None],
                "workers": len(peaks), "scheduler": cfg.scheduler or ("this process" if local else "LocalCluster"),
                "seconds": round(seconds, 3), "startup_s": round(seconds - running, 3),
                "planes_per_s": round(run / running, 2) if run and running > 0 else None,
@@ -361,24 +447,33 @@ def _denoise(source: Path, model: Path, card: Any, output: Path, out_kind: str, 
 
 
 def _start(store: Path, replaced: list[Path], info: DatasetInfo, out_dtype: np.dtype, settings: dict[str, Any],
-           cfg: DenoiseConfig, reader: Reader, wanted: list[int], threads: int | None) -> dict[str, Any]:
-    """Decide the engine and precision on the first plane to denoise (timing precisions where ``auto``),
-    then replace what ``--overwrite`` replaces and create the store with the job's record."""
+           cfg: DenoiseConfig, reader: Reader, models: list[tuple[str, str, int | None]],
+           threads: int | None) -> dict[str, Any]:
+    """Decide each model's engine and precision on the first plane it denoises (``models``: its path, card sha256
+    and that plane; timing precisions where ``auto``), then replace what ``--overwrite`` replaces and create the
+    store with the job's record (``engine`` and ``precision``: the first model's; ``engines``: the others', by
+    model)."""
     from ..datasets.omezarr import OmeZarrWriter
 
-    engine, precision = cfg.engine, cfg.precision
-    if wanted:
-        denoiser = make_denoiser(str(Path(settings["model"])), cfg.engine, cfg.precision, cfg.device, threads,
-                                  cfg.dtype, retime=cfg.retime, trust_code=cfg.trust_code)
-        denoiser(reader.read(wanted[0], wanted[0] + 1)[0])
-        engine, precision = denoiser.engine.name, denoiser.engine.precision
-        log.info("denoising with %s at %s (recorded: a resumed run and every worker use it)", engine, precision)
-        if cfg.scheduler is None and cfg.workers == 1:  # the same engine serves this process's tasks
-            keep(("denoiser", settings["model"], engine, precision, cfg.device, threads, cfg.dtype,
-                   settings["model_card_sha256"]), denoiser)
-        else:
-            denoiser.engine.close()
-    record = {**settings, "engine": engine, "precision": precision, "complete": False, "id": uuid.uuid4().hex,
+    engines: dict[str, tuple[str, str]] = {}
+    for index, (model, sha, first) in enumerate(models):
+        engine: str = cfg.engine
+        precision: str = cfg.precision
+        if first is not None:
+            denoiser = make_denoiser(model, cfg.engine, cfg.precision, cfg.device, threads, cfg.dtype,
+                                     retime=cfg.retime, trust_code=cfg.trust_code)
+            denoiser(reader.read(first, first + 1)[0])
+            engine, precision = denoiser.engine.name, denoiser.engine.precision
+            log.info("denoising with %s at %s%s (recorded: a resumed run and every worker use it)", engine, precision,
+                     f" ({model})" if len(models) > 1 else "")
+            if cfg.scheduler is None and cfg.workers == 1:  # the same engine serves this process's tasks
+                keep(denoiser_key(index, model, engine, precision, cfg.device, threads, cfg.dtype, sha), denoiser)
+            else:
+                denoiser.engine.close()
+        engines[model] = (engine, precision)
+    engine, precision = engines.pop(models[0][0])
+    record = {**settings, "engine": engine, "precision": precision, "engines": engines, "complete": False,
+              "id": uuid.uuid4().hex,
               "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "n2n_version": _version()}
     out_info = dataclasses.replace(info, dtype=out_dtype)  # the input's description, the output's pixels
     with writing(store.parent):

@@ -41,9 +41,11 @@ DENOISED_NAMESPACE = "n2n-live:denoised-planes"
 """The output's record of its planes that hold denoised pixels (OME-TIFF: a CommentAnnotation's JSON; OME-Zarr:
 ``n2n-live.denoised_planes``): ``{"planes": [[START, STOP], ...], "input": PATH, "channel": C}``, the planes this run
 denoised and those of the input it copied that were denoised already. ``n2n denoise`` reads it back: such a plane
-is not denoised again unless asked (``--denoise-again``)."""
+is not denoised again unless asked (``--denoise-again``). With a model per channel, also ``"models"`` (channel →
+model, null: none) and, where a channel had no model, ``"no_model": {"flag": "raw:no_model", "planes": [[START,
+STOP], ...], "channels": [NAME, ...]}``: those planes hold the input's pixels as they were, never denoised ones."""
 MAX_TASK_PLANES = 16
-LATER_SETTINGS: dict[str, Any] = {"skip_denoised": False}
+LATER_SETTINGS: dict[str, Any] = {"skip_denoised": False, "models": None}
 """Settings a job record made by an earlier release lacks, as that release ran them (a resume compares them)."""
 
 

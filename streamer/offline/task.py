@@ -1,5 +1,6 @@
 """The task of ``n2n denoise``: the same code in this process and on every Dask worker. Each process keeps
-the open input, output and compiled Denoiser of the job it last ran (one engine per process)."""
+the open input, output and compiled Denoisers of the job it last ran (one engine per model of the job: with a model
+per channel, each channel's planes go through its own)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,19 @@ from ..datasets import open_dataset
 from ..datasets.base import Reader, read_available
 from .store import store_job
 
-__all__ = ["Job", "TaskResult", "keep", "make_denoiser", "peak_mib", "release", "run_task", "warm_up"]
+__all__ = ["Job", "JobModel", "TaskResult", "denoiser_key", "keep", "make_denoiser", "peak_mib", "release",
+           "run_task", "warm_up"]
+
+
+@dataclass(frozen=True)
+class JobModel:
+    """One model of a job: its folder (or zoo package), its card's sha256, and the engine and precision decided for
+    it at the start (recorded: a resumed run and every worker use the same)."""
+
+    path: str
+    sha256: str
+    engine: str
+    precision: str
 
 
 @dataclass(frozen=True)
@@ -25,10 +38,13 @@ class Job:
 
     input: str
     kind: str
-    model: str
+    models: tuple[JobModel, ...]
+    """Every model the job runs, each once however many channels it serves."""
+    routes: tuple[int | None, ...]
+    """Per channel (index along C; one entry for a dataset without a C axis): the index in ``models`` of the model
+    that denoises its planes, or None: the channel has no model in the set and its planes are copied as they are
+    (raw, never denoised with another channel's model)."""
     store: str
-    engine: str
-    precision: str
     device: str
     threads: int | None
     output_dtype: str
@@ -37,7 +53,6 @@ class Job:
     id: str
     """The store's job id (a new one when a store is replaced): what a worker opened for another job is not
     reused."""
-    model_sha256: str
     trust_code: bool = False
     """Run a TorchScript file this install did not write (--trust-code)."""
     copy: tuple[tuple[int, int], ...] = ()
@@ -88,10 +103,27 @@ def make_denoiser(model: str, engine: str, precision: str, device: str, threads:
                                    retime=retime, trust_code=trust_code)
 
 
-def _denoiser(job: Job) -> Any:
-    key = ("denoiser", job.model, job.engine, job.precision, job.device, job.threads, job.output_dtype,
-           job.model_sha256)
-    return _cached(key, lambda: make_denoiser(*key[1:-1], trust_code=job.trust_code))
+def denoiser_key(index: int, model: str, engine: str, precision: str, device: str, threads: int | None,
+                 output_dtype: str, sha256: str) -> tuple[Any, ...]:
+    """The cache key of a job's ``index``-th model's Denoiser: one per model slot is kept (a new job's replaces the
+    last job's)."""
+    return (f"denoiser:{index}", model, engine, precision, device, threads, output_dtype, sha256)
+
+
+def _denoiser(job: Job, index: int) -> Any:
+    """The compiled Denoiser of the job's ``index``-th model (made once per process)."""
+    m = job.models[index]
+    key = denoiser_key(index, m.path, m.engine, m.precision, job.device, job.threads, job.output_dtype, m.sha256)
+    with _CACHE_LOCK:  # slots a job with more models left behind
+        for old in [k for k in _CACHE if str(k[0]).startswith("denoiser:") and int(k[0][9:]) >= len(job.models)]:
+            _close(_CACHE.pop(old))
+    return _cached(key, lambda: make_denoiser(m.path, m.engine, m.precision, job.device, job.threads,
+                                              job.output_dtype, trust_code=job.trust_code))
+
+
+def _route(job: Job, info: Any, plane: int) -> int | None:
+    """The index in ``job.models`` of the model that denoises ``plane`` (None: its channel has no model)."""
+    return job.routes[info.index(plane)["C"] if "C" in info.axes else 0]
 
 
 def _open(job: Job) -> tuple[Reader, Any]:
@@ -107,17 +139,20 @@ _ENGINE_LOCK = threading.Lock()
 """One engine per process: tasks running in several threads of one Dask worker take turns with it."""
 
 
-def warm_up(job: Job, plane: int | None) -> None:
-    """Open the input and output and compile the engine on one plane, before the clock starts (run on
-    every Dask worker as it joins, so that planes/s measures work, not start-up)."""
+def warm_up(job: Job, firsts: tuple[int, ...]) -> None:
+    """Open the input and output and compile each model's engine on the first plane it denoises (``firsts``), before
+    the clock starts (run on every Dask worker as it joins, so that planes/s measures work, not start-up)."""
     reader, _ = _open(job)
-    if plane is not None:
+    for plane in firsts:
+        index = _route(job, reader.info, plane)
+        if index is None:
+            continue
         planes, bad = read_available(reader, plane, plane + 1)
         with _ENGINE_LOCK:
             if bad:  # an unreadable plane (said by the task that meets it): the engine compiles on zeros
-                _denoiser(job)(np.zeros_like(planes[0]))
+                _denoiser(job, index)(np.zeros_like(planes[0]))
             else:
-                _denoiser(job)(planes[0])
+                _denoiser(job, index)(planes[0])
 
 
 def _job_id(store: str) -> str | None:
@@ -166,9 +201,10 @@ def run_task(job: Job, start: int, stop: int) -> TaskResult:
     denoised, seconds, flagged planes, unreadable planes): a plane flagged ``raw:…`` was written RAW (its denoised
     output failed the Denoiser's checks), one flagged ``float_path`` was denoised by the float32 model (see
     :mod:`streamer.denoiser`). A plane the input cannot give (a file cut short, a damaged page or chunk) is not
-    written (nothing is invented in its place) and is returned with why. A K-frame model sees each plane's
-    previous planes along T (:func:`_previous_planes`). A plane of ``job.copy`` is copied as it is, as are the
-    other channels' with ``job.channel``."""
+    written (nothing is invented in its place) and is returned with why. Each plane goes through the model of its
+    channel (``job.routes``); a K-frame model sees each plane's previous planes along T (:func:`_previous_planes`),
+    with its own K. A plane of ``job.copy`` is copied as it is, as are the other channels' with ``job.channel`` and
+    the planes of a channel without a model."""
     from ..core.dtypes import to_dtype
 
     t0 = time.perf_counter()
@@ -183,19 +219,23 @@ def run_task(job: Job, start: int, stop: int) -> TaskResult:
     for i, plane in enumerate(planes):
         if start + i in bad:
             continue
-        if (job.channel is None or info.index(start + i)["C"] == job.channel) and start + i not in copied:
+        index = _route(job, info, start + i)
+        if (index is not None and (job.channel is None or info.index(start + i)["C"] == job.channel)
+                and start + i not in copied):
+            model = job.models[index]
             with _ENGINE_LOCK:
-                denoiser = _denoiser(job)
+                denoiser = _denoiser(job, index)
                 out[i] = denoiser(plane, previous=_previous_planes(reader, planes, start, start + i,
                                                                    denoiser.input_frames, bad))
                 last = getattr(denoiser, "last_flags", None)
                 flags = tuple(last[0]) if isinstance(last, list | tuple) and len(last) == 1 else ()
             if flags:
                 flagged.append((start + i, flags))
-            if denoiser.engine.precision != job.precision or denoiser.engine.name != job.engine:
-                raise RuntimeError(f"expected the job's engine {job.engine} at {job.precision}, but this worker's "
-                                   f"engine runs {denoiser.engine.name} at {denoiser.engine.precision} "
-                                   f"({denoiser.engine.precision_note}); its pixels would differ")
+            if denoiser.engine.precision != model.precision or denoiser.engine.name != model.engine:
+                raise RuntimeError(f"expected the job's engine {model.engine} at {model.precision} for {model.path}, "
+                                   f"but this worker's engine runs {denoiser.engine.name} at "
+                                   f"{denoiser.engine.precision} ({denoiser.engine.precision_note}); its pixels "
+                                   "would differ")
             denoised += 1
         else:
             out[i] = to_dtype(np.asarray(plane, np.float32), out_dtype) if plane.dtype != out_dtype else plane

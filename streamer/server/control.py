@@ -42,6 +42,9 @@ class Commands(Protocol):
     @property
     def models_root(self) -> Path: ...
 
+    @property
+    def swap_refusal(self) -> str | None: ...
+
 
 class Control:
     """Reads and answers the control socket ``sock`` for ``server``; ``poller`` is the loop's."""
@@ -115,6 +118,10 @@ class Control:
             self._server.stop()
             return {"ok": True}
         if cmd == "swap":
+            refusal = self._server.swap_refusal
+            if refusal is not None:  # a model set: restarted with the new set, not swapped model by model
+                self._stats.on_error("control_refused")
+                raise PermissionError(refusal)
             model = request.get("model")
             if not isinstance(model, str):
                 raise ValueError(f"swap needs 'model': a model folder path, got {model!r}")

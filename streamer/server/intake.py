@@ -1,27 +1,30 @@
 """What comes in: frames pushed to the input and requests on the request socket, read whole but bounded, decoded
-(a bad one rejected, counted, never raised), queued the way the mode wants (live: the newest frame wins; lossless:
-in order, up to the queue's size, then backpressure), and taken out as frames or batches; and the per-stream
-frame history a K-frame model denoises with."""
+(a bad one rejected, counted, never raised) and checked against the model of their channel (:mod:`.routes`),
+queued the way the mode wants (live: the newest frame wins; lossless: in order, up to the queue's size, then
+backpressure), and taken out as frames or batches (of one model); and the per-stream frame history a K-frame model
+denoises with."""
 
 from __future__ import annotations
 
-import json
 import logging
 import socket
 import threading
 from collections import deque
 from collections.abc import Callable
 from contextlib import suppress
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import zmq
 
 from ..core.history import FrameHistory, Histories
-from ..denoiser import Denoiser
+from ..core.streams import key_text
 from ..protocol import Message, ProtocolError, decode_frame
 from .config import ServeConfig
 from .stats import ServerStats
+
+if TYPE_CHECKING:
+    from .routes import Routes
 
 __all__ = ["HEADER_BYTES", "Intake", "LiveInput", "Received", "Streams"]
 
@@ -50,7 +53,9 @@ class Received(NamedTuple):
 
 class Streams:
     """The frames before each frame of a K-frame model, kept per stream: ``meta.stream`` (any JSON value; one
-    default stream without it), and on the request path per caller as well. Nothing for K = 1."""
+    default stream without it) and ``meta.channel`` (a frame's channel never takes another channel's frames as its
+    history, whatever its stream says), and on the request path per caller as well. Nothing for K = 1. One per
+    model of a set (:mod:`.routes`): each model has its own K, and never sees another model's frames."""
 
     def __init__(self, frames: int, config: ServeConfig, stats: ServerStats) -> None:
         self.frames = frames
@@ -66,8 +71,10 @@ class Streams:
 
     def history(self, msg: Message, envelope: Envelope | None) -> FrameHistory:
         meta = msg.header.get("meta")
-        stream = meta.get("stream") if isinstance(meta, dict) else None
-        key = "" if stream is None else json.dumps(stream, separators=(",", ":"))[:256]
+        stream, channel = (meta.get("stream"), meta.get("channel")) if isinstance(meta, dict) else (None, None)
+        key = key_text(stream)
+        if channel is not None:
+            key = f"channel:{key_text(channel)}:{key}"
         if envelope is not None:
             key = f"request:{bytes(envelope[0].buffer).hex()}:{key}"
         return self._histories.get(key)
@@ -192,11 +199,22 @@ class Intake:
         self._reject = reject  # an error reply (or notice) for bad input, counted
         self._complain = complain  # a counted error's log line, rate-limited
         self.queue: deque[Message] = deque()
-        self._warned_dtypes: set[str] = set()
+        self._warned_dtypes: set[tuple[str, str]] = set()
 
-    def decode(self, parts: list[Any], denoiser: Denoiser) -> Message:
-        msg = decode_frame(parts, self.config.max_message_bytes, min_side=denoiser.min_side,
-                           fixed_shape=denoiser.fixed_shape)
+    def decode(self, parts: list[Any], routes: Routes) -> Message:
+        """A message checked against the protocol and against the model its channel goes to (a frame no model
+        serves is passed through raw: the protocol's checks only)."""
+        msg = decode_frame(parts, self.config.max_message_bytes, min_side=routes.min_side,
+                           fixed_shape=routes.fixed_shape)
+        lane = routes.lane(msg)
+        if lane is None:
+            return msg
+        denoiser = lane.denoiser
+        if not routes.uniform:  # a model set: this model's own sizes
+            try:
+                denoiser.check_shape(msg.pixels.shape)
+            except ValueError as exc:
+                raise ProtocolError("bad_shape", f"{exc} (the model of this frame's channel)", msg.seq) from None
         expected = denoiser.card.input_dtype
         dtype = msg.pixels.dtype.name
         if expected and dtype != expected and msg.pixels.dtype.kind in "ui" and np.dtype(expected).kind in "ui":
@@ -204,10 +222,10 @@ class Intake:
             raise ProtocolError("dtype", f"expected {expected} frames (the bit depth the model was trained on), got "
                                          f"{dtype}: send the camera's frames as they are, or serve a model trained "
                                          "on this bit depth", msg.seq)
-        if expected and dtype != expected and dtype not in self._warned_dtypes:
-            self._warned_dtypes.add(dtype)
-            log.warning("frames arrive as %s but the model was trained on %s: check the camera's bit depth",
-                        dtype, expected)
+        if expected and dtype != expected and (dtype, expected) not in self._warned_dtypes:
+            self._warned_dtypes.add((dtype, expected))
+            log.warning("frames arrive as %s but the model (%s) was trained on %s: check the camera's bit depth",
+                        dtype, denoiser.card.name, expected)
         return msg
 
     @staticmethod
@@ -227,7 +245,7 @@ class Intake:
                 parts.append(part)  # beyond: counted, let go
         return Received(parts, count, size)
 
-    def drain(self, sock: zmq.Socket, denoiser: Denoiser, streams: Streams, pump: LiveInput | None = None) -> None:
+    def drain(self, sock: zmq.Socket, routes: Routes, pump: LiveInput | None = None) -> None:
         """Every pushed frame waiting (at most :data:`DRAIN_LIMIT` from the socket): lossless, until the queue is
         full; live, from ``pump`` (what its thread read meanwhile, within its byte budget), the newest replacing
         the one waiting (dropped, counted)."""
@@ -238,7 +256,7 @@ class Intake:
                 self._stats.on_received(evicted)
                 self._stats.on_dropped(evicted)
             for got in received:
-                self._accept(got, denoiser, streams, lossless)
+                self._accept(got, routes, lossless)
             self._stats.queue_depth = len(self.queue)
             return
         for _ in range(DRAIN_LIMIT):
@@ -248,10 +266,10 @@ class Intake:
                 got = self.recv_bounded(sock, INPUT_MAX_PARTS, self.config.max_message_bytes + HEADER_BYTES)
             except zmq.Again:
                 break
-            self._accept(got, denoiser, streams, lossless)
+            self._accept(got, routes, lossless)
         self._stats.queue_depth = len(self.queue)
 
-    def _accept(self, got: Received, denoiser: Denoiser, streams: Streams, lossless: bool) -> None:
+    def _accept(self, got: Received, routes: Routes, lossless: bool) -> None:
         """One pushed message: refused (counted, with a notice), or queued (live: the newest wins)."""
         self._stats.on_received()
         limit = self.config.max_message_bytes + HEADER_BYTES
@@ -264,17 +282,19 @@ class Intake:
                                                     f"{got.n_parts}"), None)
             return
         try:
-            msg = self.decode(got.parts, denoiser)
+            msg = self.decode(got.parts, routes)
         except ProtocolError as exc:
             self._reject(exc, None)
             return
         if not lossless and self.queue:
-            streams.skipped(self.queue[0])
+            dropped = routes.lane(self.queue[0])
+            if dropped is not None:  # (a frame no model serves keeps no history)
+                dropped.streams.skipped(self.queue[0])
             self.queue.clear()  # latest frame wins
             self._stats.on_dropped()
         self.queue.append(msg)
 
-    def request(self, sock: zmq.Socket, denoiser: Denoiser) -> tuple[Message, Envelope] | bool:
+    def request(self, sock: zmq.Socket, routes: Routes) -> tuple[Message, Envelope] | bool:
         """The next request: its frame and envelope; True when one was read and answered already (malformed),
         False when none waits."""
         try:
@@ -299,23 +319,26 @@ class Intake:
                                                     f"envelope, got {count - split - 1}"), envelope)
             return True
         try:
-            return self.decode(body, denoiser), envelope
+            return self.decode(body, routes), envelope
         except ProtocolError as exc:
             self._reject(exc, envelope)
             return True
 
-    def take(self) -> list[Message]:
+    def take(self, routes: Routes) -> list[Message]:
         """The next frame, with the frames behind it when batching pays: lossless mode, a full batch of
-        ``max_batch`` small frames of one shape and dtype waiting (partial batches would compile new shapes for
-        little gain)."""
+        ``max_batch`` small frames of one shape and dtype and one model waiting (partial batches would compile new
+        shapes for little gain; frames of other models, or of none, interleaved go one by one, in order)."""
         first = self.queue.popleft()
         cfg = self.config
         n = min(cfg.max_batch, cfg.queue_size)  # a batch is made of frames already waiting in the queue
         if cfg.mode != "lossless" or n < 2 or len(self.queue) < n - 1 or first.pixels.size > cfg.batch_max_pixels:
             batch = [first]
+        elif (lane := routes.lane(first)) is None:
+            batch = [first]
         else:
             same = [m for m in list(self.queue)[: n - 1]
-                    if m.pixels.shape == first.pixels.shape and m.pixels.dtype == first.pixels.dtype]
+                    if m.pixels.shape == first.pixels.shape and m.pixels.dtype == first.pixels.dtype
+                    and (routes.only is not None or routes.lane(m) is lane)]
             batch = [first] if len(same) < n - 1 else [first, *same]
             for _ in range(len(batch) - 1):
                 self.queue.popleft()

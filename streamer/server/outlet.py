@@ -56,15 +56,17 @@ class Outlet:
         self._error_logs: dict[str, int] = {}
 
     def deliver(self, msg: Message, envelope: list[Any] | None, out: np.ndarray, t: Timings,
-                denoiser: Denoiser, flags: tuple[str, ...] = ()) -> bool:
+                denoiser: Denoiser | None, flags: tuple[str, ...] = ()) -> bool:
         """Send one denoised frame; True when it reached somebody (counted as done, and by each of its ``flags``),
         False when dropped (counted with the reason). ``flags``: what the Denoiser's checks said of this frame
-        (:attr:`Denoiser.last_flags`), sent in the header's ``flags`` when there are any."""
+        (:attr:`Denoiser.last_flags`), sent in the header's ``flags`` when there are any. ``denoiser``: the model
+        that served it (None: none did, the frame goes back raw: engine ``none``, model ``""``)."""
         h = msg.header
         sent = time.time_ns()
         header: FrameHeader = {"v": PROTOCOL_VERSION, "type": "frame", "seq": msg.seq, "shape": list(out.shape),
                                "dtype": out.dtype.name, "ts_ns": h.get("ts_ns"), "meta": h.get("meta", {}),
-                               "engine": denoiser.engine.name, "model": denoiser.card.name,
+                               "engine": denoiser.engine.name if denoiser is not None else "none",
+                               "model": denoiser.card.name if denoiser is not None else "",
                                "stages": {"received": msg.received_ns, "preprocessed": t.preprocessed,
                                           "inferred": t.inferred, "sent": sent}}
         if flags:  # only when a check said something: a frame served as checked has no "flags"

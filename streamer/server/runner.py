@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..core.modelset import ModelSet
 from ..denoiser import Denoiser
 from .config import ServeConfig
 from .server import Server
@@ -76,10 +77,11 @@ class ServerThread:
 
 
 @contextmanager
-def running_server(model_dir: str | Path, config: ServeConfig | None = None, denoiser: Denoiser | None = None,
-                   warmup_shape: tuple[int, int] | None = None, finetune_worker: list[str] | None = None,
-                   ) -> Iterator[Server]:
-    """A server in a background thread of this process for the ``with`` block (tests, notebooks, the bench)."""
+def running_server(model_dir: str | Path | ModelSet, config: ServeConfig | None = None,
+                   denoiser: Denoiser | None = None, warmup_shape: tuple[int, int] | None = None,
+                   finetune_worker: list[str] | None = None) -> Iterator[Server]:
+    """A server in a background thread of this process for the ``with`` block (tests, notebooks, the bench).
+    ``model_dir``: a model folder or package, or a model set (see :class:`Server`)."""
     runner = ServerThread(lambda: Server(model_dir, config, denoiser, finetune_worker), warmup_shape)
     assert runner.server is not None
     try:

@@ -9,6 +9,10 @@ dispatches ``{socket: handler}``; the parts hold the rest: :mod:`.sockets` and :
 the K-frame histories), :mod:`.outlet` (sending; lossless waits on slow subscribers, serving the other sockets
 meanwhile), :mod:`.control`, :mod:`.swap`, :mod:`.finetune`, :mod:`.stats`. Bad input never stops the loop: an
 error reply or notice, a counter, a log line.
+
+It serves a model set (:class:`~streamer.core.modelset.ModelSet`, :mod:`.routes`): a model per channel, each loaded
+once with its own frame histories; a frame goes to its channel's model, and a frame whose channel has none goes back
+raw, flagged ``raw:no_model``. A model folder is a set of one, served as it always was.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import numpy as np
 import zmq
 
 from ..core.messages import StatsMessage
+from ..core.modelset import NO_MODEL_FLAG, ModelSet
 from ..denoiser import Denoiser, Timings
 from ..protocol import TOPIC_STATS, Message, ProtocolError
 from .config import ServeConfig
@@ -34,6 +39,7 @@ from .finetune import FinetuneLink
 from .intake import HEADER_BYTES, Intake, LiveInput, Streams
 from .outlet import Outlet
 from .peers import Peers
+from .routes import Lane, Routes
 from .sockets import Sockets
 from .stats import ServerStats
 from .swap import Swaps, load_denoiser
@@ -48,16 +54,22 @@ REQUESTS_PER_TURN = 64
 
 class Server:
     """Denoise frames arriving over ZeroMQ. ``start()`` binds and compiles, ``serve_forever()`` runs until
-    :meth:`stop` (any thread), a ``shutdown`` command, or a signal handled by the caller. ``finetune_worker``: the
-    command that runs the fine-tuning worker (``finetune.enabled``; see :mod:`streamer.server.finetune`)."""
+    :meth:`stop` (any thread), a ``shutdown`` command, or a signal handled by the caller.
 
-    def __init__(self, model_dir: str | Path, config: ServeConfig | None = None, denoiser: Denoiser | None = None,
-                 finetune_worker: Sequence[str] | None = None) -> None:
+    ``models``: a model folder or zoo package (one model for every frame, as ever), a ``models.yaml`` file, a
+    ``CHANNEL=FOLDER`` text or a :class:`ModelSet` (a model per channel; see :mod:`.routes`). ``denoiser``: the
+    first model of the set, already loaded. ``finetune_worker``: the command that runs the fine-tuning worker
+    (``finetune.enabled``; see :mod:`streamer.server.finetune`)."""
+
+    def __init__(self, models: str | Path | ModelSet, config: ServeConfig | None = None,
+                 denoiser: Denoiser | None = None, finetune_worker: Sequence[str] | None = None) -> None:
         self.config = config or ServeConfig()
-        self.denoiser = denoiser or load_denoiser(model_dir, self.config)
-        self._models_root = Path(self.config.models_root or Path(model_dir).resolve().parent).resolve()
-        """Fixed at start: a swapped-in model (a package unpacked into the cache) does not move it."""
+        self.model_set = models if isinstance(models, ModelSet) else ModelSet.parse(models)
+        specs = self.model_set.models
         self.stats = ServerStats(self.config.latency_window)
+        self.routes = Routes(self.model_set, self._load(specs, denoiser), self.config, self.stats)
+        self._models_root = Path(self.config.models_root or Path(specs[0]).resolve().parent).resolve()
+        """Fixed at start: a swapped-in model (a package unpacked into the cache) does not move it."""
         self.finetune: FinetuneLink | None = None
         self._finetune_worker = finetune_worker
         self._ctx = zmq.Context()
@@ -69,13 +81,36 @@ class Server:
         self._poller = zmq.Poller()
         self.outlet = Outlet(self.config, self.sockets, self.peers, self.stats, self._stop, self._wait_turn)
         self.intake = Intake(self.config, self.stats, self.outlet.reject, self.outlet.complain)
-        self.streams = Streams(self.denoiser.input_frames, self.config, self.stats)
         self.control: Control | None = None
         self.swaps = Swaps(self, self._poller)
         self._handlers: dict[zmq.Socket, Callable[[], None]] = {}
         self.live_input: LiveInput | None = None
         """Live mode: the thread that reads the input as frames arrive, into a queue bounded in bytes."""
         self._input_key: Any = None  # what the poller reports for the input: its socket, or the live input's fd
+
+    def _load(self, specs: list[str], first: Denoiser | None) -> list[Denoiser]:
+        """One Denoiser per distinct model of the set (``first``: the first's, already loaded); on a failure the
+        ones loaded already are closed."""
+        loaded: list[Denoiser] = [] if first is None else [first]
+        try:
+            for spec in specs[len(loaded):]:
+                loaded.append(load_denoiser(spec, self.config))
+        except BaseException:
+            for den in loaded[1 if first is not None else 0:]:
+                den.engine.close()
+            raise
+        return loaded
+
+    @property
+    def denoiser(self) -> Denoiser:
+        """The first model of the set (the only one of a one-model server): what the one-model fields of the
+        status describe, what a swap replaces and fine-tuning trains."""
+        return self.routes.primary.denoiser
+
+    @property
+    def streams(self) -> Streams:
+        """The first model's frame histories (each model of a set has its own: ``routes.lanes[i].streams``)."""
+        return self.routes.primary.streams
 
     @property
     def endpoints(self) -> dict[str, str]:
@@ -91,6 +126,9 @@ class Server:
         try:
             self.sockets.open()
             if cfg.finetune.enabled:
+                if not self.routes.single:
+                    raise ValueError(f"finetune trains one model; this server serves a model set "
+                                     f"({self.routes.describe()}): serve one model to fine-tune it")
                 self.finetune = FinetuneLink.for_model(self._ctx, self.denoiser, cfg.finetune, self._finetune_worker)
         except Exception:
             self.close()
@@ -120,12 +158,15 @@ class Server:
             self._poller.register(sock, zmq.POLLIN)
         if self.live_input is not None:
             self.live_input.start()
-        shape = warmup_shape or self.denoiser.card.shape_hint
-        if shape is not None:
-            t0 = time.perf_counter()
-            self.denoiser.prepare(shape)
-            log.info("compiled %s for %dx%d in %.1f s (%s)", self.denoiser.engine.name, *shape,
-                     time.perf_counter() - t0, self.denoiser.engine.precision)
+        for lane in self.routes.lanes:
+            den = lane.denoiser
+            shape = warmup_shape or den.card.shape_hint
+            if shape is not None:
+                t0 = time.perf_counter()
+                den.prepare(shape)
+                log.info("compiled %s for %dx%d in %.1f s (%s)%s", den.engine.name, *shape, time.perf_counter() - t0,
+                         den.engine.precision, "" if self.routes.only is not None else
+                         f": {den.card.name} for {', '.join(lane.channels)}")
         return self.endpoints
 
     def stop(self) -> None:
@@ -148,7 +189,8 @@ class Server:
             self.finetune.close()
         self.swaps.close()
         self._ctx.term()
-        self.denoiser.engine.close()
+        for lane in self.routes.lanes:
+            lane.denoiser.engine.close()
 
     def serve_forever(self) -> None:
         """Run the loop until stopped, then close everything."""
@@ -162,7 +204,8 @@ class Server:
     def _loop(self) -> None:
         cfg = self.config
         self._next_stats = time.monotonic() + cfg.stats_interval_s
-        log.info("serving %s (%s mode) on %s", self.denoiser.card.name, cfg.mode, self.endpoints["input"])
+        what = self.denoiser.card.name if self.routes.only is not None else f"a model set ({self.routes.describe()})"
+        log.info("serving %s (%s mode) on %s", what, cfg.mode, self.endpoints["input"])
         self.sockets.log_bounds()
         queue = self.intake.queue
         while not self._stop.is_set():
@@ -171,7 +214,7 @@ class Server:
             if self._input_key in events:
                 self._drain_input()
             if queue and not self._stop.is_set():
-                batch = self.intake.take()
+                batch = self.intake.take(self.routes)
                 if len(batch) > 1:
                     self._process_batch(batch)
                 else:
@@ -205,11 +248,11 @@ class Server:
                 self._poller.register(sock, zmq.POLLIN)
 
     def _drain_input(self) -> None:
-        self.intake.drain(self.sockets["input"], self.denoiser, self.streams, self.live_input)
+        self.intake.drain(self.sockets["input"], self.routes, self.live_input)
 
     def _on_requests(self) -> None:
         for _ in range(REQUESTS_PER_TURN):
-            got = self.intake.request(self.sockets["request"], self.denoiser)
+            got = self.intake.request(self.sockets["request"], self.routes)
             if got is False:
                 return
             if got is not True:
@@ -240,48 +283,66 @@ class Server:
 
     # --- denoising ---------------------------------------------------------------------------------------------
     def _process_batch(self, msgs: list[Message]) -> None:
+        """Frames of one model (:meth:`Intake.take`), as one engine batch."""
+        lane = self.routes.lane(msgs[0])
+        assert lane is not None  # a frame no model serves is never batched
+        den = lane.denoiser
         t = Timings()
-        previous = [self.streams.previous(m, None) for m in msgs]  # in order: each frame is history for the next
+        previous = [lane.streams.previous(m, None) for m in msgs]  # in order: each frame is history for the next
         try:
-            outs = self.denoiser.batch([m.pixels for m in msgs], t, previous)
+            outs = den.batch([m.pixels for m in msgs], t, previous)
         except Exception as exc:  # the batch shape failed (compile, memory): the frames may still go one by one
             log.warning("denoising a batch of %d frames (seq %s..%s) failed (%s: %s); denoising them one by one",
                         len(msgs), msgs[0].seq, msgs[-1].seq, type(exc).__name__, exc)
             for m, p in zip(msgs, previous):
                 self._process(m, None, p)
             return
-        flags = self._flags(len(msgs))
+        flags = self._flags(den, len(msgs))
         self.stats.batched_frames += len(msgs)
         for m, out, f in zip(msgs, outs, flags):
-            self._deliver(m, None, out, t, f)
+            self._deliver(m, None, out, t, f, lane)
 
     def _process(self, msg: Message, envelope: list[Any] | None, previous: list[np.ndarray] | None = None) -> None:
-        self.swaps.sample = msg.pixels  # the last frame denoised: calibrates a swapped-in model
+        lane = self.routes.lane(msg)
+        if lane is None:
+            self._pass_raw(msg, envelope)
+            return
+        den = lane.denoiser
+        if lane is self.routes.primary:
+            self.swaps.sample = msg.pixels  # the last frame denoised: calibrates a swapped-in model
         t = Timings()
         if previous is None:
-            previous = self.streams.previous(msg, envelope)
+            previous = lane.streams.previous(msg, envelope)
         try:
-            out = self.denoiser(msg.pixels, t, previous)
+            out = den(msg.pixels, t, previous)
         except Exception as exc:  # an engine failure must not take the server down
             log.exception("denoising frame seq=%s failed", msg.seq)
             self.outlet.reject(ProtocolError("engine_error", f"denoising failed: {type(exc).__name__}: {exc}",
                                              msg.seq), envelope)
             return
-        self._deliver(msg, envelope, out, t, self._flags(1)[0])
+        self._deliver(msg, envelope, out, t, self._flags(den, 1)[0], lane)
 
-    def _flags(self, n: int) -> list[tuple[str, ...]]:
-        """What the Denoiser's checks said of the ``n`` frames it just returned, in order (its ``last_flags``):
+    def _pass_raw(self, msg: Message, envelope: list[Any] | None) -> None:
+        """A frame of a channel the set has no model for: sent back as it came (its pixels, its dtype), flagged
+        ``raw:no_model``, counted by channel; it keeps no history."""
+        self.routes.no_model(msg)
+        now = time.time_ns()
+        self.outlet.deliver(msg, envelope, msg.pixels, Timings(now, now, now, now), None, (NO_MODEL_FLAG,))
+
+    @staticmethod
+    def _flags(denoiser: Denoiser, n: int) -> list[tuple[str, ...]]:
+        """What ``denoiser``'s checks said of the ``n`` frames it just returned, in order (its ``last_flags``):
         ``()`` for a frame served as checked, else e.g. ``("float_path",)`` or ``("raw:output_range",)`` (see
         :mod:`streamer.denoiser`). A Denoiser without them (or with a count that does not match) flags nothing."""
-        last = getattr(self.denoiser, "last_flags", None)
+        last = getattr(denoiser, "last_flags", None)
         if not isinstance(last, list | tuple) or len(last) != n:
             return [()] * n
         return [tuple(str(f) for f in flags) for flags in last]
 
     def _deliver(self, msg: Message, envelope: list[Any] | None, out: np.ndarray, t: Timings,
-                 flags: tuple[str, ...] = ()) -> None:
-        if self.outlet.deliver(msg, envelope, out, t, self.denoiser, flags) and self.finetune is not None \
-                and envelope is None:
+                 flags: tuple[str, ...], lane: Lane) -> None:
+        if self.outlet.deliver(msg, envelope, out, t, lane.denoiser, flags) and self.finetune is not None \
+                and envelope is None and lane is self.routes.primary:
             self.finetune.offer(msg)
 
     # --- models: swaps, fine-tuning (what Control and the fine-tuning link ask for; the work is .swap's) --------
@@ -292,6 +353,14 @@ class Server:
     @property
     def engine_name(self) -> str:
         return self.denoiser.engine.name
+
+    @property
+    def swap_refusal(self) -> str | None:
+        """Why ``swap`` is refused on this server (None: it is not): a swap replaces the one model served."""
+        if self.routes.single:
+            return None
+        return f"swap serves one model; this server serves a model set ({self.routes.describe()}): restart it " \
+               "with the new set"
 
     @property
     def models_root(self) -> Path:
@@ -311,12 +380,17 @@ class Server:
 
     # --- stats -------------------------------------------------------------------------------------------------
     def status(self) -> StatsMessage:
+        """The stats message: the counters, and what serves. ``model``, ``engine``, ``precision``, ``device``,
+        ``shapes``: the first model of the set's (the only one's); ``models``: each channel the set names (``*``:
+        the default, any other channel) → its model, engine, precision and K; ``model_set``: the routing in one
+        line; ``no_model`` (from the counters): frames passed through raw, by channel."""
         info = self.denoiser.info()
         extra = {"finetune": self.finetune.snapshot()} if self.finetune is not None else {}
         return self.stats.snapshot(**extra, mode=self.config.mode, subscribers=self.peers.subscribers,
                                    viewers=self.peers.viewers, engine=info["engine"], precision=info["precision"],
                                    precision_note=info["precision_note"], device=info["device"],
                                    model=info["model"], shapes=info["shapes"], endpoints=self.endpoints,
+                                   models=self.routes.info(), model_set=self.routes.describe(),
                                    **self._input_bytes())
 
     def _input_bytes(self) -> dict[str, int]:

@@ -7,10 +7,15 @@ from collections import Counter, deque
 from typing import Any, cast
 
 from ..core.messages import StatsMessage
+from ..core.modelset import NO_MODEL_FLAG
 from ..core.summary import RateMeter, percentiles
 from ..denoiser import FLAG_FLOAT_PATH, is_raw
 
-__all__ = ["ServerStats"]
+__all__ = ["MAX_NO_MODEL_CHANNELS", "OTHER_CHANNELS", "ServerStats"]
+
+MAX_NO_MODEL_CHANNELS = 256
+"""Channels counted by name in ``no_model`` (a sender's names are not trusted to be few): the rest together."""
+OTHER_CHANNELS = "(other channels)"
 
 
 class ServerStats:
@@ -42,7 +47,11 @@ class ServerStats:
         self.served_float_path = 0
         """Frames denoised by the float32 model instead of the reduced precision one (out of its checked range)."""
         self.served_raw = 0
-        """Frames served raw, not denoised: the denoised output failed a check (any ``raw:`` flag)."""
+        """Frames served raw, not denoised: the denoised output failed a check, or no model serves their channel
+        (any ``raw:`` flag)."""
+        self.no_model: Counter[str] = Counter()
+        """A model set: frames passed through raw because the set has no model for their channel, by channel
+        (flag ``raw:no_model``; see :mod:`streamer.server.routes`)."""
         self.latency_ms: deque[float] = deque(maxlen=window)
         self.server_ms: deque[float] = deque(maxlen=window)
         self.stage_ms: dict[str, deque[float]] = {s: deque(maxlen=window) for s in self.STAGES}
@@ -59,6 +68,12 @@ class ServerStats:
         self.drops += n
         self.drops_by_reason[reason] += n
 
+    def on_no_model(self, channel: str) -> None:
+        """A frame of ``channel``, which no model of the set serves (passed through raw)."""
+        if channel not in self.no_model and len(self.no_model) >= MAX_NO_MODEL_CHANNELS:
+            channel = OTHER_CHANNELS
+        self.no_model[channel] += 1
+
     def on_error(self, code: str) -> None:
         self.errors[code] += 1
 
@@ -73,6 +88,8 @@ class ServerStats:
         if request:
             self.requests += 1
         self.rate_out.tick()
+        if NO_MODEL_FLAG in flags:  # passed through without a model: no stage ran, its times would pull the medians
+            return
         ms = 1e-6
         self.stage_ms["queue"].append((stages["start"] - stages["received"]) * ms)
         self.stage_ms["preprocess"].append((stages["preprocessed"] - stages["start"]) * ms)
@@ -119,5 +136,6 @@ class ServerStats:
             "served_float_path": self.served_float_path,
             "served_raw": self.served_raw,
             "served_flags": dict(self.served_flags),
+            "no_model": dict(self.no_model),
             **extra,
         })

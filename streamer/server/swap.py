@@ -2,7 +2,8 @@
 served so far (calibrated and warmed on the last frame) in a thread below the loop's priority while the old one
 serves; the thread says it is done on a socket in the loop's poller (one end of a local socket pair: nothing of
 ZeroMQ's to tear down if the server closes first), and the loop takes the new model over between two frames (the
-old one is closed off the loop)."""
+old one is closed off the loop). A swap replaces the one model a server serves; a server of a model set (several
+models, :mod:`.routes`) refuses it (see ``Server.swap_refusal``): it is restarted with the new set."""
 
 from __future__ import annotations
 
@@ -160,8 +161,7 @@ class Swaps:
     def use(self, new: Denoiser, took_s: float = 0.0) -> None:
         """Serve the next frame with ``new`` (in the loop's thread, between two frames; or before serving)."""
         srv = self._server
-        old, srv.denoiser = srv.denoiser, new
-        srv.streams.restart("swap", new.input_frames)  # another model: frames before it start afresh
+        old = srv.routes.replace(srv.routes.primary, new)  # another model: frames before it start afresh
         threading.Thread(target=old.engine.close, name="n2n-close-model", daemon=True).start()  # not on the loop
         srv.stats.swaps += 1
         log.info("swapped to model %s (%s, %s) prepared in %.1f s", new.card.name, new.engine.name,

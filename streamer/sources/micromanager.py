@@ -20,7 +20,7 @@ import numpy as np
 
 from ._base import BaseSource, EndOfStream, Frame
 
-__all__ = ["MicroManagerSource", "normalize_tagged_image", "FrameTimeout"]
+__all__ = ["FrameTimeout", "MicroManagerSource", "is_simulated", "normalize_tagged_image"]
 
 log = logging.getLogger("n2n.micromanager")
 
@@ -79,7 +79,7 @@ def normalize_tagged_image(pix: Any, tags: dict[str, Any] | None,
     return arr, meta
 
 
-def _is_simulated(core: Any, camera: str) -> bool:
+def is_simulated(core: Any, camera: str) -> bool:
     """The camera is n2n-live's own simulated one (the Python device in ``streamer.micromanager.camera``)."""
     try:
         return str(core.get_device_library(camera)) == "streamer.micromanager.camera"
@@ -106,7 +106,7 @@ class MicroManagerSource(BaseSource):
         if not self.camera:
             raise ValueError("the Micro-Manager core has no camera selected (Core-Camera is empty)")
         self.following = bool(core.is_sequence_running())
-        self.simulated = _is_simulated(core, self.camera)
+        self.simulated = is_simulated(core, self.camera)
         """n2n-live's simulated camera (synthetic cells, the embedded default), not a microscope: said on every
         command's first line and in every file's metadata (``n2n-simulated``)."""
         if exposure_ms is not None:

@@ -10,9 +10,10 @@ from typing import Any
 import numpy as np
 import tifffile
 
+from ..core.streams import channel_index
 from ._base import BaseSource, EndOfStream
 
-__all__ = ["OmeTiffWriter", "StackError", "TiffSource", "read_frame_metadata", "read_stack"]
+__all__ = ["OmeTiffWriter", "StackError", "TiffSource", "read_frame_metadata", "read_stack", "stack_channels"]
 
 log = logging.getLogger("n2n.streamer")
 
@@ -70,15 +71,10 @@ def _channel(path: Path, tif: Any, axes: str, shape: tuple[int, ...], channel: s
     """The index along C of ``channel`` (an index, or a name from the OME metadata)."""
     if "C" not in axes:
         raise StackError(f"{path}: --channel {channel}: expected a file with a channel axis, got axes {axes!r}")
-    count = shape[axes.index("C")]
-    names = _ome_channel_names(tif)
-    text = str(channel)
-    if text in names:
-        return names.index(text)
-    if text.lstrip("-").isdigit() and 0 <= int(text) < count:
-        return int(text)
-    listed = ", ".join(repr(n) for n in names) if names else "unnamed"
-    raise StackError(f"{path}: --channel {text}: expected a channel index 0..{count - 1} or a name ({listed})")
+    try:
+        return channel_index(channel, _ome_channel_names(tif), shape[axes.index("C")])
+    except ValueError as exc:
+        raise StackError(f"{path}: {exc}") from None
 
 
 def _ome_channel_names(tif: Any) -> list[str]:
@@ -93,6 +89,21 @@ def _ome_channel_names(tif: Any) -> list[str]:
         return [el.get("Name") or "" for el in image.iter() if el.tag.endswith("}Channel")]
     except (ET.ParseError, StopIteration, TypeError):
         return []
+
+
+def stack_channels(path: str | Path) -> list[str]:
+    """The channels along a TIFF / OME-TIFF's C axis, each by its OME name, else by its index as text (``"0"``,
+    ``"1"``): what a model set routes by (:mod:`streamer.core.modelset`). Empty for a file without a C axis or with
+    one channel only (read whole by :func:`read_stack`)."""
+    path = Path(path)
+    with _open(path) as tif:
+        if not tif.series:
+            raise StackError(f"{path}: holds no image data")
+        axes, shape = tif.series[0].axes, tuple(tif.series[0].shape)
+        if "C" not in axes or shape[axes.index("C")] < 2:
+            return []
+        names = _ome_channel_names(tif)
+        return [names[i] if i < len(names) and names[i] else str(i) for i in range(shape[axes.index("C")])]
 
 
 def read_stack(path: str | Path, *, min_frames: int = 1, allow_2d: bool = True, channel: str | int | None = None,
