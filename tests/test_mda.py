@@ -222,3 +222,33 @@ def test_records_are_never_written_over(small_core: Any, trained_run: dict[str, 
             small_core.mda.set_engine(previous)
     assert engine.raw_records == [str(tmp_path / "raw.ome.zarr"), str(tmp_path / "raw_2.ome.zarr")]
     assert all(frames_of(Path(p)).shape == (2, SIZE, SIZE) for p in engine.raw_records)
+
+
+def test_a_fault_in_the_engine_writes_the_frame_raw_and_the_acquisition_goes_on(
+        small_core: Any, trained_run: dict[str, Path], tmp_path: Path) -> None:
+    from streamer.micromanager.mda import DenoisingEngine
+
+    class Faulty(DenoisingEngine):
+        def denoise_payload(self, payload: Any, raw_saved: bool | None = None) -> Any:
+            if payload[1].index.get("t") == 1:
+                raise RuntimeError("a fault of the engine's own")
+            return super().denoise_payload(payload, raw_saved)
+
+    seen: list[dict[str, Any]] = []
+    with running_server(trained_run["run"], config()) as server:
+        engine = Faulty(small_core, server.endpoints, raw=tmp_path / "raw.ome.zarr")
+        previous = small_core.mda.set_engine(engine)
+        small_core.mda.events.frameReady.connect(lambda _img, _ev, meta: seen.append(meta["n2n"]))
+        try:
+            small_core.mda.run(useq.MDASequence(time_plan={"interval": 0, "loops": 3}),
+                               output=str(tmp_path / "denoised.ome.zarr"))
+        finally:
+            engine.close()
+            small_core.mda.set_engine(previous)
+    written = frames_of(tmp_path / "denoised.ome.zarr")
+    assert written.shape == (3, SIZE, SIZE) and [s["denoised"] for s in seen] == [True, False, True]
+    assert "a fault of the engine's own" in seen[1]["error"]
+    assert engine.counts()["streams"]["(error)"] == {"frames": 1, "error": 1}
+    assert engine.raw_saved == 3 and seen[1]["raw_saved"] is True  # recorded before the denoising, whatever came
+    raw = frames_of(tmp_path / "raw.ome.zarr")
+    assert np.array_equal(written[1], raw[1]) and not np.array_equal(written[0], raw[0])

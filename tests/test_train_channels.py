@@ -73,3 +73,34 @@ def test_n2n_train_channel_trains_on_that_channel_and_refuses_a_z_stack(tmp_path
     refused = _n2n("train", "--config", cfg, "--data", z, "--out", tmp_path / "z")
     assert refused.returncode == 2 and "z-stack" in refused.stderr and "Traceback" not in refused.stderr
     assert not (tmp_path / "z").exists()
+
+
+def test_n2n_train_per_channel_writes_a_model_per_channel_and_the_set(tmp_path: Path) -> None:
+    """--per-channel on a 2-channel OME-TIFF: a run per channel (each fitted on its own channel's frames) and a
+    models.yaml that routes each channel to its run; a single-channel file and --channel with it refused."""
+    from streamer.core.modelset import ModelSet
+
+    path = tmp_path / "two.ome.tif"
+    two_channels(path)
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_train_dict(quantize={"int8": False})))
+    out = tmp_path / "set"
+    proc = _n2n("train", "--config", cfg, "--data", path, "--per-channel", "--out", out)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    models = ModelSet.load(out / "models.yaml")
+    assert models.channels == {"DAPI": str((out / "DAPI").resolve()), "GFP": str((out / "GFP").resolve())}
+    means = {}
+    for name in ("DAPI", "GFP"):
+        card = json.loads((out / name / "model.json").read_text())
+        assert card["training"]["config"]["data"]["channel"] == name
+        means[name] = card["normalization"]["mean"]
+    assert means["DAPI"] < 300 < 500 < means["GFP"]  # each fitted on its own channel (~100 and ~900)
+    assert "n2n serve --model" in proc.stdout + proc.stderr
+    one = tmp_path / "one.ome.tif"
+    tifffile.imwrite(one, np.zeros((4, 64, 64), np.uint16), ome=True, metadata={"axes": "TYX"})
+    refused = _n2n("train", "--config", cfg, "--data", one, "--per-channel", "--out", tmp_path / "x")
+    assert refused.returncode == 2 and "multi-channel" in refused.stderr and "Traceback" not in refused.stderr
+    both = _n2n("train", "--config", cfg, "--data", path, "--per-channel", "--channel", "GFP", "--out", tmp_path / "y")
+    assert both.returncode == 2 and "expected one, got both" in both.stderr
+    again = _n2n("train", "--config", cfg, "--data", path, "--per-channel", "--out", out)
+    assert again.returncode == 2 and "--overwrite" in again.stderr  # the runs are never replaced silently

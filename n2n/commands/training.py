@@ -86,6 +86,10 @@ def train(
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
     channel: Annotated[str | None, typer.Option(help="Train on this channel of multi-channel files (an index or "
                                                 "the OME channel name): one model per channel.")] = None,
+    per_channel: Annotated[bool, typer.Option("--per-channel", help="Train a model for every channel of the "
+                                              "multi-channel --data, each in OUT/CHANNEL, and write OUT/models.yaml "
+                                              "(the model set: n2n serve --model OUT/models.yaml); --minutes is "
+                                              "each channel's.")] = False,
     seed: Annotated[int | None, typer.Option(help="Seeds weights, patches and augmentation.")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override any config key: --set model.depth=3 "
                                                    "--set 'model.filters=[4,16,32,64]' (YAML values; repeatable).")]
@@ -104,6 +108,9 @@ def train(
         parse_settings(set_))
     if resume and overwrite:
         raise UserError("--resume continues the run in --out and --overwrite replaces it: expected one, got both")
+    if per_channel:
+        _train_per_channel(cfg, out_dir, data or [], reference or [], overwrite, resume, channel)
+        return
     if not resume:
         _refuse_existing(out_dir, overwrite)
     from trainer.run import TrainingInterrupted, run_training
@@ -162,6 +169,71 @@ def train(
         console.print(f"[bold yellow]warning: {gain_warning}[/bold yellow]", highlight=False, soft_wrap=True)
     for line in next_steps(out_dir, t.get("data", {}), data or [], reference or []):
         console.print(line, highlight=False, soft_wrap=True)
+
+
+def _train_per_channel(cfg: Any, out_dir: Path, data: list[Path], reference: list[Path], overwrite: bool,
+                       resume: bool, channel: str | None) -> None:
+    """``n2n train --per-channel``: a run per channel of the (multi-channel) data, in ``out_dir/CHANNEL``, then the
+    model set ``out_dir/models.yaml`` that routes each channel to its run."""
+    import functools
+    import re
+
+    from streamer.core.modelset import ModelSet
+    from streamer.sources.tiff import stack_channels
+    from trainer.run import TrainingInterrupted, run_training
+
+    if channel is not None:
+        raise UserError(f"--per-channel trains every channel and --channel {channel} one: expected one, got both")
+    if not data:
+        raise UserError("--per-channel: expected multi-channel --data (an OME-TIFF with a C axis), got none")
+    with user_errors():
+        labels = stack_channels(data[0])
+        for other in data[1:]:
+            if stack_channels(other) != labels:
+                raise UserError(f"--per-channel: expected the same channels in every --data file ({labels} in "
+                                f"{data[0]}), got {stack_channels(other)} in {other}")
+    if not labels:
+        raise UserError(f"--per-channel: expected a multi-channel file (a C axis of 2 or more), got {data[0]} with "
+                        "one channel (train it without --per-channel)")
+    folders = {label: re.sub(r"[^\w.-]+", "_", label) for label in labels}
+    if len(set(folders.values())) != len(folders):
+        raise UserError(f"--per-channel: the channel names {labels} make the same folder name twice")
+    if not resume:
+        for folder in folders.values():
+            _refuse_existing(out_dir / folder, overwrite)
+    console.print(f"training a model for each of {len(labels)} channels ({', '.join(labels)}) into "
+                  f"{out_dir}/CHANNEL", highlight=False)
+    done: dict[str, str] = {}
+    for label, folder in folders.items():
+        run_dir = out_dir / folder
+        one = cfg.model_copy(update={"data": cfg.data.model_copy(update={"channel": label})})
+        console.print(f"channel {label} → {run_dir}", highlight=False)
+        try:
+            with user_errors():
+                run_training(one, run_dir, data, reference, resume=resume and (run_dir / "checkpoint.pt").is_file(),
+                             console=console,
+                             before_training=functools.partial(_clear_old_run, run_dir) if overwrite else None)
+        except (TrainingInterrupted, KeyboardInterrupt):
+            finished = ", ".join(done) or "none"
+            console.print(f"[yellow]interrupted while training channel {label} (finished: {finished}); "
+                          f"models.yaml is not written: rerun with --resume to go on[/yellow]", highlight=False)
+            raise typer.Exit(code=130) from None
+        done[label] = folder
+    models = ModelSet(done)  # relative folders: read beside the file
+    with user_errors():
+        path = models.save(out_dir / "models.yaml")
+    table = Table(title=f"trained {out_dir} (a model per channel)", show_header=False)
+    for label, folder in done.items():
+        card = json.loads((out_dir / folder / "model.json").read_text())
+        m = card.get("metrics", {})
+        score = (f", denoised {m['val_psnr']:.2f} dB against {m['val_psnr_raw']:.2f} raw"
+                 if "val_psnr" in m and "val_psnr_raw" in m else "")
+        table.add_row(label, f"{out_dir / folder}: {card['training']['epochs']} epochs{score}")
+    table.add_row("model set", str(path))
+    out.print(table)
+    console.print("next: serve it (each channel by its model): " + shlex.join(["n2n", "serve", "--model", str(path)])
+                  + "   or acquire with it: " + shlex.join(["n2n", "acquire", "--model", str(path), "--mda",
+                                                            "SEQUENCE.yaml"]), highlight=False, soft_wrap=True)
 
 
 def next_steps(run: Path, provenance: dict, data: list[Path], reference: list[Path]) -> list[str]:

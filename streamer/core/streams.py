@@ -21,7 +21,8 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["AXIS_NAMES", "MAX_KEY_AXES", "TIME_AXES", "channel_index", "channel_of", "key_text", "stream_key"]
+__all__ = ["AXIS_NAMES", "MAX_KEY_AXES", "TIME_AXES", "channel_index", "channel_labels", "channel_of", "key_text",
+           "stream_key"]
 
 TIME_AXES = frozenset({"time", "t", "frame"})
 """The axes along which one stream goes on; every other axis names a stream of its own."""
@@ -69,6 +70,15 @@ def channel_of(meta: Any) -> str | None:
     if channel is None or isinstance(channel, Mapping | list):
         return None
     return str(channel)[:128]
+
+
+def channel_labels(names: Sequence[str | None] | None, count: int) -> list[str]:
+    """Each of a file's ``count`` channels by its name, else its index as text (``"0"``, ``"1"``): what a model set
+    routes by. Names that do not go one per channel (fewer or more than ``count``) name none of them."""
+    names = list(names or [])
+    if len(names) != count:
+        names = []
+    return [str(names[c]) if names and names[c] else str(c) for c in range(count)]
 
 
 def channel_index(channel: str | int, names: Sequence[str], count: int) -> int:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from ..core.modelset import ModelSet
 from ..core.streams import channel_index
+from ..core.streams import channel_labels as labels_of
 from .base import DatasetError, DatasetInfo
 
 __all__ = ["channel_labels", "route_channels"]
@@ -22,11 +23,7 @@ __all__ = ["channel_labels", "route_channels"]
 def channel_labels(info: DatasetInfo) -> list[str]:
     """Each channel of a dataset (along C; one for a dataset without a C axis) by its name, else its index as
     text."""
-    count = info.shape[info.axes.index("C")] if "C" in info.axes else 1
-    names = info.channel_names or []
-    if len(names) != count:  # names that do not go one per channel name none of them
-        names = []
-    return [names[c] if names and names[c] else str(c) for c in range(count)]
+    return labels_of(info.channel_names, info.shape[info.axes.index("C")] if "C" in info.axes else 1)
 
 
 def route_channels(models: ModelSet, labels: Sequence[str], where: str) -> tuple[list[str | None], list[str]]:

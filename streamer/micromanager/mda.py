@@ -179,16 +179,26 @@ class DenoisingEngine(MDAEngine):
                     self.raw_skipped += 1
                 signal = yield None
                 continue
-            signal = yield self.denoise_payload(payload)
+            img, event, meta = payload
+            meta = dict(meta)
+            if "runner_time_ms" not in meta:  # what the runner would add after: the raw record needs it now
+                meta["runner_time_ms"] = self.mmcore.mda.seconds_elapsed() * 1000
+            raw_saved = self._record_raw(img, event, meta)  # first, whatever comes of the denoising
+            payload = type(payload)(img, event, meta)
+            try:
+                out = self.denoise_payload(payload, raw_saved)
+            except Exception as exc:  # a fault of ours must not abort the acquisition: the frame goes on raw
+                log.exception("frame %s not denoised (written raw)", dict(event.index))
+                meta["n2n"] = {"denoised": False, "error": f"{type(exc).__name__}: {exc}", "raw_saved": raw_saved}
+                self.streams.setdefault("(error)", Counter()).update({"frames": 1, "error": 1})
+                out = payload
+            signal = yield out
 
-    def denoise_payload(self, payload: Any) -> Any:
-        """One ``(image, event, meta)``: the raw image recorded, then the denoised one (or the raw one, marked) in a
-        payload of the same kind."""
+    def denoise_payload(self, payload: Any, raw_saved: bool | None = None) -> Any:
+        """One ``(image, event, meta)`` (its raw image recorded already: ``raw_saved``, None without a raw record):
+        the denoised image, or the raw one marked, in a payload of the same kind, its ``meta["n2n"]`` saying which."""
         img, event, meta = payload
         meta = dict(meta)
-        if "runner_time_ms" not in meta:  # what the runner would add after: the raw record needs it now
-            meta["runner_time_ms"] = self.mmcore.mda.seconds_elapsed() * 1000
-        raw_saved = self._record_raw(img, event, meta)
         axes = event_axes(event)
         out, n2n = self.hook(img, {"Axes": axes})
         where = key_text(stream_key(axes))
@@ -340,9 +350,9 @@ def acquire(core: Any, sequence: Any, endpoints: dict[str, str] | str | None, ou
     report.seconds = time.perf_counter() - t0
     report.raw, report.denoised = str(written_path(raw)), str(written_path(denoised))
     counts = engine.counts()
-    report.frames = counts["frames"]
-    report.denoised_frames = counts["denoised"]
-    report.passed_raw = counts["frames"] - counts["denoised"]
+    report.frames = sum(stream["frames"] for stream in counts["streams"].values())
+    report.denoised_frames = sum(stream.get("denoised", 0) for stream in counts["streams"].values())
+    report.passed_raw = report.frames - report.denoised_frames
     report.raw_recorded = counts["raw_recorded"]
     report.raw_record_errors = counts["raw_record_errors"]
     report.streams = counts["streams"]

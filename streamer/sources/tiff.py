@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import tifffile
 
-from ..core.streams import channel_index
+from ..core.streams import channel_index, channel_labels
 from ._base import BaseSource, EndOfStream
 
 __all__ = ["OmeTiffWriter", "StackError", "TiffSource", "read_frame_metadata", "read_stack", "stack_channels"]
@@ -102,8 +102,7 @@ def stack_channels(path: str | Path) -> list[str]:
         axes, shape = tif.series[0].axes, tuple(tif.series[0].shape)
         if "C" not in axes or shape[axes.index("C")] < 2:
             return []
-        names = _ome_channel_names(tif)
-        return [names[i] if i < len(names) and names[i] else str(i) for i in range(shape[axes.index("C")])]
+        return channel_labels(_ome_channel_names(tif), shape[axes.index("C")])
 
 
 def read_stack(path: str | Path, *, min_frames: int = 1, allow_2d: bool = True, channel: str | int | None = None,
