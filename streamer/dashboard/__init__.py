@@ -76,13 +76,16 @@ def run_dashboard(address: str, *, console: Console | None = None, refresh_per_s
     console = console or Console()
     period = 1.0 / max(refresh_per_second, 0.1)
     history = History()
+    opened: list[Any] = []  # closed at the end: a Ctrl-C at any moment after the subscription ends with 0
     try:
-        sub = StatsSubscriber(address, keys=keys)
-    except ValueError as exc:
-        console.print(f"[red]cannot connect to {address!r}: {exc}[/red]")
-        return 2
-    cpu, gpu = CpuMeter(), GpuMeter()  # the CPU's baseline now: a figure from the first reading on
-    try:
+        try:
+            sub = StatsSubscriber(address, keys=keys)
+        except ValueError as exc:
+            console.print(f"[red]cannot connect to {address!r}: {exc}[/red]")
+            return 2
+        opened.append(sub)
+        cpu, gpu = CpuMeter(), GpuMeter()  # the CPU's baseline now: a figure from the first reading on
+        opened.append(gpu)
         started = time.monotonic()
         deadline = None if duration_s is None else started + duration_s
         stats: StatsMessage | None = None
@@ -126,6 +129,6 @@ def run_dashboard(address: str, *, console: Console | None = None, refresh_per_s
     except KeyboardInterrupt:
         return 0
     finally:
-        sub.close()
-        gpu.close()
+        for part in reversed(opened):
+            part.close()
     return 0
