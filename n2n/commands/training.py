@@ -433,13 +433,7 @@ def evaluate(
     if ref is None or reference is None:
         _evaluate_without_reference(model_path, data, raw, cfg, json_path, figure, label)
         return
-    t, h, w = raw.shape
-    if ref.shape != (h, w) and ref.shape != (t, h, w):
-        raise UserError(f"--reference {reference}: expected frames of {h}x{w}, one or {t} of them (the shape of "
-                        f"--data {data}), got shape {ref.shape}")
-    from trainer.evaluate import reference_warning
-
-    scale = reference_warning(raw, ref)
+    scale = _check_reference(raw, ref, reference, data)
     if scale is not None:
         console.print(f"[bold yellow]warning:[/bold yellow] --reference {reference}: {scale}", highlight=False,
                       soft_wrap=True)
@@ -460,6 +454,19 @@ def evaluate(
     out.print(table)
     out.print(scored_line(report), highlight=False, markup=False)
     _write_evaluation(report, json_path, figure, raw[0], den[0], ref[0] if ref.ndim == 3 else ref)
+
+
+def _check_reference(raw: Any, ref: Any, reference: Path | None, data: Path, label: str | None = None) -> str | None:
+    """A reference of the data's frame shape (one frame, or one per frame), else a one-line error; the warning
+    :func:`trainer.evaluate.reference_warning` gives on it (another bit depth or contrast), or None."""
+    from trainer.evaluate import reference_warning
+
+    t, h, w = raw.shape
+    if ref.shape != (h, w) and ref.shape != (t, h, w):
+        where = "" if label is None else f" in channel {label}"
+        raise UserError(f"--reference {reference}: expected frames of {h}x{w}{where}, one or {t} of them (the shape "
+                        f"of --data {data}), got shape {ref.shape}")
+    return reference_warning(raw, ref)
 
 
 def _index(channel: str, labels: list[str]) -> int:
@@ -499,7 +506,7 @@ def _evaluate_channels(models: Any, labels: list[str], data: Path, reference: Pa
     from streamer.sources import read_stack
     from streamer.sources.tiff import stack_channels
     from trainer.evaluate import evaluate as run_eval
-    from trainer.evaluate import evaluate_without_reference, reference_warning, score_raw
+    from trainer.evaluate import evaluate_without_reference, score_raw
 
     listed = ", ".join(repr(n) for n in labels)
     with user_errors():
@@ -528,11 +535,7 @@ def _evaluate_channels(models: Any, labels: list[str], data: Path, reference: Pa
                 raw = read_stack(data, allow_2d=False, channel=c)
                 ref = read_stack(reference, channel=c) if reference is not None else None
             if ref is not None:
-                t, h, w = raw.shape
-                if ref.shape != (h, w) and ref.shape != (t, h, w):
-                    raise UserError(f"--reference {reference}: expected frames of {h}x{w} in channel {label}, one or "
-                                    f"{t} of them (the shape of --data {data}), got shape {ref.shape}")
-                scale = reference_warning(raw, ref)
+                scale = _check_reference(raw, ref, reference, data, label)
                 if scale is not None:
                     warn(f"--reference {reference}, channel {label}: {scale}")
             model = routes[c]
