@@ -80,7 +80,7 @@ class Denoiser:
     def __init__(self, card: ModelCard, engine: Engine, tile_size: int | None = None,
                  tile_overlap: int | None = None, output_dtype: OutputDtype | str = "same",
                  max_tiles: int | None = None, max_shapes: int | None = None,
-                 max_tile_pixels: int | None = None) -> None:
+                 max_tile_pixels: int | None = None, averaged: int = 1) -> None:
         if output_dtype not in ("same", "float32"):
             raise ValueError(f"expected output_dtype 'same' or 'float32', got {output_dtype!r}")
         self.card = card
@@ -106,7 +106,10 @@ class Denoiser:
         and a swap compiles at most this many."""
         self.evicted = 0
         """Frame shapes released so far (see ``max_shapes``)."""
-        self.norm = card.normalization
+        self.averaged = int(averaged)
+        """Each frame is the mean of this many camera readouts (line or frame averaging): the card's noise model is
+        divided accordingly (:meth:`streamer.core.card.Normalization.averaged`; a ValueError for a mean/std model)."""
+        self.norm = card.normalization.averaged(self.averaged)
         self._scale = np.float32(1.0 / card.std)
         self._offset = np.float32(-card.mean / card.std)
         self._plans: dict[tuple[int, int], TilePlan] = {}
@@ -136,16 +139,18 @@ class Denoiser:
                        tile_size: int | None = None, tile_overlap: int | None = None, output_dtype: str = "same",
                        max_tiles: int | None = None, max_shapes: int | None = None,
                        retime: bool = False, max_tile_pixels: int | None = None,
-                       trust_code: bool = False) -> Denoiser:
+                       trust_code: bool = False, averaged: int = 1) -> Denoiser:
         """The model folder's card, an engine for it (``auto``: the first that runs here, see
         :func:`streamer.engines.create_engine`) and the pre/post-processing around it: what every user of a model
         folder (the server, ``n2n denoise``, ``n2n evaluate``) builds. ``trust_code``: run a TorchScript file this
-        install did not write (``--trust-code``; :mod:`streamer.core.trust`)."""
+        install did not write (``--trust-code``; :mod:`streamer.core.trust`). ``averaged``: frames are each the
+        mean of this many readouts (``--averaged``)."""
         card = ModelCard.load(model_dir)
+        card.normalization.averaged(averaged)  # a mean/std model refused before an engine is built
         eng = create_engine(engine, card, precision=precision, device=device, num_threads=num_threads,
                             min_psnr_db=min_psnr_db, retime=retime, trust_code=trust_code)
         return cls(card, eng, tile_size, tile_overlap, output_dtype, max_tiles=max_tiles, max_shapes=max_shapes,
-                   max_tile_pixels=max_tile_pixels)
+                   max_tile_pixels=max_tile_pixels, averaged=averaged)
 
     @property
     def shapes(self) -> list[tuple[int, int]]:

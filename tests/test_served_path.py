@@ -27,8 +27,35 @@ def test_noise_model_estimated_from_consecutive_frames() -> None:
     truth_gain = 1 / CAMERA.gain_e_per_adu
     truth_read = CAMERA.read_noise_e / CAMERA.gain_e_per_adu
     assert est["gain"] == pytest.approx(truth_gain, rel=0.1)
-    assert est["offset"] == pytest.approx(CAMERA.offset_adu, abs=5)
+    assert est["offset"] == pytest.approx(CAMERA.offset_adu, abs=2)
     assert est["read_noise"] == pytest.approx(truth_read, rel=0.4)
+
+
+@pytest.mark.parametrize("exposure_ms", [3.0, 100.0])
+def test_offset_is_where_no_light_falls_not_the_darkest_pixels(exposure_ms: float) -> None:
+    """The darkest pixels of a fluorescence frame hold background light (at 100 ms the simulated camera's lie ~30 ADU
+    above its offset): the offset comes from their photon noise's skew, so dim and bright recordings give the same
+    camera, and pairs remade at other exposures (thinned, summed) keep their dark level."""
+    raw, truth = simulate_stack(CAMERA.model_copy(update={"height": 192, "width": 192, "exposure_ms": exposure_ms}),
+                                40)
+    est = estimate_noise_model([raw])
+    darkest = float(np.quantile(truth[0], 0.001))
+    assert est["offset"] == pytest.approx(CAMERA.offset_adu, abs=2)
+    assert est["read_noise"] == pytest.approx(CAMERA.read_noise_e / CAMERA.gain_e_per_adu, rel=0.4)
+    if exposure_ms == 100.0:
+        assert darkest > CAMERA.offset_adu + 20  # the old rule (the darkest pixels' level) was 20+ ADU off here
+
+
+def test_offset_without_read_noise_stays_where_the_variance_line_allows() -> None:
+    """A camera without read noise (FMD's confocal: 8 bits, photon counting) whose darkest pixels see light: the
+    offset is never put below the lowest the photon-transfer line allows (the read noise would be imaginary)."""
+    rng = np.random.default_rng(3)
+    light = 0.5 + 20 * rng.random((128, 128))
+    frames = (4.0 * rng.poisson(light, (40, 128, 128)) + 3.0).astype(np.float32)  # gain 4, offset 3, no read noise
+    est = estimate_noise_model([frames])
+    assert est["gain"] == pytest.approx(4.0, rel=0.1)
+    assert est["offset"] == pytest.approx(3.0, abs=1.0)
+    assert est["read_noise"] >= 0
 
 
 def test_anscombe_stabilises_noise_and_inverts_without_bias() -> None:

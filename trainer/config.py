@@ -311,6 +311,9 @@ class EvaluateConfig(Versioned):
     retime: bool = False
     """precision 'auto': time the precisions that passed their check again instead of taking the choice recorded for
     this machine in the model folder (precision_choice.json), and record the new choice."""
+    averaged: int = Field(1, ge=1)
+    """Each frame is the mean of this many camera readouts (line or frame averaging): the model's noise model is
+    divided accordingly, as n2n serve --averaged does (models with the camera's noise model only)."""
     device: Device = "auto"
     """Device for the engine."""
     trust_code: bool = False

@@ -55,7 +55,7 @@ def denoiser_for(model: TrainedModel | str | Path, config: EvaluateConfig | None
     config = config or EvaluateConfig()
     return Denoiser.from_model_dir(model.run_dir if isinstance(model, TrainedModel) else Path(model), config.engine,
                                    config.precision, config.device, output_dtype=output_dtype, retime=config.retime,
-                                   trust_code=config.trust_code)
+                                   trust_code=config.trust_code, averaged=config.averaged)
 
 
 def best_gaussian(raw: np.ndarray, references: Sequence[np.ndarray], data_ranges: Sequence[float],
@@ -97,7 +97,7 @@ def evaluate_without_reference(model: TrainedModel | str | Path, raw: np.ndarray
               "estimated_gain_db_gaussian": round(gain["gain_db_gaussian"], 3),
               "gaussian_sigma": gain["gaussian_sigma"], "noise_variance": gain["noise_variance"],
               "engine": gain["engine"], "precision": gain["precision"], "frames_raw": gain["frames_raw"],
-              "frames_float_path": gain["frames_float_path"],
+              "frames_float_path": gain["frames_float_path"], "averaged": config.averaged,
               "method": "Noise2Noise estimate from consecutive frames (no reference): the mean squared difference "
                         "of the output to the next frame, less the noise variance from the frame pairs"}
     return report, np.asarray(first)
@@ -212,6 +212,7 @@ def evaluate(
     # what was asked for: auto/auto is what n2n serve runs by default, so the scores are those of the served frames
     report["requested_engine"], report["requested_precision"] = config.engine, config.precision
     report["served_default"] = config.engine == "auto" and config.precision == "auto"
+    report["averaged"] = config.averaged
     if history.frames > 1:
         report["input_frames"] = history.frames
         report["history"] = {"resets": dict(history.resets), "short": history.short,

@@ -118,6 +118,7 @@ def grab(
 
 
 BRIDGE = Command("streamer.micromanager.config:MicroManagerConfig", flags={
+    "--averaged": "serve.averaged",
     "--model": "bridge.model", "--connect": "bridge.connect", "--frames": "bridge.frames", "--out": "bridge.out",
     "--no-save": "bridge.out", "--mode": "serve.mode", "--engine": "serve.engine", "--precision": "serve.precision",
     "--retime": "serve.retime", "--device": "serve.device", "--threads": "serve.num_threads",
@@ -153,6 +154,9 @@ def bridge(
     mm_config: MMConfigFileOpt = None,
     gui: GuiOpt = False,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the counts here.")] = None,
+    averaged: Annotated[int | None, typer.Option(help="Each frame is the mean of N camera readouts (line or "
+                                                 "frame averaging): denoised as the N-times exposure it is "
+                                                 "(models with the camera's noise model).")] = None,
     config: ConfigOpt = None,
     dry_run: DryRunOpt = False,
 ) -> None:
@@ -164,7 +168,7 @@ def bridge(
     cfg = BRIDGE.load(config, dry_run, {
         "--model": model, "--connect": connect, "--frames": NULL if frames == 0 else frames, "--out": out_path,
         "--no-save": NULL if no_save else None, "--mode": mode, "--engine": engine, "--precision": precision,
-        "--retime": retime, "--device": device, "--threads": threads, "--finetune": finetune,
+        "--retime": retime, "--averaged": averaged, "--device": device, "--threads": threads, "--finetune": finetune,
         "--exposure-ms": exposure_ms,
         "--mm-config": mm_config,
         "--gui": NULL if gui else None})
@@ -216,6 +220,7 @@ def bridge(
 
 
 ACQUIRE = Command("streamer.micromanager.config:MicroManagerConfig", flags={
+    "--averaged": "serve.averaged",
     "--mda": "acquire.mda", "--model": "acquire.models", "--connect": "acquire.connect", "--out": "acquire.out",
     "--format": "acquire.format", "--overwrite": "acquire.overwrite", "--engine": "serve.engine",
     "--precision": "serve.precision", "--device": "serve.device",
@@ -250,6 +255,9 @@ def acquire(
     dashboard: Annotated[bool, typer.Option("--dashboard", help="Show the live dashboard instead of a progress "
                                             "bar.")] = False,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the report here too.")] = None,
+    averaged: Annotated[int | None, typer.Option(help="Each frame is the mean of N camera readouts (line or "
+                                                 "frame averaging): denoised as the N-times exposure it is "
+                                                 "(models with the camera's noise model).")] = None,
     config: ConfigOpt = None,
     dry_run: DryRunOpt = False,
 ) -> None:
@@ -258,7 +266,8 @@ def acquire(
     channel names), each channel by its own model and each place by its own history."""
     cfg = ACQUIRE.load(config, dry_run, {
         "--mda": mda, "--model": model, "--connect": connect, "--out": out_path, "--format": fmt,
-        "--overwrite": overwrite, "--engine": engine, "--precision": precision, "--device": device,
+        "--overwrite": overwrite, "--engine": engine, "--precision": precision, "--averaged": averaged,
+        "--device": device,
         "--threads": threads, "--exposure-ms": exposure_ms, "--mm-config": mm_config})
     acq = cfg.acquire
     if acq.mda is None:

@@ -16,6 +16,7 @@ from n2n.errors import UserError, one_line, user_errors
 __all__ = ["DENOISE", "denoise"]
 
 DENOISE = Command("streamer.offline.config:DenoiseConfig", flags={
+    "--averaged": "averaged",
     "--engine": "engine", "--precision": "precision", "--retime": "retime", "--device": "device",
     "--threads": "threads", "--dtype": "dtype", "--channel": "channel", "--workers": "workers",
     "--scheduler": "scheduler", "--overwrite": "overwrite", "--trust-code": "trust_code",
@@ -59,6 +60,9 @@ def denoise(
     trust_code: Annotated[bool | None, typer.Option("--trust-code", help="Run a TorchScript file this install did "
                                                     "not write (a downloaded model's): it is a program.")] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the summary here.")] = None,
+    averaged: Annotated[int | None, typer.Option(help="Each frame is the mean of N camera readouts (line or "
+                                                 "frame averaging): denoised as the N-times exposure it is "
+                                                 "(models with the camera's noise model).")] = None,
     config: ConfigOpt = None,
     dry_run: DryRunOpt = False,
 ) -> None:
@@ -67,7 +71,8 @@ def denoise(
     already denoised by n2n (an n2n denoise output, the denoised channel of an n2n bridge recording, a
     pycromanager-hook recording) are refused unless --denoise-again or --skip-denoised."""
     cfg = DENOISE.load(config, dry_run, {
-        "--engine": engine, "--precision": precision, "--retime": retime, "--device": device, "--threads": threads,
+        "--engine": engine, "--precision": precision, "--retime": retime, "--averaged": averaged,
+        "--device": device, "--threads": threads,
         "--dtype": dtype, "--channel": channel, "--workers": workers, "--scheduler": scheduler,
         "--overwrite": overwrite, "--trust-code": trust_code, "--denoise-again": denoise_again,
         "--skip-denoised": skip_denoised})

@@ -18,6 +18,7 @@ __all__ = ["KEYS", "keys", "DASH", "SERVE", "dash", "serve"]
 ADDRESS_FLAGS = {name: f"--{name}-address" for name in ENDPOINT_NAMES}
 
 SERVE = Command("streamer.server:ServeConfig", flags={
+    "--averaged": "averaged",
     "--engine": "engine", "--mode": "mode", "--precision": "precision", "--retime": "retime", "--device": "device",
     "--threads": "num_threads", "--output-dtype": "output_dtype", "--curve-keys": "curve_keys",
     "--insecure": "insecure", "--models-root": "models_root", "--finetune": "finetune.enabled",
@@ -73,13 +74,17 @@ def serve(
     trust_code: Annotated[bool | None, typer.Option("--trust-code", help="Run a TorchScript file this install did "
                                                     "not write (a downloaded model's, also on swap): it is a "
                                                     "program.")] = None,
+    averaged: Annotated[int | None, typer.Option(help="Each frame is the mean of N camera readouts (line or "
+                                                 "frame averaging): denoised as the N-times exposure it is "
+                                                 "(models with the camera's noise model).")] = None,
     config: ConfigOpt = None,
     dry_run: DryRunOpt = False,
 ) -> None:
     """Denoise frames streamed over ZeroMQ until Ctrl-C, SIGTERM or a shutdown command, with one model, or with a
     model per channel (a model set: --model DAPI=runs/dapi --model GFP=runs/gfp, or --model models.yaml)."""
     cfg = SERVE.load(config, dry_run, {
-        "--engine": engine, "--mode": mode, "--precision": precision, "--retime": retime, "--device": device,
+        "--engine": engine, "--mode": mode, "--precision": precision, "--retime": retime, "--averaged": averaged,
+        "--device": device,
         "--threads": threads, "--output-dtype": output_dtype, "--input-address": input_address,
         "--output-address": output_address, "--request-address": request_address, "--stats-address": stats_address,
         "--control-address": control_address, "--view-address": view_address, "--curve-keys": curve_keys,

@@ -356,6 +356,7 @@ def export(
 
 
 EVALUATE = Command("trainer.config:EvaluateConfig", flags={
+    "--averaged": "averaged",
     "--max-frames": "max_frames", "--engine": "engine", "--precision": "precision", "--device": "device",
     "--retime": "retime", "--trust-code": "trust_code"},
     defaults={"--max-frames": "all", "--json": "not written", "--figure": "not drawn",
@@ -368,7 +369,8 @@ def scored_line(report: dict[str, Any]) -> str:
     how = ("the default, as n2n serve runs it" if report.get("served_default") else
            f"as asked: --engine {report.get('requested_engine')} --precision {report.get('requested_precision')}; "
            "n2n serve runs --engine auto --precision auto")
-    return f"scored: {report['engine']} {report['precision']} on {report['device']} ({how})"
+    averaged = f", frames averaged over {report['averaged']} readouts" if report.get("averaged", 1) > 1 else ""
+    return f"scored: {report['engine']} {report['precision']} on {report['device']}{averaged} ({how})"
 
 
 @EVALUATE
@@ -399,6 +401,9 @@ def evaluate(
                                                     "not write (a downloaded model's): it is a program.")] = None,
     channel: Annotated[str | None, typer.Option(help="Score this channel of a multi-channel stack only (index or "
                                                 "OME name; a reference with channels gives the same one).")] = None,
+    averaged: Annotated[int | None, typer.Option(help="Each frame is the mean of N camera readouts (line or "
+                                                 "frame averaging): denoised as the N-times exposure it is "
+                                                 "(models with the camera's noise model).")] = None,
     config: ConfigOpt = None,
     dry_run: DryRunOpt = False,
 ) -> None:
@@ -407,7 +412,8 @@ def evaluate(
     multi-channel stack is scored per channel, each with its own model (--model DAPI=runs/dapi --model
     GFP=runs/gfp)."""
     cfg = EVALUATE.load(config, dry_run, {"--max-frames": max_frames, "--engine": engine, "--precision": precision,
-                                          "--device": device, "--retime": retime, "--trust-code": trust_code})
+                                          "--device": device, "--retime": retime, "--averaged": averaged,
+                                          "--trust-code": trust_code})
     from rich.progress import Progress
 
     from streamer.core.modelset import ModelSet

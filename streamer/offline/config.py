@@ -21,6 +21,9 @@ class DenoiseConfig(Versioned):
     retime: bool = False
     """precision 'auto': time the precisions that passed their check again instead of taking the choice recorded for
     this machine in the model folder (precision_choice.json), and record the new choice."""
+    averaged: int = Field(1, ge=1)
+    """Each plane is the mean of this many camera readouts (line or frame averaging): the model's noise model is
+    divided accordingly (models with the camera's noise model only)."""
     device: Device = "auto"
     """Device for the engine."""
     threads: int | None = Field(None, ge=1)

@@ -310,6 +310,7 @@ def _denoise(source: Path, models: ModelSet, cards: dict[str, Any], output: Path
             "model_card_sha256": shas[used[0]] if models.single else None, "channel": channel,
             "output_dtype": cfg.dtype, "requested_engine": cfg.engine, "requested_precision": cfg.precision,
             "device": cfg.device, "skip_denoised": cfg.skip_denoised,
+            **({"averaged": cfg.averaged} if cfg.averaged > 1 else {}),  # (absent: single readouts, as before)
             # a model per channel: which one (None: written raw); a single model serves every channel
             "models": None if models.single else [
                 {"channel": labels[c], "model": resolved[m] if m else None, "sha256": shas[m] if m else None}
@@ -344,7 +345,8 @@ def _denoise(source: Path, models: ModelSet, cards: dict[str, Any], output: Path
     job = Job(input=settings["input"], kind=reader.kind, models=job_models,
               routes=tuple(None if m is None else used.index(m) for m in routes), store=str(store.resolve()),
               device=cfg.device, threads=threads, output_dtype=cfg.dtype, channel=channel, id=record.get("id", ""),
-              trust_code=cfg.trust_code, copy=tuple((a, b) for a, b in to_ranges(skipped_marked)))
+              trust_code=cfg.trust_code, copy=tuple((a, b) for a, b in to_ranges(skipped_marked)),
+              averaged=cfg.averaged)
     todo = todo_planes(info.planes, done_ranges(store))
     skipped = info.planes - len(todo)
     plane_mib = math.prod(info.plane_shape) * info.dtype.itemsize / 2**20
@@ -413,6 +415,8 @@ def _denoise(source: Path, models: ModelSet, cards: dict[str, Any], output: Path
     holds -= set(missing)
     record_denoised: dict[str, Any] = {"planes": to_ranges(holds), "input": settings["input"], "channel": channel,
                                        "model": settings["model"]}
+    if cfg.averaged > 1:
+        record_denoised["averaged"] = cfg.averaged
     per_channel = {labels[c]: m for c, m in enumerate(routes)} if channel is None else {labels[channel]: used[0]}
     if not models.single:
         record_denoised["models"] = {c: resolved[m] if m else None for c, m in per_channel.items()}
@@ -428,7 +432,7 @@ def _denoise(source: Path, models: ModelSet, cards: dict[str, Any], output: Path
     run = len(todo)
     summary = {"input": str(source), "output": str(output), "format": out_kind, "planes": info.planes,
                "planes_run": run, "planes_resumed": skipped, "planes_denoised": int(counts["denoised"]),
-               "channel": channel, "dtype": out_dtype.name, "engine": job.models[0].engine,
+               "channel": channel, "dtype": out_dtype.name, "averaged": cfg.averaged, "engine": job.models[0].engine,
                "precision": job.models[0].precision, "models": per_channel,
                "engines": {m: {"engine": j.engine, "precision": j.precision} for m, j in zip(used, job.models)},
                "planes_no_model": len(no_model), "channels_no_model": [c for c, m in per_channel.items() if m is None],
@@ -461,13 +465,14 @@ def _start(store: Path, replaced: list[Path], info: DatasetInfo, out_dtype: np.d
         precision: str = cfg.precision
         if first is not None:
             denoiser = make_denoiser(model, cfg.engine, cfg.precision, cfg.device, threads, cfg.dtype,
-                                     retime=cfg.retime, trust_code=cfg.trust_code)
+                                     retime=cfg.retime, trust_code=cfg.trust_code, averaged=cfg.averaged)
             denoiser(reader.read(first, first + 1)[0])
             engine, precision = denoiser.engine.name, denoiser.engine.precision
             log.info("denoising with %s at %s%s (recorded: a resumed run and every worker use it)", engine, precision,
                      f" ({model})" if len(models) > 1 else "")
             if cfg.scheduler is None and cfg.workers == 1:  # the same engine serves this process's tasks
-                keep(denoiser_key(index, model, engine, precision, cfg.device, threads, cfg.dtype, sha), denoiser)
+                keep(denoiser_key(index, model, engine, precision, cfg.device, threads, cfg.dtype, sha, cfg.averaged),
+                     denoiser)
             else:
                 denoiser.engine.close()
         engines[model] = (engine, precision)

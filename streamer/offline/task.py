@@ -55,6 +55,8 @@ class Job:
     reused."""
     trust_code: bool = False
     """Run a TorchScript file this install did not write (--trust-code)."""
+    averaged: int = 1
+    """Each plane is the mean of this many camera readouts (--averaged)."""
     copy: tuple[tuple[int, int], ...] = ()
     """Planes (``[START, STOP)`` ranges) of the denoised channel copied as they are: the input marks them denoised
     already (``--skip-denoised``)."""
@@ -96,29 +98,31 @@ def keep(key: tuple[Any, ...], value: Any) -> None:
 
 
 def make_denoiser(model: str, engine: str, precision: str, device: str, threads: int | None,
-                   output_dtype: str, retime: bool = False, trust_code: bool = False) -> Any:
+                   output_dtype: str, retime: bool = False, trust_code: bool = False, averaged: int = 1) -> Any:
     from ..denoiser import Denoiser
 
     return Denoiser.from_model_dir(model, engine, precision, device, threads, output_dtype=output_dtype,
-                                   retime=retime, trust_code=trust_code)
+                                   retime=retime, trust_code=trust_code, averaged=averaged)
 
 
 def denoiser_key(index: int, model: str, engine: str, precision: str, device: str, threads: int | None,
-                 output_dtype: str, sha256: str) -> tuple[Any, ...]:
+                 output_dtype: str, sha256: str, averaged: int = 1) -> tuple[Any, ...]:
     """The cache key of a job's ``index``-th model's Denoiser: one per model slot is kept (a new job's replaces the
     last job's)."""
-    return (f"denoiser:{index}", model, engine, precision, device, threads, output_dtype, sha256)
+    return (f"denoiser:{index}", model, engine, precision, device, threads, output_dtype, sha256, averaged)
 
 
 def _denoiser(job: Job, index: int) -> Any:
     """The compiled Denoiser of the job's ``index``-th model (made once per process)."""
     m = job.models[index]
-    key = denoiser_key(index, m.path, m.engine, m.precision, job.device, job.threads, job.output_dtype, m.sha256)
+    key = denoiser_key(index, m.path, m.engine, m.precision, job.device, job.threads, job.output_dtype, m.sha256,
+                       job.averaged)
     with _CACHE_LOCK:  # slots a job with more models left behind
         for old in [k for k in _CACHE if str(k[0]).startswith("denoiser:") and int(k[0][9:]) >= len(job.models)]:
             _close(_CACHE.pop(old))
     return _cached(key, lambda: make_denoiser(m.path, m.engine, m.precision, job.device, job.threads,
-                                              job.output_dtype, trust_code=job.trust_code))
+                                              job.output_dtype, trust_code=job.trust_code,
+                                              averaged=job.averaged))
 
 
 def _route(job: Job, info: Any, plane: int) -> int | None:

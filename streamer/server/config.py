@@ -64,6 +64,11 @@ class ServeConfig(Versioned):
     retime: bool = False
     """precision 'auto': time the precisions that passed their check again instead of taking the choice recorded for
     this machine in the model folder (precision_choice.json), and record the new choice."""
+    averaged: int = Field(1, ge=1)
+    """Each frame is the mean of this many camera readouts (a confocal's line or frame averaging, a camera's
+    on-board averaging): the model's noise model is divided accordingly, so an average of 4 is denoised as the 4×
+    exposure it is. Needs models with the camera's noise model (data.normalization: anscombe); applies to every
+    model of a set."""
     min_precision_psnr_db: float = Field(50.0, gt=0)
     """Reduced precision is used only if its output on a calibration frame is this close to float32."""
     device: Device = "auto"

@@ -49,7 +49,7 @@ class Lane:
         """What the status says of this model: its card's name, folder, engine, precision and K."""
         den = self.denoiser
         return {"model": den.card.name, "model_dir": str(den.card.run_dir), "engine": den.engine.name,
-                "precision": den.engine.precision, "input_frames": den.input_frames}
+                "precision": den.engine.precision, "input_frames": den.input_frames, "averaged": den.averaged}
 
 
 class Routes:

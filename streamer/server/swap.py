@@ -37,7 +37,8 @@ def load_denoiser(model_dir: str | Path, config: ServeConfig, engine: str | None
                                    config.device, config.num_threads, config.min_precision_psnr_db, config.tile_size,
                                    config.tile_overlap, config.output_dtype, max_tiles=config.max_batch,
                                    max_shapes=config.max_shapes, retime=config.retime,
-                                   max_tile_pixels=config.tile_batch_pixels, trust_code=config.trust_code)
+                                   max_tile_pixels=config.tile_batch_pixels, trust_code=config.trust_code,
+                                   averaged=config.averaged)
 
 
 def prepare_model(model_dir: str | Path, config: ServeConfig, current: Denoiser, sample: np.ndarray | None,
