@@ -35,7 +35,13 @@ class GrabConfig(Strict):
     frames: int = Field(200, ge=2)
     """Consecutive frames to record (each pair t, t+1 is a training pair)."""
     out: str = "runs/grab/pairs.ome.tif"
-    """OME-TIFF written (frames plus their Micro-Manager metadata)."""
+    """OME-TIFF written (frames plus their Micro-Manager metadata); with ``mda``, the folder or prefix of the files
+    (``runs/grab/pairs.ome.tif`` → ``runs/grab/pairs_p000_z001.ome.tif`` …)."""
+    mda: str | None = None
+    """A useq-schema MDASequence file (YAML or JSON): a burst of ``frames`` consecutive frames at each of its places
+    (position, grid, channel, z; its time plan is ignored), one OME-TIFF (T, C, Y, X) per (position, grid, z); null:
+    the current field only. A relative path is looked up beside the YAML file first, then in the working
+    directory."""
     saturation_fraction: float = Field(0.001, ge=0, le=1)
     """Warn when more than this fraction of a frame's pixels sit at the camera's maximum."""
     max_shift_px: float = Field(0.5, ge=0)

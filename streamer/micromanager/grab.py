@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ import tifffile
 from ..sources import EndOfStream, OmeTiffWriter
 from ..sources.micromanager import MicroManagerSource
 
-__all__ = ["GrabReport", "analyse_pairs", "record"]
+__all__ = ["GrabReport", "analyse_frames", "analyse_pairs", "record"]
 
 _ANALYSIS_CROP = 512  # pairs are compared on a central crop at most this size
 
@@ -96,6 +96,15 @@ def _crop(frame: np.ndarray) -> np.ndarray:
 def analyse_pairs(path: str | Path, max_value: float, saturation_fraction: float = 0.001,
                   max_shift_px: float = 0.5) -> dict[str, Any]:
     """Saturation per frame, correlation and shift per consecutive pair, and the warnings."""
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        return analyse_frames((series.asarray(key=i) for i in range(series.shape[0])), max_value,
+                              saturation_fraction, max_shift_px)
+
+
+def analyse_frames(frames: Iterable[np.ndarray], max_value: float, saturation_fraction: float = 0.001,
+                   max_shift_px: float = 0.5) -> dict[str, Any]:
+    """:func:`analyse_pairs` on consecutive frames given one at a time (a stream of a multi-channel file)."""
     from skimage.registration import phase_cross_correlation
 
     saturated: list[float] = []
@@ -103,21 +112,18 @@ def analyse_pairs(path: str | Path, max_value: float, saturation_fraction: float
     shifts: list[float] = []
     prev: np.ndarray | None = None
     prev_raw: np.ndarray | None = None
-    with tifffile.TiffFile(path) as tif:
-        series = tif.series[0]
-        n = series.shape[0]
-        for i in range(n):
-            frame = series.asarray(key=i)
-            saturated.append(float(np.count_nonzero(frame >= max_value)) / frame.size)
-            cur = _crop(frame)
-            raw = frame.astype(np.float32)
-            if prev is not None and prev_raw is not None:
-                a, b = prev_raw - prev_raw.mean(), raw - raw.mean()
-                denom = float(np.sqrt((a * a).sum() * (b * b).sum()))
-                corr.append(float((a * b).sum() / denom) if denom > 0 else 0.0)
-                shift, _, _ = phase_cross_correlation(prev, cur, upsample_factor=10, normalization=None)
-                shifts.append(float(np.hypot(*shift)))
-            prev, prev_raw = cur, raw
+    for frame in frames:
+        saturated.append(float(np.count_nonzero(frame >= max_value)) / frame.size)
+        cur = _crop(frame)
+        raw = frame.astype(np.float32)
+        if prev is not None and prev_raw is not None:
+            a, b = prev_raw - prev_raw.mean(), raw - raw.mean()
+            denom = float(np.sqrt((a * a).sum() * (b * b).sum()))
+            corr.append(float((a * b).sum() / denom) if denom > 0 else 0.0)
+            shift, _, _ = phase_cross_correlation(prev, cur, upsample_factor=10, normalization=None)
+            shifts.append(float(np.hypot(*shift)))
+        prev, prev_raw = cur, raw
+    n = len(saturated)
     warnings: list[str] = []
     bad_sat = [i for i, f in enumerate(saturated) if f > saturation_fraction]
     if bad_sat:
