@@ -12,6 +12,7 @@ import gc
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from pymmcore_plus.experimental.unicore import StageDevice
 
@@ -46,34 +47,45 @@ class ZStage(StageDevice):
         self._z = 0.0
 
 
+def prepare(core: Any) -> None:
+    """The simulated camera at WIDTH × HEIGHT, a Z stage, a ``Channel`` preset per name of CHANNELS and the pixel
+    size: the microscope this script acquires with (and tests/mm_hook_axes.py)."""
+    core.setProperty("Camera", "Width", WIDTH)
+    core.setProperty("Camera", "Height", HEIGHT)
+    core.setExposure(1.0)
+    if "Z" not in core.getLoadedDevices():  # the simulated microscope has its own Z stage
+        core.loadPyDevice("Z", ZStage())
+        core.initializeDevice("Z")
+        core.setFocusDevice("Z")
+    for i, name in enumerate(CHANNELS):
+        core.defineConfig("Channel", name, "Camera", "Exposure", str(1.0 + i))
+    presets = list(core.getAvailablePixelSizeConfigs())  # the camera's own (0.2 µm), set at load
+    if not presets:
+        core.definePixelSizeConfig("px")
+        presets = ["px"]
+    core.setPixelSizeUm(presets[0], PIXEL_SIZE_UM)
+    core.setPixelSizeConfig(presets[0])
+
+
+def events(n_time: int) -> list:
+    """pycromanager's events for ``n_time`` time points × CHANNELS × 2 z planes, in its order (t, c, z)."""
+    from pycromanager import multi_d_acquisition_events
+
+    return multi_d_acquisition_events(num_time_points=n_time, time_interval_s=0.02, z_start=0, z_end=Z_STEP_UM,
+                                      z_step=Z_STEP_UM, channel_group="Channel", channels=CHANNELS)
+
+
 def main(out: Path, n_time: int) -> dict:
-    from pycromanager import Acquisition, multi_d_acquisition_events
+    from pycromanager import Acquisition
 
     from streamer.micromanager import close_core, load_core, use_as_pycromanager_core
 
     core = load_core("sim")
     try:
-        core.setProperty("Camera", "Width", WIDTH)
-        core.setProperty("Camera", "Height", HEIGHT)
-        core.setExposure(1.0)
-        if "Z" not in core.getLoadedDevices():  # the simulated microscope has its own Z stage (focus)
-            core.loadPyDevice("Z", ZStage())
-            core.initializeDevice("Z")
-            core.setFocusDevice("Z")
-        for i, name in enumerate(CHANNELS):
-            core.defineConfig("Channel", name, "Camera", "Exposure", str(1.0 + i))
-        presets = list(core.getAvailablePixelSizeConfigs())  # the simulated camera's own (0.2 µm), set at load
-        if not presets:
-            core.definePixelSizeConfig("px")
-            presets = ["px"]
-        core.setPixelSizeUm(presets[0], PIXEL_SIZE_UM)
-        core.setPixelSizeConfig(presets[0])
+        prepare(core)
         use_as_pycromanager_core(core)
-        events = multi_d_acquisition_events(num_time_points=n_time, time_interval_s=0.02, z_start=0,
-                                            z_end=Z_STEP_UM, z_step=Z_STEP_UM, channel_group="Channel",
-                                            channels=CHANNELS)
         with Acquisition(directory=str(out), name="mm", show_display=False) as acq:
-            acq.acquire(events)
+            acq.acquire(events(n_time))
         dataset = acq.get_dataset()
         folder = dataset.path
         dataset.close()

@@ -165,6 +165,47 @@ def test_the_widget_denoises_napari_micromanagers_live_preview(run: Path, tmp_pa
 
 
 @needs_napari
+def test_the_widget_routes_each_channel_of_the_preview_to_its_model(run: Path, tmp_path: Path,
+                                                                    display: dict[str, str]) -> None:
+    """A models.yaml in the widget (issue 32): it shows which channel goes to which model; the preview imaged in DAPI
+    goes with its channel (napari-micromanager's core's Channel preset) and comes back denoised by the DAPI model;
+    switched live to GFP, which the set has no model for, its frames come back raw, counted by the server."""
+    if importlib.util.find_spec("napari_micromanager") is None:
+        pytest.skip("napari-micromanager not installed (pip install -e '.[viewer]')")
+    (tmp_path / "models.yaml").write_text(f"channels:\n  DAPI: {run}\n")
+    png, report = tmp_path / "mm.png", tmp_path / "mm.json"
+    script = str(ROOT / "tests" / "napari_mm.py")
+    proc = subprocess.run([sys.executable, script, str(tmp_path / "models.yaml"), str(png), str(report), "6", "96",
+                           "DAPI", "GFP"], capture_output=True, text=True, timeout=240, env=display, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(report.read_text())
+    assert got["routes"].splitlines() == [f"DAPI → {run.name}", "any other channel → raw (no model)",
+                                          "each frame's channel: the core's 'Channel' group"]
+    assert got["shown"] is True and got["denoised_max_diff"] == 0.0 and got["denoised_differs_from_raw"] is True
+    assert got["then_shown_raw"] is True and got["then_no_model"] > 0
+    assert "kept raw, no model for: GFP (" in got["status"]
+
+
+def test_the_widget_takes_a_model_folder_or_a_model_set(run: Path, tmp_path: Path) -> None:
+    """What the widget's Model field takes (no Qt needed): a folder is a set of one, a models.yaml a model per
+    channel, shown one channel a line; a folder without model.json or a set naming one is refused, in one line."""
+    from streamer.core.modelset import ModelSetError
+    from streamer.napari_plugin._routes import describe_routes, model_set
+
+    assert describe_routes(model_set(f"  {run}  ")) == f"every channel → {run.name}"
+    (tmp_path / "models.yaml").write_text(f"channels:\n  DAPI: {run}\n  GFP: {run}\ndefault: {run}\n")
+    assert describe_routes(model_set(str(tmp_path / "models.yaml"))).splitlines() == [
+        f"DAPI → {run.name}", f"GFP → {run.name}", f"any other channel → {run.name}"]
+    (tmp_path / "bad.yaml").write_text(f"channels:\n  DAPI: {run}\n  GFP: {tmp_path}\n")
+    folder = f"got {str(tmp_path)!r}"
+    for text, why in [(str(tmp_path), folder), (str(tmp_path / "bad.yaml"), folder),
+                      (str(tmp_path / "nowhere"), "nowhere"), ("", "got nothing")]:
+        with pytest.raises(ModelSetError, match=r"expected a model folder with model\.json") as err:
+            model_set(text)
+        assert why in str(err.value)
+
+
+@needs_napari
 def test_the_viewer_benchmark_reports_consistent_numbers(run: Path, tmp_path: Path, display: dict[str, str]) -> None:
     """bench.viewer on small frames: rates for each case, napari's frames shown at a positive rate, and numbers
     that agree with each other (shown + skipped within what the server published to viewers)."""

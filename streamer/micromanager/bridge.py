@@ -37,7 +37,7 @@ from ..denoiser import FLAG_FLOAT_PATH, is_raw
 from ..sources import EndOfStream, OmeTiffWriter
 from ..sources.micromanager import MicroManagerSource
 
-__all__ = ["CHANNEL_GROUP", "BridgeReport", "channel_group", "current_channel", "run_bridge"]
+__all__ = ["CHANNEL_GROUP", "BridgeReport", "FrameChannels", "channel_group", "current_channel", "run_bridge"]
 
 log = logging.getLogger("n2n.micromanager")
 
@@ -72,11 +72,12 @@ def current_channel(core: Any, group: str | None = None) -> str | None:
     return str(name)[:128] or None
 
 
-class _Channels:
+class FrameChannels:
     """The channel of each frame as it is sent (:func:`current_channel`), for a core with a channel group; for a
     core without one (or whose core cannot say whether it has one), nothing is asked per frame. The channel is the
     one set when the frame is sent: frames still in Micro-Manager's buffer at a channel switch are named after the
-    new one (a live view switching channels; an MDA's frames carry their own, see :mod:`.mda`)."""
+    new one (a live view switching channels; an MDA's frames carry their own, see :mod:`.mda`). The bridge and the
+    napari widget name their frames with it."""
 
     def __init__(self, core: Any) -> None:
         self._core = core
@@ -150,7 +151,7 @@ class _Producer(threading.Thread):
     def run(self) -> None:
         try:
             with StreamClient(self.endpoints, timeout=self.timeout_s, send_hwm=SEND_HWM) as client:
-                channels = _Channels(getattr(self.source, "core", None))
+                channels = FrameChannels(getattr(self.source, "core", None))
                 self.started_at = time.perf_counter()
                 while not self.stop.is_set() and (self.frames is None or self.sent < self.frames):
                     try:

@@ -3,10 +3,10 @@
     from pycromanager import Acquisition, multi_d_acquisition_events
     from streamer.micromanager import denoise_hook
 
-    hook = denoise_hook()                      # the server's default request address
-    with Acquisition(directory="data", name="cells", image_process_fn=hook) as acq:
-        acq.acquire(multi_d_acquisition_events(num_time_points=50))
-    hook.close()
+    with denoise_hook(keep_raw="data/cells_raw") as hook:   # the server's default request address
+        with Acquisition(directory="data", name="cells", image_process_fn=hook) as acq:
+            acq.acquire(multi_d_acquisition_events(num_time_points=50, channel_group="Channel",
+                                                   channels=["DAPI", "GFP"]))
 
 The hook sends the image to the server's request/reply socket and returns one
 ``(image, metadata)`` tuple of the input's dtype (what both pycromanager backends require).
@@ -17,10 +17,20 @@ and ``hook.errors`` counts it. After a server that did not answer, the hook stop
 frames are kept raw at once (``hook.skipped``) until a retry, after 1 s, then 2, 4, … up to 30 s between
 tries, and the first answer ends it. The metadata stays small however long the server is down: ``n2n-error`` is
 the reason (the first failure's, at most :data:`MAX_REASON` characters) and ``n2n-errors`` the count so far.
-``keep_raw="raw.ome.tif"`` also saves every raw image, exactly or not at all: an image whose pixels the file
-cannot hold as they are (another dtype than the file's first image, values that would wrap or round, NaN into
-integers) is not saved, ``hook.raw_refused`` counts it and its metadata says ``n2n-raw-saved: false`` and
-``n2n-raw-error`` (why); a saved one says ``n2n-raw-saved: true``.
+``keep_raw=`` also saves every raw image, exactly or not at all, where it was acquired (:mod:`.rawrecord`): a folder
+(``keep_raw="data/raw"``) gets an NDTiff dataset with the acquisition's axes (time, channel, z, position, …), each
+image at its ``Axes`` with its metadata; a ``.ome.tif`` file gets a time series (TYX) and refuses an image with
+another axis rather than flatten it. An image the record cannot hold as it is (another dtype than the record's
+first image, values that would wrap or round, NaN into integers, an axis it cannot keep, a place saved already) is
+not saved, ``hook.raw_refused`` counts it and its metadata says ``n2n-raw-saved: false`` and ``n2n-raw-error``
+(why); a saved one says ``n2n-raw-saved: true``. The record is readable after every image and finished by
+:meth:`DenoiseHook.close` (or the ``with`` block's end, or the interpreter's exit).
+
+``image_process_fn=hook.with_raw`` returns both images of each acquired one, the denoised image and the raw one under
+a channel of its own (``"DAPI raw"``; an acquisition without channels gets the channels ``denoised`` and ``raw``), so
+the acquisition's dataset holds both: pycromanager's Java backend (Micro-Manager running) takes such a list; its
+Python backend takes one image per image, so there the hook returns the denoised image alone and says so in its
+metadata (``n2n-raw-emitted: false``); ``keep_raw`` keeps the raw images with either backend.
 
 The server's checks travel with its reply (the header's ``flags``, see :mod:`streamer.protocol`): an image the
 server sent back RAW because the denoised output failed a check gets ``n2n-denoised: false`` and ``n2n-flag``
@@ -38,9 +48,12 @@ denoises each image with its channel's model, and sends an image of a channel it
 
 from __future__ import annotations
 
+import copy
 import logging
+import sys
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +64,10 @@ from ..core.dtypes import to_dtype
 from ..core.streams import key_text, stream_key
 from ..denoiser import FLAG_FLOAT_PATH, is_raw
 from ..protocol import DTYPES
-from ..sources import OmeTiffWriter
+from .rawrecord import RawRecord, RawRefused, lossless_problem, open_record
+from .rawrecord import plain_metadata as _plain
 
-__all__ = ["DenoiseHook", "denoise_hook", "stream_key"]
+__all__ = ["RAW_CHANNEL_SUFFIX", "DenoiseHook", "denoise_hook", "lossless_problem", "stream_key"]
 
 log = logging.getLogger("n2n.micromanager")
 
@@ -67,33 +81,18 @@ def _short(reason: str) -> str:
     return reason if len(reason) <= MAX_REASON else reason[: MAX_REASON - 1] + "…"
 
 
-def lossless_problem(image: np.ndarray, dtype: np.dtype) -> str | None:
-    """Why ``image`` cannot be stored as ``dtype`` exactly (None: it can): NaN or infinity into integers,
-    values outside the type's range, fractions into integers, precision a narrower float loses."""
-    dtype = np.dtype(dtype)
-    if image.dtype == dtype:
-        return None
-    if image.dtype.kind not in "biuf" or dtype.kind not in "biuf":
-        return f"expected {dtype} pixels (the file's), got {image.dtype}, which it cannot hold"
-    if image.dtype.kind == "f" and dtype.kind in "biu":
-        bad = int(np.count_nonzero(~np.isfinite(image)))
-        if bad:
-            return f"{bad} NaN/infinite pixel(s) cannot be stored as {dtype}"
-    if dtype.kind in "iu":
-        info = np.iinfo(dtype)
-        low, high = (image.min(), image.max()) if image.size else (0, 0)
-        if low < info.min or high > info.max:
-            return (f"{image.dtype} values {low}..{high} do not fit {dtype} ({info.min}..{info.max}): they would "
-                    "wrap or clip")
-    with np.errstate(all="ignore"):
-        back = image.astype(dtype).astype(image.dtype)
-    if not np.array_equal(back, image, equal_nan=image.dtype.kind == "f"):
-        return f"{image.dtype} values would change stored as {dtype} (fractions or precision lost)"
-    return None
+RAW_CHANNEL_SUFFIX = " raw"
+"""What :meth:`DenoiseHook.with_raw` appends to a channel's name for its raw images (``"DAPI raw"``)."""
+_PY_ENGINE = "pycromanager.acquisition.acq_eng_py.internal.engine"
+_PY_BACKEND = ("pycromanager's Python backend takes one (image, metadata) per image: the raw image is not emitted "
+               "(the Java backend takes both); keep_raw keeps the raw images")
+
+Processed = tuple[np.ndarray, dict[str, Any]]
 
 
 class DenoiseHook:
-    """Callable ``(image, metadata) -> (denoised image, metadata)`` for ``image_process_fn``."""
+    """Callable ``(image, metadata) -> (denoised image, metadata)`` for ``image_process_fn``; :meth:`with_raw`
+    returns the raw image too."""
 
     def __init__(self, endpoints: dict[str, str] | str | None = None, timeout_s: float = 5.0,
                  keep_raw: str | Path | None = None) -> None:
@@ -102,6 +101,9 @@ class DenoiseHook:
         self.endpoints = endpoints
         self.timeout_s = timeout_s
         self.keep_raw = Path(keep_raw) if keep_raw is not None else None
+        self._raw: RawRecord | None = open_record(self.keep_raw) if self.keep_raw is not None else None
+        # finished at the interpreter's exit (or when the hook is collected) if close() is never called
+        self._finish_raw = weakref.finalize(self, self._raw.close) if self._raw is not None else None
         self.frames = 0
         self.denoised = 0
         self.errors = 0
@@ -111,12 +113,13 @@ class DenoiseHook:
         self.skipped = 0  # kept raw without asking: the server was down and the next try not due yet
         self.served_raw = 0  # the server sent the raw image back: the denoised one failed its checks
         self.float_path = 0  # denoised by the float32 model (out of the reduced precision's checked range)
+        self.raw_emitted = 0  # raw images returned beside the denoised ones (with_raw)
+        self.raw_not_emitted = 0  # with_raw under pycromanager's Python backend: the denoised image alone
         self.last_error: str | None = None
         self._down: str | None = None  # why the server is taken as down (the failure that started the backoff)
         self._backoff_s = 0.0
         self._retry_at = 0.0
         self._client: StreamClient | None = None
-        self._raw: OmeTiffWriter | None = None
         self._lock = threading.Lock()
         self._seqs: dict[str, int] = {}  # frames sent per stream (stream_key)
 
@@ -138,14 +141,51 @@ class DenoiseHook:
         flags = result.header.get("flags")
         return result.pixels, [str(f) for f in flags] if isinstance(flags, list) else []
 
-    def __call__(self, image: np.ndarray, metadata: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
+    def __call__(self, image: np.ndarray, metadata: dict[str, Any]) -> Processed:
         with self._lock:  # pycromanager calls from one thread; be safe if a user shares the hook
-            self.frames += 1
-            meta = dict(metadata) if isinstance(metadata, dict) else {}
+            return self._process(image, metadata)
+
+    def _process(self, image: np.ndarray, metadata: dict[str, Any]) -> Processed:
+        self.frames += 1
+        meta = dict(metadata) if isinstance(metadata, dict) else {}
+        try:
+            return self._denoise(np.asarray(image), meta)
+        except Exception as exc:  # anything unforeseen: the acquisition goes on with the raw image
+            return self._kept_raw(image, meta, f"{type(exc).__name__}: {exc}")
+
+    def with_raw(self, image: np.ndarray, metadata: dict[str, Any]) -> list[Processed] | Processed:
+        """``image_process_fn=hook.with_raw``: ``[(denoised, metadata), (raw, metadata)]``, the raw image under its
+        channel's name and :data:`RAW_CHANNEL_SUFFIX` (``Axes`` and ``Channel``: what pycromanager stores it by);
+        without a channel axis the two become channels ``denoised`` and ``raw``. The raw image is the one given,
+        its metadata a copy of the given one with ``n2n-raw-copy: true``. Under pycromanager's Python backend
+        (which takes one image per image) the denoised image alone, marked ``n2n-raw-emitted: false``."""
+        with self._lock:
+            out, meta = self._process(image, metadata)
             try:
-                return self._denoise(np.asarray(image), meta)
-            except Exception as exc:  # anything unforeseen: the acquisition goes on with the raw image
-                return self._kept_raw(image, meta, f"{type(exc).__name__}: {exc}")
+                engine = sys.modules.get(_PY_ENGINE)  # the Python backend's engine, running in this process
+                if engine is not None and getattr(engine.Engine, "singleton", None) is not None:
+                    self.raw_not_emitted += 1
+                    if self.raw_not_emitted == 1:
+                        log.warning("with_raw: %s", _PY_BACKEND)
+                    meta.update({"n2n-raw-emitted": False, "n2n-raw-emit-error": _PY_BACKEND})
+                    return out, meta
+                given = metadata if isinstance(metadata, dict) else {}
+                given_axes = given.get("Axes")
+                axes: dict[str, Any] = given_axes if isinstance(given_axes, dict) else {}
+                channel = axes.get("channel")
+                name = "denoised" if channel is None else str(channel)
+                raw_name = "raw" if channel is None else name + RAW_CHANNEL_SUFFIX
+                meta["Axes"] = {**axes, "channel": name}
+                if channel is None:
+                    meta["Channel"] = name
+                raw_meta = copy.deepcopy(given)
+                raw_meta.update({"Axes": {**axes, "channel": raw_name}, "Channel": raw_name, "n2n-denoised": False,
+                                 "n2n-raw-copy": True})
+                self.raw_emitted += 1
+                return [(out, meta), (image, raw_meta)]
+            except Exception as exc:  # never abort the acquisition: the denoised image alone, and why
+                meta.update({"n2n-raw-emitted": False, "n2n-raw-emit-error": _short(f"{type(exc).__name__}: {exc}")})
+                return out, meta
 
     def _kept_raw(self, image: Any, meta: dict[str, Any], reason: str, skipped: bool = False) -> tuple[Any, dict]:
         self.errors += 1
@@ -210,19 +250,12 @@ class DenoiseHook:
 
     def _save_raw(self, image: np.ndarray, meta: dict[str, Any]) -> None:
         """Save the raw image (keep_raw) exactly, or not at all and say why; never abort the acquisition."""
+        assert self._raw is not None
         try:
-            if self._raw is None:
-                if image.dtype.kind not in "biuf" or image.ndim != 2:
-                    raise ValueError(f"expected a 2-D image of integer or float pixels, got {image.dtype} "
-                                     f"of shape {image.shape}")
-                self._raw = OmeTiffWriter(self.keep_raw, image.shape, image.dtype, name="raw")  # type: ignore[arg-type]
-            problem = lossless_problem(image, self._raw.dtype)
-            if problem is not None:
-                self.raw_refused += 1
-                raise ValueError(f"not saved exactly in {self.keep_raw}: {problem}")
-            self._raw.write(image.astype(self._raw.dtype, copy=False), _plain(meta))
-        except (OSError, ValueError) as exc:  # disk full, a new ROI size, pixels it cannot hold
+            self._raw.save(image, meta)
+        except (OSError, ValueError) as exc:  # disk full, a new ROI size, pixels or axes it cannot hold
             self.raw_errors += 1
+            self.raw_refused += isinstance(exc, RawRefused)
             if self.raw_errors <= 10 or self.raw_errors % 1000 == 0:
                 log.warning("raw frame %d not saved to %s: %s", self.frames, self.keep_raw, exc)
             meta.update({"n2n-raw-saved": False, "n2n-raw-error": _short(str(exc))})
@@ -234,38 +267,24 @@ class DenoiseHook:
         """What became of the frames so far (for a summary after the acquisition)."""
         return {"frames": self.frames, "denoised": self.denoised, "errors": self.errors, "skipped": self.skipped,
                 "served_raw": self.served_raw, "float_path": self.float_path, "raw_saved": self.raw_saved,
-                "raw_errors": self.raw_errors, "raw_refused": self.raw_refused}
+                "raw_errors": self.raw_errors, "raw_refused": self.raw_refused, "raw_emitted": self.raw_emitted,
+                "raw_not_emitted": self.raw_not_emitted}
 
     def close(self) -> None:
-        """Close the socket and finish the raw file (call after the acquisition)."""
+        """Close the socket and finish the raw record (call after the acquisition; images given after are not
+        saved: a new hook keeps a new record)."""
         with self._lock:
             if self._client is not None:
                 self._client.close()
                 self._client = None
-            if self._raw is not None:
-                self._raw.close()
-                self._raw = None
+            if self._finish_raw is not None:
+                self._finish_raw()  # (the record's close, once)
 
     def __enter__(self) -> DenoiseHook:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _plain(meta: dict[str, Any]) -> dict[str, Any]:
-    """JSON-safe copy of pycromanager metadata (numbers, text, lists, dicts)."""
-    out: dict[str, Any] = {}
-    for k, v in meta.items():
-        if isinstance(v, (str, int, float, bool)) or v is None:
-            out[str(k)] = v
-        elif isinstance(v, dict):
-            out[str(k)] = _plain(v)
-        elif isinstance(v, (list, tuple)):
-            out[str(k)] = [x if isinstance(x, (str, int, float, bool)) else str(x) for x in v]
-        else:
-            out[str(k)] = str(v)
-    return out
 
 
 MAX_STREAMS = 100_000
@@ -277,5 +296,7 @@ def denoise_hook(endpoints: dict[str, str] | str | None = None, timeout_s: float
     """A hook for ``pycromanager.Acquisition(..., image_process_fn=hook)``: see :class:`DenoiseHook`.
 
     ``endpoints``: the server's addresses (its ready file's ``endpoints``, or the request address
-    as a string); None uses the default ``tcp://127.0.0.1:5557``."""
+    as a string); None uses the default ``tcp://127.0.0.1:5557``. ``keep_raw``: a folder for an NDTiff dataset of the
+    raw images at the acquisition's axes, or a ``.ome.tif`` file for a time series (see :mod:`.rawrecord`); a folder
+    that holds files already is refused here (``ValueError``), before the acquisition starts."""
     return DenoiseHook(endpoints, timeout_s, keep_raw)

@@ -1,11 +1,15 @@
 """The napari widget: raw and denoised frames of a live stream, side by side or overlaid, with the dashboard's key
-numbers. It watches a running server (``n2n view``), or starts one in this process on a model folder and denoises
-the frames another plugin shows live in an image layer: napari-micromanager's ``preview`` by default."""
+numbers. It watches a running server (``n2n view``), or starts one in this process on a model set (a model folder:
+a set of one; or a ``models.yaml``, a model per channel, see :mod:`streamer.core.modelset`) and denoises the frames
+another plugin shows live in an image layer: napari-micromanager's ``preview`` by default. Each frame goes with its
+channel, the Micro-Manager core's current configuration of its channel group (as ``n2n bridge`` sends it), so the
+set routes it to its channel's model; the core is napari-micromanager's in this viewer, or the one given."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,11 +29,14 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from streamer.core.card import CARD_NAME
 from streamer.core.choices import ENGINE_CHOICES, PRECISION_CHOICES
+from streamer.core.modelset import ModelSet, ModelSetError
 from streamer.viewer import ViewFeed, ViewFrame
 
+from ._routes import describe_routes, model_set
+
 if TYPE_CHECKING:
+    from streamer.micromanager.bridge import FrameChannels
     from streamer.server import ServerThread
 
 __all__ = ["DenoiseWidget"]
@@ -46,7 +53,7 @@ def _contrast(a: np.ndarray) -> tuple[float, float]:
     return lo, hi if hi > lo else lo + 1.0
 
 
-def local_server(model: Path, engine: str, precision: str) -> ServerThread:
+def local_server(model: Path | ModelSet, engine: str, precision: str) -> ServerThread:
     """A denoising server in a thread of this process (live mode, loopback ports the system picks), started
     without blocking the interface: compiling takes seconds. ``error`` says why it failed, if it did."""
     from streamer.endpoints import Endpoints
@@ -61,10 +68,13 @@ class DenoiseWidget(QWidget):
     at once; ``source``: the image layer whose updates a server started here denoises."""
 
     def __init__(self, napari_viewer: Any, endpoints: dict[str, str] | None = None, keys: Any = None,
-                 source: str = "preview", side_by_side: bool = True) -> None:
+                 source: str = "preview", side_by_side: bool = True, core: Any = None) -> None:
         super().__init__()
         self.viewer = napari_viewer
         self.keys = keys
+        self.core = core  # whose channel group names each frame's channel (None: napari-micromanager's, if any)
+        self.models: ModelSet | None = None
+        self._channels: FrameChannels | None = None
         self.feed: ViewFeed | None = None
         self.local: ServerThread | None = None
         self._client: Any = None
@@ -86,9 +96,17 @@ class DenoiseWidget(QWidget):
         connect = QPushButton("Connect")
         connect.clicked.connect(self._on_connect)
         self.model = QLineEdit()
-        self.model.setPlaceholderText("model folder (made by n2n train)")
+        self.model.setPlaceholderText("model folder (n2n train), or models.yaml (a model per channel)")
+        self.model.editingFinished.connect(self._on_model_edited)
         browse = QPushButton("…")
+        browse.setToolTip("A model folder (made by n2n train)")
         browse.clicked.connect(self._on_browse)
+        browse_set = QPushButton("Set…")
+        browse_set.setToolTip("A models.yaml: a model per channel (n2n train --per-channel writes one)")
+        browse_set.clicked.connect(self._on_browse_set)
+        self.routes = QLabel("")
+        self.routes.setWordWrap(True)
+        self.routes.setToolTip("Which model denoises each channel (the channel: the core's channel group)")
         self.engine = QComboBox()
         self.engine.addItems(ENGINE_CHOICES)  # exactly what the server's config takes
         self.precision = QComboBox()
@@ -114,7 +132,9 @@ class DenoiseWidget(QWidget):
         row = QHBoxLayout()
         row.addWidget(self.model)
         row.addWidget(browse)
+        row.addWidget(browse_set)
         form.addRow("Model", row)
+        form.addRow("Channels", self.routes)
         form.addRow("Engine", self.engine)
         form.addRow("Precision", self.precision)
         form.addRow("Denoise layer", self.source)
@@ -130,6 +150,23 @@ class DenoiseWidget(QWidget):
         folder = QFileDialog.getExistingDirectory(self, "Model folder (made by n2n train)")
         if folder:
             self.model.setText(folder)
+            self._on_model_edited()
+
+    def _on_browse_set(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Model set: a model per channel", "", "Model set (*.yaml *.yml)")
+        if path:
+            self.model.setText(path)
+            self._on_model_edited()
+
+    def _on_model_edited(self) -> None:
+        """Show which channel goes to which model as soon as the field names a set (or why it does not)."""
+        if not self.model.text().strip():
+            self.routes.setText("")
+            return
+        try:
+            self.routes.setText(describe_routes(model_set(self.model.text())))
+        except ModelSetError as exc:
+            self.routes.setText(f"not a model set: {exc}")
 
     def _on_connect(self) -> None:
         text = self.address.text().strip()
@@ -147,11 +184,12 @@ class DenoiseWidget(QWidget):
         if self.local is not None:
             self.stop_denoising()
             return
-        model = Path(self.model.text().strip())
-        if not (model / CARD_NAME).is_file():
-            self.status.setText(f"expected a model folder with model.json (made by n2n train), got {str(model)!r}")
+        try:
+            models = model_set(self.model.text())
+        except ModelSetError as exc:
+            self.status.setText(str(exc))
             return
-        self.start_denoising(model, self.engine.currentText(), self.precision.currentText())
+        self.start_denoising(models, self.engine.currentText(), self.precision.currentText())
 
     # --- connecting, starting, stopping -----------------------------------------------------------
     def connect_to(self, endpoints: dict[str, str]) -> None:
@@ -164,17 +202,24 @@ class DenoiseWidget(QWidget):
         self.address.setText(endpoints["view"])
         self.status.setText(f"connected to {endpoints['view']}: waiting for frames")
 
-    def start_denoising(self, model: Path, engine: str = "auto", precision: str = "auto") -> None:
-        """A server in this process on ``model``; every update of the source layer goes through it."""
-        self.model.setText(str(model))
+    def start_denoising(self, model: Path | str | ModelSet, engine: str = "auto", precision: str = "auto") -> None:
+        """A server in this process on ``model`` (a model folder, a ``models.yaml`` or a :class:`ModelSet`); every
+        update of the source layer goes through it, with its channel."""
+        models = model if isinstance(model, ModelSet) else ModelSet.parse(model)
+        if not isinstance(model, ModelSet):
+            self.model.setText(str(model))
+        self.models = models
+        self.routes.setText(describe_routes(models))
         self.engine.setCurrentText(engine)
         self.precision.setCurrentText(precision)
-        self.local = local_server(model, engine, precision)
+        self.local = local_server(models, engine, precision)
         self.start_button.setText("Stop denoising")
-        self.status.setText(f"compiling {model.name} ({engine}, {precision})…")
+        names = ", ".join(Path(m).name for m in models.models)
+        self.status.setText(f"compiling {names} ({engine}, {precision})…")
 
     def stop_denoising(self) -> None:
         self._unhook_source()
+        self._channels = None
         if self._client is not None:
             self._client.close()
             self._client = None
@@ -216,8 +261,28 @@ class DenoiseWidget(QWidget):
         if self._source_layer is not None or name not in self.viewer.layers:
             return
         self._source_layer = self.viewer.layers[name]
+        if self._channels is None:
+            from streamer.micromanager.bridge import FrameChannels  # (not at import: napari lists plugins first)
+
+            self._channels = FrameChannels(self.core if self.core is not None else self._micromanager_core())
+            if self.models is not None:
+                self.routes.setText(describe_routes(self.models) + "\n" + self._channel_source())
         self._source_layer.events.data.connect(self._on_source_data)
         self._on_source_data()
+
+    def _micromanager_core(self) -> Any:
+        """The core of a napari-micromanager window in this viewer (None: there is none)."""
+        main = sys.modules.get("napari_micromanager.main_window")  # loaded where napari-micromanager runs
+        window = getattr(self.viewer.window, "_qt_window", None)
+        if main is None or window is None:
+            return None
+        found = window.findChild(main.MainWindow)
+        return getattr(found, "core", None)
+
+    def _channel_source(self) -> str:
+        if self._channels is not None and self._channels.enabled:
+            return f"each frame's channel: the core's {self._channels.group!r} group"
+        return "frames name no channel (no Micro-Manager core with a channel group)"
 
     def _unhook_source(self) -> None:
         if self._source_layer is not None:
@@ -230,8 +295,9 @@ class DenoiseWidget(QWidget):
             return
         import zmq
 
+        channel = self._channels.now() if self._channels is not None else None  # what the set routes it by
         try:  # never wait: the live server takes the newest frame; a full input means one is waiting already
-            self._client.send(data, timeout=0)
+            self._client.send(data, meta={"channel": channel} if channel is not None else None, timeout=0)
             self.pushed += 1
         except (TimeoutError, zmq.ZMQError):
             pass
@@ -334,6 +400,9 @@ class DenoiseWidget(QWidget):
                          f"{st.get('drops', 0)} dropped, {st.get('errors', 0)} errors")
             if p50 is not None and p99 is not None:
                 lines.append(f"latency p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+            no_model = st.get("no_model")
+            if isinstance(no_model, dict) and no_model:
+                lines.append("kept raw, no model for: " + ", ".join(f"{c} ({n})" for c, n in no_model.items()))
         if self.local is not None:
             lines.append(f"denoising layer '{self.source.text()}': {self.pushed} frames sent")
         return "\n".join(lines)

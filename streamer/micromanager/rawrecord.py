@@ -1,0 +1,235 @@
+"""The pycromanager hook's raw record (``keep_raw``): every raw image exactly, or not at all, where it was acquired.
+
+What a microscopist gets depends on the path given, decided when the hook is made:
+
+* **a folder** (any path without a ``.tif``/``.tiff`` suffix): an NDTiff dataset, pycromanager's own format (written
+  with ``ndstorage``), each image at its ``Axes`` (time, channel, z, position, …) with its whole metadata: the
+  acquisition's shape, whatever its axes. pycromanager's ``Dataset`` / ``ndstorage`` and ``n2n denoise`` read it.
+  The folder must not exist yet, or be empty (a record is never written over another).
+* **a file** ending in ``.tif``/``.tiff`` (``raw.ome.tif``): one OME-TIFF, TYX, the images one after another, each
+  image's metadata in its plane. It holds a time series only: an image whose ``Axes`` has another axis (channel,
+  z, position, …) is refused, never flattened into T, and the reason names the folder form.
+
+The rule of both: an image the record cannot hold exactly (pixels another dtype would change; an axis it cannot
+keep; a place and time saved already) is refused (:class:`RawRefused`, with why); the record stays complete and
+readable after each image, so a crash loses nothing saved before it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..sources import OmeTiffWriter
+
+__all__ = ["NdTiffRecord", "OmeTiffRecord", "RawRecord", "RawRefused", "lossless_problem", "open_record",
+           "plain_metadata"]
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+NDTIFF_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
+"""The pixels an NDTiff dataset holds (single-channel images): what Micro-Manager cameras give."""
+
+
+class RawRefused(ValueError):
+    """An image the record cannot hold exactly (its pixels or its axes): not saved, counted, said."""
+
+
+class RawRecord(Protocol):
+    path: Path
+
+    def save(self, image: np.ndarray, meta: dict[str, Any]) -> None:
+        """Save ``image`` (2-D) with ``meta`` exactly; :class:`RawRefused` or another ``ValueError``/``OSError``
+        when it is not saved."""
+
+    def close(self) -> None:
+        """Finish the record (idempotent)."""
+
+
+def open_record(path: str | Path) -> RawRecord:
+    """The record ``path`` names (see the module docstring); nothing is written until the first image comes.
+    Raises ``ValueError`` at once for a path it would not write: a folder that holds files, an OME-Zarr path."""
+    path = Path(path)
+    if path.suffix.lower() in TIFF_SUFFIXES:
+        return OmeTiffRecord(path)
+    if path.suffix.lower() == ".zarr":
+        raise ValueError(f"keep_raw: expected a folder (an NDTiff dataset of the acquisition's axes) or a .ome.tif "
+                         f"file (a time series), got {path}: the hook does not write OME-Zarr")
+    return NdTiffRecord(path)
+
+
+def lossless_problem(image: np.ndarray, dtype: np.dtype) -> str | None:
+    """Why ``image`` cannot be stored as ``dtype`` exactly (None: it can): NaN or infinity into integers,
+    values outside the type's range, fractions into integers, precision a narrower float loses."""
+    dtype = np.dtype(dtype)
+    if image.dtype == dtype:
+        return None
+    if image.dtype.kind not in "biuf" or dtype.kind not in "biuf":
+        return f"expected {dtype} pixels (the file's), got {image.dtype}, which it cannot hold"
+    if image.dtype.kind == "f" and dtype.kind in "biu":
+        bad = int(np.count_nonzero(~np.isfinite(image)))
+        if bad:
+            return f"{bad} NaN/infinite pixel(s) cannot be stored as {dtype}"
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        low, high = (image.min(), image.max()) if image.size else (0, 0)
+        if low < info.min or high > info.max:
+            return (f"{image.dtype} values {low}..{high} do not fit {dtype} ({info.min}..{info.max}): they would "
+                    "wrap or clip")
+    with np.errstate(all="ignore"):
+        back = image.astype(dtype).astype(image.dtype)
+    if not np.array_equal(back, image, equal_nan=image.dtype.kind == "f"):
+        return f"{image.dtype} values would change stored as {dtype} (fractions or precision lost)"
+    return None
+
+
+def plain_metadata(meta: dict[str, Any]) -> dict[str, Any]:
+    """JSON-safe copy of pycromanager metadata (numbers, text, lists, dicts)."""
+    out: dict[str, Any] = {}
+    for k, v in meta.items():
+        if isinstance(v, (str, int, float, bool)) or v is None:
+            out[str(k)] = v
+        elif isinstance(v, dict):
+            out[str(k)] = plain_metadata(v)
+        elif isinstance(v, (list, tuple)):
+            out[str(k)] = [x if isinstance(x, (str, int, float, bool)) else str(x) for x in v]
+        else:
+            out[str(k)] = str(v)
+    return out
+
+
+def _first_image(image: np.ndarray) -> None:
+    if image.dtype.kind not in "biuf" or image.ndim != 2:
+        raise ValueError(f"expected a 2-D image of integer or float pixels, got {image.dtype} of shape {image.shape}")
+
+
+def _closed(path: Path) -> ValueError:
+    return ValueError(f"the raw record {path} is closed (hook.close() was called): a new hook keeps a new record")
+
+
+class OmeTiffRecord:
+    """One OME-TIFF, TYX (a time series): the first saved image sets the shape and dtype."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._writer: OmeTiffWriter | None = None
+        self._closed = False
+
+    def save(self, image: np.ndarray, meta: dict[str, Any]) -> None:
+        if self._closed:
+            raise _closed(self.path)
+        axes = meta.get("Axes")
+        other = sorted(str(k) for k in axes if k != "time") if isinstance(axes, dict) else []
+        if other:
+            raise RawRefused(f"{self.path.name} is one OME-TIFF time series: it cannot keep this image's "
+                             f"{', '.join(other)} axes (they would be flattened into T); give keep_raw a folder "
+                             "instead: an NDTiff dataset of the acquisition's axes")
+        if self._writer is None:
+            _first_image(image)
+            self._writer = OmeTiffWriter(self.path, image.shape, image.dtype, name="raw")  # type: ignore[arg-type]
+        problem = lossless_problem(image, self._writer.dtype)
+        if problem is not None:
+            raise RawRefused(f"not saved exactly in {self.path}: {problem}")
+        self._writer.write(image.astype(self._writer.dtype, copy=False), plain_metadata(meta))
+
+    def close(self) -> None:
+        self._closed = True
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+class NdTiffRecord:
+    """An NDTiff dataset in the folder ``path``, each image at its ``Axes``; an image without ``Axes`` is put at the
+    next time point of those without. The first saved image sets the shape and the dtype (uint8 or uint16, what
+    NDTiff holds: another dtype is kept as uint16 where its values fit exactly)."""
+
+    def __init__(self, path: Path) -> None:
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            what = "a file" if not path.is_dir() else "a folder that holds files"
+            raise ValueError(f"keep_raw: expected a new or empty folder for the raw images (an NDTiff dataset), got "
+                             f"{path}, {what}: a record is never written over another")
+        self.path = path
+        self.dtype: np.dtype | None = None
+        self.shape: tuple[int, ...] | None = None
+        self._ds: Any = None
+        self._saved: set[frozenset[tuple[str, int | str]]] = set()
+        self._untimed = 0  # images saved without Axes: their time points
+        self._closed = False
+
+    def _coordinates(self, axes: Any) -> dict[str, int | str]:
+        if not isinstance(axes, dict) or not axes:
+            return {"time": self._untimed}
+        coords: dict[str, int | str] = {}
+        for name, value in axes.items():
+            if isinstance(value, np.integer):
+                value = int(value)
+            if not isinstance(name, str) or not name or isinstance(value, bool) or not isinstance(value, int | str) \
+                    or value == "":
+                raise RawRefused(f"expected Axes of names and integer or text values (as pycromanager gives), got "
+                                 f"{name!r}: {value!r:.60}")
+            coords[name] = value
+        return coords
+
+    def save(self, image: np.ndarray, meta: dict[str, Any]) -> None:
+        if self._closed:
+            raise _closed(self.path)
+        axes = meta.get("Axes")
+        coords = self._coordinates(axes)
+        key = frozenset(coords.items())
+        if key in self._saved:
+            where = ", ".join(f"{k}={v!r}" for k, v in coords.items())
+            raise RawRefused(f"an image at {where} is in {self.path.name} already: the record keeps one image per "
+                             "place, never overwrites it")
+        if self._ds is None:
+            _first_image(image)
+            dtype = image.dtype if image.dtype in NDTIFF_DTYPES else np.dtype(np.uint16)
+        else:
+            dtype = self.dtype  # type: ignore[assignment]
+            if image.shape != self.shape:
+                raise ValueError(f"expected images of shape {self.shape} (the record's first), got {image.shape}")
+        problem = lossless_problem(image, dtype)
+        if problem is not None:
+            raise RawRefused(f"not saved exactly in {self.path} (NDTiff: uint8 or uint16 pixels): {problem}")
+        if self._ds is None:
+            self._ds = self._create(image)
+            self.dtype, self.shape = np.dtype(dtype), image.shape
+        writer = self._ds.current_writer
+        self._ds.put_image(coords, np.ascontiguousarray(image, dtype=dtype), plain_metadata(meta))
+        if writer is not None and self._ds.current_writer is not writer:  # a full stack file (4 GiB): the next one
+            _close_reader(writer)
+        index = getattr(self._ds, "_index_file", None)  # ndstorage buffers its index until finish(): each image's
+        if index is not None:  # entry goes to disk with it, so a crash keeps every image saved before it
+            index.flush()
+        self._saved.add(key)
+        if not isinstance(axes, dict) or not axes:
+            self._untimed += 1
+
+    def _create(self, image: np.ndarray) -> Any:
+        from ndstorage import NDTiffDataset
+
+        ds = NDTiffDataset(dataset_path=str(self.path), writable=True)
+        ds.initialize({"Source": "n2n-live denoise hook, keep_raw: the raw images of an acquisition at their axes",
+                       "Width": int(image.shape[1]), "Height": int(image.shape[0])})
+        return ds
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._ds is not None:
+            writer = self._ds.current_writer
+            try:
+                self._ds.finish()
+            finally:
+                _close_reader(writer)
+                self._ds.close()
+                self._ds = None
+
+
+def _close_reader(writer: Any) -> None:
+    """ndstorage's stack-file writer opens a reader of its file and never closes it."""
+    reader = getattr(writer, "reader", None)
+    if reader is not None:
+        reader.close()
