@@ -1,14 +1,18 @@
 """A model trained at one exposure, served at others: what the user gets (the default precision, as ``n2n serve`` and
 ``n2n denoise`` run it) against float32, raw, the Gaussian filter, and a model trained at the served exposure.
 
-    python -m bench.exposure [--out runs/exposure] [--train-ms 10] [--test-ms 3 30 100] [--epochs 10]
-                             [--frames 80] [--size 256] [--test-frames 8] [--config configs/train_fast.yaml]
-                             [--set key=value ...] [--json F]
+    python -m bench.exposure [--out runs/exposure] [--train-ms 10] [--test-ms 3 30 100] [--averages 4]
+                             [--epochs 10] [--frames 80] [--size 256] [--test-frames 8]
+                             [--config configs/train_fast.yaml] [--set key=value ...] [--json F]
 
 A microscopist changes exposure and laser power during a session. The model (``--config``, default the real-time
 preset) is trained on ``--frames`` simulated frames at ``--train-ms``; each test exposure gets ``--test-frames``
 frames of another field (seed 1) and a model of its own trained at that exposure on the same schedule (the
 "matched" column). Every model is trained once into OUT (reused when there).
+
+``--averages N``: frames that are each the mean of N readouts at ``--train-ms`` (a confocal's line or frame averaging),
+served by the same model told so (``averaged=N``, as ``--averaged N`` does), not told (what it would do with them
+otherwise), and against a model trained on such averages (of ``--frames`` × N simulated frames).
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from bench import command
 from streamer.core.card import CARD_NAME
 from streamer.sources import SimulatedCameraConfig, simulate_stack
@@ -25,19 +31,27 @@ from streamer.sources import SimulatedCameraConfig, simulate_stack
 __all__ = ["main"]
 
 
-def _train(out: Path, ms: float, args: Any) -> Path:
+def averages(raw: np.ndarray, n: int) -> np.ndarray:
+    """The means of ``n`` consecutive frames (float32), as a camera that averages ``n`` readouts gives them."""
+    return raw[: len(raw) // n * n].astype(np.float32).reshape(-1, n, *raw.shape[1:]).mean(axis=1)
+
+
+def _train(out: Path, ms: float, args: Any, averaged: int = 1) -> Path:
     import tifffile
 
-    folder = out / f"train_{ms:g}ms"
+    tag = f"{ms:g}ms" + (f"_avg{averaged}" if averaged > 1 else "")
+    folder = out / f"train_{tag}"
     if (folder / CARD_NAME).exists():
         return folder
-    data, gt = out / f"frames_{ms:g}ms.ome.tif", out / f"truth_{ms:g}ms.ome.tif"
+    data, gt = out / f"frames_{tag}.ome.tif", out / f"truth_{tag}.ome.tif"
     raw, truth = simulate_stack(SimulatedCameraConfig(height=args.size, width=args.size, exposure_ms=ms, seed=0),
-                                args.frames)
+                                args.frames * averaged)
+    if averaged > 1:
+        raw, truth = averages(raw, averaged), truth[::averaged]
     tifffile.imwrite(data, raw, ome=True, metadata={"axes": "TYX"})
     tifffile.imwrite(gt, truth, ome=True, metadata={"axes": "TYX"})
     sets = [a for s in [f"optim.epochs={args.epochs}", *args.set] for a in ("--set", s)]
-    command.progress_to_stderr(f"training at {ms:g} ms into {folder}")
+    command.progress_to_stderr(f"training at {tag} into {folder}")
     subprocess.run(["n2n", "train", "--config", str(args.config), "--data", str(data), "--reference", str(gt),
                     "--out", str(folder), *sets], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return folder
@@ -68,7 +82,24 @@ def measure(args: Any) -> dict[str, Any]:
             row["psnr_matched"] = default["psnr_denoised"]
         rows.append(row)
         command.progress_to_stderr(json.dumps(row))
-    return {"train_ms": args.train_ms, "config": str(args.config), "epochs": args.epochs, "rows": rows}
+    averaged_rows: list[dict[str, Any]] = []
+    for n in args.averages:
+        raw, truth = simulate_stack(SimulatedCameraConfig(height=args.size, width=args.size,
+                                                          exposure_ms=args.train_ms, seed=1), args.test_frames * n)
+        frames, truth = averages(raw, n), truth[::n]
+        told, _ = evaluate(model, frames, truth, EvaluateConfig(precision="auto", averaged=n))
+        untold, _ = evaluate(model, frames, truth, EvaluateConfig(precision="auto"))
+        row = {"averaged": n, "exposure_ms": args.train_ms, "psnr_raw": told["psnr_raw"],
+               "psnr_gaussian": told["psnr_gaussian"], "psnr_told": told["psnr_denoised"],
+               "psnr_untold": untold["psnr_denoised"], "default_precision": told["precision"]}
+        if args.matched:
+            matched, _ = evaluate(_train(out, args.train_ms, args, averaged=n), frames, truth,
+                                  EvaluateConfig(precision="auto"))
+            row["psnr_matched"] = matched["psnr_denoised"]
+        averaged_rows.append(row)
+        command.progress_to_stderr(json.dumps(row))
+    return {"train_ms": args.train_ms, "config": str(args.config), "epochs": args.epochs, "rows": rows,
+            "averaged": averaged_rows}
 
 
 def table(report: dict[str, Any]) -> str:
@@ -82,6 +113,14 @@ def table(report: dict[str, Any]) -> str:
                                                for f, n in sorted(flagged.items()))
         lines.append(f"| {r['exposure_ms']:g} ms | {r['psnr_raw']:.2f} | {r['psnr_gaussian']:.2f} | "
                      f"{r['psnr_default']:.2f} ({how}) | {r['psnr_fp32']:.2f} | {matched} |")
+    if report.get("averaged"):
+        lines += ["", "| frames | raw | Gaussian | --averaged N (precision) | not told | trained on such averages |",
+                  "|---|---|---|---|---|---|"]
+        for r in report["averaged"]:
+            matched = f"{r['psnr_matched']:.2f}" if "psnr_matched" in r else "–"
+            lines.append(f"| mean of {r['averaged']} at {r['exposure_ms']:g} ms | {r['psnr_raw']:.2f} | "
+                         f"{r['psnr_gaussian']:.2f} | {r['psnr_told']:.2f} ({r['default_precision']}) | "
+                         f"{r['psnr_untold']:.2f} | {matched} |")
     return "\n".join(lines)
 
 
@@ -90,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("runs/exposure"))
     ap.add_argument("--train-ms", type=float, default=10.0)
     ap.add_argument("--test-ms", type=float, nargs="+", default=[3.0, 30.0, 100.0])
+    ap.add_argument("--averages", type=int, nargs="*", default=[4],
+                    help="frames averaged over N readouts at --train-ms (none: skip)")
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--frames", type=int, default=80)
     ap.add_argument("--size", type=int, default=256)

@@ -88,7 +88,7 @@ def test_bench_exposure_reports_every_exposure(tmp_path: Path) -> None:
 
     out = tmp_path / "exp"
     rc = main(["--out", str(out), "--size", "64", "--frames", "6", "--epochs", "1", "--test-frames", "2",
-               "--test-ms", "3", "10", "--no-matched", "--json", str(tmp_path / "r.json"),
+               "--test-ms", "3", "10", "--averages", "2", "--no-matched", "--json", str(tmp_path / "r.json"),
                "--set", "optim.steps_per_epoch=5", "--set", "data.patch_size=32", "--set", "quantize.int8=false",
                "--set", "data.val_pairs=2"])
     assert rc == 0
@@ -98,6 +98,9 @@ def test_bench_exposure_reports_every_exposure(tmp_path: Path) -> None:
         assert row["default_precision"] in ("fp32", "bf16", "int8")
         assert np.isfinite([row["psnr_raw"], row["psnr_default"], row["psnr_fp32"], row["psnr_gaussian"]]).all()
     assert report["rows"][0]["psnr_raw"] < report["rows"][1]["psnr_raw"]  # more light, less noise
+    (avg,) = report["averaged"]
+    assert avg["averaged"] == 2 and avg["psnr_raw"] > report["rows"][1]["psnr_raw"]  # a mean of 2: less noise
+    assert np.isfinite([avg["psnr_told"], avg["psnr_untold"]]).all() and avg["psnr_told"] != avg["psnr_untold"]
 
 
 def test_supervised_targets_follow_the_drawn_exposure() -> None:
