@@ -25,7 +25,7 @@ from typer.core import TyperCommand, TyperGroup
 from n2n.errors import UserError, one_line
 from streamer.core.config import NULL, ConfigError, load_config
 
-__all__ = ["Command", "ConfigOpt", "DryRunOpt", "N2NCommand", "N2NGroup", "console", "log", "out",
+__all__ = ["AveragedOpt", "Command", "ConfigOpt", "DryRunOpt", "N2NCommand", "N2NGroup", "console", "log", "out",
            "parse_settings", "print_error", "warn"]
 
 console = Console(stderr=True)
@@ -36,6 +36,10 @@ log = logging.getLogger("n2n")
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file (see configs/).")]
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print the resolved config and exit.")]
+AveragedOpt = Annotated[int | None, typer.Option(
+    "--averaged", help="Each frame is the mean of N camera readouts (a confocal's line or frame averaging, a camera's "
+                       "on-board averaging; not a sum/accumulation): the model's noise model is divided by N (models "
+                       "with the camera's noise model).")]
 
 
 def print_error(message: str) -> None:

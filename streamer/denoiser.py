@@ -471,5 +471,5 @@ class Denoiser:
                 "input_frames": self.input_frames,
                 "tile_size": self.tile_size, "tile_overlap": self.margin, "output_dtype": self.output_dtype,
                 "max_tiles": self.max_tiles, "max_shapes": self.max_shapes, "shapes_evicted": self.evicted,
-                "normalization": self.norm.kind,
+                "normalization": self.norm.kind, "averaged": self.averaged,
                 "checked_range": list(self.checked_range) if self.checked_range else None, "flagged": dict(self.counts)}

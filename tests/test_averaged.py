@@ -103,3 +103,46 @@ def test_averaged_with_a_mean_std_model_is_one_line(trained_run: dict[str, Path]
     lines = [ln for ln in done.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and "noise model" in lines[0] and "averaged over 4" in lines[0], done.stderr
     assert not (tmp_path / "den.ome.tif").exists()
+
+
+def test_a_resumed_denoise_keeps_its_averaging(anscombe_run: Path, tmp_path: Path) -> None:
+    """A run started with --averaged 4 and resumed without it would denoise the rest as single readouts: refused,
+    and the finished record says how the planes were denoised."""
+    import zarr
+
+    from streamer.datasets import DatasetError
+    from streamer.offline import DenoiseInterrupted, denoise
+    from streamer.offline.config import DenoiseConfig
+
+    raw, _ = simulate_stack(CAMERA.model_copy(update={"seed": 9}), 32)
+    src = write_tiff(tmp_path / "avg.ome.tif", np.rint(_averages(raw, 4)).astype(np.uint16))
+    out = tmp_path / "den.zarr"
+    cfg = DenoiseConfig(chunk_mib=96 * 96 * 2 / 2**20, precision="fp32", threads=1, averaged=4)
+    seen: list[int] = []
+
+    def stop_after_one(done: int, total: int, stage: str) -> None:
+        seen.append(done)
+        if len(seen) > 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(DenoiseInterrupted):
+        denoise(src, anscombe_run, out, cfg, stop_after_one)
+    with pytest.raises(DatasetError, match=r"other settings: averaged 4 \(now 1\)"):
+        denoise(src, anscombe_run, out, cfg.model_copy(update={"averaged": 1}))
+    summary = denoise(src, anscombe_run, out, cfg)
+    assert summary["planes_resumed"] >= 1 and summary["averaged"] == 4
+    assert zarr.open_group(out, mode="r").attrs["n2n-live"]["denoised_planes"]["averaged"] == 4
+
+
+def test_a_server_says_its_averaging_and_refuses_to_fine_tune_averages(anscombe_run: Path) -> None:
+    from streamer.server import ServeConfig, Server
+
+    server = Server(anscombe_run, ServeConfig(precision="fp32", num_threads=1, averaged=4))
+    try:
+        assert server.denoiser.averaged == 4 and server.denoiser.info()["averaged"] == 4
+    finally:
+        server.close()
+    tuned = Server(anscombe_run, ServeConfig.model_validate({"precision": "fp32", "num_threads": 1, "averaged": 4,
+                                                             "finetune": {"enabled": True}}))
+    with pytest.raises(ValueError, match=r"averaged over 4 .* without --finetune"):
+        tuned.start()

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from n2n.command import Command, ConfigOpt, DryRunOpt, console, out
+from n2n.command import AveragedOpt, Command, ConfigOpt, DryRunOpt, console, out
 from n2n.errors import UserError, user_errors
 
 __all__ = ["ACQUIRE", "BRIDGE", "GRAB", "acquire", "bridge", "grab"]
@@ -240,9 +240,7 @@ def bridge(
     mm_config: MMConfigFileOpt = None,
     gui: GuiOpt = False,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the counts here.")] = None,
-    averaged: Annotated[int | None, typer.Option(help="Each frame is the mean of N camera readouts (line or "
-                                                 "frame averaging): denoised as the N-times exposure it is "
-                                                 "(models with the camera's noise model).")] = None,
+    averaged: AveragedOpt = None,
     config: ConfigOpt = None,
     dry_run: DryRunOpt = False,
 ) -> None:
@@ -258,6 +256,9 @@ def bridge(
         "--exposure-ms": exposure_ms,
         "--mm-config": mm_config,
         "--gui": NULL if gui else None})
+    if cfg.bridge.connect is not None and cfg.serve.averaged > 1:
+        raise UserError(f"--averaged {cfg.serve.averaged}: a running server (--connect) denoises as it was started; "
+                        f"start it with `n2n serve --averaged {cfg.serve.averaged}` instead")
     if cfg.bridge.model is None and cfg.bridge.connect is None:
         raise UserError("expected a model to serve (--model runs/NAME) or a running server "
                         "(--connect READY_FILE), got neither")
@@ -341,9 +342,7 @@ def acquire(
     dashboard: Annotated[bool, typer.Option("--dashboard", help="Show the live dashboard instead of a progress "
                                             "bar.")] = False,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the report here too.")] = None,
-    averaged: Annotated[int | None, typer.Option(help="Each frame is the mean of N camera readouts (line or "
-                                                 "frame averaging): denoised as the N-times exposure it is "
-                                                 "(models with the camera's noise model).")] = None,
+    averaged: AveragedOpt = None,
     config: ConfigOpt = None,
     dry_run: DryRunOpt = False,
 ) -> None:
@@ -356,6 +355,9 @@ def acquire(
         "--device": device,
         "--threads": threads, "--exposure-ms": exposure_ms, "--mm-config": mm_config})
     acq = cfg.acquire
+    if acq.connect is not None and cfg.serve.averaged > 1:
+        raise UserError(f"--averaged {cfg.serve.averaged}: a running server (--connect) denoises as it was started; "
+                        f"start it with `n2n serve --averaged {cfg.serve.averaged}` instead")
     if acq.mda is None:
         raise UserError("expected the acquisition to run (--mda SEQUENCE.yaml, a useq-schema MDASequence), got none")
     if not acq.models and acq.connect is None:

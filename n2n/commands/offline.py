@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from n2n.command import Command, ConfigOpt, DryRunOpt, console, out
+from n2n.command import AveragedOpt, Command, ConfigOpt, DryRunOpt, console, out
 from n2n.errors import UserError, one_line, user_errors
 
 __all__ = ["DENOISE", "denoise"]
@@ -60,9 +60,7 @@ def denoise(
     trust_code: Annotated[bool | None, typer.Option("--trust-code", help="Run a TorchScript file this install did "
                                                     "not write (a downloaded model's): it is a program.")] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the summary here.")] = None,
-    averaged: Annotated[int | None, typer.Option(help="Each frame is the mean of N camera readouts (line or "
-                                                 "frame averaging): denoised as the N-times exposure it is "
-                                                 "(models with the camera's noise model).")] = None,
+    averaged: AveragedOpt = None,
     config: ConfigOpt = None,
     dry_run: DryRunOpt = False,
 ) -> None:

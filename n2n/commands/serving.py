@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from n2n.command import Command, ConfigOpt, DryRunOpt, console, log
+from n2n.command import AveragedOpt, Command, ConfigOpt, DryRunOpt, console, log
 from n2n.errors import UserError, user_errors
 from streamer.endpoints import ENDPOINT_NAMES
 
@@ -74,9 +74,7 @@ def serve(
     trust_code: Annotated[bool | None, typer.Option("--trust-code", help="Run a TorchScript file this install did "
                                                     "not write (a downloaded model's, also on swap): it is a "
                                                     "program.")] = None,
-    averaged: Annotated[int | None, typer.Option(help="Each frame is the mean of N camera readouts (line or "
-                                                 "frame averaging): denoised as the N-times exposure it is "
-                                                 "(models with the camera's noise model).")] = None,
+    averaged: AveragedOpt = None,
     config: ConfigOpt = None,
     dry_run: DryRunOpt = False,
 ) -> None:

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from n2n.command import Command, ConfigOpt, DryRunOpt, console, out, parse_settings
+from n2n.command import AveragedOpt, Command, ConfigOpt, DryRunOpt, console, out, parse_settings
 from n2n.errors import UserError, user_errors
 
 __all__ = ["AVERAGE", "EVALUATE", "EXPORT", "SIMULATE", "TRAIN", "average", "evaluate", "export", "simulate",
@@ -401,9 +401,7 @@ def evaluate(
                                                     "not write (a downloaded model's): it is a program.")] = None,
     channel: Annotated[str | None, typer.Option(help="Score this channel of a multi-channel stack only (index or "
                                                 "OME name; a reference with channels gives the same one).")] = None,
-    averaged: Annotated[int | None, typer.Option(help="Each frame is the mean of N camera readouts (line or "
-                                                 "frame averaging): denoised as the N-times exposure it is "
-                                                 "(models with the camera's noise model).")] = None,
+    averaged: AveragedOpt = None,
     config: ConfigOpt = None,
     dry_run: DryRunOpt = False,
 ) -> None:

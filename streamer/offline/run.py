@@ -310,7 +310,7 @@ def _denoise(source: Path, models: ModelSet, cards: dict[str, Any], output: Path
             "model_card_sha256": shas[used[0]] if models.single else None, "channel": channel,
             "output_dtype": cfg.dtype, "requested_engine": cfg.engine, "requested_precision": cfg.precision,
             "device": cfg.device, "skip_denoised": cfg.skip_denoised,
-            **({"averaged": cfg.averaged} if cfg.averaged > 1 else {}),  # (absent: single readouts, as before)
+            "averaged": cfg.averaged,
             # a model per channel: which one (None: written raw); a single model serves every channel
             "models": None if models.single else [
                 {"channel": labels[c], "model": resolved[m] if m else None, "sha256": shas[m] if m else None}
@@ -415,8 +415,7 @@ def _denoise(source: Path, models: ModelSet, cards: dict[str, Any], output: Path
     holds -= set(missing)
     record_denoised: dict[str, Any] = {"planes": to_ranges(holds), "input": settings["input"], "channel": channel,
                                        "model": settings["model"]}
-    if cfg.averaged > 1:
-        record_denoised["averaged"] = cfg.averaged
+    record_denoised["averaged"] = cfg.averaged
     per_channel = {labels[c]: m for c, m in enumerate(routes)} if channel is None else {labels[channel]: used[0]}
     if not models.single:
         record_denoised["models"] = {c: resolved[m] if m else None for c, m in per_channel.items()}

@@ -45,7 +45,7 @@ is not denoised again unless asked (``--denoise-again``). With a model per chann
 model, null: none) and, where a channel had no model, ``"no_model": {"flag": "raw:no_model", "planes": [[START,
 STOP], ...], "channels": [NAME, ...]}``: those planes hold the input's pixels as they were, never denoised ones."""
 MAX_TASK_PLANES = 16
-LATER_SETTINGS: dict[str, Any] = {"skip_denoised": False, "models": None}
+LATER_SETTINGS: dict[str, Any] = {"skip_denoised": False, "models": None, "averaged": 1}
 """Settings a job record made by an earlier release lacks, as that release ran them (a resume compares them)."""
 
 

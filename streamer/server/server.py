@@ -129,6 +129,9 @@ class Server:
                 if not self.routes.single:
                     raise ValueError(f"finetune trains one model; this server serves a model set "
                                      f"({self.routes.describe()}): serve one model to fine-tune it")
+                if cfg.averaged > 1:
+                    raise ValueError(f"finetune trains on frames as single readouts; these are averaged over "
+                                     f"{cfg.averaged} (--averaged): serve them without --finetune")
                 self.finetune = FinetuneLink.for_model(self._ctx, self.denoiser, cfg.finetune, self._finetune_worker)
         except Exception:
             self.close()
