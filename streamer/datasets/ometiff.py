@@ -337,6 +337,8 @@ def write_ome_tiff(path: str | Path, info: DatasetInfo, planes: Iterator[np.ndar
     for axis, key in (("X", "PhysicalSizeX"), ("Y", "PhysicalSizeY"), ("Z", "PhysicalSizeZ"), ("T", "TimeIncrement")):
         if axis in info.physical and (axis in info.axes or axis in "XY"):
             value, unit = info.physical[axis]
+            if not value > 0 or (axis == "T" and not unit):  # no size, or frame numbers: none written
+                continue
             meta[key] = float(value)
             meta[f"{key}Unit"] = _ome_unit(unit, "s" if axis == "T" else "µm")
     if info.channel_names:

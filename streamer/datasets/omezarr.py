@@ -157,6 +157,8 @@ class OmeZarrWriter:
         for axis in info.axes:
             entry: dict[str, Any] = {"name": axis.lower(), "type": _AXIS_TYPE[axis]}
             value, unit = info.physical.get(axis, (1.0, None))
+            if not value > 0:  # a zero scale (a time plan at interval 0, some writers): readers refuse it (napari)
+                value, unit = 1.0, None
             if unit and axis != "C":
                 entry["unit"] = _TO_OME.get(unit, unit)
             axes.append(entry)
@@ -168,7 +170,9 @@ class OmeZarrWriter:
                                  {"type": "scale", "scale": scale}]}]}],
         }
         if info.channel_names:
-            ome["omero"] = {"channels": [{"label": name, "active": True} for name in info.channel_names]}
+            # the colour napari-ome-zarr needs to show a channel per layer (white: the camera's grey)
+            ome["omero"] = {"channels": [{"label": name, "active": True, "color": "FFFFFF"}
+                                         for name in info.channel_names]}
         attrs: dict[str, Any] = {"ome": ome}
         if extra_attrs:
             attrs[_ATTRS_KEY] = dict(extra_attrs)

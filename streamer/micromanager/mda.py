@@ -50,7 +50,8 @@ from pymmcore_plus.mda._sink import OmeWritersSink
 from ..core.streams import AXIS_NAMES, key_text, stream_key
 from .hook import DenoiseHook
 
-__all__ = ["FORMATS", "AcquisitionReport", "DenoisingEngine", "acquire", "event_axes", "read_sequence"]
+__all__ = ["FORMATS", "AcquisitionReport", "DenoisingEngine", "acquire", "event_axes", "read_sequence",
+           "storage_overrides"]
 
 FORMATS = {"ome-zarr": ".ome.zarr", "ome-tiff": ".ome.tif"}
 """The formats an acquisition is written in (pymmcore-plus's ome-writers), and their suffix."""
@@ -69,6 +70,19 @@ def event_axes(event: Any) -> dict[str, Any]:
     if channel is not None and getattr(channel, "config", None):
         axes["channel"] = str(channel.config)
     return axes
+
+
+def storage_overrides(sequence: Any) -> dict[str, Any]:
+    """What the acquisition's writer (pymmcore-plus's sink, ome-writers) is told beside ``sequence``: a time plan at
+    interval 0 (as fast as possible) would be written with a time scale of 0 s, which readers refuse (napari: "scale
+    values of 0"), so its time axis is written as frame numbers (scale 1, no unit); each frame's own time stays in
+    its metadata (``delta_t``). Pass it as ``core.mda.run(..., dimension_overrides=storage_overrides(sequence))``."""
+    interval = getattr(getattr(sequence, "time_plan", None), "interval", None)
+    if interval is not None and interval.total_seconds() <= 0:
+        # pymmcore-plus 0.18 applies an override with Dimension.model_copy(update=...): any field of the dimension,
+        # though its DimensionOverride type names the chunking ones only (tests/test_open_in_napari.py checks it)
+        return {"t": {"scale": 1.0, "unit": None}}
+    return {}
 
 
 def written_path(path: str | Path) -> Path:
@@ -137,7 +151,8 @@ class DenoisingEngine(MDAEngine):
             if isinstance(target, str | Path) and not self._overwrite and is_taken(target):
                 target = next_free(Path(target))  # the engine run again (napari's MDA widget): a new record each
                 log.info("the raw record %s exists: this acquisition's goes to %s", self._raw_target, target)
-            sink = OmeWritersSink.from_output(target, overwrite=self._overwrite)
+            sink = OmeWritersSink.from_output(target, overwrite=self._overwrite,
+                                              dimension_overrides=storage_overrides(sequence))
             sink.setup(sequence, meta)  # the acquisition's axes, channel names, positions, dtype
             self._raw = sink
             self.raw_records.append(str(target))
@@ -339,7 +354,8 @@ def acquire(core: Any, sequence: Any, endpoints: dict[str, str] | str | None, ou
     t0 = time.perf_counter()
     watcher.start()
     try:
-        core.mda.run(sequence, output=str(denoised), overwrite=overwrite)
+        core.mda.run(sequence, output=str(denoised), overwrite=overwrite,
+                     dimension_overrides=storage_overrides(sequence))
     finally:
         done.set()
         watcher.join(5)
