@@ -25,6 +25,7 @@ from streamer.datasets.ndtiff import NdTiffReader
 from streamer.micromanager import denoise_hook
 from streamer.micromanager.hook import RAW_CHANNEL_SUFFIX
 from streamer.server import running_server
+from streamer.sources.tiff import read_frame_metadata
 
 DOWN = "tcp://127.0.0.1:47989"  # nothing listens here
 CHANNELS = ("DAPI", "GFP")
@@ -104,18 +105,20 @@ def test_n2n_denoise_takes_the_raw_record_with_its_axes(recorded: dict[str, Any]
             assert np.array_equal(plane, raw), (t, z)
 
 
-def test_a_tif_keep_raw_refuses_images_with_axes_beyond_time(tmp_path: Path) -> None:
-    """One OME-TIFF keeps a time series: an acquisition with channels and z is refused from its first image, each
-    image counted and told where to keep it, and no file flattens it."""
+def test_a_tif_keep_raw_refuses_images_whose_other_axes_change(tmp_path: Path) -> None:
+    """One OME-TIFF keeps a time series: of an acquisition with channels and z, the first image is kept (at
+    channel DAPI, z 0) and each image at another channel or plane refused, counted and told where to keep it; no
+    file flattens them."""
     with denoise_hook(DOWN, timeout_s=0.1, keep_raw=tmp_path / "raw.ome.tif") as hook:
         metas = [hook(image, dict(meta))[1] for image, meta in acquisition()[:4]]
 
-    assert hook.raw_refused == hook.raw_errors == 4 and hook.raw_saved == 0
-    for meta in metas:
+    assert hook.raw_refused == hook.raw_errors == 3 and hook.raw_saved == 1
+    assert metas[0]["n2n-raw-saved"] is True
+    for meta, changed in zip(metas[1:], ("z=1", "channel='GFP'", "channel='GFP', z=1")):
         assert meta["n2n-raw-saved"] is False
-        assert "cannot keep this image's channel, z axes" in meta["n2n-raw-error"]
+        assert f"this image's {changed} would be flattened into T" in meta["n2n-raw-error"]
         assert "give keep_raw a folder" in meta["n2n-raw-error"]
-    assert not (tmp_path / "raw.ome.tif").exists()
+    assert [m["Axes"] for m in read_frame_metadata(tmp_path / "raw.ome.tif")] == [metas[0]["Axes"]]
 
 
 def test_keep_raw_never_writes_over_a_record_and_says_so_before_the_acquisition(tmp_path: Path) -> None:

@@ -176,8 +176,8 @@ def _train_per_channel(cfg: Any, out_dir: Path, data: list[Path], reference: lis
     """``n2n train --per-channel``: a run per channel of the (multi-channel) data, in ``out_dir/CHANNEL``, then the
     model set ``out_dir/models.yaml`` that routes each channel to its run."""
     import functools
-    import re
 
+    from streamer.core.filenames import safe_name
     from streamer.core.modelset import ModelSet
     from streamer.sources.tiff import stack_channels
     from trainer.run import TrainingInterrupted, run_training
@@ -195,7 +195,7 @@ def _train_per_channel(cfg: Any, out_dir: Path, data: list[Path], reference: lis
     if not labels:
         raise UserError(f"--per-channel: expected a multi-channel file (a C axis of 2 or more), got {data[0]} with "
                         "one channel (train it without --per-channel)")
-    folders = {label: re.sub(r"[^\w.-]+", "_", label) for label in labels}
+    folders = {label: safe_name(label) for label in labels}
     if len(set(folders.values())) != len(folders):
         raise UserError(f"--per-channel: the channel names {labels} make the same folder name twice")
     if not resume:

@@ -6,7 +6,8 @@
 * :mod:`.tiling`, :mod:`.dtypes`: cutting a frame into tiles without seams, and back to the camera's dtype;
 * :mod:`.history`: the frames before the current one, for K-frame models (live and offline alike);
 * :mod:`.messages`: the messages between processes (frame header, stats, the fine-tuning pair);
-* :mod:`.summary`: percentiles and rates; :mod:`.processes`: stopping a child process.
+* :mod:`.summary`: percentiles and rates; :mod:`.processes`: stopping a child process;
+* :mod:`.filenames`: file and folder names made from free text (a channel's name).
 
 Nothing here imports another part of ``streamer`` (``.importlinter`` holds it to that): the trainer may import
 this, the engines, the denoiser and the readers, never the runtime (server, client, viewers, Micro-Manager).

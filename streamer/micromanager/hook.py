@@ -19,18 +19,21 @@ tries, and the first answer ends it. The metadata stays small however long the s
 the reason (the first failure's, at most :data:`MAX_REASON` characters) and ``n2n-errors`` the count so far.
 ``keep_raw=`` also saves every raw image, exactly or not at all, where it was acquired (:mod:`.rawrecord`): a folder
 (``keep_raw="data/raw"``) gets an NDTiff dataset with the acquisition's axes (time, channel, z, position, …), each
-image at its ``Axes`` with its metadata; a ``.ome.tif`` file gets a time series (TYX) and refuses an image with
-another axis rather than flatten it. An image the record cannot hold as it is (another dtype than the record's
-first image, values that would wrap or round, NaN into integers, an axis it cannot keep, a place saved already) is
-not saved, ``hook.raw_refused`` counts it and its metadata says ``n2n-raw-saved: false`` and ``n2n-raw-error``
-(why); a saved one says ``n2n-raw-saved: true``. The record is readable after every image and finished by
-:meth:`DenoiseHook.close` (or the ``with`` block's end, or the interpreter's exit).
+image at its ``Axes`` with its metadata; a ``.ome.tif`` file gets a time series (TYX) and refuses an image whose
+other axes (channel, z, …) are not the first image's rather than flatten it. A path that holds a record already
+(a file, a folder with files) is refused when the hook is made. An image the record cannot hold as it is (another
+dtype than the record's first image, values that would wrap or round, NaN into integers, an axis it cannot keep, a
+place or time point saved already) is not saved, ``hook.raw_refused`` counts it and its metadata says
+``n2n-raw-saved: false`` and ``n2n-raw-error`` (why); a saved one says ``n2n-raw-saved: true``; the first raw image
+not saved, whatever the reason, is logged as an error. The record is finished by :meth:`DenoiseHook.close` (or the
+``with`` block's end, or the interpreter's exit); what a crash leaves of each form: :mod:`.rawrecord`.
 
 ``image_process_fn=hook.with_raw`` returns both images of each acquired one, the denoised image and the raw one under
 a channel of its own (``"DAPI raw"``; an acquisition without channels gets the channels ``denoised`` and ``raw``), so
 the acquisition's dataset holds both: pycromanager's Java backend (Micro-Manager running) takes such a list; its
 Python backend takes one image per image, so there the hook returns the denoised image alone and says so in its
-metadata (``n2n-raw-emitted: false``); ``keep_raw`` keeps the raw images with either backend.
+metadata (``n2n-raw-emitted: false``); ``keep_raw`` keeps the raw images with either backend. Which backend is
+decided at each call from the acquisition calling the hook, so one process may run both, one after the other.
 
 The server's checks travel with its reply (the header's ``flags``, see :mod:`streamer.protocol`): an image the
 server sent back RAW because the denoised output failed a check gets ``n2n-denoised: false`` and ``n2n-flag``
@@ -55,6 +58,7 @@ import threading
 import time
 import weakref
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import numpy as np
@@ -83,9 +87,34 @@ def _short(reason: str) -> str:
 
 RAW_CHANNEL_SUFFIX = " raw"
 """What :meth:`DenoiseHook.with_raw` appends to a channel's name for its raw images (``"DAPI raw"``)."""
-_PY_ENGINE = "pycromanager.acquisition.acq_eng_py.internal.engine"
+_PY_BACKEND_MODULE = "pycromanager.acquisition.python_backend_acquisitions"
 _PY_BACKEND = ("pycromanager's Python backend takes one (image, metadata) per image: the raw image is not emitted "
                "(the Java backend takes both); keep_raw keeps the raw images")
+_CALLER_DEPTH = 16
+"""Frames above :meth:`DenoiseHook.with_raw` searched for the pycromanager acquisition calling it."""
+
+
+def _called_by_python_backend() -> bool:
+    """Whether the caller is a pycromanager acquisition of the Python backend, decided per call from the acquisition
+    itself: pycromanager 1.0.2 calls an image processor through its acquisition's ``_call_image_process_fn`` (from
+    its ``ImageProcessor`` thread under the Python backend), so the frames above hold the acquisition object, a
+    ``PythonBackendAcquisition`` or a ``JavaBackendAcquisition``. Anything else (no pycromanager frame within
+    :data:`_CALLER_DEPTH`: a script calling the hook itself) is not the Python backend. (pycromanager's process-wide
+    ``Engine.singleton`` is not used: it outlives the Python backend, ``stop_headless`` leaves it set.)"""
+    module = sys.modules.get(_PY_BACKEND_MODULE)
+    if module is None:  # never imported: no Python-backend acquisition in this process
+        return False
+    python_side = (module.PythonBackendAcquisition, module.ImageProcessor)
+    frame: FrameType | None = sys._getframe(2)  # the caller of with_raw
+    for _ in range(_CALLER_DEPTH):
+        if frame is None:
+            return False
+        if "pycromanager" in frame.f_code.co_filename:
+            owner = frame.f_locals.get("self")
+            if owner is not None and type(owner).__module__.startswith("pycromanager."):
+                return isinstance(owner, python_side)
+        frame = frame.f_back
+    return False
 
 Processed = tuple[np.ndarray, dict[str, Any]]
 
@@ -157,13 +186,13 @@ class DenoiseHook:
         """``image_process_fn=hook.with_raw``: ``[(denoised, metadata), (raw, metadata)]``, the raw image under its
         channel's name and :data:`RAW_CHANNEL_SUFFIX` (``Axes`` and ``Channel``: what pycromanager stores it by);
         without a channel axis the two become channels ``denoised`` and ``raw``. The raw image is the one given,
-        its metadata a copy of the given one with ``n2n-raw-copy: true``. Under pycromanager's Python backend
-        (which takes one image per image) the denoised image alone, marked ``n2n-raw-emitted: false``."""
+        its metadata a copy of the given one with ``n2n-raw-copy: true``. Called by an acquisition of pycromanager's
+        Python backend (which takes one image per image), the denoised image alone, marked ``n2n-raw-emitted:
+        false``; the backend is the calling acquisition's, found at each call (:func:`_called_by_python_backend`)."""
         with self._lock:
             out, meta = self._process(image, metadata)
             try:
-                engine = sys.modules.get(_PY_ENGINE)  # the Python backend's engine, running in this process
-                if engine is not None and getattr(engine.Engine, "singleton", None) is not None:
+                if _called_by_python_backend():
                     self.raw_not_emitted += 1
                     if self.raw_not_emitted == 1:
                         log.warning("with_raw: %s", _PY_BACKEND)
@@ -253,12 +282,16 @@ class DenoiseHook:
         assert self._raw is not None
         try:
             self._raw.save(image, meta)
-        except (OSError, ValueError) as exc:  # disk full, a new ROI size, pixels or axes it cannot hold
+        except Exception as exc:  # disk full, a new ROI size, pixels or axes it cannot hold, a writer's own failure
             self.raw_errors += 1
             self.raw_refused += isinstance(exc, RawRefused)
-            if self.raw_errors <= 10 or self.raw_errors % 1000 == 0:
-                log.warning("raw frame %d not saved to %s: %s", self.frames, self.keep_raw, exc)
-            meta.update({"n2n-raw-saved": False, "n2n-raw-error": _short(str(exc))})
+            reason = str(exc) if isinstance(exc, (OSError, ValueError)) else f"{type(exc).__name__}: {exc}"
+            if self.raw_errors == 1:  # the first raw image lost: said loudly, once (the acquisition goes on)
+                log.error("raw frame %d not saved to %s: %s (hook.raw_errors counts the raw frames not saved; "
+                          "n2n-raw-error says why in each one's metadata)", self.frames, self.keep_raw, reason)
+            elif self.raw_errors <= 10 or self.raw_errors % 1000 == 0:
+                log.warning("raw frame %d not saved to %s: %s", self.frames, self.keep_raw, reason)
+            meta.update({"n2n-raw-saved": False, "n2n-raw-error": _short(reason)})
             return
         self.raw_saved += 1
         meta["n2n-raw-saved"] = True

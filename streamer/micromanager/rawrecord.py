@@ -5,14 +5,19 @@ What a microscopist gets depends on the path given, decided when the hook is mad
 * **a folder** (any path without a ``.tif``/``.tiff`` suffix): an NDTiff dataset, pycromanager's own format (written
   with ``ndstorage``), each image at its ``Axes`` (time, channel, z, position, …) with its whole metadata: the
   acquisition's shape, whatever its axes. pycromanager's ``Dataset`` / ``ndstorage`` and ``n2n denoise`` read it.
-  The folder must not exist yet, or be empty (a record is never written over another).
-* **a file** ending in ``.tif``/``.tiff`` (``raw.ome.tif``): one OME-TIFF, TYX, the images one after another, each
-  image's metadata in its plane. It holds a time series only: an image whose ``Axes`` has another axis (channel,
-  z, position, …) is refused, never flattened into T, and the reason names the folder form.
+  Each image's index entry goes to disk with it: after a crash the dataset opens with every image saved before it,
+  at its axes, with its metadata.
+* **a file** ending in ``.tif``/``.tiff`` (``raw.ome.tif``): one OME-TIFF, TYX, the images in the order they came,
+  each image's metadata in its plane. It holds a time series only: an axis besides ``time`` may be there if it
+  keeps the first saved image's value (one channel, one position); an image where it changes (another channel, z,
+  position, …) is refused, never flattened into T, and the reason names the folder form. Each image is its own
+  TIFF page, on disk as it is saved; the OME-XML (axes, each image's metadata, ``DeltaT``) is written at
+  :meth:`OmeTiffRecord.close`. After a crash the file is a plain multi-page TIFF of every image saved before it,
+  bit-exact (``tifffile.imread`` gives an (N, Y, X) array, any TIFF reader N pages), without its metadata.
 
-The rule of both: an image the record cannot hold exactly (pixels another dtype would change; an axis it cannot
-keep; a place and time saved already) is refused (:class:`RawRefused`, with why); the record stays complete and
-readable after each image, so a crash loses nothing saved before it.
+The rule of both: the path must hold no record yet (an existing file, a folder that holds files: refused when the
+hook is made, never written over); an image the record cannot hold exactly (pixels another dtype would change; an
+axis it cannot keep; a place and time saved already) is refused (:class:`RawRefused`, with why).
 """
 
 from __future__ import annotations
@@ -40,8 +45,8 @@ class RawRecord(Protocol):
     path: Path
 
     def save(self, image: np.ndarray, meta: dict[str, Any]) -> None:
-        """Save ``image`` (2-D) with ``meta`` exactly; :class:`RawRefused` or another ``ValueError``/``OSError``
-        when it is not saved."""
+        """Save ``image`` (2-D) with ``meta`` exactly; :class:`RawRefused` when the record cannot hold it, or
+        whatever its writer raises (``OSError`` for a full disk, …: the hook takes any exception as not saved)."""
 
     def close(self) -> None:
         """Finish the record (idempotent)."""
@@ -49,7 +54,8 @@ class RawRecord(Protocol):
 
 def open_record(path: str | Path) -> RawRecord:
     """The record ``path`` names (see the module docstring); nothing is written until the first image comes.
-    Raises ``ValueError`` at once for a path it would not write: a folder that holds files, an OME-Zarr path."""
+    Raises ``ValueError`` at once for a path it would not write: an existing file, a folder that holds files, an
+    OME-Zarr path."""
     path = Path(path)
     if path.suffix.lower() in TIFF_SUFFIXES:
         return OmeTiffRecord(path)
@@ -57,6 +63,18 @@ def open_record(path: str | Path) -> RawRecord:
         raise ValueError(f"keep_raw: expected a folder (an NDTiff dataset of the acquisition's axes) or a .ome.tif "
                          f"file (a time series), got {path}: the hook does not write OME-Zarr")
     return NdTiffRecord(path)
+
+
+def _refuse_used(path: Path, folder: bool) -> None:
+    """``ValueError`` (one line, saying how to go on) when ``path`` holds something a new record would write over:
+    a file, or a folder that holds files (an empty one is taken as a folder record's)."""
+    if not path.exists() or (folder and path.is_dir() and not any(path.iterdir())):
+        return
+    what = "a file" if not path.is_dir() else "a folder that holds files" if any(path.iterdir()) else "a folder"
+    expected = "a new or empty folder for the raw images (an NDTiff dataset)" if folder else \
+        "a new file for the raw images (an OME-TIFF)"
+    raise ValueError(f"keep_raw: expected {expected}, got {path}, {what}: a record is never written over another; "
+                     "give keep_raw another name, or delete it first")
 
 
 def lossless_problem(image: np.ndarray, dtype: np.dtype) -> str | None:
@@ -109,29 +127,52 @@ def _closed(path: Path) -> ValueError:
 
 
 class OmeTiffRecord:
-    """One OME-TIFF, TYX (a time series): the first saved image sets the shape and dtype."""
+    """One OME-TIFF, TYX (a time series): the first saved image sets the shape, the dtype and the value of any axis
+    besides time."""
 
     def __init__(self, path: Path) -> None:
+        _refuse_used(path, folder=False)
         self.path = path
         self._writer: OmeTiffWriter | None = None
+        self._fixed: dict[str, Any] | None = None  # the first saved image's axes besides time
+        self._times: set[Any] = set()  # the time points saved
         self._closed = False
 
     def save(self, image: np.ndarray, meta: dict[str, Any]) -> None:
         if self._closed:
             raise _closed(self.path)
         axes = meta.get("Axes")
-        other = sorted(str(k) for k in axes if k != "time") if isinstance(axes, dict) else []
-        if other:
-            raise RawRefused(f"{self.path.name} is one OME-TIFF time series: it cannot keep this image's "
-                             f"{', '.join(other)} axes (they would be flattened into T); give keep_raw a folder "
-                             "instead: an NDTiff dataset of the acquisition's axes")
+        axes = axes if isinstance(axes, dict) else {}
+        other = {str(k): v for k, v in axes.items() if k != "time"}
+        if self._fixed is not None and other != self._fixed:
+            changed = sorted(set(other) | set(self._fixed))
+            changed = [k for k in changed if other.get(k) != self._fixed.get(k)]
+            were = ", ".join(f"{k}={self._fixed.get(k)!r}" for k in changed)
+            now = ", ".join(f"{k}={other.get(k)!r}" for k in changed)
+            raise RawRefused(f"{self.path.name} is one OME-TIFF time series at {were} (its first image's): this "
+                             f"image's {now} would be flattened into T; give keep_raw a folder instead: an NDTiff "
+                             "dataset of the acquisition's axes")
+        time_point = axes.get("time")
+        if isinstance(time_point, np.integer):
+            time_point = int(time_point)
+        elif time_point is not None and not isinstance(time_point, int | str):
+            time_point = str(time_point)
+        if time_point is not None and time_point in self._times:
+            raise RawRefused(f"an image at time={time_point!r} is in {self.path.name} already: the record keeps one "
+                             "image per time point, never overwrites it")
         if self._writer is None:
             _first_image(image)
-            self._writer = OmeTiffWriter(self.path, image.shape, image.dtype, name="raw")  # type: ignore[arg-type]
+            _refuse_used(self.path, folder=False)  # made since the hook was (another hook's record): never over it
+            self._writer = OmeTiffWriter(self.path, image.shape, image.dtype, name="raw",  # type: ignore[arg-type]
+                                         crash_safe=True)
         problem = lossless_problem(image, self._writer.dtype)
         if problem is not None:
             raise RawRefused(f"not saved exactly in {self.path}: {problem}")
         self._writer.write(image.astype(self._writer.dtype, copy=False), plain_metadata(meta))
+        if self._fixed is None:
+            self._fixed = other
+        if time_point is not None:
+            self._times.add(time_point)
 
     def close(self) -> None:
         self._closed = True
@@ -146,10 +187,7 @@ class NdTiffRecord:
     NDTiff holds: another dtype is kept as uint16 where its values fit exactly)."""
 
     def __init__(self, path: Path) -> None:
-        if path.exists() and (not path.is_dir() or any(path.iterdir())):
-            what = "a file" if not path.is_dir() else "a folder that holds files"
-            raise ValueError(f"keep_raw: expected a new or empty folder for the raw images (an NDTiff dataset), got "
-                             f"{path}, {what}: a record is never written over another")
+        _refuse_used(path, folder=True)
         self.path = path
         self.dtype: np.dtype | None = None
         self.shape: tuple[int, ...] | None = None
@@ -209,6 +247,7 @@ class NdTiffRecord:
     def _create(self, image: np.ndarray) -> Any:
         from ndstorage import NDTiffDataset
 
+        _refuse_used(self.path, folder=True)  # filled since the hook was made (another hook's record): never over it
         ds = NDTiffDataset(dataset_path=str(self.path), writable=True)
         ds.initialize({"Source": "n2n-live denoise hook, keep_raw: the raw images of an acquisition at their axes",
                        "Width": int(image.shape[1]), "Height": int(image.shape[0])})

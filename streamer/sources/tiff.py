@@ -207,13 +207,19 @@ class OmeTiffWriter:
     still a valid file. Per plane: ``DeltaT`` and ``ExposureTime`` (ms) when the metadata has
     ``ElapsedTime-ms`` / ``Exposure-ms``; every frame's full metadata is kept as JSON in a
     ``CommentAnnotation`` (namespace :data:`METADATA_NAMESPACE`), read back by :func:`read_frame_metadata`.
+
+    The OME-XML and the metadata are written by :meth:`close` only. ``crash_safe``: each plane also gets its own TIFF
+    page directory and goes to the operating system as it is written, so a process killed before :meth:`close`
+    leaves a plain multi-page TIFF of every plane written (pixels only); without it (one contiguous series, faster
+    to read) such a file shows its first plane alone.
     """
 
     METADATA_NAMESPACE = "n2n-live:frame-metadata"
 
     def __init__(self, path: str | Path, frame_shape: tuple[int, int], dtype: np.dtype | str,
-                 channels: tuple[str, ...] = (), name: str = "") -> None:
+                 channels: tuple[str, ...] = (), name: str = "", crash_safe: bool = False) -> None:
         self.path = Path(path)
+        self.crash_safe = crash_safe
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.frame_shape = tuple(int(v) for v in frame_shape)
         self.dtype = np.dtype(dtype)
@@ -237,8 +243,10 @@ class OmeTiffWriter:
             if plane.shape != self.frame_shape:
                 raise ValueError(f"expected frames of shape {self.frame_shape}, got {plane.shape}")
         for plane in items:
-            self._tif.write(np.ascontiguousarray(plane, dtype=self.dtype), contiguous=True, metadata=None,
-                            description=" " * 16)
+            self._tif.write(np.ascontiguousarray(plane, dtype=self.dtype), contiguous=not self.crash_safe,
+                            metadata=None, description=" " * 16)
+        if self.crash_safe:  # each page whole in the file: a killed process keeps it
+            self._tif.filehandle.flush()
         self.metadata.append(dict(metadata or {}))
 
     def close(self) -> None:
