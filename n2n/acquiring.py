@@ -18,7 +18,9 @@ from typing import Any, Literal
 
 from rich.console import Console
 
-from n2n.bridging import DASH_WAIT_S, _graceful_signals, _Seen
+from n2n.bridging import DASH_WAIT_S, _Seen
+from n2n.inprocess import inprocess_core
+from n2n.stopping import graceful_signals
 from streamer.core.messages import StatsMessage
 from streamer.micromanager.config import AcquireConfig, MicroManagerSourceConfig
 from streamer.server import ServeConfig
@@ -44,25 +46,16 @@ def acquire_mda(source: MicroManagerSourceConfig, acquire: AcquireConfig, sequen
     """Run ``sequence`` as ``acquire`` says, on the core ``source`` names (an in-process one), through a server on
     ``acquire.models`` started here with ``serve`` (or the running one at ``endpoints``). ``started(server_info,
     endpoints, core)`` is called once frames are about to flow."""
-    from streamer.micromanager import load_core, resolve_config_file
-    from streamer.micromanager.core import close_core
     from streamer.micromanager.mda import acquire as run_acquisition
     from streamer.server import running_server
     from streamer.sources.micromanager import is_simulated
 
     console = console or Console(stderr=True)
     stop = stop or threading.Event()
-    cfg_file = resolve_config_file(source.config_file, base_dir)
-    if cfg_file is None:
-        raise ValueError("n2n acquire runs an in-process core (pymmcore-plus): expected --mm-config FILE.cfg or "
-                         "'sim', got the Micro-Manager GUI (for the GUI's own acquisitions use the pycromanager hook, "
-                         "docs/microscope.md)")
     done = threading.Event()
     with contextlib.ExitStack() as stack:
-        core = load_core(cfg_file)
-        stack.callback(close_core, core)
-        if source.exposure_ms is not None:
-            core.setExposure(source.exposure_ms)
+        core = stack.enter_context(inprocess_core(source, base_dir, "n2n acquire", "for the GUI's own acquisitions "
+                                                  "use the pycromanager hook, docs/microscope.md"))
         shape = (core.getImageHeight(), core.getImageWidth())
         server = None
         if endpoints is None:
@@ -95,7 +88,7 @@ def acquire_mda(source: MicroManagerSourceConfig, acquire: AcquireConfig, sequen
         planned = sum(1 for _ in sequence)
         bar = stack.enter_context(_progress(console, planned)) if view == "progress" else None
         try:
-            with _graceful_signals(stop):
+            with graceful_signals(stop):
                 report = run_acquisition(core, sequence, endpoints, acquire.out, fmt=acquire.format,
                                          overwrite=acquire.overwrite, timeout_s=acquire.timeout_s, on_frame=bar,
                                          stop=stop)

@@ -9,7 +9,6 @@ with ``stopped`` set; a second Ctrl-C aborts at once (KeyboardInterrupt). A plan
 from __future__ import annotations
 
 import contextlib
-import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -19,7 +18,7 @@ from typing import Any, Literal
 
 from rich.console import Console
 
-from n2n.command import log
+from n2n.stopping import graceful_signals
 from streamer.client import read_ready_file
 from streamer.core.messages import StatsMessage
 from streamer.core.modelset import ModelSet
@@ -68,29 +67,6 @@ class _Seen:
                     return False
                 self._changed.wait(min(left, 0.05))
             return self.count >= count
-
-
-@contextlib.contextmanager
-def _graceful_signals(stop: threading.Event) -> Iterator[None]:
-    """While inside: the first Ctrl-C or SIGTERM sets ``stop``; a second Ctrl-C raises KeyboardInterrupt."""
-    if threading.current_thread() is not threading.main_thread():  # only the main thread receives signals
-        yield
-        return
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        log.info("%s received: finishing the frames already sent (Ctrl-C again to abort)",
-                 signal.Signals(signum).name)
-        stop.set()
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
-    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, before[0])
-        signal.signal(signal.SIGTERM, before[1])
 
 
 def bridge_live(source_config: MicroManagerSourceConfig, *, model: str | Path | Sequence[str] | None = None,
@@ -153,7 +129,7 @@ def bridge_live(source_config: MicroManagerSourceConfig, *, model: str | Path | 
         for thread in threads:
             thread.start()
         try:
-            with _graceful_signals(stop):
+            with graceful_signals(stop):
                 report = run_bridge(source, endpoints, frames, out, timeout_s, end, bar)
                 interrupted = stop.is_set()  # (a Ctrl-C in the wait below comes after every frame was bridged)
                 if dash is not None:  # its last figures: the counts after the last frame, then the idle that

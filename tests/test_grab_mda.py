@@ -22,10 +22,12 @@ import yaml
 from conftest import tiny_train_dict
 
 from streamer.core.streams import key_text, stream_key
+from streamer.micromanager import grab_mda
 from streamer.micromanager.core import SIM_CFG, open_core
 from streamer.micromanager.grab_mda import (
     INCOMPLETE,
     SPOOL,
+    AssemblyError,
     BurstsReport,
     analyse_bursts,
     burst_sequence,
@@ -34,7 +36,7 @@ from streamer.micromanager.grab_mda import (
     record_bursts,
 )
 from streamer.micromanager.microscope import microscope_of
-from streamer.sources import read_stack
+from streamer.sources import OmeTiffWriter, read_stack
 from streamer.sources.tiff import read_frame_metadata, stack_channels
 
 SIZE = 64
@@ -69,13 +71,13 @@ def grabbed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     with open_core("sim") as core:
         core.setProperty("Camera", "Width", SIZE)
         core.setProperty("Camera", "Height", SIZE)
-        report = record_bursts(core, plan_grab(core, sequence(), FRAMES, out),
-                               progress=lambda n, total: done.append(n))
+        plan = plan_grab(core, sequence(), FRAMES, out)
+        report = record_bursts(core, plan, progress=lambda n, total: done.append(n))
         scope = microscope_of(core)
         truths = {(c, p, z): scope.expected(c, POSITIONS[p], PLANES[z], EXPOSURE_MS[c])
                   for c in EXPOSURE_MS for p in range(2) for z in range(2)}
     analyse_bursts(report)
-    return {"out": out, "report": report, "truths": truths, "progress": done}
+    return {"out": out, "report": report, "truths": truths, "progress": done, "plan": plan}
 
 
 def corr(a: np.ndarray, b: np.ndarray) -> float:
@@ -84,7 +86,7 @@ def corr(a: np.ndarray, b: np.ndarray) -> float:
 
 def test_a_file_per_position_and_plane_holds_each_channel_in_order(grabbed: dict[str, Any]) -> None:
     """One OME-TIFF per (position, z), named by its place, axes TCYX with the channels DAPI, GFP in the sequence's
-    order; every frame planned was recorded, the spool removed."""
+    order; every frame planned was recorded, the spool removed, and the files within the size planned."""
     report: BurstsReport = grabbed["report"]
     folder = grabbed["out"].parent
     names = [f"cells_p{p:03d}_z{z:03d}.ome.tif" for p in range(2) for z in range(2)]
@@ -92,6 +94,10 @@ def test_a_file_per_position_and_plane_holds_each_channel_in_order(grabbed: dict
     assert sorted(p.name for p in folder.iterdir()) == names  # no spool, nothing incomplete
     assert (report.frames, report.frames_planned, report.stopped) == (8 * FRAMES, 8 * FRAMES, False)
     assert grabbed["progress"] == list(range(1, 8 * FRAMES + 1))
+    assert report.missing == [] and report.streams_planned == 8 and not report.short
+    plan = grabbed["plan"]
+    sizes = sum(Path(f).stat().st_size for f in report.files)
+    assert 8 * FRAMES * SIZE * SIZE * 2 < sizes <= plan.bytes_planned < plan.bytes_needed
     for f in report.files:
         with tifffile.TiffFile(f) as tif:
             assert tif.is_ome and tif.series[0].axes == "TCYX"
@@ -212,13 +218,175 @@ def test_an_interruption_inside_a_burst_leaves_valid_files_and_is_raised(small_c
         record_bursts(small_core, plan, progress=progress)
     assert not small_core.isSequenceRunning()
     run = tmp_path / "run"
-    assert sorted(p.name for p in run.iterdir()) == [INCOMPLETE, "x_p000_z000.ome.tif", "x_p000_z001.ome.tif"]
+    assert sorted(p.name for p in run.iterdir()) == ["x_incomplete", "x_p000_z000.ome.tif", "x_p000_z001.ome.tif"]
     for z, name in enumerate(("x_p000_z000.ome.tif", "x_p000_z001.ome.tif")):
         assert read_stack(run / name, allow_2d=False).shape == (FRAMES, SIZE, SIZE)
         assert {m["channels"]["DAPI"]["SimulatorZUm"] for m in read_frame_metadata(run / name)} == {
             f"{PLANES[z]:.4f}"}
-    cut = run / INCOMPLETE / "x_p000_z000_GFP.ome.tif"
+    cut = run / "x_incomplete" / "x_p000_z000_GFP.ome.tif"
     assert read_stack(cut, allow_2d=False).shape == (3, SIZE, SIZE)
+
+
+def two_planes() -> useq.MDASequence:
+    """DAPI and GFP at one position, 2 planes: places p000_z000 (bursts 0 and 2) and p000_z001 (bursts 1 and 3)."""
+    return useq.MDASequence(channels=["DAPI", "GFP"], stage_positions=[(30.0, 30.0, 0.0)],
+                            z_plan={"absolute": PLANES}, axis_order="tpgcz")
+
+
+def test_a_ctrl_c_while_the_files_are_assembled_waits_for_them(small_core: Any, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    """A Ctrl-C (SIGINT) that comes while the first file is assembled is logged and waited out: every file is
+    written whole, the spool removed, and Ctrl-C is as it was after."""
+    import signal
+
+    real = grab_mda._interleave
+    calls: list[Path] = []
+
+    def interrupted(path: Path, *args: Any) -> None:
+        calls.append(path)
+        if len(calls) == 1:
+            signal.raise_signal(signal.SIGINT)
+        real(path, *args)
+
+    monkeypatch.setattr(grab_mda, "_interleave", interrupted)
+    plan = plan_grab(small_core, two_planes(), 3, tmp_path / "cells.ome.tif")
+    try:
+        report = record_bursts(small_core, plan)
+    except KeyboardInterrupt:
+        pytest.fail("a Ctrl-C while the files were assembled interrupted them")
+    assert len(calls) == 2 and "SIGINT received while the files are assembled" in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cells_p000_z000.ome.tif", "cells_p000_z001.ome.tif"]
+    for f in report.files:
+        assert stack_channels(f) == ["DAPI", "GFP"] and len(read_frame_metadata(f)) == 3
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_failure_while_assembling_keeps_the_rest_in_the_spool_and_says_so(small_core: Any, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk while the second place's file is written: no file of that name is left (no truncated file that
+    looks whole, no temporary one), the first place's file is whole and its bursts gone from the spool (each place's
+    spools are removed once its file is written), the second place's bursts are kept there, and the error names the
+    spool and what to do; a grab into the same --out is then refused naming the spool."""
+    real_interleave, real_write = grab_mda._interleave, OmeTiffWriter.write
+    written: list[int] = []
+
+    def full_disk(self: OmeTiffWriter, planes: Any, metadata: Any = None) -> None:
+        written.append(1)
+        if len(written) > 1:
+            raise OSError(28, "No space left on device")
+        real_write(self, planes, metadata)
+
+    def second_fails(path: Path, *args: Any) -> None:
+        if path.name == "cells_p000_z001.ome.tif":
+            assert sorted(p.name for p in plan.spool.iterdir()) == ["0001_DAPI.ome.tif", "0003_GFP.ome.tif"]
+            monkeypatch.setattr(OmeTiffWriter, "write", full_disk)
+        real_interleave(path, *args)
+
+    monkeypatch.setattr(grab_mda, "_interleave", second_fails)
+    plan = plan_grab(small_core, two_planes(), 3, tmp_path / "cells.ome.tif")
+    with pytest.raises(AssemblyError) as raised:
+        record_bursts(small_core, plan)
+    monkeypatch.setattr(OmeTiffWriter, "write", real_write)
+    message = str(raised.value)
+    assert "\n" not in message and "cells_p000_z001.ome.tif: could not be assembled" in message
+    assert "No space left on device" in message and "1 of 2 file(s) were written whole" in message
+    assert f"the 2 burst(s) not assembled are kept in {plan.spool}" in message and "a new --out" in message
+    assert plan.spool.name == ".cells.n2n-grab-spool"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".cells.n2n-grab-spool", "cells_p000_z000.ome.tif"]
+    assert stack_channels(tmp_path / "cells_p000_z000.ome.tif") == ["DAPI", "GFP"]
+    assert sorted(p.name for p in plan.spool.iterdir()) == ["0001_DAPI.ome.tif", "0003_GFP.ome.tif"]
+    for kept in plan.spool.iterdir():
+        assert read_stack(kept, allow_2d=False).shape == (3, SIZE, SIZE)
+    with pytest.raises(FileExistsError, match=r"\.cells\.n2n-grab-spool exists: an earlier grab into this --out "
+                                              r"stopped before its files were assembled"):
+        plan_grab(small_core, two_planes(), 3, tmp_path / "cells.ome.tif")
+
+
+def test_the_disk_is_checked_for_room_before_anything_moves(small_core: Any, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The plan says what the grab takes on disk: the files (every frame's pixels and metadata), and at most
+    that plus the largest place's file while it is assembled, with a margin; a disk with less free is refused in
+    one line naming both, nothing made (the folder is not there yet: the disk above it is asked)."""
+    import shutil
+
+    plan = plan_grab(small_core, sequence(), 4, tmp_path / "a")
+    frame = SIZE * SIZE * 2
+    assert plan.frames_planned == 32 and plan.frame_bytes > frame
+    assert plan.bytes_planned == 32 * plan.frame_bytes
+    assert plan.bytes_needed > plan.bytes_planned + 2 * 4 * plan.frame_bytes
+    asked: list[Path] = []
+    real = shutil.disk_usage
+
+    def nearly_full(path: Any) -> Any:
+        asked.append(Path(path))
+        return real(path)._replace(free=plan.bytes_needed - 1)
+
+    monkeypatch.setattr(shutil, "disk_usage", nearly_full)
+    with pytest.raises(OSError, match=r"expected [\d.]+ MB free for the grab \(32 frames, [\d.]+ kB of files.*\), "
+                                      r"got [\d.]+ MB free: free some, or grab fewer frames per burst"):
+        plan_grab(small_core, sequence(), 4, tmp_path / "new" / "b.ome.tif")
+    assert asked == [tmp_path] and not (tmp_path / "new").exists()
+
+
+def test_a_channel_named_twice_is_refused_naming_it(small_core: Any, tmp_path: Path) -> None:
+    """GFP at 10 ms and at 100 ms in one sequence would be one stream (a stream is keyed by its channel's name):
+    refused in one line naming the channel and its exposures, before anything moves."""
+    twice = useq.MDASequence(channels=[{"config": "DAPI"}, {"config": "GFP", "exposure": 10},
+                                       {"config": "GFP", "exposure": 100}])
+    with pytest.raises(ValueError, match=r"^channels: expected each channel once .*, got 'GFP' at 10 ms, 100 ms: "
+                                         r"keep one of each"):
+        plan_grab(small_core, twice, 4, tmp_path / "a")
+    assert not (tmp_path / "a").exists()
+
+
+def test_another_prefix_in_the_same_folder_is_another_grab(small_core: Any, tmp_path: Path) -> None:
+    """A grab stopped mid-burst keeps its cut burst in PREFIX_incomplete/: another prefix in the same folder is
+    planned as usual, and the same prefix is refused naming that folder."""
+    import threading
+
+    stop = threading.Event()
+
+    def progress(done: int, _total: int) -> None:
+        if done == 2:
+            stop.set()
+
+    report = record_bursts(small_core, plan_grab(small_core, two_planes(), 3, tmp_path / "a.ome.tif"),
+                           progress=progress, stop=stop)
+    assert report.stopped and [Path(f).parent.name for f in report.incomplete] == ["a_incomplete"]
+    plan = plan_grab(small_core, two_planes(), 3, tmp_path / "b.ome.tif")
+    assert plan.incomplete == tmp_path / "b_incomplete" and plan.spool == tmp_path / ".b.n2n-grab-spool"
+    with pytest.raises(FileExistsError, match=r"a_incomplete exists: expected a new --out"):
+        plan_grab(small_core, two_planes(), 3, tmp_path / "a.ome.tif")
+
+
+def skip_gfp_at_plane_1(real: Any) -> Any:
+    """An engine's setup_event that skips the GFP burst at plane 1 (as an engine does with SkipEvent, e.g. a focus
+    it could not find)."""
+    from pymmcore_plus.mda import SkipEvent
+
+    def setup_event(*args: Any) -> Any:
+        event = args[-1]
+        frames = getattr(event, "events", None) or [event]  # a burst: a SequencedEvent of its frames' events
+        if event.channel.config == "GFP" and dict(frames[0].index).get("z") == 1:
+            raise SkipEvent(len(frames))
+        return real(*args)
+
+    return setup_event
+
+
+def test_a_stream_the_runner_skips_is_reported_missing(small_core: Any, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runner skips the GFP burst at plane 1 and the run ends as planned: the report lists that stream as
+    missing, with a warning naming it, and says it is short of the plan."""
+    monkeypatch.setattr(small_core.mda.engine, "setup_event", skip_gfp_at_plane_1(small_core.mda.engine.setup_event))
+    report = record_bursts(small_core, plan_grab(small_core, two_planes(), 3, tmp_path / "run"))
+    gfp1 = key_text(stream_key({"position": 0, "z": 1}, "GFP"))
+    assert not report.stopped and report.short and report.missing == [gfp1]
+    assert (report.frames, report.frames_planned, len(report.streams), report.streams_planned) == (9, 12, 3, 4)
+    assert [w for w in report.warnings if gfp1 in w] == [f"{gfp1}: no frame recorded (the runner skipped its burst; "
+                                                         "its log says why)"]
+    assert {tuple(m["channels"]) for m in read_frame_metadata(tmp_path / "run" / "p000_z001.ome.tif")} == {("DAPI",)}
 
 
 def test_bad_requests_are_refused_naming_what_was_expected(small_core: Any, tmp_path: Path) -> None:
@@ -281,8 +449,9 @@ def test_a_grid_of_a_positions_own_sequence_gets_a_burst_per_tile(small_core: An
 
 def test_n2n_grab_mda_on_the_command_line(tmp_path: Path) -> None:
     """`n2n grab --mda SEQUENCE.yaml --frames N --out DIR/`: the simulated camera named as such, the time plan's
-    being ignored said in one line, the files, the report per stream (--json); bad input refused in one line with
-    exit status 2, and an existing grab never written over."""
+    being ignored said in one line, the frames and bytes planned said before anything moves, the files, the report
+    per stream (--json); bad input (--frames missing with --mda among it) refused in one line with exit status 2,
+    and an existing grab never written over."""
     from typer.testing import CliRunner
 
     from n2n.cli import app
@@ -297,6 +466,7 @@ def test_n2n_grab_mda_on_the_command_line(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, [*base, "--frames", "3", "--out", f"{out}/", "--json", str(tmp_path / "r.json")])
     assert result.exit_code == 0, result.output
     assert "SIMULATED camera" in result.output and "time plan (5 time points) is ignored" in result.output
+    assert re.search(r"at each of 4 places .*: 12 frames, up to [\d.]+ kB in 2 file\(s\)", result.output)
     assert sorted(p.name for p in out.iterdir()) == ["p000_z000.ome.tif", "p000_z001.ome.tif"]
     report = json.loads((tmp_path / "r.json").read_text())
     assert len(report["streams"]) == 4 and all(s["frames"] == 3 for s in report["streams"].values())
@@ -305,13 +475,42 @@ def test_n2n_grab_mda_on_the_command_line(tmp_path: Path) -> None:
     assert again.exit_code == 2 and "exists" in again.output
     for args, words in (([*base, "--frames", "1"], "--frames"),
                         (["grab", "--mm-config", str(cfg), "--mda", str(tmp_path / "none.yaml")], "no such file"),
-                        ([*base, "--gui"], "in-process core")):
+                        ([*base, "--frames", "3", "--gui"], "in-process core"),
+                        (base, "--frames: expected the frames of each burst with --mda (the sequence has 4 bursts")):
         refused = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "other")])
         assert refused.exit_code == 2 and words in refused.output, (args, refused.output)
         assert "Traceback" not in refused.output
     bad = tmp_path / "bad.yaml"
     bad.write_text("channels: [DAPI, FITC]\n")
-    refused = CliRunner().invoke(app, ["grab", "--mm-config", str(cfg), "--mda", str(bad), "--out",
+    refused = CliRunner().invoke(app, ["grab", "--mm-config", str(cfg), "--mda", str(bad), "--frames", "3", "--out",
                                        str(tmp_path / "other")])
     assert refused.exit_code == 2 and "'FITC'" in refused.output and "DAPI" in refused.output
     assert not (tmp_path / "other").exists()
+
+
+def test_n2n_grab_mda_exits_non_zero_when_the_runner_skipped_a_burst(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """`n2n grab` (the sequence and the frames of each burst given in its --config file) whose runner skipped a
+    burst: a row and a warning for the missing stream, the report written (--json, its `missing`), and an error
+    line naming it, exit status 2, instead of a quiet success."""
+    from pymmcore_plus.mda import MDAEngine
+    from typer.testing import CliRunner
+
+    from n2n.cli import app
+
+    monkeypatch.setattr(MDAEngine, "setup_event", skip_gfp_at_plane_1(MDAEngine.setup_event))
+    cfg = tmp_path / "small.cfg"
+    cfg.write_text(SIM_CFG.replace("Width,512", f"Width,{SIZE}").replace("Height,512", f"Height,{SIZE}"))
+    seq = tmp_path / "seq.yaml"
+    seq.write_text("channels: [DAPI, GFP]\nz_plan: {absolute: [0.0, 3.0]}\nstage_positions: [{x: 30, y: 30, z: 0}]\n")
+    settings = tmp_path / "grab.yaml"
+    settings.write_text("source: {config_file: small.cfg}\ngrab: {frames: 2, mda: seq.yaml}\n")
+    result = CliRunner().invoke(app, ["grab", "--config", str(settings), "--out", f"{tmp_path / 'grab'}/", "--json",
+                                      str(tmp_path / "r.json")])
+    gfp1 = key_text(stream_key({"position": 0, "z": 1}, "GFP"))
+    assert result.exit_code == 2, result.output
+    assert "(skipped)" in result.output and f"warning: {gfp1}: no frame recorded" in result.output
+    assert (f"error: expected 8 frames (2 in each of 4 streams), got 6, though the run was not stopped: 1 stream(s) "
+            f"got none ({gfp1})") in result.output
+    assert "Traceback" not in result.output
+    assert json.loads((tmp_path / "r.json").read_text())["missing"] == [gfp1]

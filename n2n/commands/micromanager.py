@@ -31,12 +31,13 @@ def _camera_words(source: Any, yours: str = "--gui or --mm-config FILE.cfg") -> 
 
 GRAB = Command("streamer.micromanager.config:MicroManagerConfig", flags={
     "--frames": "grab.frames", "--out": "grab.out", "--mda": "grab.mda", **_SOURCE_FLAGS},
-    defaults={**_SOURCE_DEFAULTS, "--mda": "none: the current field"})
+    defaults={**_SOURCE_DEFAULTS, "--mda": "none: the current field", "--frames": "200 (none with --mda)"})
 
 
 @GRAB
 def grab(
-    frames: Annotated[int | None, typer.Option(help="Consecutive frames to record (with --mda: at each place).")]
+    frames: Annotated[int | None, typer.Option(help="Consecutive frames to record (with --mda: the frames of each "
+                                                    "burst, required).")]
     = None,
     out_path: Annotated[Path | None, typer.Option("--out", help="OME-TIFF to write (with --mda: the folder or the "
                                                   "prefix of the files, one per position, grid and z).")] = None,
@@ -59,7 +60,9 @@ def grab(
                                       "--exposure-ms": exposure_ms, "--mm-config": mm_config,
                                       "--gui": NULL if gui else None})
     if cfg.grab.mda is not None:
-        _grab_mda(cfg, config.resolve().parent if config else None, json_path)
+        from n2n.grabbing import grab_mda_command
+
+        grab_mda_command(cfg, config.resolve().parent if config else None, json_path, _camera_words)
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -126,81 +129,6 @@ def grab(
                       "learns the motion, gaps or saturation too", highlight=False, soft_wrap=True)
     else:
         console.print(f"train on it (the real-time preset): {train_cmd}", highlight=False, soft_wrap=True)
-
-
-def _grab_mda(cfg: Any, base_dir: Path | None, json_path: Path | None) -> None:
-    """``n2n grab --mda``: a burst at each place of the sequence, one file per (position, grid, z), a row per
-    stream."""
-    from types import SimpleNamespace
-
-    from n2n.grabbing import grab_mda
-    from streamer.micromanager import resolve_config_file
-    from streamer.micromanager.grab_mda import INCOMPLETE, analyse_bursts
-    from streamer.micromanager.mda import read_sequence
-    from streamer.sources.micromanager import is_simulated
-
-    grab_cfg = cfg.grab
-    with user_errors():
-        sequence = read_sequence(resolve_config_file(grab_cfg.mda, base_dir) or grab_cfg.mda)
-    if sequence.time_plan is not None:
-        console.print(f"the sequence's time plan ({sequence.sizes.get('t', 0)} time points) is ignored: each place "
-                      f"gets one burst of {grab_cfg.frames} consecutive frames", highlight=False)
-    folder: list[Path] = []
-
-    def started(core: Any, plan: Any) -> None:
-        camera = core.getCameraDevice()
-        words = _camera_words(SimpleNamespace(camera=camera, simulated=is_simulated(core, camera)),
-                              "--mm-config FILE.cfg")
-        folder.append(plan.folder)
-        console.print(f"grabbing {plan.frames} frames at each of {plan.frames_planned // plan.frames} places "
-                      f"(position, grid, channel, z) of {core.getImageWidth()}x{core.getImageHeight()} from {words} "
-                      f"into {len(plan.places)} file(s) in {plan.folder}", highlight=False, soft_wrap=True)
-
-    try:
-        with user_errors():
-            report = grab_mda(cfg.source, grab_cfg, sequence, base_dir=base_dir, console=console, started=started)
-    except KeyboardInterrupt:
-        where = folder[0] if folder else Path(grab_cfg.out)
-        console.print(f"[yellow]interrupted; the bursts recorded so far are in {where} (each file valid; a burst cut "
-                      f"short alone in {where / INCOMPLETE})[/yellow]", highlight=False)
-        raise typer.Exit(code=130) from None
-    with user_errors(prefix="the bursts were written but could not be checked: "):
-        analyse_bursts(report, grab_cfg.saturation_fraction, grab_cfg.max_shift_px)
-    table = Table(title=f"grabbed {report.frames} frames in {len(report.files)} file(s)"
-                  + (" (stopped early)" if report.stopped else ""))
-    for column in ("stream", "file", "frames", "saturated", "pair correlation", "pair shift", "warnings"):
-        table.add_column(column, overflow="fold")
-    for burst in report.streams.values():
-        corr = sorted(burst.correlation)
-        table.add_row(burst.stream, Path(burst.file).name, f"{burst.frames}" + ("" if burst.complete else " (cut)"),
-                      f"{max(burst.saturated_fraction, default=0):.3%}",
-                      f"{corr[len(corr) // 2]:.3f}" if corr else "-",
-                      f"{max(burst.shift_px):.2f} px" if burst.shift_px else "-", str(len(burst.warnings)))
-    out.print(table)
-    for burst in report.streams.values():
-        for warning in burst.warnings:
-            console.print(f"[bold yellow]warning:[/bold yellow] {burst.stream}: {warning}", highlight=False,
-                          soft_wrap=True)
-    for warning in report.warnings:
-        console.print(f"[bold yellow]warning:[/bold yellow] {warning}", highlight=False, soft_wrap=True)
-    if json_path is not None:
-        with user_errors():
-            json_path.parent.mkdir(parents=True, exist_ok=True)
-            json_path.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-    if report.files:
-        import shlex
-
-        channels = {b.channel for b in report.streams.values() if b.complete and b.channel is not None}
-        flag = ["--per-channel"] if len(channels) > 1 else []
-        train = shlex.join(["n2n", "train", "--config", "configs/train_fast.yaml", *flag, "--data", *report.files,
-                            "--out", "runs/NAME"])
-        console.print(("fix what the warnings above say and grab again before training: " if any(
-            b.warnings for b in report.streams.values()) else "train on them (the real-time preset"
-            + (", a model per channel" if flag else "") + "): ") + train, highlight=False, soft_wrap=True)
-    if report.stopped:
-        console.print(f"[yellow]stopped: {report.frames} of {report.frames_planned} frames recorded[/yellow]",
-                      highlight=False)
-        raise typer.Exit(code=130)
 
 
 BRIDGE = Command("streamer.micromanager.config:MicroManagerConfig", flags={

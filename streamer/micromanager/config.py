@@ -33,7 +33,8 @@ class GrabConfig(Strict):
     """``n2n grab``: consecutive frames for Noise2Noise training."""
 
     frames: int = Field(200, ge=2)
-    """Consecutive frames to record (each pair t, t+1 is a training pair)."""
+    """Consecutive frames to record (each pair t, t+1 is a training pair). With ``mda``, the frames of each burst,
+    and then it must be given (flag or file): the default is not taken for every place."""
     out: str = "runs/grab/pairs.ome.tif"
     """OME-TIFF written (frames plus their Micro-Manager metadata); with ``mda``, the folder or prefix of the files
     (``runs/grab/pairs.ome.tif`` → ``runs/grab/pairs_p000_z001.ome.tif`` …)."""
