@@ -33,7 +33,8 @@ import numpy as np
 
 from bench import command
 
-__all__ = ["CHANNELS", "POSITIONS", "TRAIN_POSITIONS", "Z_PLANES", "main", "measure", "table"]
+__all__ = ["CHANNELS", "EXPOSURE_MS", "POSITIONS", "TRAIN_POSITIONS", "Z_PLANES", "channel_ranges",
+           "gaussian_baseline", "main", "mean_psnr", "measure", "stream_frames", "table"]
 
 CHANNELS = ("DAPI", "GFP")
 POSITIONS = ((0.0, 0.0), (100.0, -60.0))
@@ -92,21 +93,47 @@ def train_models(core: Any, out: Path, frames: int, minutes: float, overrides: d
     return runs
 
 
-def _stream_frames(path: Path, positions: list[Path] | None = None) -> dict[tuple[int, str, int], np.ndarray]:
+def stream_frames(path: Path, positions: list[Path] | None = None, *, channels: tuple[str, ...] = CHANNELS,
+                  n_positions: int = len(POSITIONS),
+                  n_z: int = len(Z_PLANES)) -> dict[tuple[int, str, int], np.ndarray]:
     """Every (position, channel, z) stream of an ome-writers OME-Zarr (per position ``p/0``: t, c, z, y, x), or of
-    one OME-Zarr per position (``positions``: n2n denoise's outputs, array ``0``)."""
+    one OME-Zarr per position (``positions``: n2n denoise's outputs, array ``0``); keys (position, channel, z index)."""
     import zarr
 
     out: dict[tuple[int, str, int], np.ndarray] = {}
-    for p in range(len(POSITIONS)):
+    for p in range(n_positions):
         if positions is None:
             array = np.asarray(zarr.open_group(path, mode="r")[f"{p}/0"])
         else:
             array = np.asarray(zarr.open_group(positions[p], mode="r")["0"])
-        for c, channel in enumerate(CHANNELS):
-            for z in range(len(Z_PLANES)):
+        for c, channel in enumerate(channels):
+            for z in range(n_z):
                 out[(p, channel, z)] = array[:, c, z]
     return out
+
+
+def channel_ranges(truths: dict[tuple[int, str, int], np.ndarray]) -> dict[str, float]:
+    """One PSNR data range per channel: its brightest stream's truth's (max - min), so a dim plane scores as dim."""
+    ranges: dict[str, float] = {}
+    for (_p, c, _z), t in truths.items():
+        ranges[c] = max(ranges.get(c, 0.0), float(t.max() - t.min()))
+    return ranges
+
+
+def mean_psnr(images: Any, truth: np.ndarray, data_range: float) -> float:
+    """The mean PSNR (dB, 3 decimals) of ``images`` against ``truth`` (one noise-free image for them all)."""
+    from trainer.metrics import psnr
+
+    return round(float(np.mean([psnr(np.asarray(x, np.float32), truth, data_range) for x in images])), 3)
+
+
+def gaussian_baseline(raw: np.ndarray, truth: np.ndarray, data_range: float) -> tuple[float, float]:
+    """The best Gaussian filter of ``raw`` against ``truth`` (an oracle's sigma for the stream): (PSNR, sigma)."""
+    from trainer.evaluate import best_gaussian
+
+    sigma, blurred, _ = best_gaussian(raw, [truth] * len(raw), [data_range] * len(raw),
+                                      (0.5, 0.75, 1.0, 1.5, 2.0, 3.0))
+    return mean_psnr(blurred, truth, data_range), sigma
 
 
 def _alone(den: Any, frames: np.ndarray, threshold: float | None) -> list[np.ndarray]:
@@ -165,8 +192,6 @@ def measure(models: dict[str, Path] | None = None, size: int = 128, times: int =
     from streamer.offline.config import DenoiseConfig
     from streamer.offline.run import denoise
     from streamer.server import ServeConfig, load_denoiser, running_server
-    from trainer.evaluate import best_gaussian
-    from trainer.metrics import psnr
 
     say = progress or command.progress_to_stderr
     tmp = None
@@ -188,8 +213,8 @@ def measure(models: dict[str, Path] | None = None, size: int = 128, times: int =
             scope = microscope_of(core)
             truths = {(p, c, z): scope.expected(c, POSITIONS[p], Z_PLANES[z], EXPOSURE_MS[c])
                       for p in range(len(POSITIONS)) for c in CHANNELS for z in range(len(Z_PLANES))}
-        raw = _stream_frames(Path(report.raw))
-        written = _stream_frames(Path(report.denoised))
+        raw = stream_frames(Path(report.raw))
+        written = stream_frames(Path(report.denoised))
         dens = {c: load_denoiser(models[c], cfg) for c in CHANNELS}
         say("the raw recording through n2n denoise, a position at a time")
         offline = []
@@ -197,7 +222,7 @@ def measure(models: dict[str, Path] | None = None, size: int = 128, times: int =
             offline.append(work / f"offline_p{p}.ome.zarr")
             shutil.rmtree(offline[-1], ignore_errors=True)
             denoise(Path(report.raw) / str(p), model_set, offline[-1], DenoiseConfig(precision="fp32"))
-        denoised_offline = _stream_frames(Path(report.raw), offline)
+        denoised_offline = stream_frames(Path(report.raw), offline)
         say("the same frames: each stream alone, through the hook, and in one history for all")
         with running_server(model_set, cfg) as server, denoise_hook(server.endpoints) as hook:
             hooked: dict[tuple[int, str, int], list[np.ndarray]] = {k: [] for k in raw}
@@ -222,24 +247,20 @@ def measure(models: dict[str, Path] | None = None, size: int = 128, times: int =
                         one_history[(p, c, z)].append(single(frame, previous=hist.advance(frame, seq)))
                         seq += 1
         streams = []
-        ranges = {c: max(float(t.max() - t.min()) for k, t in truths.items() if k[1] == c) for c in CHANNELS}
+        ranges = channel_ranges(truths)
         for key in sorted(raw):
             p, c, z = key
-            truth = np.broadcast_to(truths[key], raw[key].shape)
-            data_range = ranges[c]  # one range per channel (its brightest stream's): a dim plane scores as dim
 
-            def score(images: Any, truth: np.ndarray = truth, data_range: float = data_range) -> float:
-                return round(float(np.mean([psnr(np.asarray(x, np.float32), g, data_range)
-                                            for x, g in zip(images, truth)])), 3)
+            def score(images: Any, truth: np.ndarray = truths[key], data_range: float = ranges[c]) -> float:
+                return mean_psnr(images, truth, data_range)
 
-            sigma, blurred, _ = best_gaussian(raw[key], list(truth), [data_range] * len(truth),
-                                              (0.5, 0.75, 1.0, 1.5, 2.0, 3.0))
+            psnr_gaussian, sigma = gaussian_baseline(raw[key], truths[key], ranges[c])
             streams.append({"key": {"position": p, "channel": c, "z": Z_PLANES[z]},
                             "psnr_mda": score(written[key]), "psnr_alone": score(_alone(dens[c], raw[key],
                                                                                          cfg.motion_threshold)),
                             "psnr_hook": score(hooked[key]), "psnr_denoise": score(denoised_offline[key]),
                             "psnr_raw": score(raw[key]),
-                            "psnr_gaussian": score(blurred), "gaussian_sigma": sigma,
+                            "psnr_gaussian": psnr_gaussian, "gaussian_sigma": sigma,
                             "psnr_single_stream": score(one_history[key])})
         say("the server's time per frame, keyed and routed against one stream")
         overhead = _route_overhead(models, raw, cfg)

@@ -50,6 +50,9 @@ class DemoConfig(Versioned):
     """Show the live dashboard while bridging."""
     view: bool = False
     """Open napari (n2n view) on the live stage: raw | denoised (needs the viewer extra and a display)."""
+    mda: bool = False
+    """The multi-dimensional session instead (n2n.demo_mda): bursts per (channel, position, z), a model per channel,
+    an acquisition with every frame denoised, PSNR per stream."""
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from n2n.errors import UserError, user_errors
 __all__ = ["BENCH", "DEMO", "FRONTIER", "bench", "demo", "frontier"]
 
 DEMO = Command("n2n.demo:DemoConfig", flags={"--quick": "quick", "--out": "out", "--dash": "dash",
-                                                   "--view": "view"})
+                                                   "--view": "view", "--mda": "mda"})
 
 
 @DEMO
@@ -27,13 +27,21 @@ def demo(
     = None,
     view: Annotated[bool | None, typer.Option("--view/--no-view", help="Open napari on the live stage: raw | "
                                               "denoised (the viewer extra).")] = None,
+    mda: Annotated[bool | None, typer.Option("--mda/--single", help="--mda: the multi-channel session (2 channels × "
+                                             "2 positions × z): grab bursts, a model per channel, acquire with every "
+                                             "frame denoised, PSNR per stream.")] = None,
     config: ConfigOpt = None,
     dry_run: DryRunOpt = False,
 ) -> None:
     """The whole product on the simulated Micro-Manager session: grab, train, serve, bridge live, report."""
     from n2n.demo import FULL, QUICK, run_demo
 
-    cfg = DEMO.load(config, dry_run, {"--quick": quick, "--out": out_dir, "--dash": dash, "--view": view})
+    cfg = DEMO.load(config, dry_run, {"--quick": quick, "--out": out_dir, "--dash": dash, "--view": view,
+                                      "--mda": mda})
+    if cfg.mda:
+        from n2n.demo_mda import demo_mda_command
+
+        return demo_mda_command(cfg)
     if cfg.view:  # before minutes of grabbing and training
         from n2n.commands.viewer import require_viewer
 
