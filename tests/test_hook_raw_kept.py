@@ -136,6 +136,93 @@ def test_a_killed_process_leaves_a_tif_of_every_raw_image_saved(tmp_path: Path) 
     assert read_frame_metadata(path) == []
 
 
+def small(value: int) -> np.ndarray:
+    """A frame of a new ROI (8 x 12, after 16 x 24)."""
+    return np.full((8, 12), value, np.uint16)
+
+
+@pytest.mark.parametrize("name", ["raw", "raw.ome.tif"], ids=["NDTiff folder", "OME-TIFF"])
+def test_a_new_roi_goes_on_in_the_next_free_name_never_over_what_is_there(tmp_path: Path, name: str) -> None:
+    """``raw_2`` (a folder that holds a file, or a ``raw_2.ome.tif``) is there from a run before: the record of the
+    new ROI goes on in ``raw_3`` instead, and ``raw_2`` stays byte for byte as it was."""
+    stem, dot, suffix = name.partition(".")
+    there, third = tmp_path / f"{stem}_2{dot}{suffix}", tmp_path / f"{stem}_3{dot}{suffix}"
+    kept = there / "notes.txt" if not dot else there
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    kept.write_bytes(b"a run before")
+    with denoise_hook(DOWN, timeout_s=0.1, keep_raw=tmp_path / name) as hook:
+        metas = [hook(image, {"Axes": {"time": t}})[1]
+                 for t, image in enumerate([frame(1), frame(2), small(3), small(4)])]
+
+    assert all(m["n2n-raw-saved"] is True for m in metas)
+    assert hook.raw_records == [str(tmp_path / name), str(third)]
+    assert kept.read_bytes() == b"a run before"
+    if not dot:
+        assert [p.name for p in there.iterdir()] == ["notes.txt"]  # nothing written into it
+    if dot:
+        assert np.array_equal(read_stack(tmp_path / name), np.stack([frame(1), frame(2)]))
+        assert np.array_equal(read_stack(third), np.stack([small(3), small(4)]))
+        assert [m["Axes"]["time"] for m in read_frame_metadata(third)] == [2, 3]
+    else:
+        from ndstorage import Dataset
+
+        for path, images in ((tmp_path / name, {0: frame(1), 1: frame(2)}), (third, {2: small(3), 3: small(4)})):
+            with Dataset(str(path)) as ds:
+                assert sorted(c["time"] for c in ds.get_image_coordinates_list()) == sorted(images)
+                assert all(np.array_equal(ds.read_image(time=t), image) for t, image in images.items())
+
+
+def test_a_tif_record_split_by_a_new_roi_keeps_its_axes_and_time_points_across_its_files(tmp_path: Path) -> None:
+    """One GFP series, then a new ROI: an image of another channel, or at a time point in ``raw.ome.tif`` already,
+    is refused (never begins ``raw_2.ome.tif`` with it); the GFP series goes on in ``raw_2.ome.tif``, where a time
+    point saved twice is refused too, naming the file that holds it."""
+    path = tmp_path / "raw.ome.tif"
+    with denoise_hook(DOWN, timeout_s=0.1, keep_raw=path) as hook:
+        first = [hook(frame(t + 1), {"Axes": {"time": t, "channel": "GFP"}})[1] for t in range(2)]
+        other = hook(small(7), {"Axes": {"time": 2, "channel": "DAPI"}})[1]
+        again = hook(small(8), {"Axes": {"time": 1, "channel": "GFP"}})[1]
+        assert hook.raw_records == [str(path)]  # nothing refused began a file
+        later = [hook(small(t + 1), {"Axes": {"time": t, "channel": "GFP"}})[1] for t in (2, 3)]
+        twice = hook(small(9), {"Axes": {"time": 3, "channel": "GFP"}})[1]
+
+    assert all(m["n2n-raw-saved"] is True for m in first + later)
+    assert "this image's channel='DAPI' would be flattened into T" in other["n2n-raw-error"]
+    assert "an image at time=1 is in raw.ome.tif already" in again["n2n-raw-error"]
+    assert "an image at time=3 is in raw_2.ome.tif already" in twice["n2n-raw-error"]
+    assert hook.raw_saved == 4 and hook.raw_refused == hook.raw_errors == 3
+    assert hook.raw_records == [str(path), str(tmp_path / "raw_2.ome.tif")]
+    assert np.array_equal(read_stack(tmp_path / "raw_2.ome.tif"), np.stack([small(3), small(4)]))
+
+
+_KILLED_AFTER_ROI = """
+import os, sys
+import numpy as np
+from streamer.micromanager import denoise_hook
+hook = denoise_hook("{down}", timeout_s=0.1, keep_raw=sys.argv[1])
+for t in range(2):
+    hook(np.full((16, 24), t + 1, np.uint16), {{"Axes": {{"time": t}}}})
+for t in range(2, 5):
+    hook(np.full((8, 12), t + 1, np.uint16), {{"Axes": {{"time": t}}}})
+os._exit(3)  # no close, no interpreter exit: a killed process
+"""
+
+
+def test_a_killed_process_leaves_every_raw_image_of_both_sizes(tmp_path: Path) -> None:
+    """Killed after 2 images and 3 of a new ROI: ``raw.ome.tif`` was finished at the new ROI (its OME-XML and
+    metadata), and the continuation ``raw_2.ome.tif`` is crash-safe as the first: a plain TIFF of its 3 pages."""
+    path = tmp_path / "raw.ome.tif"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.run([sys.executable, "-c", _KILLED_AFTER_ROI.format(down=DOWN), str(path)],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+
+    assert np.array_equal(read_stack(path), np.stack([frame(1), frame(2)]))
+    assert [m["Axes"]["time"] for m in read_frame_metadata(path)] == [0, 1]
+    cut = tmp_path / "raw_2.ome.tif"
+    assert np.array_equal(tifffile.imread(cut), np.stack([small(3), small(4), small(5)]))
+    assert read_frame_metadata(cut) == []
+
+
 class BrokenWriter:
     """A raw record whose writer fails with an exception that is neither OSError nor ValueError."""
 

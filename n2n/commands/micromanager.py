@@ -223,15 +223,23 @@ def bridge(
                  ("rate", f"{report.fps_in:.1f} frames/s in, {report.fps_out:.1f} out"),
                  ("latency", f"p50 {report.latency_ms_p50} ms, p99 {report.latency_ms_p99} ms (capture → denoised)"),
                  ("engine", report.engine),
-                 ("saved", f"{report.out}: {report.planes_written} frames raw + denoised ({report.frames_denoised} "
-                           "denoised, the others raw in both channels, each plane's n2n-denoised says which)"
-                  if report.out else "not saved")):
+                 ("saved", f"{_saved_in(report)}: {report.planes_written} frames raw + denoised "
+                           f"({report.frames_denoised} denoised, the others raw in both channels, each plane's "
+                           "n2n-denoised says which)" if report.out else "not saved")):
         table.add_row(k, str(v))
     out.print(table)
     if json_path is not None:
         with user_errors():
             json_path.parent.mkdir(parents=True, exist_ok=True)
             json_path.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+
+
+def _saved_in(report: Any) -> str:
+    """Where the bridge saved: its file, or its files when the frame size changed (one file per size run)."""
+    files = list(report.files) or [report.out]
+    if len(files) == 1:
+        return str(files[0])
+    return f"{', '.join(map(str, files))} (a new file at each change of frame size)"
 
 
 ACQUIRE = Command("streamer.micromanager.config:MicroManagerConfig", flags={
@@ -332,7 +340,9 @@ def acquire(
                  ("streams", f"{len(report.streams)} (position, channel, z), each with its own history"),
                  ("raw record", f"{report.raw}: {report.raw_recorded} frames"
                   + (f", {report.raw_record_errors} NOT recorded (see the log)" if report.raw_record_errors
-                     else "")),
+                     else "")
+                  + "".join(f"; {n} of another frame size kept, raw and denoised, in {f}"
+                            for f, n in report.other_sizes.items())),
                  ("denoised record", report.denoised)):
         table.add_row(k, str(v))
     out.print(table)

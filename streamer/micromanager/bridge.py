@@ -9,7 +9,9 @@ Manager), denoised (came back denoised), kept raw (came back, but the server sen
 failed its checks), dropped (by the server in live mode, or overwritten in Micro-Manager's buffer before they were
 read). Each plane's metadata in the OME-TIFF says ``n2n-denoised`` (false for a frame the server kept raw: its
 ``denoised`` channel holds the raw pixels) and, when the server flagged it, ``n2n-flags`` (see
-:mod:`streamer.protocol`).
+:mod:`streamer.protocol`). An OME-TIFF holds one frame size: a new ROI (or binning) mid-run finishes the file and the
+frames go on in a new one beside it (``bridge_2.ome.tif``, …; :class:`~streamer.sources.OmeTiffParts`), said in one
+line and listed in the report's ``files``.
 
 A core with a ``Channel`` configuration group sends each frame's channel (the group's current configuration, read
 as the frame is sent) as ``meta.channel``: a server of a model set (``n2n serve --model DAPI=runs/dapi --model
@@ -34,7 +36,7 @@ import numpy as np
 from ..client import ServerError, StreamClient
 from ..core.dtypes import to_dtype
 from ..denoiser import FLAG_FLOAT_PATH, is_raw
-from ..sources import EndOfStream, OmeTiffWriter
+from ..sources import EndOfStream, OmeTiffParts
 from ..sources.micromanager import MicroManagerSource
 
 __all__ = ["CHANNEL_GROUP", "BridgeReport", "FrameChannels", "channel_group", "current_channel", "run_bridge"]
@@ -107,7 +109,9 @@ class BridgeReport:
     frames_unaccounted: int = 0
     missed_in_micromanager: int = 0
     planes_written: int = 0
-    """Planes in the OME-TIFF: every camera frame the bridge read, denoised or not (``n2n-denoised`` says which)."""
+    """Planes in the OME-TIFF(s): every camera frame the bridge read, denoised or not (``n2n-denoised`` says which)."""
+    files: list[str] = field(default_factory=list)
+    """The OME-TIFFs written, in order: ``out``, then one more at each change of frame size (a new ROI, binning)."""
     seconds: float = 0.0
     fps_in: float = 0.0
     fps_out: float = 0.0
@@ -193,7 +197,7 @@ class _Producer(threading.Thread):
                     return False
 
 
-def _write_raw_only(writer: OmeTiffWriter, item: tuple[int, np.ndarray, dict[str, Any]],
+def _write_raw_only(writer: OmeTiffParts, item: tuple[int, np.ndarray, dict[str, Any]],
                     refused: dict[int, str], sent: int | None = None) -> None:
     """A camera frame the server did not send back denoised (dropped in live mode, refused, still out when the
     bridge stopped, or read but not sent before a stop): its raw pixels in both channels, ``n2n-denoised: false``
@@ -229,8 +233,8 @@ def run_bridge(source: MicroManagerSource, endpoints: dict[str, str], frames: in
         status = client.status()
         report.mode, report.engine = status["mode"], status["engine"]
         base_drops = status["drops"]
-        writer = files.enter_context(OmeTiffWriter(out, source.shape, source.dtype, channels=("raw", "denoised"),
-                                                   name="n2n bridge")) if out else None
+        writer = files.enter_context(OmeTiffParts(out, source.dtype, channels=("raw", "denoised"), name="n2n bridge",
+                                                  what="the bridge's record")) if out else None
         producer = _Producer(source, endpoints, frames, pending, lock, timeout_s)
         producer.start()
         last_progress = 0.0
@@ -314,6 +318,7 @@ def run_bridge(source: MicroManagerSource, endpoints: dict[str, str], frames: in
             except TimeoutError:
                 pass
         report.planes_written = len(writer) if writer is not None else 0
+        report.files = [str(p) for p in writer.paths] if writer is not None else []
     if producer.error is not None and not isinstance(producer.error, EndOfStream):
         raise producer.error
     report.frames_seen = producer.sent

@@ -21,6 +21,11 @@ once and cached; the noise of every frame is drawn afresh from one seeded stream
 stages (or with the wheel ``Open``, at the home position, in focus) the frames are exactly those of
 :class:`~streamer.sources.SimulatedCamera`. :meth:`SimulatedMMCamera.expected` is the truth of any
 (channel, position, plane).
+
+A region of interest (``core.setROI(x, y, width, height)``, ``core.clearROI()``) crops the sensor's frame; it takes
+effect from the next frame, also while a sequence runs (the frame size changes mid-stream, as after a new ROI in a
+live session), and each frame's ``Width``, ``Height``, ``ROI-X-start`` and ``ROI-Y-start`` say its own. A new
+``Width`` or ``Height`` (another sensor) clears the ROI.
 """
 
 from __future__ import annotations
@@ -71,6 +76,7 @@ class SimulatedMMCamera(MicroscopePart, CameraDevice):
         self._replay: list[np.ndarray] = []
         self._replay_frames = 0
         self._frame_index = 0  # frames delivered since the sample was set up (drift, bleaching)
+        self._roi: tuple[int, int, int, int] | None = None  # x, y, width, height on the sensor (None: all of it)
         self._cam_lock = threading.Lock()
         for prop, field, kind in (("Width", "width", int), ("Height", "height", int), ("Seed", "seed", int),
                                   ("PeakPhotonRate", "peak_photon_rate", float)):
@@ -100,6 +106,8 @@ class SimulatedMMCamera(MicroscopePart, CameraDevice):
             self._shown = None
             self._replay = []
             self._frame_index = 0
+            if field in ("width", "height"):
+                self._roi = None  # another sensor: the region of the old one means nothing on it
 
     def _set_optics(self, field: str, value: float) -> None:
         """An optics property (its limits already checked by the core); the next frame's view follows."""
@@ -181,8 +189,9 @@ class SimulatedMMCamera(MicroscopePart, CameraDevice):
             self._replay = []
         return state
 
-    def _render(self) -> tuple[np.ndarray, MicroscopeState]:
-        """The next frame and what it shows (called from MMCore's acquisition thread)."""
+    def _render(self) -> tuple[np.ndarray, MicroscopeState, tuple[int, int, int, int]]:
+        """The next frame (cropped to the ROI), what it shows and the ROI it was cropped to (called from MMCore's
+        acquisition thread)."""
         with self._cam_lock:
             state = self._look()
             assert self._camera is not None
@@ -193,7 +202,8 @@ class SimulatedMMCamera(MicroscopePart, CameraDevice):
             else:
                 frame = self._camera.read().pixels
             self._frame_index += 1
-            return frame, state
+            x, y, w, h = roi = self._roi or (0, 0, frame.shape[1], frame.shape[0])
+            return frame[y:y + h, x:x + w], state, roi
 
     # --- CameraDevice -----------------------------------------------------------------------------
     def get_exposure(self) -> float:
@@ -209,29 +219,47 @@ class SimulatedMMCamera(MicroscopePart, CameraDevice):
             self._replay = []
 
     def shape(self) -> tuple[int, int]:
-        return (self._config.height, self._config.width)
+        roi = self._roi
+        return (roi[3], roi[2]) if roi is not None else (self._config.height, self._config.width)
+
+    def get_roi(self) -> tuple[int, int, int, int]:
+        return self._roi or (0, 0, self._config.width, self._config.height)
+
+    def set_roi(self, x: int, y: int, width: int, height: int) -> None:
+        x, y, width, height = (int(v) for v in (x, y, width, height))
+        sensor_w, sensor_h = self._config.width, self._config.height
+        if x < 0 or y < 0 or width < 1 or height < 1 or x + width > sensor_w or y + height > sensor_h:
+            raise ValueError(f"expected a ROI within the {sensor_w}x{sensor_h} sensor (x, y >= 0, width and height "
+                             f">= 1), got x={x}, y={y}, width={width}, height={height}")
+        with self._cam_lock:
+            self._roi = None if (x, y, width, height) == (0, 0, sensor_w, sensor_h) else (x, y, width, height)
+
+    def clear_roi(self) -> None:
+        with self._cam_lock:
+            self._roi = None
 
     def dtype(self) -> np.dtype:
         return np.dtype(np.uint16)
 
     def start_sequence(self, n: int | None,
                        get_buffer: Callable[[Sequence[int], Any], np.ndarray]) -> Iterator[Mapping]:
-        shape, dtype = self.shape(), self.dtype()
+        dtype = self.dtype()
         interval = self._config.exposure_ms / 1000.0
         next_due = time.perf_counter()
         i = 0
         while n is None or i < n:
-            frame, state = self._render()
+            frame, state, (x, y, w, h) = self._render()  # its own size: a ROI set meanwhile applies from here
             if n != 1:  # a snap returns at once; a sequence runs at the camera's frame rate
                 now = time.perf_counter()
                 if next_due > now:
                     time.sleep(next_due - now)
                 next_due = max(now, next_due) + interval
-            buf = get_buffer(shape, dtype)
+            buf = get_buffer(frame.shape, dtype)
             buf[:] = frame
             i += 1
             z_um = state.z_um if state.z_um is not None else self._optics.focal_plane_um
-            yield {"Exposure-ms": f"{self._config.exposure_ms:.3f}", "SimulatorFrame": str(self._frame_index - 1),
+            yield {"Width": str(w), "Height": str(h), "ROI-X-start": str(x), "ROI-Y-start": str(y),
+                   "Exposure-ms": f"{self._config.exposure_ms:.3f}", "SimulatorFrame": str(self._frame_index - 1),
                    "SimulatorChannel": state.channel, "SimulatorXUm": f"{state.x_um:.4f}",
                    "SimulatorYUm": f"{state.y_um:.4f}", "SimulatorZUm": f"{z_um:.4f}"}
 

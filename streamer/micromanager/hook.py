@@ -21,9 +21,12 @@ the reason (the first failure's, at most :data:`MAX_REASON` characters) and ``n2
 (``keep_raw="data/raw"``) gets an NDTiff dataset with the acquisition's axes (time, channel, z, position, …), each
 image at its ``Axes`` with its metadata; a ``.ome.tif`` file gets a time series (TYX) and refuses an image whose
 other axes (channel, z, …) are not the first image's rather than flatten it. A path that holds a record already
-(a file, a folder with files) is refused when the hook is made. An image the record cannot hold as it is (another
-dtype than the record's first image, values that would wrap or round, NaN into integers, an axis it cannot keep, a
-place or time point saved already) is not saved, ``hook.raw_refused`` counts it and its metadata says
+(a file, a folder with files) is refused when the hook is made. A record holds one image size: an image of another
+size (a new ROI mid-acquisition) finishes it and is saved, with those after it, in a new record beside it of the
+same form (``data/cells_raw_2``, ``raw_2.ome.tif``: the next free name, never over a file or folder there), said in
+one line; :attr:`DenoiseHook.raw_records` lists them. An image the record cannot hold as it is (another dtype than
+the record's first image, values that would wrap or round, NaN into integers, an axis it cannot keep, a place or
+time point saved already, in any of its records) is not saved, ``hook.raw_refused`` counts it and its metadata says
 ``n2n-raw-saved: false`` and ``n2n-raw-error`` (why); a saved one says ``n2n-raw-saved: true``; the first raw image
 not saved, whatever the reason, is logged as an error. The record is finished by :meth:`DenoiseHook.close` (or the
 ``with`` block's end, or the interpreter's exit); what a crash leaves of each form: :mod:`.rawrecord`.
@@ -282,7 +285,7 @@ class DenoiseHook:
         assert self._raw is not None
         try:
             self._raw.save(image, meta)
-        except Exception as exc:  # disk full, a new ROI size, pixels or axes it cannot hold, a writer's own failure
+        except Exception as exc:  # disk full, pixels or axes it cannot hold, a writer's own failure
             self.raw_errors += 1
             self.raw_refused += isinstance(exc, RawRefused)
             reason = str(exc) if isinstance(exc, (OSError, ValueError)) else f"{type(exc).__name__}: {exc}"
@@ -296,12 +299,18 @@ class DenoiseHook:
         self.raw_saved += 1
         meta["n2n-raw-saved"] = True
 
+    @property
+    def raw_records(self) -> list[str]:
+        """Where the raw images went (``keep_raw``), in order: the record, then one beside it per change of image
+        size (a new ROI); empty without ``keep_raw`` or before the first image."""
+        return [str(p) for p in self._raw.paths] if self._raw is not None else []
+
     def counts(self) -> dict[str, int]:
         """What became of the frames so far (for a summary after the acquisition)."""
         return {"frames": self.frames, "denoised": self.denoised, "errors": self.errors, "skipped": self.skipped,
                 "served_raw": self.served_raw, "float_path": self.float_path, "raw_saved": self.raw_saved,
                 "raw_errors": self.raw_errors, "raw_refused": self.raw_refused, "raw_emitted": self.raw_emitted,
-                "raw_not_emitted": self.raw_not_emitted}
+                "raw_not_emitted": self.raw_not_emitted, "raw_records": len(self.raw_records)}
 
     def close(self) -> None:
         """Close the socket and finish the raw record (call after the acquisition; images given after are not

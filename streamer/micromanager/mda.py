@@ -15,11 +15,15 @@ pymmcore-plus's own :class:`~pymmcore_plus.mda.MDAEngine` acquires, and each ima
 
 A frame the server cannot serve well (no answer, refused, no model for its channel, a failed output check) goes on
 RAW: written as it came, its ``frameReady`` metadata saying so under ``"n2n"`` (``{"denoised": false, "flag": …}``),
-and counted (:meth:`DenoisingEngine.counts`). The denoising runs in pymmcore-plus's acquisition thread, a frame
-at a time: while a frame is denoised the next waits in Micro-Manager's circular buffer (a time loop at interval 0
-runs at the camera's rate with hardware sequencing), so keep a frame's denoising time below the frame interval for
-long fast runs. The denoising is :class:`~streamer.micromanager.hook.DenoiseHook`'s,
-the pycromanager hook's, so both Micro-Manager paths behave alike::
+and counted (:meth:`DenoisingEngine.counts`). A frame of another size than the acquisition's (a position's or a
+channel's camera setting: a width, a binning; a sequence's ROI holds for the whole run) is one pymmcore-plus's
+writers cannot hold (they lose it, or write an unreadable file): it is kept, raw and denoised, in an OME-TIFF of its
+size beside the raw record (``raw_24x32.ome.tif``: width × height, each plane's ``Axes`` in its metadata), said once
+and counted (:attr:`DenoisingEngine.other_sizes`), and the acquisition's own files skip it. The denoising runs in
+pymmcore-plus's acquisition thread, a frame at a time: while a frame is denoised the next waits in Micro-Manager's
+circular buffer (a time loop at interval 0 runs at the camera's rate with hardware sequencing), so keep a frame's
+denoising time below the frame interval for long fast runs. The denoising is
+:class:`~streamer.micromanager.hook.DenoiseHook`'s, the pycromanager hook's, so both Micro-Manager paths behave alike::
 
     from pymmcore_plus import CMMCorePlus
     from streamer.micromanager.mda import DenoisingEngine
@@ -48,6 +52,7 @@ from pymmcore_plus.mda import MDAEngine
 from pymmcore_plus.mda._sink import OmeWritersSink
 
 from ..core.streams import AXIS_NAMES, key_text, stream_key
+from ..sources import OmeTiffWriter, next_file
 from .hook import DenoiseHook
 
 __all__ = ["FORMATS", "AcquisitionReport", "DenoisingEngine", "acquire", "event_axes", "read_sequence",
@@ -135,14 +140,20 @@ class DenoisingEngine(MDAEngine):
         name, ``raw_2.ome.zarr``, unless ``overwrite``)."""
         self.streams: dict[str, Counter[str]] = {}
         """Per stream (its key as text): frames, denoised, and each reason a frame went on raw."""
+        self.other_sizes: Counter[str] = Counter()
+        """Frames of another size than the acquisition's, by the file beside the raw record that keeps them."""
+        self._shape: tuple[int, int] | None = None  # the acquisition's frame size (its writers': height, width)
+        self._beside: dict[tuple[int, ...], OmeTiffWriter] = {}
 
     # --- the sequence ------------------------------------------------------------------------------------------
     def setup_sequence(self, sequence: Any) -> Any:
         meta = super().setup_sequence(sequence)
+        self._shape = None
         try:  # a multi-camera adapter: each event gives a frame per camera (the runner skips that many)
             summary: Any = meta or {}
             infos = summary["image_infos"]
             self._cameras = max(1, int(infos[0].get("num_camera_adapter_channels", 1)))
+            self._shape = (int(infos[0]["height"]), int(infos[0]["width"]))
         except (KeyError, IndexError, TypeError, ValueError):
             self._cameras = 1
         if self._raw_target is not None:
@@ -198,6 +209,12 @@ class DenoisingEngine(MDAEngine):
             meta = dict(meta)
             if "runner_time_ms" not in meta:  # what the runner would add after: the raw record needs it now
                 meta["runner_time_ms"] = self.mmcore.mda.seconds_elapsed() * 1000
+            if self._shape is not None and np.shape(img)[:2] != self._shape and self._beside_ok:
+                self._keep_beside(type(payload)(img, event, meta))  # the writers would lose it: kept beside them
+                if self._raw is not None:
+                    self._raw.skip(frames=1)
+                signal = yield None  # (the runner's own writer skips it too)
+                continue
             raw_saved = self._record_raw(img, event, meta)  # first, whatever comes of the denoising
             payload = type(payload)(img, event, meta)
             try:
@@ -233,6 +250,11 @@ class DenoisingEngine(MDAEngine):
         meta["n2n"] = info
         return type(payload)(np.asarray(out).reshape(np.shape(img)).astype(img.dtype, copy=False), event, meta)
 
+    @property
+    def _beside_ok(self) -> bool:
+        """Frames of another size can be kept beside the raw record (a path, not ome-writers' settings)."""
+        return bool(self.raw_records) and isinstance(self._raw_target, str | Path)
+
     def _record_raw(self, img: np.ndarray, event: Any, meta: Any) -> bool | None:
         if self._raw is None:
             return None
@@ -247,17 +269,52 @@ class DenoisingEngine(MDAEngine):
         self.raw_saved += 1
         return True
 
+    def _keep_beside(self, payload: Any) -> None:
+        """A frame of another size than the acquisition's, denoised and kept with its raw pixels in the OME-TIFF of
+        its size beside the raw record (opened, and said, at its first frame)."""
+        img, event, meta = payload
+        try:
+            done = self.denoise_payload(payload)
+            out, info = np.asarray(done[0]), dict(done[2]["n2n"])
+        except Exception as exc:  # as in _denoised: the frame is kept raw
+            log.exception("frame %s not denoised (kept raw)", dict(event.index))
+            out, info = img, {"denoised": False, "error": f"{type(exc).__name__}: {exc}"}
+            self.streams.setdefault("(error)", Counter()).update({"frames": 1, "error": 1})
+        try:
+            writer = self._beside.get(np.shape(img))
+            if writer is None:
+                record = Path(self.raw_records[-1])
+                path = record.parent / f"{record.name.split('.')[0]}_{img.shape[1]}x{img.shape[0]}.ome.tif"
+                writer = OmeTiffWriter(next_file(path) if path.exists() else path, img.shape[:2], img.dtype,
+                                       channels=("raw", "denoised"), name="n2n acquire, another frame size")
+                self._beside[np.shape(img)] = writer
+                h, w = self._shape or (0, 0)
+                log.warning("frames of %dx%d (the acquisition's are %dx%d: a camera setting of a position or a "
+                            "channel changed the size) are kept, raw and denoised, in %s; the acquisition's files "
+                            "skip them", img.shape[1], img.shape[0], w, h, writer.path)
+            writer.write([img, out], {"Axes": event_axes(event), "n2n": info,
+                                      "runner_time_ms": meta.get("runner_time_ms")})
+        except (OSError, ValueError) as exc:  # a full disk: the acquisition goes on; said and counted
+            self.raw_errors += 1
+            log.warning("frame %s (%dx%d) not kept: %s", dict(event.index), img.shape[1], img.shape[0], exc)
+            return
+        self.other_sizes[str(writer.path)] += 1
+
     # --- after -------------------------------------------------------------------------------------------------
     def counts(self) -> dict[str, Any]:
         """What became of the frames: the hook's counts, the raw record's, and per stream."""
         hook = {k: v for k, v in self.hook.counts().items() if not k.startswith("raw_")}  # (its keep_raw: unused)
         return {**hook, "raw_recorded": self.raw_saved, "raw_record_skipped": self.raw_skipped,
-                "raw_record_errors": self.raw_errors, "streams": {k: dict(v) for k, v in self.streams.items()}}
+                "raw_record_errors": self.raw_errors, "other_sizes": dict(self.other_sizes),
+                "streams": {k: dict(v) for k, v in self.streams.items()}}
 
     def _close_raw(self) -> None:
         if self._raw is not None:
             sink, self._raw = self._raw, None
             sink.close()
+        for writer in self._beside.values():
+            writer.close()
+        self._beside.clear()
 
     def close(self) -> None:
         """Finish the raw record and close the server connection (after the acquisition)."""
@@ -302,6 +359,9 @@ class AcquisitionReport:
     passed_raw: int = 0
     raw_recorded: int = 0
     raw_record_errors: int = 0
+    other_sizes: dict[str, int] = field(default_factory=dict)
+    """Frames of another size than the acquisition's (a camera setting of a position or a channel), kept raw and
+    denoised beside the raw record, by file: not in ``raw`` nor ``denoised``."""
     seconds: float = 0.0
     stopped: bool = False
     reasons: dict[str, int] = field(default_factory=dict)
@@ -371,6 +431,7 @@ def acquire(core: Any, sequence: Any, endpoints: dict[str, str] | str | None, ou
     report.passed_raw = report.frames - report.denoised_frames
     report.raw_recorded = counts["raw_recorded"]
     report.raw_record_errors = counts["raw_record_errors"]
+    report.other_sizes = counts["other_sizes"]
     report.streams = counts["streams"]
     reasons: Counter[str] = Counter()
     for stream in report.streams.values():

@@ -16,21 +16,31 @@ What a microscopist gets depends on the path given, decided when the hook is mad
   bit-exact (``tifffile.imread`` gives an (N, Y, X) array, any TIFF reader N pages), without its metadata.
 
 The rule of both: the path must hold no record yet (an existing file, a folder that holds files: refused when the
-hook is made, never written over); an image the record cannot hold exactly (pixels another dtype would change; an
-axis it cannot keep; a place and time saved already) is refused (:class:`RawRefused`, with why).
+hook is made, and again before the first image, never written over); an image the record cannot hold exactly
+(pixels another dtype would change; an axis it cannot keep; a place and time saved already) is refused
+(:class:`RawRefused`, with why). Both hold one image size: an image of another size (a new ROI or binning
+mid-acquisition) finishes the file or folder being written and goes, with the images after it, into a new one of
+the same form beside it (``raw_2``, ``raw_2.ome.tif``, …: the first free name, :func:`~streamer.sources.next_file`,
+so nothing there is written over), said in one log line; ``paths`` lists them, in order. They are one record split
+by size: the continuation is written as the first is (crash-safe alike), and the rules above hold across all of
+them (the dtype is the first image's; a ``.ome.tif`` record's axes besides time keep the first image's value and a
+time point, a folder record's place, is saved once in all of them).
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from ..sources import OmeTiffWriter
+from ..sources import OmeTiffParts, next_file
 
 __all__ = ["NdTiffRecord", "OmeTiffRecord", "RawRecord", "RawRefused", "lossless_problem", "open_record",
            "plain_metadata"]
+
+log = logging.getLogger("n2n.micromanager")
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 NDTIFF_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
@@ -43,6 +53,10 @@ class RawRefused(ValueError):
 
 class RawRecord(Protocol):
     path: Path
+
+    @property
+    def paths(self) -> list[Path]:
+        """The records written, in order: ``path``, then one beside it per change of image size."""
 
     def save(self, image: np.ndarray, meta: dict[str, Any]) -> None:
         """Save ``image`` (2-D) with ``meta`` exactly; :class:`RawRefused` when the record cannot hold it, or
@@ -117,7 +131,7 @@ def plain_metadata(meta: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _first_image(image: np.ndarray) -> None:
+def _check_image(image: np.ndarray) -> None:
     if image.dtype.kind not in "biuf" or image.ndim != 2:
         raise ValueError(f"expected a 2-D image of integer or float pixels, got {image.dtype} of shape {image.shape}")
 
@@ -128,15 +142,20 @@ def _closed(path: Path) -> ValueError:
 
 class OmeTiffRecord:
     """One OME-TIFF, TYX (a time series): the first saved image sets the shape, the dtype and the value of any axis
-    besides time."""
+    besides time; an image of another shape finishes the file and begins the next beside it (:attr:`paths`), the
+    same series: the same dtype and axes, each time point once in all of them, every file crash-safe."""
 
     def __init__(self, path: Path) -> None:
         _refuse_used(path, folder=False)
         self.path = path
-        self._writer: OmeTiffWriter | None = None
-        self._fixed: dict[str, Any] | None = None  # the first saved image's axes besides time
-        self._times: set[Any] = set()  # the time points saved
+        self._writer: OmeTiffParts | None = None  # one OME-TIFF per image size (a new ROI: the next beside it)
+        self._fixed: dict[str, Any] | None = None  # the first saved image's axes besides time (every file's)
+        self._times: dict[Any, Path] = {}  # the time points saved, and the file each went to
         self._closed = False
+
+    @property
+    def paths(self) -> list[Path]:
+        return list(self._writer.paths) if self._writer is not None else []
 
     def save(self, image: np.ndarray, meta: dict[str, Any]) -> None:
         if self._closed:
@@ -158,41 +177,41 @@ class OmeTiffRecord:
         elif time_point is not None and not isinstance(time_point, int | str):
             time_point = str(time_point)
         if time_point is not None and time_point in self._times:
-            raise RawRefused(f"an image at time={time_point!r} is in {self.path.name} already: the record keeps one "
-                             "image per time point, never overwrites it")
+            raise RawRefused(f"an image at time={time_point!r} is in {self._times[time_point].name} already: the "
+                             "record keeps one image per time point, never overwrites it")
+        _check_image(image)  # every image: one that is not 2-D never finishes a file as a "new size"
         if self._writer is None:
-            _first_image(image)
             _refuse_used(self.path, folder=False)  # made since the hook was (another hook's record): never over it
-            self._writer = OmeTiffWriter(self.path, image.shape, image.dtype, name="raw",  # type: ignore[arg-type]
-                                         crash_safe=True)
+            self._writer = OmeTiffParts(self.path, image.dtype, name="raw", what="the raw record", crash_safe=True)
         problem = lossless_problem(image, self._writer.dtype)
         if problem is not None:
             raise RawRefused(f"not saved exactly in {self.path}: {problem}")
-        self._writer.write(image.astype(self._writer.dtype, copy=False), plain_metadata(meta))
+        written = self._writer.write(image.astype(self._writer.dtype, copy=False), plain_metadata(meta))
         if self._fixed is None:
             self._fixed = other
         if time_point is not None:
-            self._times.add(time_point)
+            self._times[time_point] = written
 
     def close(self) -> None:
         self._closed = True
         if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+            self._writer.close()  # (kept: its paths)
 
 
 class NdTiffRecord:
     """An NDTiff dataset in the folder ``path``, each image at its ``Axes``; an image without ``Axes`` is put at the
     next time point of those without. The first saved image sets the shape and the dtype (uint8 or uint16, what
-    NDTiff holds: another dtype is kept as uint16 where its values fit exactly)."""
+    NDTiff holds: another dtype is kept as uint16 where its values fit exactly); an image of another shape finishes
+    the dataset and begins the next beside it (:attr:`paths`), of the same dtype, each place once in all of them."""
 
     def __init__(self, path: Path) -> None:
         _refuse_used(path, folder=True)
         self.path = path
+        self.paths: list[Path] = []
         self.dtype: np.dtype | None = None
         self.shape: tuple[int, ...] | None = None
         self._ds: Any = None
-        self._saved: set[frozenset[tuple[str, int | str]]] = set()
+        self._saved: dict[frozenset[tuple[str, int | str]], Path] = {}  # the places saved, and the dataset of each
         self._untimed = 0  # images saved without Axes: their time points
         self._closed = False
 
@@ -218,20 +237,26 @@ class NdTiffRecord:
         key = frozenset(coords.items())
         if key in self._saved:
             where = ", ".join(f"{k}={v!r}" for k, v in coords.items())
-            raise RawRefused(f"an image at {where} is in {self.path.name} already: the record keeps one image per "
-                             "place, never overwrites it")
-        if self._ds is None:
-            _first_image(image)
+            raise RawRefused(f"an image at {where} is in {self._saved[key].name} already: the record keeps one image "
+                             "per place, never overwrites it")
+        _check_image(image)  # every image: one that is not 2-D never finishes a dataset as a "new size"
+        if self.dtype is None:
             dtype = image.dtype if image.dtype in NDTIFF_DTYPES else np.dtype(np.uint16)
         else:
-            dtype = self.dtype  # type: ignore[assignment]
-            if image.shape != self.shape:
-                raise ValueError(f"expected images of shape {self.shape} (the record's first), got {image.shape}")
+            dtype = self.dtype
         problem = lossless_problem(image, dtype)
         if problem is not None:
             raise RawRefused(f"not saved exactly in {self.path} (NDTiff: uint8 or uint16 pixels): {problem}")
+        if self._ds is not None and image.shape != self.shape:  # a new ROI: this dataset is finished, the next begins
+            old, (h, w) = self.paths[-1], self.shape or (0, 0)
+            self._finish()
+            log.warning("%s: an image of %dx%d came after images of %dx%d (a new ROI or binning): %s is finished "
+                        "and the raw record continues in %s", self.path.name, image.shape[1], image.shape[0], w, h,
+                        old, next_file(self.path))
         if self._ds is None:
-            self._ds = self._create(image)
+            path = next_file(self.path) if self.paths else self.path  # the first free name beside it (said above)
+            self._ds = self._create(image, path)
+            self.paths.append(path)
             self.dtype, self.shape = np.dtype(dtype), image.shape
         writer = self._ds.current_writer
         self._ds.put_image(coords, np.ascontiguousarray(image, dtype=dtype), plain_metadata(meta))
@@ -240,31 +265,35 @@ class NdTiffRecord:
         index = getattr(self._ds, "_index_file", None)  # ndstorage buffers its index until finish(): each image's
         if index is not None:  # entry goes to disk with it, so a crash keeps every image saved before it
             index.flush()
-        self._saved.add(key)
+        self._saved[key] = self.paths[-1]
         if not isinstance(axes, dict) or not axes:
             self._untimed += 1
 
-    def _create(self, image: np.ndarray) -> Any:
+    def _create(self, image: np.ndarray, path: Path) -> Any:
         from ndstorage import NDTiffDataset
 
-        _refuse_used(self.path, folder=True)  # filled since the hook was made (another hook's record): never over it
-        ds = NDTiffDataset(dataset_path=str(self.path), writable=True)
+        _refuse_used(path, folder=True)  # filled since the hook was made (another hook's record): never over it
+        ds = NDTiffDataset(dataset_path=str(path), writable=True)
         ds.initialize({"Source": "n2n-live denoise hook, keep_raw: the raw images of an acquisition at their axes",
                        "Width": int(image.shape[1]), "Height": int(image.shape[0])})
         return ds
+
+    def _finish(self) -> None:
+        """Finish the dataset being written."""
+        writer = self._ds.current_writer
+        try:
+            self._ds.finish()
+        finally:
+            _close_reader(writer)
+            self._ds.close()
+            self._ds = None
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
         if self._ds is not None:
-            writer = self._ds.current_writer
-            try:
-                self._ds.finish()
-            finally:
-                _close_reader(writer)
-                self._ds.close()
-                self._ds = None
+            self._finish()
 
 
 def _close_reader(writer: Any) -> None:

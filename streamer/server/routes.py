@@ -4,8 +4,10 @@ The server serves a model set: each distinct model of it is loaded once (a :clas
 K-frame histories, since each model has its own K), and a frame goes to the lane of its channel
 (:func:`~streamer.core.streams.channel_of`: ``meta.channel``, else ``meta.stream.channel``). A channel the set
 gives no model to is passed through raw (:data:`~streamer.core.modelset.NO_MODEL_FLAG`), counted per channel and
-said once, never guessed. A set of one model for every channel (``--model FOLDER``) routes without reading a
-frame's metadata at all: the per-frame cost of today's one-model server.
+said once, never guessed; one it does not name but a default serves (a preset renamed mid-session) is said once too.
+A channel never takes another channel's model, nor its history (:class:`~.intake.Streams`). A set of one model for
+every channel (``--model FOLDER``) routes without reading a frame's metadata at all: the per-frame cost of today's
+one-model server.
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ class Routes:
         """The lane of every frame, whatever its channel (a set of one model and a default): no routing per frame."""
         self._by_channel: dict[str | None, Lane | None] = {}
         self._said: set[str] = set()
+        self._said_default: set[str] = set()
         self.uniform = self.only is not None
         """Whether :attr:`min_side` and :attr:`fixed_shape` are every frame's limits (else checked per lane)."""
 
@@ -107,7 +110,19 @@ class Routes:
         lane = None if model is None else self._by_model[model]
         if len(self._by_channel) < MAX_ROUTED_CHANNELS:
             self._by_channel[channel] = lane
+        if lane is not None and channel is not None and channel not in self.models.channels:
+            self._say_default(channel, model)
         return lane
+
+    def _say_default(self, channel: str, model: str | None) -> None:
+        """Once per channel: a channel the set does not name (a preset renamed mid-session, a new one) goes to the
+        default model, not to the model of the channel it was."""
+        if channel in self._said_default or len(self._said_default) >= MAX_SAID_CHANNELS:
+            return
+        self._said_default.add(channel)
+        routed = ", ".join(f"{c} → {m}" for c, m in self.models.channels.items())
+        log.info("channel %r is not named in the model set (%s): its frames are denoised by the default model, %s",
+                 channel, routed, model)
 
     def no_model(self, msg: Message) -> str:
         """A frame that no model of the set serves: counted by channel, said once per channel; its channel."""

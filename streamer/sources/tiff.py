@@ -13,7 +13,8 @@ import tifffile
 from ..core.streams import channel_index, channel_labels
 from ._base import BaseSource, EndOfStream
 
-__all__ = ["OmeTiffWriter", "StackError", "TiffSource", "read_frame_metadata", "read_stack", "stack_channels"]
+__all__ = ["OmeTiffParts", "OmeTiffWriter", "StackError", "TiffSource", "next_file", "read_frame_metadata",
+           "read_stack", "stack_channels"]
 
 log = logging.getLogger("n2n.streamer")
 
@@ -282,6 +283,95 @@ class OmeTiffWriter:
         tifffile.tiffcomment(self.path, ome.tostring())
 
     def __enter__(self) -> OmeTiffWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+_SUFFIXES = (".ome.tiff", ".ome.tif", ".ome.zarr")
+
+
+def next_file(path: str | Path) -> Path:
+    """Where a recording at ``path`` goes on in a new file (or folder) beside it: ``bridge_2.ome.tif``, then
+    ``bridge_3.ome.tif`` … (``raw`` → ``raw_2``), the first that does not exist: an earlier file is never written
+    over."""
+    path = Path(path)
+    name = path.name
+    cut = len(name) - len(next((s for s in _SUFFIXES if name.lower().endswith(s)), path.suffix))
+    stem, suffix = name[:cut] or name, name[cut:]
+    n = 2
+    while (candidate := path.with_name(f"{stem}_{n}{suffix}")).exists():
+        n += 1
+    return candidate
+
+
+class OmeTiffParts:
+    """An OME-TIFF recording of frames of whatever size comes: an OME-TIFF holds one plane size, so a frame of
+    another size (a new ROI, another binning) finishes the file (valid, whole) and the recording goes on in a new one
+    beside it (:func:`next_file`: ``bridge_2.ome.tif`` …, the first free name: nothing there is written over), said
+    in one log line. :attr:`paths` lists the files, in order (those holding frames); the first is ``path``, opened
+    at the first frame. ``dtype``, ``channels``, ``name`` and ``crash_safe`` as :class:`OmeTiffWriter`'s, for every
+    file; ``what`` names the recording in the log line."""
+
+    def __init__(self, path: str | Path, dtype: np.dtype | str, channels: tuple[str, ...] = (), name: str = "",
+                 what: str = "the recording", crash_safe: bool = False) -> None:
+        self.path = Path(path)
+        self.dtype = np.dtype(dtype)
+        self.channels = tuple(channels)
+        self.name = name
+        self.what = what
+        self.crash_safe = crash_safe
+        self.paths: list[Path] = []
+        self.frames = 0
+        self._writer: OmeTiffWriter | None = None
+
+    def __len__(self) -> int:
+        return self.frames
+
+    def write(self, planes: np.ndarray | list[np.ndarray], metadata: dict[str, Any] | None = None) -> Path:
+        """One time point (as :meth:`OmeTiffWriter.write`); the file it went to. A time point that is not one 2-D
+        plane per channel, all of one size, is refused (``ValueError``) before any file is finished or begun."""
+        items = [planes] if isinstance(planes, np.ndarray) and planes.ndim == 2 else list(planes)
+        if len(items) != max(1, len(self.channels)):
+            raise ValueError(f"expected {max(1, len(self.channels))} plane(s) per frame, got {len(items)}")
+        shape = tuple(int(v) for v in np.shape(items[0]))
+        if len(shape) != 2 or any(tuple(np.shape(p)) != shape for p in items):
+            raise ValueError(f"expected 2-D planes of one size, got shapes {[tuple(np.shape(p)) for p in items]}")
+        writer = self._writer
+        if writer is None or writer.frame_shape != shape:
+            writer = self._open(shape)
+        writer.write(items, metadata)
+        self.frames += 1
+        return writer.path
+
+    def _open(self, shape: tuple[int, ...]) -> OmeTiffWriter:
+        old = self._writer
+        if old is not None:
+            self._finish(old)
+        path = next_file(self.path) if self.paths else self.path
+        if old is not None:
+            log.warning("%s: frames of %dx%d came after %d frame(s) of %dx%d (a new ROI or binning): %s is finished "
+                        "and %s continues in %s", self.path.name, shape[1], shape[0], len(old), old.frame_shape[1],
+                        old.frame_shape[0], old.path, self.what, path)
+        self._writer = OmeTiffWriter(path, shape, self.dtype, channels=self.channels,  # type: ignore[arg-type]
+                                     name=self.name, crash_safe=self.crash_safe)
+        self.paths.append(path)
+        return self._writer
+
+    def _finish(self, writer: OmeTiffWriter) -> None:
+        """Close ``writer``; a file it left without frames (removed by its close) leaves :attr:`paths`."""
+        self._writer = None
+        writer.close()
+        if len(writer) == 0 and writer.path in self.paths:
+            self.paths.remove(writer.path)
+
+    def close(self) -> None:
+        """Finish the file being written (idempotent)."""
+        if self._writer is not None:
+            self._finish(self._writer)
+
+    def __enter__(self) -> OmeTiffParts:
         return self
 
     def __exit__(self, *exc: object) -> None:
