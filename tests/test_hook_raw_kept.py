@@ -291,8 +291,10 @@ def test_with_raw_tells_the_backend_by_the_acquisition_calling_it(python_backend
 
 def test_file_names_from_free_text_follow_one_rule() -> None:
     """Channel names become folder names (n2n train --per-channel) and stream file names (n2n grab --mda) alike."""
-    from streamer.micromanager.grab_mda import _safe
+    # n2n grab --mda names its files through grab_plan (split out of grab_mda), which takes the one rule's function
+    from streamer.micromanager import grab_mda, grab_plan
 
+    assert grab_plan.safe_name is safe_name and grab_mda.safe_name is safe_name
     for text in ("GFP / 488 nm", "DAPI", "Cy5 (far-red)", "a..b", "ü-ß"):
-        assert safe_name(text) == _safe(text)
+        assert safe_name(text) == grab_plan.safe_name(text)
     assert safe_name("GFP / 488 nm") == "GFP_488_nm" and "/" not in safe_name("../x")

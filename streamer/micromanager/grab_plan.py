@@ -10,13 +10,13 @@ file of the grab is there already and that the disk holds what will be written; 
 
 from __future__ import annotations
 
-import re
 import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..core.filenames import safe_name
 from ..core.streams import key_text, stream_key
 from .mda import event_axes
 
@@ -67,11 +67,6 @@ def event_stream(event: Any) -> tuple[str, str, str | None, dict[str, Any]]:
     channel = axes.pop("channel", None)
     channel = None if channel is None else str(channel)
     return key_text(stream_key(axes)), key_text(stream_key(axes, channel)), channel, axes
-
-
-def safe_name(text: str) -> str:
-    """``text`` as a piece of a file name."""
-    return re.sub(r"[^\w.-]+", "_", text)
 
 
 def _place_name(key: dict[str, Any] | None) -> str:
