@@ -233,33 +233,57 @@ def two_planes() -> useq.MDASequence:
                             z_plan={"absolute": PLANES}, axis_order="tpgcz")
 
 
-def test_a_ctrl_c_while_the_files_are_assembled_waits_for_them(small_core: Any, tmp_path: Path,
-                                                               monkeypatch: pytest.MonkeyPatch,
-                                                               caplog: pytest.LogCaptureFixture) -> None:
-    """A Ctrl-C (SIGINT) that comes while the first file is assembled is logged and waited out: every file is
-    written whole, the spool removed, and Ctrl-C is as it was after."""
-    import signal
+_SIGINT_WHILE_ASSEMBLING = """
+import json, logging, signal, sys
+from pathlib import Path
+import useq
+from streamer.micromanager import grab_mda
+from streamer.micromanager.core import open_core
+from streamer.micromanager.grab_mda import plan_grab, record_bursts
+from streamer.sources.tiff import read_frame_metadata, stack_channels
 
-    real = grab_mda._interleave
-    calls: list[Path] = []
+logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+out = Path(sys.argv[1])
+real = grab_mda._interleave
+calls = []
 
-    def interrupted(path: Path, *args: Any) -> None:
-        calls.append(path)
-        if len(calls) == 1:
-            signal.raise_signal(signal.SIGINT)
-        real(path, *args)
+def interrupted(path, *args):
+    calls.append(str(path))
+    if len(calls) == 1:
+        signal.raise_signal(signal.SIGINT)
+    real(path, *args)
 
-    monkeypatch.setattr(grab_mda, "_interleave", interrupted)
-    plan = plan_grab(small_core, two_planes(), 3, tmp_path / "cells.ome.tif")
+grab_mda._interleave = interrupted
+sequence = useq.MDASequence(channels=["DAPI", "GFP"], stage_positions=[(30.0, 30.0, 0.0)],
+                            z_plan={"absolute": json.loads(sys.argv[2])}, axis_order="tpgcz")
+with open_core("sim") as core:
+    core.setProperty("Camera", "Width", int(sys.argv[3]))
+    core.setProperty("Camera", "Height", int(sys.argv[3]))
     try:
-        report = record_bursts(small_core, plan)
+        report = record_bursts(core, plan_grab(core, sequence, 3, out / "cells.ome.tif"))
+        interrupted_by = None
     except KeyboardInterrupt:
-        pytest.fail("a Ctrl-C while the files were assembled interrupted them")
-    assert len(calls) == 2 and "SIGINT received while the files are assembled" in caplog.text
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["cells_p000_z000.ome.tif", "cells_p000_z001.ome.tif"]
-    for f in report.files:
-        assert stack_channels(f) == ["DAPI", "GFP"] and len(read_frame_metadata(f)) == 3
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        report, interrupted_by = None, "KeyboardInterrupt"
+print(json.dumps({"calls": len(calls), "interrupted": interrupted_by,
+                  "files": sorted(p.name for p in out.iterdir()),
+                  "channels": [stack_channels(f) for f in report.files] if report else [],
+                  "frames": [len(read_frame_metadata(f)) for f in report.files] if report else [],
+                  "handler_restored": signal.getsignal(signal.SIGINT) is signal.default_int_handler}))
+"""
+
+
+def test_a_ctrl_c_while_the_files_are_assembled_waits_for_them(tmp_path: Path) -> None:
+    """A Ctrl-C (SIGINT) that comes while the first file is assembled is logged and waited out: every file is
+    written whole, the spool removed, and Ctrl-C is as it was after. (In a process of its own: a real SIGINT.)"""
+    done = subprocess.run([sys.executable, "-c", _SIGINT_WHILE_ASSEMBLING, str(tmp_path), json.dumps(PLANES),
+                           str(SIZE)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["interrupted"] is None, "a Ctrl-C while the files were assembled interrupted them"
+    assert result["calls"] == 2 and "SIGINT received while the files are assembled" in done.stderr
+    assert result["files"] == ["cells_p000_z000.ome.tif", "cells_p000_z001.ome.tif"]
+    assert result["channels"] == [["DAPI", "GFP"]] * 2 and result["frames"] == [3, 3]
+    assert result["handler_restored"]
 
 
 def test_a_failure_while_assembling_keeps_the_rest_in_the_spool_and_says_so(small_core: Any, tmp_path: Path,
