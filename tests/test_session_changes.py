@@ -4,8 +4,8 @@ default), the pycromanager hook (its Axes, and a real pycromanager acquisition),
 channel group read per frame, its ROI set while the bridge runs) and ``n2n acquire`` (a useq sequence whose position
 sets another camera width). Frames under a new channel name go to the default model or back raw (flagged
 ``raw:no_model``, counted, said once), never to another channel's model nor into its history; a frame of another
-size restarts its stream's history, and every raw frame is kept (a record of one frame size continues in a new
-file beside it). Real ZeroMQ on 127.0.0.1, real ONNX Runtime, tiny real K = 3 models."""
+size restarts its stream's history, and every raw frame is kept (a record per frame size, beside the first). Real
+ZeroMQ on 127.0.0.1, real ONNX Runtime, tiny real K = 3 models."""
 
 from __future__ import annotations
 
@@ -185,12 +185,13 @@ def test_a_frame_of_another_size_restarts_its_history_and_the_server_serves_on(
 def test_the_hooks_raw_record_continues_beside_itself_at_a_new_roi(
         models: dict[str, Path], dens: dict[str, Denoiser], tmp_path: Path, record: str) -> None:
     """Images of 64 × 64 (t 0-2), of a new ROI (32 × 48, t 3-4), then full again (t 5): each denoised from the
-    images of its size before it, each saved raw bit-exact; the record of one size is finished and the next goes
-    beside it (raw, raw_2, raw_3), said in one line each; nothing refused."""
+    images of its size before it, each saved raw bit-exact; the first image of the new size begins a record of its
+    own beside the first (raw_2), said in one line, and the full images after it go on in the first (a record per
+    size, never one per change); nothing refused."""
     images = [*camera_frames(3, seed=86), *camera_frames(2, seed=87)[:, 8:40, 4:52], *camera_frames(1, seed=88)]
     images = [np.ascontiguousarray(image) for image in images]
     stem, dot, suffix = record.partition(".")
-    paths = [tmp_path / record, tmp_path / f"{stem}_2{dot}{suffix}", tmp_path / f"{stem}_3{dot}{suffix}"]
+    paths = [tmp_path / record, tmp_path / f"{stem}_2{dot}{suffix}"]
 
     with said() as lines, running_server(models["DAPI"], config(motion_threshold=None)) as server, \
             denoise_hook(server.endpoints, keep_raw=tmp_path / record) as hook:
@@ -203,8 +204,8 @@ def test_the_hooks_raw_record_continues_beside_itself_at_a_new_roi(
     assert hook.raw_records == [str(p) for p in paths]
     counts = hook.counts()
     assert counts["raw_saved"] == 6 and counts["raw_errors"] == counts["raw_refused"] == 0
-    assert counts["raw_records"] == 3
-    for path, times in zip(paths, ([0, 1, 2], [3, 4], [5])):
+    assert counts["raw_records"] == 2
+    for path, times in zip(paths, ([0, 1, 2, 5], [3, 4])):
         if record == "raw":
             with Dataset(str(path)) as ds:
                 assert sorted(c["time"] for c in ds.get_image_coordinates_list()) == times
@@ -215,8 +216,8 @@ def test_the_hooks_raw_record_continues_beside_itself_at_a_new_roi(
             assert [m["Axes"]["time"] for m in meta] == times
             assert np.array_equal(saved.reshape(len(times), *images[times[0]].shape), np.stack(
                 [images[t] for t in times]))
-    new = [line for line in lines if "continues in" in line]
-    assert len(new) == 2 and all(str(p) in line for p, line in zip(paths[1:], new)), lines
+    new = [line for line in lines if "came after" in line]
+    assert len(new) == 1 and str(paths[1]) in new[0], lines
 
 
 def test_a_pycromanager_acquisition_through_a_renamed_preset_and_a_new_roi_keeps_every_image(
@@ -361,12 +362,13 @@ def test_the_bridge_sends_a_changed_channel_under_its_new_name(
 
 def test_the_bridge_keeps_every_frame_across_a_new_roi_in_files_of_one_size(
         scope: Any, models: dict[str, Path], dens: dict[str, Denoiser], tmp_path: Path) -> None:
-    """core.setROI while the bridge runs, then core.clearROI: the OME-TIFF of full frames is finished and the
-    frames go on in bridge_2.ome.tif (16 × 24), then bridge_3.ome.tif (full again), said in one line each and listed
-    in the report; every camera frame is in one of them (consecutive image numbers), each plane's tags its size,
-    each denoised frame the model's answer from the frames of its own size; two history resets, no error."""
+    """core.setROI while the bridge runs, then core.clearROI: the frames of the ROI go to bridge_2.ome.tif (16 × 24),
+    said in one line and listed in the report, and the full frames after it go on in bridge.ome.tif (a file per
+    size, never one per change); every camera frame is in one of them (consecutive image numbers in all), each
+    denoised frame the model's answer from the frames of its own size since the last change; two history resets,
+    no error."""
     out = tmp_path / "bridge.ome.tif"
-    files = [out, tmp_path / "bridge_2.ome.tif", tmp_path / "bridge_3.ome.tif"]
+    files = [out, tmp_path / "bridge_2.ome.tif"]
     with said() as lines, running_server(models["DAPI"], lossless(), warmup_shape=(SIZE, SIZE)) as server:
         report = bridge_with_changes(scope, server.endpoints, out, [lambda: scope.setROI(*ROI), scope.clearROI])
         with StreamClient(server.endpoints) as client:
@@ -374,8 +376,8 @@ def test_the_bridge_keeps_every_frame_across_a_new_roi_in_files_of_one_size(
 
     assert report.files == [str(p) for p in files]
     shapes = [tifffile.imread(p).shape for p in files]
-    assert [s[1:] for s in shapes] == [(2, SIZE, SIZE), (2, ROI[3], ROI[2]), (2, SIZE, SIZE)]
-    got = planes(report.files)
+    assert [s[-3:] for s in shapes] == [(2, SIZE, SIZE), (2, ROI[3], ROI[2])]
+    got = sorted(planes(report.files), key=lambda p: int(p[2]["ImageNumber"]))  # in the order the camera took them
     numbers = [m["ImageNumber"] for _, _, m, _ in got]
     assert numbers == list(range(numbers[0], numbers[0] + len(got)))
     assert len(got) == report.planes_written == report.frames_seen == report.frames_denoised + report.frames_kept_raw
@@ -386,8 +388,8 @@ def test_the_bridge_keeps_every_frame_across_a_new_roi_in_files_of_one_size(
         assert meta["n2n-denoised"] is not is_raw(dens["DAPI"].last_flags[0])
     assert sum(not np.array_equal(raw, served) for raw, served, _, _ in got) > len(got) // 2  # denoised, mostly
     assert status["history_resets"] == {"shape": 2} and status["errors"] == 0
-    new = [line for line in lines if "continues in" in line]
-    assert len(new) == 2 and all(str(p) in line for p, line in zip(files[1:], new)), lines
+    new = [line for line in lines if "came after" in line]
+    assert len(new) == 1 and str(files[1]) in new[0], lines
 
 
 def test_the_simulated_camera_takes_a_roi_from_the_next_frame(scope: Any) -> None:
@@ -451,3 +453,30 @@ def test_an_acquisition_whose_position_sets_another_frame_size_keeps_every_frame
         for t in range(2):
             assert np.array_equal(out[t], dens["DAPI"](raw[t], previous=history.advance("", raw[t]))), (p, t)
     assert len([line for line in lines if str(side) in line]) == 1, lines
+
+
+@pytest.mark.parametrize("record", ["raw", "raw.ome.tif"])
+def test_a_size_that_comes_back_goes_on_in_its_own_record(tmp_path: Path, record: str) -> None:
+    """Sizes that alternate (a binned channel among others, a ROI switched back and forth) make one record per size,
+    not one per change: six images of two alternating sizes give two records of three images each, said once."""
+    from streamer.micromanager.rawrecord import open_record
+
+    full, crop = camera_frames(3, seed=90), camera_frames(3, seed=91)[:, 8:40, 4:52]
+    images = [np.ascontiguousarray(x) for pair in zip(full, crop) for x in pair]
+    with said() as lines:
+        raw = open_record(tmp_path / record)
+        for t, image in enumerate(images):
+            raw.save(image, {"Axes": {"time": t}})
+        raw.close()
+    stem, dot, suffix = record.partition(".")
+    assert raw.paths == [tmp_path / record, tmp_path / f"{stem}_2{dot}{suffix}"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in raw.paths)
+    for path, times in zip(raw.paths, ([0, 2, 4], [1, 3, 5])):
+        if record == "raw":
+            with Dataset(str(path)) as ds:
+                assert sorted(c["time"] for c in ds.get_image_coordinates_list()) == times
+                assert all(np.array_equal(ds.read_image(time=t), images[t]) for t in times)
+        else:
+            assert [m["Axes"]["time"] for m in read_frame_metadata(path)] == times
+            assert np.array_equal(tifffile.imread(path), np.stack([images[t] for t in times]))
+    assert sum("came after" in line for line in lines) == 1, lines

@@ -9,9 +9,9 @@ Manager), denoised (came back denoised), kept raw (came back, but the server sen
 failed its checks), dropped (by the server in live mode, or overwritten in Micro-Manager's buffer before they were
 read). Each plane's metadata in the OME-TIFF says ``n2n-denoised`` (false for a frame the server kept raw: its
 ``denoised`` channel holds the raw pixels) and, when the server flagged it, ``n2n-flags`` (see
-:mod:`streamer.protocol`). An OME-TIFF holds one frame size: a new ROI (or binning) mid-run finishes the file and the
-frames go on in a new one beside it (``bridge_2.ome.tif``, …; :class:`~streamer.sources.OmeTiffParts`), said in one
-line and listed in the report's ``files``.
+:mod:`streamer.protocol`). An OME-TIFF holds one frame size: the frames of a new ROI (or binning) go to a file of their
+size beside it (``bridge_2.ome.tif``, …; one per size, :class:`~streamer.sources.OmeTiffParts`), said in one line and
+listed in the report's ``files``.
 
 A core with a ``Channel`` configuration group sends each frame's channel (the group's current configuration, read
 as the frame is sent) as ``meta.channel``: a server of a model set (``n2n serve --model DAPI=runs/dapi --model

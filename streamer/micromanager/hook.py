@@ -21,12 +21,13 @@ the reason (the first failure's, at most :data:`MAX_REASON` characters) and ``n2
 (``keep_raw="data/raw"``) gets an NDTiff dataset with the acquisition's axes (time, channel, z, position, …), each
 image at its ``Axes`` with its metadata; a ``.ome.tif`` file gets a time series (TYX) and refuses an image whose
 other axes (channel, z, …) are not the first image's rather than flatten it. A path that holds a record already
-(a file, a folder with files) is refused when the hook is made. A record holds one image size: an image of another
-size (a new ROI mid-acquisition) finishes it and is saved, with those after it, in a new record beside it of the
-same form (``data/cells_raw_2``, ``raw_2.ome.tif``: the next free name, never over a file or folder there), said in
-one line; :attr:`DenoiseHook.raw_records` lists them. An image the record cannot hold as it is (another dtype than
-the record's first image, values that would wrap or round, NaN into integers, an axis it cannot keep, a place or
-time point saved already, in any of its records) is not saved, ``hook.raw_refused`` counts it and its metadata says
+(a file, a folder with files) is refused when the hook is made. A record holds one image size: the first image of
+another size (a new ROI mid-acquisition) begins a record of the same form beside it for that size
+(``data/cells_raw_2``, ``raw_2.ome.tif``: the next free name, never over a file or folder there), said in one line,
+and every later image goes to its size's record; :attr:`DenoiseHook.raw_records` lists them. An image the record
+cannot hold as it is (another dtype than the record's first image, values that would wrap or round, NaN into
+integers, an axis it cannot keep, a place or time point saved already, in any of its records) is not saved,
+``hook.raw_refused`` counts it and its metadata says
 ``n2n-raw-saved: false`` and ``n2n-raw-error`` (why); a saved one says ``n2n-raw-saved: true``; the first raw image
 not saved, whatever the reason, is logged as an error. The record is finished by :meth:`DenoiseHook.close` (or the
 ``with`` block's end, or the interpreter's exit); what a crash leaves of each form: :mod:`.rawrecord`.

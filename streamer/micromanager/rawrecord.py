@@ -18,10 +18,11 @@ What a microscopist gets depends on the path given, decided when the hook is mad
 The rule of both: the path must hold no record yet (an existing file, a folder that holds files: refused when the
 hook is made, and again before the first image, never written over); an image the record cannot hold exactly
 (pixels another dtype would change; an axis it cannot keep; a place and time saved already) is refused
-(:class:`RawRefused`, with why). Both hold one image size: an image of another size (a new ROI or binning
-mid-acquisition) finishes the file or folder being written and goes, with the images after it, into a new one of
-the same form beside it (``raw_2``, ``raw_2.ome.tif``, …: the first free name, :func:`~streamer.sources.next_file`,
-so nothing there is written over), said in one log line; ``paths`` lists them, in order. They are one record split
+(:class:`RawRefused`, with why). Both hold one image size: an the first image of another size (a new ROI or binning
+mid-acquisition) begins a record of the same form beside it for that size (``raw_2``, ``raw_2.ome.tif``, …: the
+first free name, :func:`~streamer.sources.next_file`, so nothing there is written over), said in one log line, and
+every later image goes to its size's record (one per size, never one per change); ``paths`` lists them in the order
+they were begun. They are one record split
 by size: the continuation is written as the first is (crash-safe alike), and the rules above hold across all of
 them (the dtype is the first image's; a ``.ome.tif`` record's axes besides time keep the first image's value and a
 time point, a folder record's place, is saved once in all of them).
@@ -142,7 +143,7 @@ def _closed(path: Path) -> ValueError:
 
 class OmeTiffRecord:
     """One OME-TIFF, TYX (a time series): the first saved image sets the shape, the dtype and the value of any axis
-    besides time; an image of another shape finishes the file and begins the next beside it (:attr:`paths`), the
+    besides time; the first image of another shape begins a file for that shape beside it (:attr:`paths`), the
     same series: the same dtype and axes, each time point once in all of them, every file crash-safe."""
 
     def __init__(self, path: Path) -> None:
@@ -201,16 +202,18 @@ class OmeTiffRecord:
 class NdTiffRecord:
     """An NDTiff dataset in the folder ``path``, each image at its ``Axes``; an image without ``Axes`` is put at the
     next time point of those without. The first saved image sets the shape and the dtype (uint8 or uint16, what
-    NDTiff holds: another dtype is kept as uint16 where its values fit exactly); an image of another shape finishes
-    the dataset and begins the next beside it (:attr:`paths`), of the same dtype, each place once in all of them."""
+    NDTiff holds: another dtype is kept as uint16 where its values fit exactly); the first image of another shape
+    begins a dataset for that shape beside it (:attr:`paths`), of the same dtype, and every later image of a shape
+    goes to that shape's dataset (a dataset per image size, never one per change), each place once in all of them."""
 
     def __init__(self, path: Path) -> None:
         _refuse_used(path, folder=True)
         self.path = path
         self.paths: list[Path] = []
         self.dtype: np.dtype | None = None
-        self.shape: tuple[int, ...] | None = None
-        self._ds: Any = None
+        self.shape: tuple[int, ...] | None = None  # the first image's
+        self._ds: Any = None  # the dataset of the image being saved
+        self._datasets: dict[tuple[int, ...], tuple[Any, Path]] = {}  # one per image size
         self._saved: dict[frozenset[tuple[str, int | str]], Path] = {}  # the places saved, and the dataset of each
         self._untimed = 0  # images saved without Axes: their time points
         self._closed = False
@@ -247,17 +250,18 @@ class NdTiffRecord:
         problem = lossless_problem(image, dtype)
         if problem is not None:
             raise RawRefused(f"not saved exactly in {self.path} (NDTiff: uint8 or uint16 pixels): {problem}")
-        if self._ds is not None and image.shape != self.shape:  # a new ROI: this dataset is finished, the next begins
-            old, (h, w) = self.paths[-1], self.shape or (0, 0)
-            self._finish()
-            log.warning("%s: an image of %dx%d came after images of %dx%d (a new ROI or binning): %s is finished "
-                        "and the raw record continues in %s", self.path.name, image.shape[1], image.shape[0], w, h,
-                        old, next_file(self.path))
-        if self._ds is None:
-            path = next_file(self.path) if self.paths else self.path  # the first free name beside it (said above)
-            self._ds = self._create(image, path)
+        if image.shape not in self._datasets:  # the first image of this size: a dataset of its own
+            path = next_file(self.path) if self.paths else self.path  # the first free name beside it
+            if self._datasets:
+                sizes = ", ".join(f"{s[1]}x{s[0]}" for s in self._datasets)
+                log.warning("%s: an image of %dx%d came after images of %s (a new ROI or binning): the raw record "
+                            "continues in %s for images of that size (a dataset per image size)", self.path.name,
+                            image.shape[1], image.shape[0], sizes, path)
+            self._datasets[image.shape] = (self._create(image, path), path)
             self.paths.append(path)
-            self.dtype, self.shape = np.dtype(dtype), image.shape
+            if self.dtype is None:
+                self.dtype, self.shape = np.dtype(dtype), image.shape
+        self._ds, dataset = self._datasets[image.shape]
         writer = self._ds.current_writer
         self._ds.put_image(coords, np.ascontiguousarray(image, dtype=dtype), plain_metadata(meta))
         if writer is not None and self._ds.current_writer is not writer:  # a full stack file (4 GiB): the next one
@@ -265,7 +269,7 @@ class NdTiffRecord:
         index = getattr(self._ds, "_index_file", None)  # ndstorage buffers its index until finish(): each image's
         if index is not None:  # entry goes to disk with it, so a crash keeps every image saved before it
             index.flush()
-        self._saved[key] = self.paths[-1]
+        self._saved[key] = dataset
         if not isinstance(axes, dict) or not axes:
             self._untimed += 1
 
@@ -278,22 +282,23 @@ class NdTiffRecord:
                        "Width": int(image.shape[1]), "Height": int(image.shape[0])})
         return ds
 
-    def _finish(self) -> None:
-        """Finish the dataset being written."""
-        writer = self._ds.current_writer
+    @staticmethod
+    def _finish(ds: Any) -> None:
+        """Finish one dataset."""
+        writer = ds.current_writer
         try:
-            self._ds.finish()
+            ds.finish()
         finally:
             _close_reader(writer)
-            self._ds.close()
-            self._ds = None
+            ds.close()
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        if self._ds is not None:
-            self._finish()
+        self._ds = None
+        while self._datasets:
+            self._finish(self._datasets.popitem()[1][0])
 
 
 def _close_reader(writer: Any) -> None:

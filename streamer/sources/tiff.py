@@ -307,12 +307,14 @@ def next_file(path: str | Path) -> Path:
 
 
 class OmeTiffParts:
-    """An OME-TIFF recording of frames of whatever size comes: an OME-TIFF holds one plane size, so a frame of
-    another size (a new ROI, another binning) finishes the file (valid, whole) and the recording goes on in a new one
-    beside it (:func:`next_file`: ``bridge_2.ome.tif`` …, the first free name: nothing there is written over), said
-    in one log line. :attr:`paths` lists the files, in order (those holding frames); the first is ``path``, opened
-    at the first frame. ``dtype``, ``channels``, ``name`` and ``crash_safe`` as :class:`OmeTiffWriter`'s, for every
-    file; ``what`` names the recording in the log line."""
+    """An OME-TIFF recording of frames of whatever size comes: an OME-TIFF holds one plane size, so the first frame of
+    another size (a new ROI, another binning) begins a file for that size beside the first (:func:`next_file`:
+    ``bridge_2.ome.tif`` …, the first free name: nothing there is written over), said in one log line, and every
+    later frame of a size goes to that size's file: a size that comes back (a ROI cleared, a binned channel among
+    others) goes on in its own file, so the files are one per size, never one per change. Each frame's metadata
+    keeps its own place and time. :attr:`paths` lists the files in the order they were begun (those holding
+    frames); the first is ``path``, opened at the first frame. ``dtype``, ``channels``, ``name`` and ``crash_safe``
+    as :class:`OmeTiffWriter`'s, for every file; ``what`` names the recording in the log line."""
 
     def __init__(self, path: str | Path, dtype: np.dtype | str, channels: tuple[str, ...] = (), name: str = "",
                  what: str = "the recording", crash_safe: bool = False) -> None:
@@ -324,7 +326,7 @@ class OmeTiffParts:
         self.crash_safe = crash_safe
         self.paths: list[Path] = []
         self.frames = 0
-        self._writer: OmeTiffWriter | None = None
+        self._writers: dict[tuple[int, ...], OmeTiffWriter] = {}  # one per frame size
 
     def __len__(self) -> int:
         return self.frames
@@ -338,38 +340,33 @@ class OmeTiffParts:
         shape = tuple(int(v) for v in np.shape(items[0]))
         if len(shape) != 2 or any(tuple(np.shape(p)) != shape for p in items):
             raise ValueError(f"expected 2-D planes of one size, got shapes {[tuple(np.shape(p)) for p in items]}")
-        writer = self._writer
-        if writer is None or writer.frame_shape != shape:
+        writer = self._writers.get(shape)
+        if writer is None:
             writer = self._open(shape)
         writer.write(items, metadata)
         self.frames += 1
         return writer.path
 
     def _open(self, shape: tuple[int, ...]) -> OmeTiffWriter:
-        old = self._writer
-        if old is not None:
-            self._finish(old)
         path = next_file(self.path) if self.paths else self.path
-        if old is not None:
-            log.warning("%s: frames of %dx%d came after %d frame(s) of %dx%d (a new ROI or binning): %s is finished "
-                        "and %s continues in %s", self.path.name, shape[1], shape[0], len(old), old.frame_shape[1],
-                        old.frame_shape[0], old.path, self.what, path)
-        self._writer = OmeTiffWriter(path, shape, self.dtype, channels=self.channels,  # type: ignore[arg-type]
-                                     name=self.name, crash_safe=self.crash_safe)
+        if self._writers:
+            sizes = ", ".join(f"{s[1]}x{s[0]}" for s in self._writers)
+            log.warning("%s: frames of %dx%d came after frames of %s (a new ROI or binning): %s continues in %s "
+                        "for frames of that size (a file per frame size)", self.path.name, shape[1], shape[0], sizes,
+                        self.what, path)
+        writer = OmeTiffWriter(path, shape, self.dtype, channels=self.channels,  # type: ignore[arg-type]
+                               name=self.name, crash_safe=self.crash_safe)
+        self._writers[shape] = writer
         self.paths.append(path)
-        return self._writer
-
-    def _finish(self, writer: OmeTiffWriter) -> None:
-        """Close ``writer``; a file it left without frames (removed by its close) leaves :attr:`paths`."""
-        self._writer = None
-        writer.close()
-        if len(writer) == 0 and writer.path in self.paths:
-            self.paths.remove(writer.path)
+        return writer
 
     def close(self) -> None:
-        """Finish the file being written (idempotent)."""
-        if self._writer is not None:
-            self._finish(self._writer)
+        """Finish every file (idempotent); a file left without frames (removed by its close) leaves :attr:`paths`."""
+        while self._writers:
+            _, writer = self._writers.popitem()
+            writer.close()
+            if len(writer) == 0 and writer.path in self.paths:
+                self.paths.remove(writer.path)
 
     def __enter__(self) -> OmeTiffParts:
         return self
