@@ -107,7 +107,9 @@ def run_demo_mda(out: Path, settings: MdaDemoSettings = MDA_FULL, console: Conso
                  dashboard: bool = True, stop: threading.Event | None = None,
                  stage: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run the multi-dimensional demo into ``out``; returns the report (also ``out/report.json``). KeyboardInterrupt
-    when stopped (Ctrl-C, SIGTERM or ``stop``), after the files and the core are closed."""
+    when stopped, after the files and the core are closed: Ctrl-C at any stage; SIGTERM only during the grab and the
+    acquisition (their signal handlers; elsewhere it ends the process as by default); ``stop`` during those two
+    stages and between stages."""
     from bench.mda import (
         CHANNELS,
         EXPOSURE_MS,
@@ -162,7 +164,8 @@ def run_demo_mda(out: Path, settings: MdaDemoSettings = MDA_FULL, console: Conso
         raise KeyboardInterrupt
 
     # 2: a model per channel
-    say(f"2/4  train a model per channel, each for at most {s.train.train_seconds:g} s, and export")
+    budget = f"at most {s.train.train_seconds:g} s" if s.train.train_seconds is not None else f"{s.train.epochs} epochs"
+    say(f"2/4  train a model per channel, each for {budget}, and export")
     t0 = time.perf_counter()
     report["train"] = _train_per_channel(s, grabbed.files, out / "models", console)
     report["train"]["seconds"] = round(time.perf_counter() - t0, 1)
@@ -245,10 +248,11 @@ def demo_mda_command(cfg: Any) -> None:
     from n2n.command import console, out
     from n2n.errors import UserError, user_errors
 
-    if cfg.view:
-        raise UserError("--view: expected it without --mda (napari on the single-field demo's live stage), got both; "
-                        "open the acquisition after instead: napari runs/demo_mda/acquisition/denoised.ome.zarr")
     out_dir = Path(cfg.out) if "out" in cfg.model_fields_set else Path("runs/demo_mda")
+    if cfg.view:  # (a position at a time: napari-ome-zarr opens no folder of several)
+        raise UserError("--view: expected it without --mda (napari on the single-field demo's live stage), got both; "
+                        "open the acquisition after instead: napari --plugin napari-ome-zarr "
+                        f"{out_dir}/acquisition/denoised.ome.zarr/0")
     try:
         with user_errors():
             report = run_demo_mda(out_dir, MDA_QUICK if cfg.quick else MDA_FULL, console=console,

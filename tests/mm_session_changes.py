@@ -15,6 +15,7 @@ import json
 import logging
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -52,14 +53,14 @@ def main(fitc: str, tritc: str, out: Path) -> dict[str, Any]:
     logger.addHandler(said)
     cfg = ServeConfig(endpoints=Endpoints.local(), num_threads=1, precision="fp32", motion_threshold=None)
     core = load_core("sim")
-    held = [core]  # (what the hook below reaches: let go with the core at the end)
+    hold = [core]  # (what the hook below reaches: let go with the core at the end)
     changed: set[str] = set()
 
     def new_roi(event: Any) -> Any:
         """Before an event's hardware: the camera's ROI set from t = 3 on (mid-acquisition)."""
         for e in event if isinstance(event, list) else [event]:
             if e.get("axes", {}).get("time", 0) >= 3 and "roi" not in changed:
-                held[0].setROI(*ROI)
+                hold[0].setROI(*ROI)
                 changed.add("roi")
         return event
 
@@ -129,12 +130,18 @@ def main(fitc: str, tritc: str, out: Path) -> dict[str, Any]:
         }
     finally:
         logger.removeHandler(said)
-        held.clear()
+        hold.clear()
         close_core(core)  # also stops pycromanager's acquisition engine, which was driving this core
         del core
         gc.collect()
     result["engine_released"] = Engine.get_instance() is None
-    result["threads_left"] = sorted(t.name for t in threading.enumerate() if t is not threading.main_thread())
+    deadline = time.monotonic() + 30  # pycromanager's, ndstorage's and ZeroMQ's threads may still be ending
+    while True:
+        left = sorted(t.name for t in threading.enumerate() if t is not threading.main_thread())
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    result["threads_left"] = left
     return result
 
 

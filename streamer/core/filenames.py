@@ -11,5 +11,7 @@ _UNSAFE = re.compile(r"[^\w.-]+")
 
 def safe_name(text: str) -> str:
     """``text`` with each run of characters other than letters, digits, ``_``, ``.`` and ``-`` made one ``_``
-    (``"GFP / 488"`` → ``"GFP_488"``): a name any file system takes, never a path (no separator)."""
-    return _UNSAFE.sub("_", text)
+    (``"GFP / 488"`` → ``"GFP_488"``): a name any file system takes, never a path (no separator); a name of dots
+    only, or empty (``".."``, ``"."``, ``""``: path components), is ``"_"``."""
+    name = _UNSAFE.sub("_", text)
+    return "_" if name.strip(".") == "" else name

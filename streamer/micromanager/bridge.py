@@ -318,7 +318,7 @@ def run_bridge(source: MicroManagerSource, endpoints: dict[str, str], frames: in
             except TimeoutError:
                 pass
         report.planes_written = len(writer) if writer is not None else 0
-        report.files = [str(p) for p in writer.paths] if writer is not None else []
+    report.files = [str(p) for p in writer.paths] if writer is not None else []  # after close: no empty last part
     if producer.error is not None and not isinstance(producer.error, EndOfStream):
         raise producer.error
     report.frames_seen = producer.sent

@@ -286,7 +286,8 @@ class DenoisingEngine(MDAEngine):
                 record = Path(self.raw_records[-1])
                 path = record.parent / f"{record.name.split('.')[0]}_{img.shape[1]}x{img.shape[0]}.ome.tif"
                 writer = OmeTiffWriter(next_file(path) if path.exists() else path, img.shape[:2], img.dtype,
-                                       channels=("raw", "denoised"), name="n2n acquire, another frame size")
+                                       channels=("raw", "denoised"), name="n2n acquire, another frame size",
+                                       crash_safe=True)
                 self._beside[np.shape(img)] = writer
                 h, w = self._shape or (0, 0)
                 log.warning("frames of %dx%d (the acquisition's are %dx%d: a camera setting of a position or a "
