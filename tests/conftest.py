@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -147,3 +148,24 @@ def run_copy(tmp_path: Path, trained_run: dict[str, Path]) -> Path:
     dst = tmp_path / "run"
     shutil.copytree(trained_run["run"], dst)
     return dst
+
+
+@pytest.fixture(scope="module")
+def display() -> Iterator[dict[str, str]]:
+    """An Xvfb display for a module's napari processes (tests/test_viewer.py, tests/test_open_in_napari.py):
+    the environment to run them in."""
+    if shutil.which("Xvfb") is None:
+        pytest.skip("Xvfb not installed (Debian/Ubuntu: apt install xvfb)")
+    read, write = os.pipe()
+    proc = subprocess.Popen(["Xvfb", "-displayfd", str(write), "-screen", "0", "1400x900x24", "-nolisten", "tcp"],
+                            pass_fds=(write,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.close(write)
+    with os.fdopen(read) as f:
+        number = f.readline().strip()
+    try:
+        assert number, "Xvfb did not report its display"
+        env = {k: v for k, v in os.environ.items() if k not in ("WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
+        yield {**env, "DISPLAY": f":{number}", "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

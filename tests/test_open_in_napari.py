@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -146,26 +143,6 @@ def test_the_records_read_with_ome_zarr_and_tifffile_hold_every_plane_at_its_axe
         assert len(planes) == T * P * len(CHANNELS) * Z
         assert all(plane.max() > 0 for plane in planes)  # the camera's offset: an empty plane would be zeros
         assert len({plane.tobytes() for plane in planes}) == len(planes)  # independent noise: every plane its own
-
-
-@pytest.fixture(scope="module")
-def display() -> Iterator[dict[str, str]]:
-    """An Xvfb display for napari's process (as tests/test_viewer.py starts one): the environment to run it in."""
-    if shutil.which("Xvfb") is None:
-        pytest.skip("Xvfb not installed (Debian/Ubuntu: apt install xvfb)")
-    read, write = os.pipe()
-    proc = subprocess.Popen(["Xvfb", "-displayfd", str(write), "-screen", "0", "1400x900x24", "-nolisten", "tcp"],
-                            pass_fds=(write,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    os.close(write)
-    with os.fdopen(read) as f:
-        number = f.readline().strip()
-    try:
-        assert number, "Xvfb did not report its display"
-        env = {k: v for k, v in os.environ.items() if k not in ("WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
-        yield {**env, "DISPLAY": f":{number}", "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 @needs_napari

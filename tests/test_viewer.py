@@ -8,12 +8,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -27,26 +25,6 @@ from streamer.server import running_server
 ROOT = Path(__file__).resolve().parent.parent
 HAVE_NAPARI = importlib.util.find_spec("napari") is not None
 needs_napari = pytest.mark.skipif(not HAVE_NAPARI, reason="napari not installed (pip install -e '.[viewer]')")
-
-
-@pytest.fixture(scope="module")
-def display() -> Iterator[dict[str, str]]:
-    """An Xvfb display for this module's napari processes: the environment to run them in."""
-    if shutil.which("Xvfb") is None:
-        pytest.skip("Xvfb not installed (Debian/Ubuntu: apt install xvfb)")
-    read, write = os.pipe()
-    proc = subprocess.Popen(["Xvfb", "-displayfd", str(write), "-screen", "0", "1400x900x24", "-nolisten", "tcp"],
-                            pass_fds=(write,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    os.close(write)
-    with os.fdopen(read) as f:
-        number = f.readline().strip()
-    try:
-        assert number, "Xvfb did not report its display"
-        env = {k: v for k, v in os.environ.items() if k not in ("WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
-        yield {**env, "DISPLAY": f":{number}", "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
