@@ -112,3 +112,22 @@ def test_bad_input_as_a_process(args: list[str], expected: str, bad_files: dict[
                                "next release"
     assert_one_error_line("\n".join(lines), proc.returncode, expected.format(**bad_files))
     assert proc.stdout == ""
+
+
+@pytest.mark.parametrize("args", [
+    ["grab", "--mm-config", "sim", "--frames", "3"],
+    ["bridge", "--mm-config", "sim", "--model", "no-such-model", "--frames", "3"],
+])
+def test_a_recording_is_never_written_over(args: list[str], tmp_path: Path) -> None:
+    """`n2n grab` and `n2n bridge` into an --out that exists (a rerun with the same command): refused in one line
+    before the camera is touched, the earlier recording's bytes as they were (they used to be truncated)."""
+    earlier = tmp_path / "cells.ome.tif"
+    earlier.write_bytes(b"II*\x00 an earlier recording")
+
+    result = n2n(*args, "--out", earlier)
+
+    other = ", or --no-save" if args[0] == "bridge" else ""
+    assert_one_error_line(result.output, result.exit_code,
+                          f"{earlier} exists: expected a new --out{other} (a recording is never written over; move "
+                          "that file first to use its name again)")
+    assert earlier.read_bytes() == b"II*\x00 an earlier recording"

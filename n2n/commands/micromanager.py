@@ -64,6 +64,7 @@ def grab(
 
         grab_mda_command(cfg, config.resolve().parent if config else None, json_path, _camera_words)
         return
+    _refuse_written(cfg.grab.out, "")
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from streamer.micromanager import open_source
@@ -190,6 +191,8 @@ def bridge(
     if cfg.bridge.model is None and cfg.bridge.connect is None:
         raise UserError("expected a model to serve (--model runs/NAME) or a running server "
                         "(--connect READY_FILE), got neither")
+    if cfg.bridge.out is not None:
+        _refuse_written(cfg.bridge.out, ", or --no-save")
     import zmq
 
     from n2n.bridging import bridge_live, read_ready_file
@@ -232,6 +235,15 @@ def bridge(
         with user_errors():
             json_path.parent.mkdir(parents=True, exist_ok=True)
             json_path.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+
+
+def _refuse_written(out: str | Path, other: str) -> None:
+    """Refuse, before the camera is touched, an ``--out`` that holds a recording: nothing a user acquired is ever
+    written over (as ``n2n grab --mda`` and ``n2n acquire`` refuse theirs)."""
+    path = Path(out)
+    if path.exists():
+        raise UserError(f"{path} exists: expected a new --out{other} (a recording is never written over; move "
+                        "that file first to use its name again)")
 
 
 def _saved_in(report: Any) -> str:
