@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from n2n.command import log
+from streamer.core.signals import stop_signals_to
 
 __all__ = ["graceful_signals"]
 
@@ -18,20 +19,11 @@ __all__ = ["graceful_signals"]
 def graceful_signals(stop: threading.Event, finishing: str = "finishing the frames already sent") -> Iterator[None]:
     """While inside: the first Ctrl-C or SIGTERM sets ``stop`` (logged with what is ``finishing`` meanwhile); a second
     Ctrl-C raises KeyboardInterrupt. Outside the main thread (which alone receives signals) it does nothing."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
 
     def on_signal(signum: int, _frame: Any) -> None:
         log.info("%s received: %s (Ctrl-C again to abort)", signal.Signals(signum).name, finishing)
         stop.set()
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
-    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    try:
+    with stop_signals_to(on_signal):
         yield
-    finally:
-        signal.signal(signal.SIGINT, before[0])
-        signal.signal(signal.SIGTERM, before[1])

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import tifffile
 
+from ..core.signals import stop_signals_to
 from ..core.streams import key_text, stream_key
 from ..sources import OmeTiffWriter
 from ..sources.micromanager import is_simulated, normalize_tagged_image
@@ -242,22 +243,13 @@ class _Recorder:
 def _signals_held() -> Iterator[None]:
     """While inside (in the main thread, which alone receives signals): Ctrl-C and SIGTERM are logged and waited
     out, not raised: the files being assembled are finished first (the acquisition is over; this is short)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
 
     def on_signal(signum: int, _frame: Any) -> None:
         log.warning("%s received while the files are assembled: they are finished first (the acquisition is over)",
                     signal.Signals(signum).name)
 
-    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    try:
+    with stop_signals_to(on_signal):
         yield
-    finally:
-        signal.signal(signal.SIGINT, before[0])
-        signal.signal(signal.SIGTERM, before[1])
 
 
 def _assemble(report: BurstsReport, plan: BurstPlan, recorder: _Recorder) -> None:
