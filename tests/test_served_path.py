@@ -12,7 +12,8 @@ import pytest
 import torch
 from conftest import train_tiny, write_tiff
 
-from streamer.core.card import ModelCard, Normalization, estimate_noise_model
+from streamer.core.card import ModelCard, Normalization
+from streamer.core.noise import estimate_noise_model
 from streamer.denoiser import FLAG_FLOAT_PATH, FLAG_RAW_OUTPUT, Denoiser, is_raw
 from streamer.sources import SimulatedCameraConfig, simulate_stack
 from trainer.unet import UNet

@@ -17,7 +17,8 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from streamer.core.card import Normalization, estimate_noise_model
+from streamer.core.card import Normalization
+from streamer.core.noise import estimate_noise_model
 
 from .config import TrainConfig
 from .inference import pick_device, predict, save_torch, save_weights
