@@ -132,3 +132,27 @@ def test_a_slowing_machine_plans_by_its_last_epoch_and_a_resume_by_the_recorded_
     unbudgeted = Pace(epochs=20, steps_per_epoch=1, max_minutes=None, clock=clock)
     unbudgeted.resume(5, 0.3)
     assert unbudgeted.planned == 20
+
+
+def test_the_thread_probe_times_the_counts_again_when_the_load_changes() -> None:
+    """A run alone chooses 2 threads; a second training starts beside it and its steps take 3 times as long: after
+    a block of such steps the counts are timed again from the next step, and 1 thread, faster now, is kept. Steady
+    steps (within 1.5 times the chosen count's) never start a probe."""
+    before = torch.get_num_threads()
+    try:
+        probe = ThreadProbe([2, 1], steps_each=2, window=4)
+        alone, busy = {2: 0.05, 1: 0.08}, {2: 0.15, 1: 0.06}
+        seen = []
+        for step in range(40):
+            load = alone if step < 12 else busy
+            probe.before(step)
+            seen.append(torch.get_num_threads())
+            count = probe.candidates[(step - probe._start) // 2] if probe.probing else probe.chosen
+            probe.after(step, load[count])
+        # probe 0-3 (2 chosen), steps 4-11 steady (two blocks, no probe), 12-15 busy at 2: a probe from 16 to 19
+        assert seen[:4] == [2, 2, 1, 1] and seen[4:16] == [2] * 12
+        assert seen[16:20] == [2, 2, 1, 1] and seen[20:] == [1] * 20
+        assert probe.reprobes == 1 and probe.chosen == 1 and torch.get_num_threads() == 1
+        assert probe.step_seconds() == pytest.approx(0.06)
+    finally:
+        torch.set_num_threads(before)

@@ -189,7 +189,8 @@ class OptimConfig(Strict):
     """CPU threads for PyTorch; None: all cores (or the fastest count, with adapt_threads)."""
     adapt_threads: bool = False
     """With num_threads None: time the first steps at all cores, half and one, and train at the fastest (on a busy
-    machine fewer threads are often twice as fast); the choice is logged. Off by default: a seeded run then gives the
+    machine fewer threads are often twice as fast), timed again when the load changes (a block of steps 1.5 times
+    slower or faster); the choice is logged. Off by default: a seeded run then gives the
     same weights on every run; on in the presets and the demo."""
 
     @model_validator(mode="after")

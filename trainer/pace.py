@@ -37,13 +37,24 @@ class ThreadProbe:
     """Times the first steps at each candidate thread count (``steps_each`` steps apiece, the first of each block
     not counted: it pays for the switch) and keeps the fastest. On a busy machine fewer threads are often twice as
     fast (measured: 97 ms a step at 2 threads, 55 ms at 1, beside two busy loops on 2 cores), as every thread of a
-    parallel region waits for the slowest. The probe steps are real training steps."""
+    parallel region waits for the slowest. The probe steps are real training steps.
 
-    def __init__(self, candidates: list[int], steps_each: int = 4) -> None:
+    The load can change after the choice (another training starts beside this one, or ends): the chosen count's
+    steps are watched in blocks of ``window``, and where a block's median step is ``change`` times slower or faster
+    than when the count was chosen, the counts are timed again from the next step. Measured on 2 cores: a run that
+    chose 2 threads alone took 1.24 s a step once a second training started beside it, and 0.26 s at 1 thread."""
+
+    def __init__(self, candidates: list[int], steps_each: int = 4, window: int = 50, change: float = 1.5) -> None:
         self.candidates = candidates
         self.steps_each = max(2, steps_each)
+        self.window = max(2, window)
+        self.change = change
         self.times: dict[int, list[float]] = {c: [] for c in candidates}
         self.chosen: int | None = candidates[0] if len(candidates) == 1 else None
+        self.reprobes = 0
+        """How often the load changed enough to time the counts again."""
+        self._start = 0  # the session step the current probe began at
+        self._recent: list[float] = []  # the chosen count's step times since the last check
 
     @classmethod
     def for_machine(cls, cores: int | None = None) -> ThreadProbe:
@@ -57,21 +68,42 @@ class ThreadProbe:
 
     def before(self, step: int) -> None:
         """Set the thread count for this session's ``step`` (0-based) while probing."""
-        if self.chosen is None and step % self.steps_each == 0:
-            torch.set_num_threads(self.candidates[step // self.steps_each])
+        at = step - self._start
+        if self.chosen is None and at % self.steps_each == 0:
+            torch.set_num_threads(self.candidates[at // self.steps_each])
 
     def after(self, step: int, seconds: float) -> None:
-        """Record the step's time; once every candidate ran, choose (and set) the fastest."""
+        """Record the step's time; once every candidate ran, choose (and set) the fastest; after that, watch for a
+        change of load."""
         if self.chosen is not None:
+            self._watch(step, seconds)
             return
-        if step % self.steps_each:
-            self.times[self.candidates[step // self.steps_each]].append(seconds)
-        if step + 1 == self.steps_each * len(self.candidates):
+        at = step - self._start
+        if at % self.steps_each:
+            self.times[self.candidates[at // self.steps_each]].append(seconds)
+        if at + 1 == self.steps_each * len(self.candidates):
             medians = {c: statistics.median(t) for c, t in self.times.items()}
             self.chosen = min(medians, key=lambda c: medians[c])
             torch.set_num_threads(self.chosen)
             shown = ", ".join(f"{c}: {1000 * m:.0f} ms" for c, m in medians.items())
             log.info("training threads: %d (a step at %s)", self.chosen, shown)
+
+    def _watch(self, step: int, seconds: float) -> None:
+        if len(self.candidates) < 2:
+            return
+        self._recent.append(seconds)
+        if len(self._recent) < self.window:
+            return
+        now, then = statistics.median(self._recent), self.step_seconds()
+        self._recent = []
+        if then and not then / self.change <= now <= then * self.change:
+            log.info("training threads: a step takes %.0f ms now, %.0f ms when %d were chosen (the machine's load "
+                     "changed): timing %s threads again", 1000 * now, 1000 * then, self.chosen,
+                     ", ".join(map(str, self.candidates)))
+            self._start = step + 1
+            self.times = {c: [] for c in self.candidates}
+            self.chosen = None
+            self.reprobes += 1
 
     def step_seconds(self) -> float | None:
         """The chosen count's median step time, once chosen."""
