@@ -68,4 +68,6 @@ def main(model: str, out: Path, n: int) -> dict:
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else 50)))
+    outcome = main(sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else 50)
+    gc.collect()  # the core, held in pycromanager's reference cycles, released before the interpreter's teardown
+    print(json.dumps(outcome))

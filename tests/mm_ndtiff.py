@@ -98,4 +98,6 @@ def main(out: Path, n_time: int) -> dict:
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 3)))
+    outcome = main(Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 3)
+    gc.collect()  # the core, held in pycromanager's reference cycles, released before the interpreter's teardown
+    print(json.dumps(outcome))

@@ -146,4 +146,6 @@ def main(fitc: str, tritc: str, out: Path) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(sys.argv[1], sys.argv[2], Path(sys.argv[3]))))
+    outcome = main(sys.argv[1], sys.argv[2], Path(sys.argv[3]))
+    gc.collect()  # the core, held in pycromanager's reference cycles, released before the interpreter's teardown
+    print(json.dumps(outcome))
