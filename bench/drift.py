@@ -74,7 +74,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             extra = [a for s in [*temporal, *args.set] for a in ("--set", s)] if k > 1 else []
             subprocess.run(["n2n", "train", "--config", "configs/train_fast.yaml", "--data", str(train), "--reference",
                             str(train_gt), "--out", str(folder(k)), "--set", f"model.input_frames={k}", "--set",
-                            "quantize.int8=false", "--set", f"optim.epochs={args.epochs}", *extra], check=True,
+                            "quantize.int8=false", "--set", f"optim.epochs={args.epochs}",
+                            "--set", "data.bright_expert=null",  # (served at the training light: never used here)
+                            *extra], check=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     rows: dict[str, Any] = {}
     for drift in DRIFTS:

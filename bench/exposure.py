@@ -13,6 +13,9 @@ frames of another field (seed 1) and a model of its own trained at that exposure
 ``--averages N``: frames that are each the mean of N readouts at ``--train-ms`` (a confocal's line or frame averaging),
 served by the same model told so (``averaged=N``, as ``--averaged N`` does), not told (what it would do with them
 otherwise), and against a model trained on such averages (of ``--frames`` × N simulated frames).
+
+A model with a bright network (``data.bright_expert``, on in the presets) serves the frames bright enough for it with
+that network: the "default" column says how many and at which precision.
 """
 
 from __future__ import annotations
@@ -74,7 +77,9 @@ def measure(args: Any) -> dict[str, Any]:
         row |= {"psnr_raw": default["psnr_raw"], "psnr_gaussian": default["psnr_gaussian"],
                 "psnr_default": default["psnr_denoised"], "default_precision": default["precision"],
                 "default_engine": default["engine"], "psnr_fp32": fp32["psnr_denoised"],
-                "default_flagged": default.get("flagged", {}), "frames": default["frames"]}
+                "default_flagged": default.get("flagged", {}), "frames": default["frames"],
+                "default_bright_frames": default.get("bright_frames", 0),
+                "default_bright_precision": default.get("bright_precision")}
         if args.matched and ms != args.train_ms:
             matched, _ = evaluate(_train(out, ms, args), raw, truth, EvaluateConfig(precision="auto"))
             row["psnr_matched"] = matched["psnr_denoised"]
@@ -91,7 +96,9 @@ def measure(args: Any) -> dict[str, Any]:
         untold, _ = evaluate(model, frames, truth, EvaluateConfig(precision="auto"))
         row = {"averaged": n, "exposure_ms": args.train_ms, "psnr_raw": told["psnr_raw"],
                "psnr_gaussian": told["psnr_gaussian"], "psnr_told": told["psnr_denoised"],
-               "psnr_untold": untold["psnr_denoised"], "default_precision": told["precision"]}
+               "psnr_untold": untold["psnr_denoised"], "default_precision": told["precision"],
+               "frames": told["frames"], "default_bright_frames": told.get("bright_frames", 0),
+               "default_bright_precision": told.get("bright_precision")}
         if args.matched:
             matched, _ = evaluate(_train(out, args.train_ms, args, averaged=n), frames, truth,
                                   EvaluateConfig(precision="auto"))
@@ -102,6 +109,18 @@ def measure(args: Any) -> dict[str, Any]:
             "averaged": averaged_rows}
 
 
+def _served(row: dict[str, Any]) -> str:
+    """How a row's frames were served: the precision, and how many went to the model's bright network at which."""
+    bright = row.get("default_bright_frames") or 0
+    if not bright:
+        return str(row["default_precision"])
+    frames = row.get("frames", "?")
+    if bright == frames:
+        return f"bright network, {row.get('default_bright_precision')}"
+    return (f"{row['default_precision']}; {bright} of {frames} by the bright network, "
+            f"{row.get('default_bright_precision')}")
+
+
 def table(report: dict[str, Any]) -> str:
     lines = [f"model trained at {report['train_ms']:g} ms ({report['config']}, {report['epochs']} epochs)", "",
              "| exposure | raw | Gaussian | default (precision) | fp32 | model trained there |",
@@ -109,8 +128,8 @@ def table(report: dict[str, Any]) -> str:
     for r in report["rows"]:
         matched = f"{r['psnr_matched']:.2f}" if "psnr_matched" in r else "–"
         flagged = r.get("default_flagged", {})
-        how = r["default_precision"] + "".join(f", {n} of {r.get('frames', '?')} {f.replace('_', ' ')}"
-                                               for f, n in sorted(flagged.items()))
+        how = _served(r) + "".join(f", {n} of {r.get('frames', '?')} {f.replace('_', ' ')}"
+                                   for f, n in sorted(flagged.items()))
         lines.append(f"| {r['exposure_ms']:g} ms | {r['psnr_raw']:.2f} | {r['psnr_gaussian']:.2f} | "
                      f"{r['psnr_default']:.2f} ({how}) | {r['psnr_fp32']:.2f} | {matched} |")
     if report.get("averaged"):
@@ -119,7 +138,7 @@ def table(report: dict[str, Any]) -> str:
         for r in report["averaged"]:
             matched = f"{r['psnr_matched']:.2f}" if "psnr_matched" in r else "–"
             lines.append(f"| mean of {r['averaged']} at {r['exposure_ms']:g} ms | {r['psnr_raw']:.2f} | "
-                         f"{r['psnr_gaussian']:.2f} | {r['psnr_told']:.2f} ({r['default_precision']}) | "
+                         f"{r['psnr_gaussian']:.2f} | {r['psnr_told']:.2f} ({_served(r)}) | "
                          f"{r['psnr_untold']:.2f} | {matched} |")
     return "\n".join(lines)
 

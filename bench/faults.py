@@ -372,7 +372,7 @@ def _bare_ms(model: Path, frame: np.ndarray, threads: int | None, precision: str
         t0 = time.perf_counter()
         den(frame)
         out.append((time.perf_counter() - t0) * 1e3)
-    den.engine.close()
+    den.close()
     return out
 
 

@@ -87,7 +87,7 @@ def quality(model: Path, precision: str, raw: np.ndarray, reference: np.ndarray,
             out[i] = den(frame, previous=history.advance(frame, i))
         info = den.engine.info()
     finally:
-        den.engine.close()
+        den.close()
     p, s = _psnr_ssim(out, reference, data_range)
     return {"psnr": p, "ssim": s, "precision": info["precision"], "precision_note": info["precision_note"]}
 

@@ -61,7 +61,7 @@ class BareEngine:
         try:
             plan = den.prepare(frame.shape, frame)  # type: ignore[arg-type]
         except BaseException:
-            den.engine.close()
+            den.close()
             raise
         window = den.window(frame)  # a K-frame model's input: K frames (here the one repeated)
         if den._framed(plan, frame.dtype):
@@ -95,7 +95,7 @@ class BareEngine:
                 "samples_ms": times}
 
     def close(self) -> None:
-        self.denoiser.engine.close()
+        self.denoiser.close()
 
     def __enter__(self) -> BareEngine:
         return self

@@ -22,6 +22,12 @@ Never worse than raw in silence. Each frame returned carries flags (:attr:`Denoi
   or coarsely quantised one. Still denoised.
 * ``raw:output_range``: the output departed from the input's intensity range (its mean, or its extremes beyond
   the input's), or saturated where the input did not: the raw frame is returned instead (not denoised).
+
+A model folder with a bright network (``card.bright_expert``, trained with ``data.bright_expert``) serves each frame
+whose brightness (``core.card.frame_peak`` above the camera's offset, times ``averaged``) is at least
+``serves_from`` times the training frames' with it (:attr:`Denoiser.bright`, its own engine, checks and flags;
+counted in :attr:`Denoiser.routed`; in float32 unless another precision is asked for); the frame's flags are the
+bright network's.
 """
 
 from __future__ import annotations
@@ -132,6 +138,10 @@ class Denoiser:
         n = self.norm
         self._noise: tuple[float, float, float] | None = (
             None if n.linear else (float(n.gain), float(n.offset), float(n.read_noise)))  # type: ignore[arg-type]
+        self.bright: Denoiser | None = None
+        """The bright network's Denoiser (see the module docstring), attached by :meth:`from_model_dir`."""
+        self.routed = 0
+        """Frames served by the bright network so far."""
 
     @classmethod
     def from_model_dir(cls, model_dir: str | Path, engine: str = "auto", precision: str = "auto",
@@ -149,8 +159,38 @@ class Denoiser:
         card.normalization.averaged(averaged)  # a mean/std model refused before an engine is built
         eng = create_engine(engine, card, precision=precision, device=device, num_threads=num_threads,
                             min_psnr_db=min_psnr_db, retime=retime, trust_code=trust_code)
-        return cls(card, eng, tile_size, tile_overlap, output_dtype, max_tiles=max_tiles, max_shapes=max_shapes,
-                   max_tile_pixels=max_tile_pixels, averaged=averaged)
+        den = cls(card, eng, tile_size, tile_overlap, output_dtype, max_tiles=max_tiles, max_shapes=max_shapes,
+                  max_tile_pixels=max_tile_pixels, averaged=averaged)
+        if card.bright_expert is not None:
+            # auto: float32. At the light the bright network serves, its error is small and bf16's is not: bf16 cost
+            # it 0.08-0.17 dB against float32 on 100 ms frames (the one network there: 0.06-0.08), and such frames
+            # come at a long exposure's rate. A precision asked for is taken as asked.
+            bright_precision = "fp32" if precision == "auto" else precision
+            try:
+                den.bright = cls.from_model_dir(Path(model_dir) / card.bright_expert.path, engine, bright_precision,
+                                                device, num_threads, min_psnr_db, tile_size, tile_overlap,
+                                                output_dtype, max_tiles, max_shapes, retime, max_tile_pixels,
+                                                trust_code, averaged)
+            except BaseException:
+                eng.close()
+                raise
+        return den
+
+    def close(self) -> None:
+        """Release the engines (this network's and the bright network's)."""
+        self.engine.close()
+        if self.bright is not None:
+            self.bright.close()
+
+    def serves_bright(self, pixels: np.ndarray) -> bool:
+        """Whether ``pixels`` (a frame, or a window whose newest frame is last) is bright enough for the bright
+        network (see the module docstring)."""
+        be = self.card.bright_expert
+        if self.bright is None or be is None:
+            return False
+        newest = pixels if pixels.ndim == 2 else pixels[-1]
+        light = (frame_peak(newest) - float(self.card.normalization.offset or 0.0)) * self.averaged
+        return light >= be.serves_from * be.reference_peak
 
     @property
     def shapes(self) -> list[tuple[int, int]]:
@@ -208,6 +248,8 @@ class Denoiser:
             self.engine.infer_frames(np.zeros(plan.batch_shape, dtype), self.card.mean, self.card.std,
                                      self._out_dtype(dtype).name, self._noise)
         self._prepared.add((tuple(shape), dtype.name))
+        if self.bright is not None:  # compiled now too: the first bright frame does not wait for it
+            self.bright.prepare(shape, sample)
         return plan
 
     def _chunk(self, plan: TilePlan) -> int:
@@ -372,6 +414,12 @@ class Denoiser:
                  previous: Sequence[np.ndarray] = ()) -> np.ndarray:
         """Denoise one 2-D frame (any supported dtype); fills ``timings`` if given. A K-frame model also uses
         the frames before it, ``previous`` (oldest first; see :meth:`window`). Its flags: ``last_flags[0]``."""
+        if self.bright is not None and self.serves_bright(pixels):
+            self.bright.check_output = self.check_output
+            out = self.bright(pixels, timings, previous)
+            self.routed += 1
+            self._note(self.bright.last_flags)
+            return out
         flags: list[str] = []
         out = self._denoise(pixels, timings, previous, flags)
         self._note([tuple(flags)])
@@ -420,6 +468,21 @@ class Denoiser:
                              + ", ".join(f"{f.shape} {f.dtype}" for f in frames))
         plan = self.plan(first.shape)  # type: ignore[arg-type]
         prev: Sequence[Sequence[np.ndarray]] = previous if previous is not None else [()] * len(frames)
+        if self.bright is not None:
+            bright = [self.serves_bright(f) for f in frames]
+            if all(bright):
+                self.bright.check_output = self.check_output
+                out_frames = self.bright.batch(frames, timings, previous)
+                self.routed += len(frames)
+                self._note(self.bright.last_flags)
+                return out_frames
+            if any(bright):  # a batch across the threshold: frame by frame, each by its network
+                out_frames, all_flags = [], []
+                for f, p in zip(frames, prev):
+                    out_frames.append(self(f, timings, p))  # (counts its flags)
+                    all_flags.extend(self.last_flags)
+                self.last_flags = all_flags
+                return out_frames
         if (first.shape, first.dtype.name) not in self._prepared:
             self.check_shape(first.shape)
             self.prepare(first.shape, first)  # type: ignore[arg-type]  # decides the precision on one frame
@@ -472,4 +535,7 @@ class Denoiser:
                 "tile_size": self.tile_size, "tile_overlap": self.margin, "output_dtype": self.output_dtype,
                 "max_tiles": self.max_tiles, "max_shapes": self.max_shapes, "shapes_evicted": self.evicted,
                 "normalization": self.norm.kind, "averaged": self.averaged,
-                "checked_range": list(self.checked_range) if self.checked_range else None, "flagged": dict(self.counts)}
+                "checked_range": list(self.checked_range) if self.checked_range else None, "flagged": dict(self.counts),
+                **({} if self.bright is None or self.card.bright_expert is None else {"bright": {
+                    "serves_from": self.card.bright_expert.serves_from, "frames": self.routed,
+                    "engine": self.bright.engine.name, "precision": self.bright.engine.precision}})}

@@ -15,6 +15,7 @@ __all__ = [
     "CONFIG_VERSION",
     "ConfigError",
     "FAST_MODEL",
+    "BrightExpertConfig",
     "ROBUST_DATA",
     "ModelConfig",
     "QuantizeConfig",
@@ -104,6 +105,29 @@ class NoiseModelConfig(Strict):
 ROBUST_DATA: dict[str, Any] = {"normalization": "anscombe", "exposure_augment": [0.25, 16.0]}
 
 
+class BrightExpertConfig(Strict):
+    """A second network for frames much brighter than the training frames (a longer exposure, more laser power, frame
+    averaging): fine-tuned from the trained network on pairs remade at ``band`` times the recorded light only (sums of
+    consecutive frames), and served for every frame at least ``band[0]`` times as bright as the training frames. One
+    network trained over the whole range of exposures serves the bright end about 1 dB below a network trained at it
+    (docs/results.md); this one closes that gap for a share of the training time."""
+
+    band: list[float] = Field(default_factory=lambda: [3.0, 16.0], min_length=2, max_length=2)
+    """[low, high]: the light of its training pairs, in multiples of the recorded; frames at least ``low`` times as
+    bright as the training frames (their 99.5th percentile above the offset) are served by it."""
+    epochs_share: float = Field(0.3, gt=0, le=1)
+    """Its epochs (and, with a time budget, its share of the time) as a share of the network's: optim.epochs × this,
+    at least 1."""
+
+    @field_validator("band")
+    @classmethod
+    def _bright_band(cls, v: list[float]) -> list[float]:
+        if not 1.5 <= v[0] <= v[1]:
+            raise ValueError(f"expected bright_expert.band [low, high] with 1.5 <= low <= high (brighter than the "
+                             f"training frames: sums of 2 or more of them), got {v}")
+        return v
+
+
 class DataConfig(Strict):
     """Where frames come from and how training pairs are drawn."""
 
@@ -141,6 +165,10 @@ class DataConfig(Strict):
 
     exposure_augment_share: float = Field(0.5, gt=0, le=1)
     """The share of training pairs remade at another exposure (the rest stay at the recorded one)."""
+    bright_expert: BrightExpertConfig | None = Field(None, exclude_if=lambda v: v is None)
+    """A second network for frames much brighter than the training frames (see :class:`BrightExpertConfig`);
+    null: one network serves every frame. It needs mode n2n and the anscombe normalisation: with another (a preset
+    trained with --target supervised, or data.normalization meanstd), training says so and makes one network."""
     channel: str | None = Field(None, exclude_if=lambda v: v is None)
     """The channel to train on in multi-channel files (``n2n train --channel``: an index or an OME channel name);
     None: single-channel files only (several channels are refused: they are not consecutive frames)."""

@@ -91,7 +91,7 @@ def evaluate_without_reference(model: TrainedModel | str | Path, raw: np.ndarray
         gain = estimate_gain(Path("."), [raw], [0], k, min(pairs, raw.shape[0] - 1), denoiser=den_model)
         first = den_model(np.ascontiguousarray(raw[0]), previous=[raw[0]] * (k - 1) if k > 1 else [])
     finally:
-        den_model.engine.close()
+        den_model.close()
     report = {"frames": int(raw.shape[0]), "reference": None, "pairs": gain["pairs"],
               "estimated_gain_db": round(gain["gain_db_model"], 3),
               "estimated_gain_db_gaussian": round(gain["gain_db_gaussian"], 3),
@@ -180,7 +180,7 @@ def evaluate(
                 progress(i + 1, len(raw))
         info = den_model.engine.info()
     finally:
-        den_model.engine.close()
+        den_model.close()
     per_frame_s = (time.perf_counter() - t0) / len(raw)
     raw_f = raw.astype(np.float32)
 
@@ -208,6 +208,9 @@ def evaluate(
     report["seconds_per_frame"] = per_frame_s
     report["engine"], report["precision"], report["device"] = info["engine"], info["precision"], info["device"]
     report["flagged"] = dict(den_model.counts)  # frames the served path's checks flagged (float path, kept raw)
+    if den_model.bright is not None:  # frames bright enough went to the model's bright network, as served
+        report["bright_frames"] = den_model.routed
+        report["bright_precision"] = den_model.bright.engine.precision
     report["precision_note"] = info["precision_note"]
     # what was asked for: auto/auto is what n2n serve runs by default, so the scores are those of the served frames
     report["requested_engine"], report["requested_precision"] = config.engine, config.precision

@@ -93,7 +93,7 @@ def estimate_gain(run_dir: str | Path, stacks: Sequence[np.ndarray], splits: Seq
         precision = str(getattr(denoiser.engine, "precision", info.get("precision", "?")))
     finally:
         if own:
-            denoiser.engine.close()
+            denoiser.close()
     if not pixels:
         raise ValueError("expected held-out rows to estimate the gain on, got none")
     sigma2 = se_pair / pixels / 2

@@ -167,7 +167,8 @@ class Tuner:
         return total / max(1, int(self.cfg["steps"]))
 
     def save(self, out: Path, provenance: dict[str, Any]) -> Path:
-        """The current weights as a run folder: model.pt, model.onnx and a card naming where they came from."""
+        """The current weights as a run folder: model.pt, model.onnx and a card naming where they came from (and a
+        copy of the model's bright network, which the fine-tuning leaves as it was)."""
         from streamer.core.card import ModelCard
         from trainer.card import add_artifact
         from trainer.export import export_onnx
@@ -178,6 +179,10 @@ class Tuner:
         card = self.card.model_dump(mode="json")
         card.update(name=out.name, artifacts={})
         card["training"] = {**(card.get("training") or {}), "finetuned": provenance}
+        if self.card.bright_expert is not None:  # frames bright enough for it stay with the bright network as it was
+            import shutil
+
+            shutil.copytree(self.card.run_dir / self.card.bright_expert.path, out / self.card.bright_expert.path)
         ModelCard.model_validate(card).save(out)
         add_artifact(out, export_onnx(self.net, out / ONNX_NAME))
         return out

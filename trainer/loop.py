@@ -205,6 +205,9 @@ def train(
     references: Sequence[np.ndarray] | None = None,
     resume: bool = False,
     console: Console | None = None,
+    norm: Normalization | None = None,
+    init_state: dict[str, torch.Tensor] | None = None,
+    validation: tuple[Sequence[np.ndarray], Sequence[np.ndarray] | None] | None = None,
 ) -> TrainResult:
     """Fit a U-Net on ``stacks`` ((T, H, W) arrays) and write weights to ``run_dir``.
 
@@ -212,6 +215,10 @@ def train(
     References, when given in N2N mode, are used only to report validation PSNR/SSIM.
     Writes ``checkpoint.pt`` after every epoch (``resume=True`` continues from it) and
     ``model.pt`` (the best validation epoch's weights) at the end.
+
+    ``norm``: the normalisation to use (else fitted on ``stacks``); ``init_state``: weights to start from (a
+    fine-tune); ``validation``: other stacks (and references) to validate on, split like ``stacks`` (a bright
+    network is validated on sums of frames, at the light it serves).
     """
     check_stacks(stacks, config.mode, references)
     run_dir = Path(run_dir)
@@ -235,9 +242,14 @@ def train(
             raise ValueError(f"{ckpt_path}: was made with a different configuration ({', '.join(changed)} "
                              "changed); resume allows changing only optim.epochs, max_minutes, "
                              "early_stopping_patience, device, num_threads and adapt_threads")
-    norm = Normalization.from_dict(ckpt["normalization"]) if ckpt else fit_normalization(config, stacks)
+    if ckpt:
+        norm = Normalization.from_dict(ckpt["normalization"])
+    elif norm is None:
+        norm = fit_normalization(config, stacks)
 
     net = UNet(**config.model.build_kwargs())
+    if init_state is not None:
+        net.load_state_dict(init_state)
     mult = net.size_multiple
     splits = [split_rows(s.shape[1], dc.val_fraction, mult, dc.patch_size) for s in stacks]
     k = config.model.input_frames
@@ -248,7 +260,8 @@ def train(
     sampler = PairSampler(list(stacks) if augment else [norm.normalize(s) for s in stacks], dc.patch_size, splits,
                           targets, seed=oc.seed, k=k, reverse=dc.reversed_pairs, repeated=dc.repeated_windows,
                           augment=augment, normalize=norm.normalize)
-    validate = _Validator(stacks, norm, splits, references, config.mode, dc.val_pairs, k)
+    val_stacks, val_refs = validation if validation is not None else (stacks, references)
+    validate = _Validator(val_stacks, norm, splits, val_refs, config.mode, dc.val_pairs, k)
 
     net.to(device)
     if device.type == "cpu":

@@ -14,11 +14,12 @@ from rich.console import Console
 
 from streamer.sources import read_stack, simulate_stack
 
+from .bright import bright_refusal, main_config, train_bright
 from .card import ModelCard, Quantization, add_artifact, file_digest, versions
 from .config import TrainConfig, save_config
 from .export import ONNX_NAME, TORCHSCRIPT_NAME, export_onnx, export_torchscript
 from .inference import NO_SPACE, load_weights, no_space
-from .loop import train
+from .loop import TrainResult, train
 from .pairs import split_rows
 
 __all__ = ["TRAIN_DTYPES", "TrainingInterrupted", "check_dtype", "gather_data", "quantize_run", "run_training",
@@ -175,8 +176,26 @@ def _run_training(config: TrainConfig, run_dir: Path, data: Sequence[Path], refe
     stacks, refs, provenance = gather_data(config, data, references, run_dir)
     if before_training is not None:
         before_training()
+    refusal = bright_refusal(config)
+    if refusal:  # (a preset's bright network, with --target supervised or a mean/std normalisation)
+        log.warning("no bright network: %s; one network serves every frame", refusal)
     save_config(config, run_dir / "config.yaml")
-    result = train(config, stacks, run_dir, references=refs, resume=resume, console=console)
+    result = train(main_config(config), stacks, run_dir, references=refs, resume=resume, console=console)
+    card = _export(config, run_dir, stacks, provenance, result)
+    if result.interrupted:  # usable now; INT8, the gain estimate and a bright network wait for the run to be finished
+        raise TrainingInterrupted(card)
+    if config.quantize.int8:
+        quantize_run(run_dir, config, stacks, refs)
+        card = ModelCard.load(run_dir)
+    card = _estimate_gain(run_dir, config, stacks, card)
+    if config.data.bright_expert is not None and not refusal:
+        card = train_bright(config, run_dir, stacks, refs, provenance, console)
+    return card
+
+
+def _export(config: TrainConfig, run_dir: Path, stacks: Sequence[np.ndarray], provenance: dict[str, Any],
+            result: TrainResult, extra: dict[str, Any] | None = None) -> ModelCard:
+    """The trained weights' card (``model.json``) and float exports (ONNX, TorchScript) in ``run_dir``."""
     net, norm = load_weights(run_dir)
     card = ModelCard.model_validate({
         "name": run_dir.name,
@@ -192,20 +211,14 @@ def _run_training(config: TrainConfig, run_dir: Path, data: Sequence[Path], refe
                      "epochs": result.epochs, "best_epoch": result.best_epoch, "steps": result.steps,
                      "seconds": round(result.seconds, 1), "stopped": result.stopped,
                      "device": result.device, "precision": result.precision,
-                     **({"partial": True} if result.interrupted else {})},
+                     **({"partial": True} if result.interrupted else {}), **(extra or {})},
         "metrics": result.metrics,
         "history": result.history,
         "versions": versions(),
     })
     card.save(run_dir)
     add_artifact(run_dir, export_onnx(net, run_dir / ONNX_NAME, opset=config.onnx_opset))
-    card = add_artifact(run_dir, export_torchscript(net, run_dir / TORCHSCRIPT_NAME))
-    if result.interrupted:  # usable now; INT8 and the gain estimate wait for the run to be finished
-        raise TrainingInterrupted(card)
-    if config.quantize.int8:
-        quantize_run(run_dir, config, stacks, refs)
-        card = ModelCard.load(run_dir)
-    return _estimate_gain(run_dir, config, stacks, card)
+    return add_artifact(run_dir, export_torchscript(net, run_dir / TORCHSCRIPT_NAME))
 
 
 def _estimate_gain(run_dir: Path, config: TrainConfig, stacks: Sequence[np.ndarray], card: ModelCard) -> ModelCard:

@@ -149,6 +149,17 @@ def train(
     aug = t.get("config", {}).get("data", {}).get("exposure_augment")
     if aug:
         table.add_row("exposures trained", f"{aug[0]:g}x to {aug[1]:g}x the recorded light")
+    if card.bright_expert is not None:
+        from streamer.core.card import ModelCard
+
+        be = card.bright_expert
+        bright = ModelCard.load(out_dir / be.path)
+        bm, bt = bright.metrics, bright.training
+        score = (f"validation {bm['val_psnr']:.2f} dB (raw {bm['val_psnr_raw']:.2f})" if "val_psnr" in bm
+                 else f"validation loss {bm.get('val_loss', float('nan')):.4g}")
+        table.add_row("bright network", f"serves frames >= {be.serves_from:g}x as bright (trained at {be.band[0]:g}x "
+                      f"to {be.band[1]:g}x): {bt['epochs']} epoch(s), {bt['seconds']:.0f} s; {score} on sums of "
+                      f"{bt['data'].get('summed_frames')} frames; served in float")
     if card.quantization is not None:
         table.add_row("INT8", card.quantization.reason)
     from trainer.gain import gain_summary
@@ -370,7 +381,9 @@ def scored_line(report: dict[str, Any]) -> str:
            f"as asked: --engine {report.get('requested_engine')} --precision {report.get('requested_precision')}; "
            "n2n serve runs --engine auto --precision auto")
     averaged = f", frames averaged over {report['averaged']} readouts" if report.get("averaged", 1) > 1 else ""
-    return f"scored: {report['engine']} {report['precision']} on {report['device']}{averaged} ({how})"
+    bright = (f"; {report['bright_frames']} of {report.get('frames')} frames by its bright network "
+              f"({report.get('bright_precision')})" if report.get("bright_frames") else "")
+    return f"scored: {report['engine']} {report['precision']} on {report['device']}{averaged}{bright} ({how})"
 
 
 @EVALUATE

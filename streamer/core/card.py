@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,7 +28,7 @@ from .noise import estimate_noise_model
 
 __all__ = ["ARTIFACT_FORMATS", "CARD_NAME", "CARD_VERSION", "DEFAULT_NAMES", "INT8_NAME", "ONNX_NAME",
            "TORCHSCRIPT_NAME", "WEIGHTS_NAME", "Architecture", "Artifact", "CardError", "ModelCard", "Normalization",
-           "Quantization", "estimate_noise_model", "file_digest", "frame_peak", "unet_reach"]
+           "BrightExpert", "Quantization", "estimate_noise_model", "file_digest", "frame_peak", "unet_reach"]
 
 CARD_NAME = "model.json"
 CARD_VERSION: Literal[1] = 1
@@ -341,6 +342,28 @@ class Artifact(_Part):
         return v
 
 
+class BrightExpert(_Part):
+    """A second network in the model folder for frames much brighter than the training frames (``data.bright_expert``
+    in training): the Denoiser serves with it every frame at least ``serves_from`` times as bright as the training
+    frames. Itself a whole model folder (card, exports, its own INT8 check)."""
+
+    path: str = "bright"
+    """Its folder, inside the model folder (a plain name: never a path out of it)."""
+    band: list[float] = Field(min_length=2, max_length=2)
+    """The light of its training pairs, in multiples of the training frames'."""
+    serves_from: float = Field(gt=1)
+    """Frames at least this many times as bright as the training frames go to it."""
+    reference_peak: float = Field(gt=0)
+    """The training frames' brightness: their median ``frame_peak`` above the camera's offset (ADU)."""
+
+    @field_validator("path")
+    @classmethod
+    def _inside(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", v):
+            raise ValueError(f"expected the bright network's folder as a plain name inside the model folder, got {v!r}")
+        return v
+
+
 class Quantization(_Part):
     """The INT8 post-training quantization (NNCF) and its quality check."""
 
@@ -376,6 +399,8 @@ class ModelCard(BaseModel):
     versions: dict[str, str] = Field(default_factory=dict)
     artifacts: dict[str, Artifact] = Field(default_factory=dict)
     quantization: Quantization | None = None
+    bright_expert: BrightExpert | None = None
+    """A second network for much brighter frames (see :class:`BrightExpert`); None: one network serves all."""
 
     _run_dir: Path | None = PrivateAttr(default=None)
     _verified: set[str] = PrivateAttr(default_factory=set)

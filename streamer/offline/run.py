@@ -473,7 +473,7 @@ def _start(store: Path, replaced: list[Path], info: DatasetInfo, out_dtype: np.d
                 keep(denoiser_key(index, model, engine, precision, cfg.device, threads, cfg.dtype, sha, cfg.averaged),
                      denoiser)
             else:
-                denoiser.engine.close()
+                denoiser.close()
         engines[model] = (engine, precision)
     engine, precision = engines.pop(models[0][0])
     record = {**settings, "engine": engine, "precision": precision, "engines": engines, "complete": False,

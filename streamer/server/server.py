@@ -97,7 +97,7 @@ class Server:
                 loaded.append(load_denoiser(spec, self.config))
         except BaseException:
             for den in loaded[1 if first is not None else 0:]:
-                den.engine.close()
+                den.close()
             raise
         return loaded
 
@@ -193,7 +193,7 @@ class Server:
         self.swaps.close()
         self._ctx.term()
         for lane in self.routes.lanes:
-            lane.denoiser.engine.close()
+            lane.denoiser.close()
 
     def serve_forever(self) -> None:
         """Run the loop until stopped, then close everything."""

@@ -64,7 +64,7 @@ def prepare_model(model_dir: str | Path, config: ServeConfig, current: Denoiser,
                 new(frame)
                 new(frame)
     except Exception:
-        new.engine.close()
+        new.close()
         raise
     return new
 
@@ -163,7 +163,7 @@ class Swaps:
         """Serve the next frame with ``new`` (in the loop's thread, between two frames; or before serving)."""
         srv = self._server
         old = srv.routes.replace(srv.routes.primary, new)  # another model: frames before it start afresh
-        threading.Thread(target=old.engine.close, name="n2n-close-model", daemon=True).start()  # not on the loop
+        threading.Thread(target=old.close, name="n2n-close-model", daemon=True).start()  # not on the loop
         srv.stats.swaps += 1
         log.info("swapped to model %s (%s, %s) prepared in %.1f s", new.card.name, new.engine.name,
                  new.engine.precision, took_s)
@@ -175,7 +175,7 @@ class Swaps:
             return
         swap.finished(60)
         if swap.model is not None:
-            swap.model.engine.close()
+            swap.model.close()
         if swap.reply and self._server.control is not None:
             self._server.control.reply({"ok": False, "error": "the server stopped before the swap ended"})
         swap.close()
