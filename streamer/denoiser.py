@@ -26,8 +26,7 @@ Never worse than raw in silence. Each frame returned carries flags (:attr:`Denoi
 A model folder with a bright network (``card.bright_expert``, trained with ``data.bright_expert``) serves each frame
 whose brightness (``core.card.frame_peak`` above the camera's offset, times ``averaged``) is at least
 ``serves_from`` times the training frames' with it (:attr:`Denoiser.bright`, its own engine, checks and flags;
-counted in :attr:`Denoiser.routed`; in float32 unless another precision is asked for); the frame's flags are the
-bright network's.
+counted in :attr:`Denoiser.routed`; always in float32); the frame's flags are the bright network's.
 """
 
 from __future__ import annotations
@@ -42,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from .core.card import ModelCard, frame_peak
+from .core.card import CardError, ModelCard, frame_peak
 from .core.choices import OutputDtype
 from .core.dtypes import to_dtype
 from .core.tiling import TilePlan
@@ -149,7 +148,7 @@ class Denoiser:
                        tile_size: int | None = None, tile_overlap: int | None = None, output_dtype: str = "same",
                        max_tiles: int | None = None, max_shapes: int | None = None,
                        retime: bool = False, max_tile_pixels: int | None = None,
-                       trust_code: bool = False, averaged: int = 1) -> Denoiser:
+                       trust_code: bool = False, averaged: int = 1, bright: bool = True) -> Denoiser:
         """The model folder's card, an engine for it (``auto``: the first that runs here, see
         :func:`streamer.engines.create_engine`) and the pre/post-processing around it: what every user of a model
         folder (the server, ``n2n denoise``, ``n2n evaluate``) builds. ``trust_code``: run a TorchScript file this
@@ -161,20 +160,39 @@ class Denoiser:
                             min_psnr_db=min_psnr_db, retime=retime, trust_code=trust_code)
         den = cls(card, eng, tile_size, tile_overlap, output_dtype, max_tiles=max_tiles, max_shapes=max_shapes,
                   max_tile_pixels=max_tile_pixels, averaged=averaged)
-        if card.bright_expert is not None:
-            # auto: float32. At the light the bright network serves, its error is small and bf16's is not: bf16 cost
-            # it 0.08-0.17 dB against float32 on 100 ms frames (the one network there: 0.06-0.08), and such frames
-            # come at a long exposure's rate. A precision asked for is taken as asked.
-            bright_precision = "fp32" if precision == "auto" else precision
+        if card.bright_expert is not None and bright:
             try:
-                den.bright = cls.from_model_dir(Path(model_dir) / card.bright_expert.path, engine, bright_precision,
-                                                device, num_threads, min_psnr_db, tile_size, tile_overlap,
-                                                output_dtype, max_tiles, max_shapes, retime, max_tile_pixels,
-                                                trust_code, averaged)
+                den.bright = cls._bright_of(card, engine, device, num_threads, min_psnr_db, tile_size, tile_overlap,
+                                            output_dtype, max_tiles, max_shapes, retime, max_tile_pixels, trust_code,
+                                            averaged)
             except BaseException:
                 eng.close()
                 raise
         return den
+
+    @classmethod
+    def _bright_of(cls, card: ModelCard, engine: str, device: str, num_threads: int | None, min_psnr_db: float,
+                   tile_size: int | None, tile_overlap: int | None, output_dtype: str, max_tiles: int | None,
+                   max_shapes: int | None, retime: bool, max_tile_pixels: int | None, trust_code: bool,
+                   averaged: int) -> Denoiser:
+        """The Denoiser of ``card``'s bright network: a folder inside the model folder (never a link out of it),
+        whose card names no bright network of its own, in float32 whatever the first network's precision (at the
+        light it serves its error is small and reduced precision's is not: bf16 cost it 0.08-0.17 dB on 100 ms
+        frames, INT8 0.32; docs/results.md), so that every run of a model, live, offline, resumed or swapped,
+        serves a bright frame the same."""
+        assert card.bright_expert is not None
+        root = card.run_dir.resolve()
+        folder = (card.run_dir / card.bright_expert.path).resolve()
+        if not folder.is_relative_to(root) or folder == root:
+            raise CardError(f"{card.run_dir / 'model.json'}: expected its bright network in a folder inside the model "
+                            f"folder, got {card.bright_expert.path!r}, which leads to {folder}")
+        sub = ModelCard.load(folder)
+        if sub.bright_expert is not None:
+            raise CardError(f"{folder / 'model.json'}: expected a bright network's card, which names no bright "
+                            "network of its own, got one that does")
+        return cls.from_model_dir(folder, engine, "fp32", device, num_threads, min_psnr_db, tile_size, tile_overlap,
+                                  output_dtype, max_tiles, max_shapes, retime, max_tile_pixels, trust_code, averaged,
+                                  bright=False)
 
     def close(self) -> None:
         """Release the engines (this network's and the bright network's)."""
@@ -415,6 +433,9 @@ class Denoiser:
         """Denoise one 2-D frame (any supported dtype); fills ``timings`` if given. A K-frame model also uses
         the frames before it, ``previous`` (oldest first; see :meth:`window`). Its flags: ``last_flags[0]``."""
         if self.bright is not None and self.serves_bright(pixels):
+            if (pixels.shape, pixels.dtype.name) not in self._prepared:  # both networks, the shape recorded
+                self.check_shape(pixels.shape)
+                self.prepare(pixels.shape, pixels)  # type: ignore[arg-type]
             self.bright.check_output = self.check_output
             out = self.bright(pixels, timings, previous)
             self.routed += 1
@@ -468,6 +489,9 @@ class Denoiser:
                              + ", ".join(f"{f.shape} {f.dtype}" for f in frames))
         plan = self.plan(first.shape)  # type: ignore[arg-type]
         prev: Sequence[Sequence[np.ndarray]] = previous if previous is not None else [()] * len(frames)
+        if (first.shape, first.dtype.name) not in self._prepared:
+            self.check_shape(first.shape)
+            self.prepare(first.shape, first)  # type: ignore[arg-type]  # decides the precision on one frame
         if self.bright is not None:
             bright = [self.serves_bright(f) for f in frames]
             if all(bright):
@@ -483,9 +507,6 @@ class Denoiser:
                     all_flags.extend(self.last_flags)
                 self.last_flags = all_flags
                 return out_frames
-        if (first.shape, first.dtype.name) not in self._prepared:
-            self.check_shape(first.shape)
-            self.prepare(first.shape, first)  # type: ignore[arg-type]  # decides the precision on one frame
         k = self.input_frames
         windows = [self.window(f, p) for f, p in zip(frames, prev)] if k > 1 else frames
         if (len(frames) == 1 or not plan.whole

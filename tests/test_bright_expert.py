@@ -168,8 +168,9 @@ def test_a_time_budget_is_shared_by_the_two_networks() -> None:
 
 
 def test_evaluate_scores_what_denoise_writes_with_a_bright_network(bright_run: Path, tmp_path: Path) -> None:
-    """A recording whose exposure changed half-way: n2n denoise and n2n evaluate (defaults) route the same frames to
-    the bright network, so evaluate scores exactly the pixels denoise writes, and says how many went there."""
+    """A recording whose exposure changed half-way (bright first): n2n denoise and n2n evaluate (defaults) route the
+    same frames to the bright network, so evaluate scores exactly the pixels denoise writes, and says how many went
+    there."""
     import subprocess
     import sys
 
@@ -181,7 +182,8 @@ def test_evaluate_scores_what_denoise_writes_with_a_bright_network(bright_run: P
 
     dim, dim_truth = simulate_stack(SimulatedCameraConfig(height=64, width=64, exposure_ms=10.0, seed=5), 2)
     lit, lit_truth = simulate_stack(SimulatedCameraConfig(height=64, width=64, exposure_ms=100.0, seed=5), 2)
-    raw, truth = np.concatenate([dim, lit]), np.concatenate([dim_truth, lit_truth])
+    # bright first: the job's record of the first network's precision is made on a frame it does not serve
+    raw, truth = np.concatenate([lit, dim]), np.concatenate([lit_truth, dim_truth])
     out = tmp_path / "den.ome.tif"
     subprocess.run([sys.executable, "-m", "n2n", "denoise", str(write_tiff(tmp_path / "raw.ome.tif", raw)),
                     "--model", str(bright_run), "--out", str(out)], check=True, capture_output=True, timeout=300)
@@ -194,15 +196,97 @@ def test_evaluate_scores_what_denoise_writes_with_a_bright_network(bright_run: P
     assert report["bright_frames"] == 2
 
 
-def test_auto_serves_the_bright_network_in_float32_and_a_precision_asked_for_as_asked(bright_run: Path) -> None:
-    """At the light it serves, bf16 cost the bright network 0.08-0.17 dB against float32 (docs/results.md): auto
-    takes float32 for it; --precision bf16 is taken as asked."""
-    auto = Denoiser.from_model_dir(bright_run, engine="openvino")
-    asked = Denoiser.from_model_dir(bright_run, engine="openvino", precision="bf16")
+def test_the_bright_network_always_serves_in_float32(bright_run: Path) -> None:
+    """At the light it serves, bf16 cost the bright network 0.08-0.17 dB against float32 (docs/results.md): it runs
+    in float32 whatever the first network's precision, so a bright frame comes out the same live, offline, resumed
+    or swapped (those pass a decided precision on)."""
+    for precision in ("auto", "bf16"):
+        den = Denoiser.from_model_dir(bright_run, engine="openvino", precision=precision)
+        try:
+            assert den.engine.requested_precision == precision
+            assert den.bright is not None and den.bright.engine.requested_precision == "fp32"
+        finally:
+            den.close()
+
+
+def test_a_bright_frame_first_still_prepares_the_first_network(bright_run: Path) -> None:
+    """The first frame of a recording may be a bright one: the first network is compiled (its precision decided,
+    the shape recorded) all the same, so a job's record of it holds for the dim frames that follow."""
+    den = Denoiser.from_model_dir(bright_run, engine="openvino")
     try:
-        assert auto.bright is not None and auto.bright.engine.requested_precision == "fp32"
-        assert auto.engine.requested_precision == "auto"
-        assert asked.bright is not None and asked.bright.engine.requested_precision == "bf16"
+        lit = _frames(100.0)[0]
+        den(lit)
+        assert den.routed == 1 and den.engine.precision_decided and den.shapes == [lit.shape]
+        decided = den.engine.precision
+        den(_frames(10.0)[0])
+        assert den.engine.precision == decided and den.routed == 1
     finally:
-        auto.close()
-        asked.close()
+        den.close()
+
+
+@pytest.mark.parametrize("how", ["outside", "nested"])
+def test_a_bright_folder_out_of_the_model_or_with_its_own_is_refused(bright_run: Path, tmp_path: Path,
+                                                                       how: str) -> None:
+    """A bright folder linked out of the model folder (cards name files inside it only), or a bright network naming
+    one of its own (a loop), is refused in one line before anything runs."""
+    import json
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(bright_run, copy)
+    if how == "outside":
+        shutil.move(copy / "bright", tmp_path / "elsewhere")
+        (copy / "bright").symlink_to(tmp_path / "elsewhere")
+        words = "inside the model folder"
+    else:
+        card = json.loads((copy / "bright" / "model.json").read_text())
+        card["bright_expert"] = json.loads((copy / "model.json").read_text())["bright_expert"]
+        (copy / "bright" / "model.json").write_text(json.dumps(card))
+        words = "names no bright network of its own"
+    with pytest.raises(CardError, match=words):
+        Denoiser.from_model_dir(copy, engine="onnxruntime", precision="fp32")
+
+
+def test_ctrl_c_while_the_bright_network_trains_keeps_the_first_and_resume_makes_it(tmp_path: Path) -> None:
+    """SIGINT during the bright network's epochs: exit 130, the finished first network serves (no bright network
+    half made), and the printed --resume command makes the bright network."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import yaml
+    from conftest import write_tiff
+    from waiting import GENEROUS_S, wait_for
+
+    raw, _ = simulate_stack(SimulatedCameraConfig(height=64, width=64, exposure_ms=10.0, seed=3), 24)
+    data = write_tiff(tmp_path / "raw.ome.tif", raw)
+    cfg = tiny_train_dict(data={**ROBUST, "bright_expert": {"band": [3.0, 16.0], "epochs_share": 1.0}},
+                          optim={"epochs": 2, "steps_per_epoch": 5})
+    cfg["data"].pop("frames")
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "run"
+    env = {**os.environ, "COLUMNS": "250", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "n2n", "train", "--config", str(config), "--data", str(data), "--out", str(out)]
+    proc = subprocess.Popen([*cmd, "--set", "optim.steps_per_epoch=400"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        wait_for(lambda: (out / "bright" / "checkpoint.pt").exists(), "the bright network's first epoch",
+                 timeout=GENEROUS_S)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=GENEROUS_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err[-2000:]
+    assert "first network is finished" in err and "--resume" in err
+    assert not (out / "bright").exists() and ModelCard.load(out).bright_expert is None
+    import shlex
+
+    printed = shlex.split(err[err.index("n2n train --resume"):].splitlines()[0])  # the way on, as printed
+    again = subprocess.run([sys.executable, "-m", *printed], capture_output=True, text=True, env=env,
+                           timeout=GENEROUS_S)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert ModelCard.load(out).bright_expert is not None and (out / "bright" / "model.json").is_file()

@@ -27,7 +27,8 @@ from .config import TrainConfig
 from .inference import load_weights
 from .loop import CHECKPOINT_NAME, train
 
-__all__ = ["BRIGHT_DIR", "bright_refusal", "main_config", "reference_peak", "summed_frames", "train_bright"]
+__all__ = ["BRIGHT_DIR", "BrightInterrupted", "bright_refusal", "main_config", "reference_peak", "summed_frames",
+           "train_bright"]
 
 log = logging.getLogger("n2n.trainer")
 
@@ -35,22 +36,30 @@ BRIGHT_DIR = "bright"
 """The bright network's folder inside the model folder."""
 
 
-def bright_refusal(config: TrainConfig) -> str | None:
-    """Why ``data.bright_expert`` cannot be trained with this config (None: it can, or none is asked for)."""
-    if config.data.bright_expert is None:
+def bright_refusal(config: TrainConfig, stacks: Sequence[np.ndarray] | None = None) -> str | None:
+    """Why ``data.bright_expert`` cannot be trained with this config (and these training stacks, where given); None:
+    it can, or none is asked for."""
+    be = config.data.bright_expert
+    if be is None:
         return None
     if config.mode != "n2n" or config.data.normalization != "anscombe":
         return (f"it needs mode n2n and data.normalization anscombe (its pairs are sums of consecutive frames, told "
                 f"apart by the camera's noise model), got mode {config.mode} and normalization "
                 f"{config.data.normalization}")
+    if stacks:
+        k, shortest = config.model.input_frames, min(len(s) for s in stacks)
+        need = (k + 1) * math.ceil(be.band[0])
+        if shortest < need:
+            return (f"its pairs sum {math.ceil(be.band[0])} frames or more ({k + 1} blocks of them), which takes at "
+                    f"least {need} frames a stack, got a stack of {shortest}")
     return None
 
 
-def main_config(config: TrainConfig) -> TrainConfig:
-    """The first network's config: with a bright network and a time budget, its share of the budget
-    (``optim.max_minutes / (1 + bright_expert.epochs_share)``); otherwise ``config`` itself."""
+def main_config(config: TrainConfig, stacks: Sequence[np.ndarray] | None = None) -> TrainConfig:
+    """The first network's config: with a bright network (that these stacks allow) and a time budget, its share of
+    the budget (``optim.max_minutes / (1 + bright_expert.epochs_share)``); otherwise ``config`` itself."""
     be, minutes = config.data.bright_expert, config.optim.max_minutes
-    if be is None or minutes is None or bright_refusal(config):
+    if be is None or minutes is None or bright_refusal(config, stacks):
         return config
     return config.model_copy(update={"optim": config.optim.model_copy(
         update={"max_minutes": minutes / (1 + be.epochs_share)})})
@@ -87,29 +96,43 @@ def _bright_config(config: TrainConfig, epochs: int) -> TrainConfig:
     return config.model_copy(update={"optim": optim, "data": data})
 
 
+class BrightInterrupted(KeyboardInterrupt):
+    """Ctrl-C while the bright network trained: the first network is finished and serves every frame (``card``);
+    the bright network was dropped (``n2n train --resume`` makes it). Still a KeyboardInterrupt: a caller that stops on
+    Ctrl-C stops."""
+
+    def __init__(self, card: ModelCard) -> None:
+        super().__init__("interrupted while training the bright network: the first network is finished")
+        self.card = card
+
+
 def train_bright(config: TrainConfig, run_dir: Path, stacks: Sequence[np.ndarray],
                  refs: Sequence[np.ndarray] | None, provenance: dict[str, Any],
                  console: Console | None = None) -> ModelCard:
     """Fine-tune the trained network in ``run_dir`` into its bright network (``run_dir/bright``) and record it in the
-    card, which is returned. It has no INT8 export: at the light it serves INT8 cost more than its check showed (see
-    below). Too few frames for sums (fewer than 2 × 2 a stack), or Ctrl-C during it: no bright
-    network (said in the log), the first network serves every frame."""
+    card, which is returned. Where it cannot be made (:func:`bright_refusal`, or training frames with no light above
+    the offset) the log says why and the first network serves every frame. Ctrl-C during it: nothing of it is kept and
+    :class:`BrightInterrupted` is raised; any other failure leaves nothing of it either. It has no INT8 export, and
+    serves in float32 (see below)."""
     from .run import _export
 
     be = config.data.bright_expert
     assert be is not None
     card = ModelCard.load(run_dir)
-    k = card.input_frames
-    low, high = be.band
-    shortest = min(len(s) for s in stacks)
-    n = min(max(2, round(math.sqrt(low * high))), shortest // (k + 1))
-    if n < 2:
-        log.warning("no bright network: its validation sums %d frames at a time, and a stack of %d frames gives fewer "
-                    "than %d sums; every frame is served by the one network", max(2, round(math.sqrt(low * high))),
-                    shortest, k + 1)
+    refusal = bright_refusal(config, stacks)
+    if refusal:
+        log.warning("no bright network: %s; the one network serves every frame", refusal)
         return card
     net, norm = load_weights(run_dir)
-    offset = float(norm.offset)  # type: ignore[arg-type]  # (anscombe: the config says so)
+    offset = float(norm.offset)  # type: ignore[arg-type]  # (anscombe: bright_refusal says so)
+    peak = reference_peak(stacks, offset)
+    if not peak > 0:
+        log.warning("no bright network: the training frames' brightest pixels lie at the camera's offset (%.4g ADU "
+                    "above it), so no frame can be told brighter than them; the one network serves every frame", peak)
+        return card
+    low, high = be.band
+    k = card.input_frames
+    n = min(max(2, round(math.sqrt(low * high))), min(len(s) for s in stacks) // (k + 1))
     epochs = max(1, math.ceil(config.optim.epochs * be.epochs_share))
     sub = _bright_config(config, epochs)
     out = run_dir / BRIGHT_DIR
@@ -124,18 +147,19 @@ def train_bright(config: TrainConfig, run_dir: Path, stacks: Sequence[np.ndarray
                        validation=(summed, summed_refs))
         if result.interrupted:
             raise KeyboardInterrupt
+        (out / CHECKPOINT_NAME).unlink(missing_ok=True)  # (nothing resumes it: a resumed run makes it again)
+        _export(sub, out, stacks, {**provenance, "summed_frames": n}, result,
+                extra={"bright_expert_of": card.name, "band": list(be.band)})
     except KeyboardInterrupt:
         shutil.rmtree(out, ignore_errors=True)
-        log.warning("bright network interrupted: none kept; the first network serves every frame")
-        return card
-    (out / CHECKPOINT_NAME).unlink(missing_ok=True)  # (nothing resumes it: a resumed run makes it again)
-    _export(sub, out, stacks, {**provenance, "summed_frames": n}, result,
-            extra={"bright_expert_of": card.name, "band": list(be.band)})
-    # no INT8: at the light it serves the network's error is small and INT8's steps are not. Checked on sums of the
-    # training frames it lost 0.08 dB, and served 100 ms frames of another field 0.32 dB below float32 (the
-    # simulator, seed 2); it serves in float (the engine's bf16 where that passes its check, else fp32)
-    card.bright_expert = BrightExpert(path=BRIGHT_DIR, band=list(be.band), serves_from=low,
-                                      reference_peak=reference_peak(stacks, offset))
+        raise BrightInterrupted(card) from None
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    # no INT8: at the light it serves the network's error is small and INT8's steps are not. Made and checked on sums
+    # of the training frames it lost 0.08 dB, and served 100 ms frames of another field 0.32 dB below float32 (the
+    # simulator, seed 2). The Denoiser serves it in float32 (bf16 cost it 0.08-0.17 dB there).
+    card.bright_expert = BrightExpert(path=BRIGHT_DIR, band=list(be.band), serves_from=low, reference_peak=peak)
     card.save(run_dir)
     bright = ModelCard.load(out)
     log.info("bright network: validation %s at %d× the light (best epoch %d of %d)",

@@ -176,11 +176,11 @@ def _run_training(config: TrainConfig, run_dir: Path, data: Sequence[Path], refe
     stacks, refs, provenance = gather_data(config, data, references, run_dir)
     if before_training is not None:
         before_training()
-    refusal = bright_refusal(config)
-    if refusal:  # (a preset's bright network, with --target supervised or a mean/std normalisation)
+    refusal = bright_refusal(config, stacks)
+    if refusal:  # (a preset's bright network, with --target supervised, a mean/std normalisation or a short stack)
         log.warning("no bright network: %s; one network serves every frame", refusal)
     save_config(config, run_dir / "config.yaml")
-    result = train(main_config(config), stacks, run_dir, references=refs, resume=resume, console=console)
+    result = train(main_config(config, stacks), stacks, run_dir, references=refs, resume=resume, console=console)
     card = _export(config, run_dir, stacks, provenance, result)
     if result.interrupted:  # usable now; INT8, the gain estimate and a bright network wait for the run to be finished
         raise TrainingInterrupted(card)

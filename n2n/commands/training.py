@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shlex
 from pathlib import Path
@@ -113,6 +114,7 @@ def train(
         return
     if not resume:
         _refuse_existing(out_dir, overwrite)
+    from trainer.bright import BrightInterrupted
     from trainer.run import TrainingInterrupted, run_training
 
     def again(*extra: str) -> str:
@@ -126,6 +128,11 @@ def train(
         with user_errors():
             card = run_training(cfg, out_dir, data or [], reference or [], resume=resume, console=console,
                                 before_training=(lambda: _clear_old_run(out_dir)) if overwrite else None)
+    except BrightInterrupted:
+        console.print(f"[yellow]interrupted while training the bright network: the first network is finished and "
+                      f"serves every frame ({out_dir}: n2n serve --model {out_dir} serves it); to make the bright "
+                      f"network too: {again()}[/yellow]", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=130) from None
     except TrainingInterrupted as exc:
         t = exc.card.training
         console.print(f"[yellow]interrupted after {t['epochs']} of {cfg.optim.epochs} epochs: the best so far "
@@ -159,7 +166,7 @@ def train(
                  else f"validation loss {bm.get('val_loss', float('nan')):.4g}")
         table.add_row("bright network", f"serves frames >= {be.serves_from:g}x as bright (trained at {be.band[0]:g}x "
                       f"to {be.band[1]:g}x): {bt['epochs']} epoch(s), {bt['seconds']:.0f} s; {score} on sums of "
-                      f"{bt['data'].get('summed_frames')} frames; served in float")
+                      f"{bt['data'].get('summed_frames')} frames; served in float32")
     if card.quantization is not None:
         table.add_row("INT8", card.quantization.reason)
     from trainer.gain import gain_summary
@@ -301,6 +308,12 @@ def _clear_old_run(out_dir: Path) -> None:
     failed start keeps the old run); its config.yaml is rewritten by the new one."""
     for name in OLD_RUN_FILES:
         (out_dir / name).unlink(missing_ok=True)
+    bright = out_dir / "bright"  # the old run's bright network (a run folder of the same files), by name too
+    if bright.is_dir() and not bright.is_symlink():
+        for name in OLD_RUN_FILES:
+            (bright / name).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # (something else in it: kept)
+            bright.rmdir()
 
 
 EXPORT = Command("trainer.config:ExportConfig", flags={

@@ -345,7 +345,7 @@ class Artifact(_Part):
 class BrightExpert(_Part):
     """A second network in the model folder for frames much brighter than the training frames (``data.bright_expert``
     in training): the Denoiser serves with it every frame at least ``serves_from`` times as bright as the training
-    frames. Itself a whole model folder (card, exports, its own INT8 check)."""
+    frames, in float32. Itself a whole model folder (card, weights, ONNX and TorchScript exports; no INT8)."""
 
     path: str = "bright"
     """Its folder, inside the model folder (a plain name: never a path out of it)."""

@@ -81,7 +81,7 @@ def _close(value: Any) -> None:
     if hasattr(value, "close"):
         value.close()
     elif hasattr(getattr(value, "engine", None), "close"):
-        value.close()
+        value.engine.close()
 
 
 def release() -> None:

@@ -17,10 +17,11 @@ import os
 import subprocess
 import sys
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import zmq
 
 from ..core.card import WEIGHTS_NAME
@@ -77,6 +78,9 @@ class FinetuneLink:
         self.status: dict[str, Any] = {"state": "starting"}
         self.pairs_sent = 0
         self.pairs_missed = 0  # the worker was busy
+        self.pairs_bright = 0  # served by the model's bright network, which the worker does not train
+        self.bright: Callable[[np.ndarray], bool] | None = None
+        """Whether a frame goes to the served model's bright network (None: it has none)."""
         self.swaps = 0
         self._run = input_frames + 1  # frames per message: the window and the frame after it
         self._recent: deque[Message] = deque(maxlen=self._run)
@@ -97,13 +101,17 @@ class FinetuneLink:
             raise ValueError("finetune: expected the command that runs the fine-tuning worker (Server(..., "
                              "finetune_worker=trainer.live.worker_command()); n2n serve gives it), got none")
         run_dir = denoiser.card.run_dir
-        return cls(ctx, run_dir, cfg, Path(cfg.out) if cfg.out else run_dir.resolve().parent, worker,
+        link = cls(ctx, run_dir, cfg, Path(cfg.out) if cfg.out else run_dir.resolve().parent, worker,
                    denoiser.input_frames)
+        if denoiser.bright is not None:  # (its candidates keep the bright network as it is: trainer.live)
+            link.bright = denoiser.serves_bright
+        return link
 
     def offer(self, msg: Message) -> None:
         """A frame just served: every ``every`` frames, it and the frames before it (K of them for a K-frame model,
         one for a single-frame model; consecutive ``seq``, one shape and dtype) go to the worker, unless it is
-        busy."""
+        busy, or the frame went to the model's bright network (the worker trains the first network: counted in
+        ``pairs_bright``)."""
         self._recent.append(msg)
         self._count += 1
         if len(self._recent) < self._run or self._count % self.cfg.every or self.proc.poll() is not None:
@@ -112,6 +120,9 @@ class FinetuneLink:
         first = run[0]
         if first.seq is None or any(m.pixels.shape != first.pixels.shape or m.pixels.dtype != first.pixels.dtype
                                     or m.seq != first.seq + i for i, m in enumerate(run)):
+            return
+        if self.bright is not None and self.bright(run[-1].pixels):  # not the first network's frames: not its pairs
+            self.pairs_bright += 1
             return
         try:
             self.frames.send_multipart(encode_pair(*(m.pixels for m in run), seq=first.seq), zmq.NOBLOCK,
@@ -144,6 +155,7 @@ class FinetuneLink:
 
     def snapshot(self) -> dict[str, Any]:
         return {**self.status, "pairs_sent": self.pairs_sent, "pairs_missed": self.pairs_missed,
+                "pairs_bright": self.pairs_bright,
                 "swaps": self.swaps, "worker_pid": self.proc.pid}
 
     def close(self) -> None:

@@ -63,6 +63,8 @@ def prepare_model(model_dir: str | Path, config: ServeConfig, current: Denoiser,
             if frame is not None:  # an engine's first calls run slower: not on the serving loop's time
                 new(frame)
                 new(frame)
+        new.counts.clear()  # (the warm-up's frames were not served)
+        new.routed = 0
     except Exception:
         new.close()
         raise
