@@ -161,38 +161,33 @@ class Denoiser:
         den = cls(card, eng, tile_size, tile_overlap, output_dtype, max_tiles=max_tiles, max_shapes=max_shapes,
                   max_tile_pixels=max_tile_pixels, averaged=averaged)
         if card.bright_expert is not None and bright:
+            # in float32 whatever the first network's precision (see _bright_folder)
             try:
-                den.bright = cls._bright_of(card, engine, device, num_threads, min_psnr_db, tile_size, tile_overlap,
-                                            output_dtype, max_tiles, max_shapes, retime, max_tile_pixels, trust_code,
-                                            averaged)
+                den.bright = cls.from_model_dir(cls._bright_folder(card), engine, "fp32", device, num_threads,
+                                                min_psnr_db, tile_size, tile_overlap, output_dtype, max_tiles,
+                                                max_shapes, retime, max_tile_pixels, trust_code, averaged, bright=False)
             except BaseException:
                 eng.close()
                 raise
         return den
 
-    @classmethod
-    def _bright_of(cls, card: ModelCard, engine: str, device: str, num_threads: int | None, min_psnr_db: float,
-                   tile_size: int | None, tile_overlap: int | None, output_dtype: str, max_tiles: int | None,
-                   max_shapes: int | None, retime: bool, max_tile_pixels: int | None, trust_code: bool,
-                   averaged: int) -> Denoiser:
-        """The Denoiser of ``card``'s bright network: a folder inside the model folder (never a link out of it),
-        whose card names no bright network of its own, in float32 whatever the first network's precision (at the
-        light it serves its error is small and reduced precision's is not: bf16 cost it 0.08-0.17 dB on 100 ms
-        frames, INT8 0.32; docs/results.md), so that every run of a model, live, offline, resumed or swapped,
-        serves a bright frame the same."""
+    @staticmethod
+    def _bright_folder(card: ModelCard) -> Path:
+        """The folder of ``card``'s bright network: inside the model folder (never a link out of it), its card naming
+        no bright network of its own. It serves in float32 whatever the first network's precision (at the light it
+        serves its error is small and reduced precision's is not: bf16 cost it 0.08-0.17 dB on 100 ms frames, INT8
+        0.32; docs/results.md), so that every run of a model, live, offline, resumed or swapped, serves a bright
+        frame the same."""
         assert card.bright_expert is not None
         root = card.run_dir.resolve()
         folder = (card.run_dir / card.bright_expert.path).resolve()
         if not folder.is_relative_to(root) or folder == root:
             raise CardError(f"{card.run_dir / 'model.json'}: expected its bright network in a folder inside the model "
                             f"folder, got {card.bright_expert.path!r}, which leads to {folder}")
-        sub = ModelCard.load(folder)
-        if sub.bright_expert is not None:
+        if ModelCard.load(folder).bright_expert is not None:
             raise CardError(f"{folder / 'model.json'}: expected a bright network's card, which names no bright "
                             "network of its own, got one that does")
-        return cls.from_model_dir(folder, engine, "fp32", device, num_threads, min_psnr_db, tile_size, tile_overlap,
-                                  output_dtype, max_tiles, max_shapes, retime, max_tile_pixels, trust_code, averaged,
-                                  bright=False)
+        return folder
 
     def close(self) -> None:
         """Release the engines (this network's and the bright network's)."""
@@ -557,6 +552,13 @@ class Denoiser:
                 "max_tiles": self.max_tiles, "max_shapes": self.max_shapes, "shapes_evicted": self.evicted,
                 "normalization": self.norm.kind, "averaged": self.averaged,
                 "checked_range": list(self.checked_range) if self.checked_range else None, "flagged": dict(self.counts),
-                **({} if self.bright is None or self.card.bright_expert is None else {"bright": {
-                    "serves_from": self.card.bright_expert.serves_from, "frames": self.routed,
-                    "engine": self.bright.engine.name, "precision": self.bright.engine.precision}})}
+                **({"bright": bright} if (bright := self.bright_summary()) is not None else {})}
+
+    def bright_summary(self) -> dict[str, Any] | None:
+        """The bright network as the status and the reports give it: from what brightness it serves, its engine and
+        precision, and the frames it served so far (None: the model has none)."""
+        be = self.card.bright_expert
+        if self.bright is None or be is None:
+            return None
+        return {"serves_from": be.serves_from, "frames": self.routed, "engine": self.bright.engine.name,
+                "precision": self.bright.engine.precision}

@@ -251,13 +251,12 @@ def test_ctrl_c_while_the_bright_network_trains_keeps_the_first_and_resume_makes
     """SIGINT during the bright network's epochs: exit 130, the finished first network serves (no bright network
     half made), and the printed --resume command makes the bright network."""
     import os
-    import signal
     import subprocess
     import sys
 
     import yaml
     from conftest import write_tiff
-    from waiting import GENEROUS_S, wait_for
+    from waiting import GENEROUS_S, ctrl_c_when
 
     raw, _ = simulate_stack(SimulatedCameraConfig(height=64, width=64, exposure_ms=10.0, seed=3), 24)
     data = write_tiff(tmp_path / "raw.ome.tif", raw)
@@ -271,15 +270,7 @@ def test_ctrl_c_while_the_bright_network_trains_keeps_the_first_and_resume_makes
     cmd = [sys.executable, "-m", "n2n", "train", "--config", str(config), "--data", str(data), "--out", str(out)]
     proc = subprocess.Popen([*cmd, "--set", "optim.steps_per_epoch=400"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        wait_for(lambda: (out / "bright" / "checkpoint.pt").exists(), "the bright network's first epoch",
-                 timeout=GENEROUS_S)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=GENEROUS_S)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    err = ctrl_c_when(proc, lambda: (out / "bright" / "checkpoint.pt").exists(), "the bright network's first epoch")
     assert proc.returncode == 130, err[-2000:]
     assert "first network is finished" in err and "--resume" in err
     assert not (out / "bright").exists() and ModelCard.load(out).bright_expert is None

@@ -5,7 +5,6 @@ server serves (real processes, a real SIGINT)."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from waiting import GENEROUS_S, wait_for
+from waiting import ctrl_c_when
 
 from streamer.core.card import ModelCard
 
@@ -74,23 +73,17 @@ def test_ctrl_c_at_epoch_2_leaves_a_run_that_serves(tmp_path: Path, tiny_config_
     proc = subprocess.Popen([sys.executable, "-m", "n2n", "train", "--config", str(path), "--out", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "COLUMNS": "200", "OMP_NUM_THREADS": "1"})
-    try:
-        def two_epochs() -> bool:
-            ckpt = out / "checkpoint.pt"
-            if not ckpt.exists():
-                return False
-            try:
-                return torch.load(ckpt, map_location="cpu", weights_only=True)["epoch"] >= 2
-            except Exception:  # (replaced while read)
-                return False
 
-        wait_for(two_epochs, "two epochs checkpointed", timeout=GENEROUS_S)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=GENEROUS_S)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    def two_epochs() -> bool:
+        ckpt = out / "checkpoint.pt"
+        if not ckpt.exists():
+            return False
+        try:
+            return torch.load(ckpt, map_location="cpu", weights_only=True)["epoch"] >= 2
+        except Exception:  # (replaced while read)
+            return False
+
+    err = ctrl_c_when(proc, two_epochs, "two epochs checkpointed")
 
     assert proc.returncode == 130, err[-2000:]
     assert "partial" in err and "--resume" in err

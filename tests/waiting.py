@@ -3,6 +3,8 @@ long something took (a busy machine is slower, not wrong). See docs/developing.m
 
 from __future__ import annotations
 
+import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -21,6 +23,21 @@ def wait_for(condition: Callable[[], bool], what: str, timeout: float = 15.0) ->
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(0.01)
+
+
+def ctrl_c_when(proc: subprocess.Popen[str], condition: Callable[[], bool], what: str,
+                timeout: float = GENEROUS_S) -> str:
+    """Ctrl-C (SIGINT) to ``proc`` once ``condition`` holds (failing naming ``what`` after ``timeout``), and its
+    stderr once it has ended; a process still running when the test fails is killed."""
+    try:
+        wait_for(condition, what, timeout=timeout)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return err
 
 
 class Finishing:

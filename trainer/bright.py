@@ -26,6 +26,7 @@ from streamer.core.card import BrightExpert, ModelCard, frame_peak
 from .config import TrainConfig
 from .inference import load_weights
 from .loop import CHECKPOINT_NAME, train
+from .pairs import summed_light
 
 __all__ = ["BRIGHT_DIR", "BrightInterrupted", "bright_refusal", "main_config", "reference_peak", "summed_frames",
            "train_bright"]
@@ -70,11 +71,9 @@ def summed_frames(stack: np.ndarray, n: int, offset: float) -> np.ndarray:
     (a reference, (H, W) alone, is scaled the same way)."""
     if stack.ndim == 2:
         return (stack.astype(np.float32) - np.float32(offset)) * np.float32(n) + np.float32(offset)
-    m = len(stack) // n
-    sums = np.empty((m, *stack.shape[1:]), np.float32)
-    for i in range(m):  # block by block: no float copy of the whole stack
-        sums[i] = stack[i * n : (i + 1) * n].sum(axis=0, dtype=np.float32)
-    sums -= np.float32((n - 1) * offset)
+    sums = np.empty((len(stack) // n, *stack.shape[1:]), np.float32)
+    for i in range(len(sums)):  # block by block: no float copy of the whole stack
+        sums[i] = summed_light(stack[i * n : (i + 1) * n], offset)
     return sums
 
 

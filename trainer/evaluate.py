@@ -208,9 +208,9 @@ def evaluate(
     report["seconds_per_frame"] = per_frame_s
     report["engine"], report["precision"], report["device"] = info["engine"], info["precision"], info["device"]
     report["flagged"] = dict(den_model.counts)  # frames the served path's checks flagged (float path, kept raw)
-    if den_model.bright is not None:  # frames bright enough went to the model's bright network, as served
-        report["bright_frames"] = den_model.routed
-        report["bright_precision"] = den_model.bright.engine.precision
+    bright = den_model.bright_summary()
+    if bright is not None:  # frames bright enough went to the model's bright network, as served
+        report["bright_frames"], report["bright_precision"] = bright["frames"], bright["precision"]
     report["precision_note"] = info["precision_note"]
     # what was asked for: auto/auto is what n2n serve runs by default, so the scores are those of the served frames
     report["requested_engine"], report["requested_precision"] = config.engine, config.precision

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 __all__ = ["ExposureAugment", "n2n_pair_indices", "n2n_window_indices", "supervised_window_indices", "window",
-           "PairSampler", "held_out_pairs", "split_rows"]
+           "PairSampler", "held_out_pairs", "split_rows", "summed_light"]
 
 
 def window(t: int, k: int, first: int = 0) -> list[int]:
@@ -111,6 +111,12 @@ def held_out_pairs(
     return items
 
 
+def summed_light(frames: np.ndarray, offset: float) -> np.ndarray:
+    """Consecutive frames (n, H, W) summed into one frame of their summed light, the camera's offset counted once
+    (float32): a sum of Poisson counts is the count of the summed light."""
+    return frames.sum(axis=0, dtype=np.float32) - np.float32((len(frames) - 1) * offset)
+
+
 class ExposureAugment:
     """Training pairs at other exposures, made from the recorded ones with the camera's noise model, so that a model
     trained at one exposure serves the others (a microscopist changes exposure and laser power mid-session).
@@ -145,8 +151,7 @@ class ExposureAugment:
 
     def summed(self, frames: np.ndarray) -> np.ndarray:
         """The sum of consecutive frames as one frame of their summed light (the offset counted once), float32."""
-        n = len(frames)
-        return frames.sum(axis=0, dtype=np.float32) - np.float32((n - 1) * self.offset)
+        return summed_light(frames, self.offset)
 
 
 class PairSampler:

@@ -49,14 +49,13 @@ class Lane:
 
     def summary(self) -> dict[str, Any]:
         """What the status says of this model: its card's name, folder, engine, precision and K (and, with a bright
-        network, from what brightness it serves, its precision and the frames it served)."""
+        network, :meth:`Denoiser.bright_summary`)."""
         den = self.denoiser
         out = {"model": den.card.name, "model_dir": str(den.card.run_dir), "engine": den.engine.name,
                "precision": den.engine.precision, "input_frames": den.input_frames, "averaged": den.averaged}
-        be = den.card.bright_expert
-        if den.bright is not None and be is not None:
-            out["bright"] = {"serves_from": be.serves_from, "precision": den.bright.engine.precision,
-                             "frames": den.routed}
+        bright = den.bright_summary()
+        if bright is not None:
+            out["bright"] = bright
         return out
 
 
